@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs every Debian package signet needs to build, run and test.
+# Used by the README, .ci/run and docker/Dockerfile: the one list.
+set -euo pipefail
+PACKAGES=(
+  build-essential cmake pkg-config
+  libssl-dev openssl
+  libp11-dev libp11-kit-dev softhsm2 opensc
+  libmicrohttpd-dev libjansson-dev libsqlite3-dev sqlite3 libcurl4-openssl-dev
+  libcmocka-dev
+  python3 python3-cryptography curl
+)
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing ${missing[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi

@@ -1,0 +1,172 @@
+/* codec.c - hex, base64, SHA-256, UUIDs, clocks, constant-time compare.
+ * Pure helpers: no global state, no I/O. */
+#include "codec.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/*** hex ***/
+
+void hex_encode(const uint8_t *in, size_t len, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < len; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 15];
+    }
+    out[2 * len] = '\0';
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+sg_err hex_decode(const char *in, uint8_t *out, size_t outlen)
+{
+    if (strlen(in) != 2 * outlen)
+        return SG_EBADINPUT;
+    for (size_t i = 0; i < outlen; i++) {
+        int hi = hexval(in[2 * i]), lo = hexval(in[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return SG_EBADINPUT;
+        out[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return SG_OK;
+}
+
+/*** base64 ***/
+
+static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+size_t b64_encoded_len(size_t len)
+{
+    return (len + 2) / 3 * 4 + 1;
+}
+
+void b64_encode(const uint8_t *in, size_t len, char *out)
+{
+    size_t o = 0, i = 0;
+    for (; i + 2 < len; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        out[o++] = b64[v >> 18];
+        out[o++] = b64[(v >> 12) & 63];
+        out[o++] = b64[(v >> 6) & 63];
+        out[o++] = b64[v & 63];
+    }
+    if (i < len) {
+        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < len ? (uint32_t)in[i + 1] << 8 : 0);
+        out[o++] = b64[v >> 18];
+        out[o++] = b64[(v >> 12) & 63];
+        out[o++] = i + 1 < len ? b64[(v >> 6) & 63] : '=';
+        out[o++] = '=';
+    }
+    out[o] = '\0';
+}
+
+static int b64val(char c)
+{
+    const char *p = c ? strchr(b64, c) : NULL;
+    return p ? (int)(p - b64) : -1;
+}
+
+sg_err b64_decode(const char *in, uint8_t **out, size_t *outlen)
+{
+    size_t n = strlen(in);
+    *out = NULL;
+    if (n == 0 || n % 4 != 0)
+        return SG_EBADINPUT;
+    size_t pad = (in[n - 1] == '=') + (n > 1 && in[n - 2] == '=');
+    uint8_t *o = malloc(n / 4 * 3);
+    if (o == NULL)
+        return SG_ENOMEM;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i += 4) {
+        int v[4];
+        for (int j = 0; j < 4; j++) {
+            int last = i + 4 == n;
+            if (last && in[i + j] == '=' && j >= 4 - (int)pad)
+                v[j] = 0;
+            else if ((v[j] = b64val(in[i + j])) < 0)
+                goto bad;
+        }
+        uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | v[3];
+        o[k++] = (uint8_t)(w >> 16);
+        o[k++] = (uint8_t)(w >> 8);
+        o[k++] = (uint8_t)w;
+    }
+    /* Non-canonical padding bits are refused, so each signature has one spelling. */
+    if ((pad == 1 && (b64val(in[n - 2]) & 3)) || (pad == 2 && (b64val(in[n - 3]) & 15)))
+        goto bad;
+    *out = o;
+    *outlen = k - pad;
+    return SG_OK;
+bad:
+    free(o);
+    return SG_EBADINPUT;
+}
+
+/*** hashing, comparison, ids, time ***/
+
+void sha256(const void *data, size_t len, uint8_t out[SG_SHA256_LEN])
+{
+    unsigned int n = 0;
+    EVP_Digest(data, len, out, &n, EVP_sha256(), NULL);
+}
+
+void sha256_hex(const void *data, size_t len, char out[SG_HEX256_LEN + 1])
+{
+    uint8_t d[SG_SHA256_LEN];
+    sha256(data, len, d);
+    hex_encode(d, sizeof(d), out);
+}
+
+int ct_equal(const void *a, const void *b, size_t len)
+{
+    return CRYPTO_memcmp(a, b, len) == 0;
+}
+
+void uuid_v4(char out[37])
+{
+    uint8_t r[16];
+    if (RAND_bytes(r, sizeof(r)) != 1)
+        abort(); /* no randomness: nothing safe to do */
+    r[6] = (uint8_t)((r[6] & 0x0f) | 0x40);
+    r[8] = (uint8_t)((r[8] & 0x3f) | 0x80);
+    char h[33];
+    hex_encode(r, 16, h);
+    snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", h, h + 8, h + 12, h + 16, h + 20);
+}
+
+void rfc3339_now(char out[32])
+{
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + n, 32 - n, ".%03ldZ", ts.tv_nsec / 1000000);
+}
+
+uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t mono_ms(void)
+{
+    return mono_ns() / 1000000u;
+}

@@ -1,0 +1,65 @@
+/* config.h - the configuration file of CONFIG.md, read strictly.
+ *
+ * Every key of CONFIG.md is accepted and checked; any other key is an error
+ * naming the key. Relative paths are resolved against the file's directory.
+ * PINs are never in the file: only the names of the environment variables. */
+#ifndef SG_CONFIG_H
+#define SG_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sg.h"
+
+enum role {
+    ROLE_ADMIN = 1u << 0,
+    ROLE_BUILDER = 1u << 1,
+    ROLE_OPERATOR = 1u << 2,
+    ROLE_APPROVER = 1u << 3,
+    ROLE_AUDITOR = 1u << 4,
+    ROLE_DEVICE = 1u << 5,
+};
+
+struct principal {
+    char *name;
+    uint8_t token_sha256[32];
+    unsigned roles;  /* enum role bits */
+    char *device_id; /* set iff ROLE_DEVICE */
+};
+
+struct approval_rule {
+    char *action;
+    int required;
+};
+
+typedef struct sg_config {
+    char *path;          /* the file read, as given */
+    char *data_dir;      /* absolute */
+    char *store;         /* "sqlite:/abs/path" or a postgresql:// URI */
+    char *write_listen;  /* "host:port" */
+    char *read_listen;   /* "host:port" */
+    char *pkcs11_module; /* absolute path of the PKCS#11 module */
+    char *token_label;
+    char *pin_env;
+    char *so_pin_env; /* may be NULL */
+    struct principal *principals;
+    size_t nprincipals;
+    int approvals_default;
+    struct approval_rule *approval_rules;
+    size_t napproval_rules;
+    uint64_t max_image_bytes;
+    uint64_t max_json_bytes;
+} sg_config;
+
+/* Read and check the file. On error returns SG_ECONFIG with a one-line reason
+ * in why (never containing a secret) and *out is NULL. */
+sg_err config_load(const char *path, sg_config **out, char *why, size_t whylen);
+void config_free(sg_config *cfg);
+
+/* Split "host:port" (or "[v6]:port"). host is malloc'd. */
+sg_err config_split_listen(const char *listen, char **host, unsigned short *port);
+
+/* Role name to bit, 0 if unknown. */
+unsigned role_from_name(const char *name);
+
+#endif

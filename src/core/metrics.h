@@ -1,0 +1,21 @@
+/* metrics.h - process-wide counters, read by /metrics. Plain atomics: every
+ * module bumps its own, nothing here knows about HTTP. */
+#ifndef SG_METRICS_H
+#define SG_METRICS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+struct sg_metrics {
+    atomic_uint_fast64_t events_appended;
+    atomic_uint_fast64_t commit_batches;
+    atomic_uint_fast64_t sign_failures;
+    atomic_uint_fast64_t store_failures;
+    atomic_uint_fast64_t store_head;
+    atomic_uint_fast64_t projector_position;
+    atomic_int projector_halted;
+};
+
+extern struct sg_metrics sg_metrics;
+
+#endif

@@ -1,0 +1,149 @@
+/* strmap.c - open-addressing string hash map with tombstones (see strmap.h). */
+#include "strmap.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static char tombstone;
+
+struct strmap {
+    size_t cap, len, used; /* used counts tombstones too */
+    char **keys;
+    void **vals;
+};
+
+static uint64_t hash(const char *s)
+{
+    uint64_t h = 1469598103934665603u; /* FNV-1a */
+    while (*s)
+        h = (h ^ (unsigned char)*s++) * 1099511628211u;
+    return h;
+}
+
+strmap *strmap_new(void)
+{
+    strmap *m = calloc(1, sizeof(*m));
+    if (m == NULL)
+        return NULL;
+    m->cap = 64;
+    m->keys = calloc(m->cap, sizeof(*m->keys));
+    m->vals = calloc(m->cap, sizeof(*m->vals));
+    if (!m->keys || !m->vals) {
+        strmap_free(m, NULL);
+        return NULL;
+    }
+    return m;
+}
+
+void strmap_free(strmap *m, void (*free_value)(void *))
+{
+    if (m == NULL)
+        return;
+    for (size_t i = 0; m->keys && i < m->cap; i++)
+        if (m->keys[i] && m->keys[i] != &tombstone) {
+            if (free_value)
+                free_value(m->vals[i]);
+            free(m->keys[i]);
+        }
+    free(m->keys);
+    free(m->vals);
+    free(m);
+}
+
+/* Slot of key, or of the first free/tombstone slot where it would go. */
+static size_t find(const strmap *m, const char *key, int *found)
+{
+    size_t mask = m->cap - 1, i = hash(key) & mask, first_free = (size_t)-1;
+    for (;; i = (i + 1) & mask) {
+        char *k = m->keys[i];
+        if (k == NULL) {
+            *found = 0;
+            return first_free != (size_t)-1 ? first_free : i;
+        }
+        if (k == &tombstone) {
+            if (first_free == (size_t)-1)
+                first_free = i;
+        } else if (strcmp(k, key) == 0) {
+            *found = 1;
+            return i;
+        }
+    }
+}
+
+static sg_err grow(strmap *m)
+{
+    strmap bigger = {.cap = m->cap * 2};
+    bigger.keys = calloc(bigger.cap, sizeof(*bigger.keys));
+    bigger.vals = calloc(bigger.cap, sizeof(*bigger.vals));
+    if (!bigger.keys || !bigger.vals) {
+        free(bigger.keys);
+        free(bigger.vals);
+        return SG_ENOMEM;
+    }
+    for (size_t i = 0; i < m->cap; i++)
+        if (m->keys[i] && m->keys[i] != &tombstone) {
+            int found;
+            size_t j = find(&bigger, m->keys[i], &found);
+            bigger.keys[j] = m->keys[i];
+            bigger.vals[j] = m->vals[i];
+            bigger.len++;
+        }
+    free(m->keys);
+    free(m->vals);
+    bigger.used = bigger.len;
+    *m = bigger;
+    return SG_OK;
+}
+
+void *strmap_get(const strmap *m, const char *key)
+{
+    int found;
+    size_t i = find(m, key, &found);
+    return found ? m->vals[i] : NULL;
+}
+
+sg_err strmap_put(strmap *m, const char *key, void *value)
+{
+    if ((m->used + 1) * 4 > m->cap * 3 && grow(m) != SG_OK)
+        return SG_ENOMEM;
+    int found;
+    size_t i = find(m, key, &found);
+    if (!found) {
+        char *k = strdup(key);
+        if (k == NULL)
+            return SG_ENOMEM;
+        if (m->keys[i] == NULL)
+            m->used++;
+        m->keys[i] = k;
+        m->len++;
+    }
+    m->vals[i] = value;
+    return SG_OK;
+}
+
+void *strmap_del(strmap *m, const char *key)
+{
+    int found;
+    size_t i = find(m, key, &found);
+    if (!found)
+        return NULL;
+    void *v = m->vals[i];
+    free(m->keys[i]);
+    m->keys[i] = &tombstone;
+    m->vals[i] = NULL;
+    m->len--;
+    return v;
+}
+
+size_t strmap_len(const strmap *m)
+{
+    return m->len;
+}
+
+void strmap_each(const strmap *m, void (*fn)(const char *key, void *value, void *ud), void *ud)
+{
+    for (size_t i = 0; i < m->cap; i++)
+        if (m->keys[i] && m->keys[i] != &tombstone)
+            fn(m->keys[i], m->vals[i], ud);
+}

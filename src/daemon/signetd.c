@@ -1,0 +1,126 @@
+/* signetd.c - the service: wires config, signer, sequencer, projector and the
+ * listeners together for --role all|write|read, and stops cleanly on SIGTERM
+ * or SIGINT (in-flight commands finish; nothing undurable is acknowledged). */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "../core/config.h"
+#include "../core/log.h"
+#include "../http/http.h"
+
+static int usage(void)
+{
+    fprintf(stderr, "usage: signetd --config FILE [--role all|write|read]\n");
+    return 2;
+}
+
+static void on_commit(uint64_t head, void *ud)
+{
+    (void)head;
+    projector_kick(ud);
+}
+
+int main(int argc, char **argv)
+{
+    const char *config_path = NULL, *role = "all";
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+            config_path = argv[++i];
+        else if (strcmp(argv[i], "--role") == 0 && i + 1 < argc)
+            role = argv[++i];
+        else
+            return usage();
+    }
+    int do_write = strcmp(role, "all") == 0 || strcmp(role, "write") == 0;
+    int do_read = strcmp(role, "all") == 0 || strcmp(role, "read") == 0;
+    if (config_path == NULL || (!do_write && !do_read))
+        return usage();
+
+    char why[512] = "";
+    sg_config *cfg = NULL;
+    signer *sg = NULL;
+    sequencer *seq = NULL;
+    projector *proj = NULL;
+    snapshots *snaps = NULL;
+    keyring *kr = NULL;
+    http_server *http = NULL;
+    struct http_app app = {0};
+    int status = 1;
+    char *readmodel = NULL;
+
+    /* Signals are taken by sigwait() below; every thread inherits the mask. */
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &stop, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (config_load(config_path, &cfg, why, sizeof(why)) != SG_OK)
+        goto fail;
+    if (mkdir(cfg->data_dir, 0700) != 0 && errno != EEXIST) {
+        snprintf(why, sizeof(why), "cannot create data_dir %s: %s", cfg->data_dir,
+                 strerror(errno));
+        goto fail;
+    }
+    unsigned keys = (do_write ? (1u << KEY_EVENTS | 1u << KEY_DEVICES) : 0) |
+                    (do_read ? 1u << KEY_SNAPSHOTS : 0);
+    if (signer_open(cfg, keys, &sg, why, sizeof(why)) != SG_OK)
+        goto fail;
+    if (do_write && sequencer_start(cfg->store, sg, &seq, why, sizeof(why)) != SG_OK)
+        goto fail;
+    if (do_read) {
+        EVP_PKEY *events_pub = signer_public_key(sg, KEY_EVENTS);
+        size_t n = strlen(cfg->data_dir) + 16;
+        if (events_pub == NULL) {
+            snprintf(why, sizeof(why), "token \"%s\" has no public key \"events\" to verify with",
+                     cfg->token_label);
+            goto fail;
+        }
+        if ((kr = keyring_new()) == NULL || keyring_add(kr, KEY_EVENTS, events_pub) != SG_OK ||
+            (readmodel = malloc(n)) == NULL) {
+            snprintf(why, sizeof(why), "out of memory");
+            goto fail;
+        }
+        snprintf(readmodel, n, "%s/read.db", cfg->data_dir);
+        if (projector_start(cfg->store, readmodel, kr, &proj, why, sizeof(why)) != SG_OK)
+            goto fail;
+        if ((snaps = snapshots_new(proj, sg)) == NULL) {
+            snprintf(why, sizeof(why), "out of memory");
+            goto fail;
+        }
+        if (seq)
+            sequencer_on_commit(seq, on_commit, proj);
+    }
+    app = (struct http_app){cfg, sg, seq, proj, snaps, cfg->store};
+    if (http_start(&app, do_write, do_read, &http, why, sizeof(why)) != SG_OK)
+        goto fail;
+    sg_info("signetd: running, role %s", role);
+
+    int sig;
+    sigwait(&stop, &sig);
+    sg_info("signetd: signal %d, stopping", sig);
+    status = 0;
+    goto out;
+fail:
+    fprintf(stderr, "signetd: %s\n", why[0] ? why : "start-up failed");
+out:
+    http_quiesce(http);
+    sequencer_stop(seq);
+    projector_stop(proj);
+    http_stop(http);
+    snapshots_free(snaps);
+    projector_free(proj);
+    sequencer_free(seq);
+    keyring_free(kr);
+    signer_close(sg);
+    config_free(cfg);
+    free(readmodel);
+    if (status == 0)
+        sg_info("signetd: stopped");
+    return status;
+}

@@ -1,0 +1,34 @@
+/* http.h - the two listeners. The only module that touches libmicrohttpd.
+ *
+ * The write listener turns requests into commands for the sequencer; the read
+ * listener serves read models, snapshots, the raw log and keys. Both answer
+ * /healthz, /metrics and /v1/keys. Every error is RFC 9457 problem+json. */
+#ifndef SG_HTTP_H
+#define SG_HTTP_H
+
+#include "../core/config.h"
+#include "../hsm/signer.h"
+#include "../read/projector.h"
+#include "../read/snapshot.h"
+#include "../write/sequencer.h"
+
+struct http_app {
+    const sg_config *cfg;
+    signer *signer;
+    sequencer *seq;      /* NULL in --role read */
+    projector *proj;     /* NULL in --role write */
+    snapshots *snaps;    /* NULL in --role write */
+    const char *store_uri;
+};
+
+typedef struct http_server http_server;
+
+/* Start the listeners the app has parts for. */
+sg_err http_start(struct http_app *app, int write_listener, int read_listener, http_server **out,
+                  char *why, size_t whylen);
+/* Stop accepting connections; requests from here on answer 503. */
+void http_quiesce(http_server *h);
+/* Wait (at most 10 s) for requests in flight to be answered, then close. */
+void http_stop(http_server *h);
+
+#endif

@@ -1,0 +1,359 @@
+/* routes.c - the HTTP contract of API.md: the route table and its handlers.
+ * Handlers parse and answer; write-side decisions belong to the command
+ * types (src/write), read-side state to the read models (src/read). */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../core/codec.h"
+#include "../core/metrics.h"
+#include "internal.h"
+
+#define R LISTEN_READ
+#define W LISTEN_WRITE
+#define ANY_ROLE (ROLE_ADMIN | ROLE_BUILDER | ROLE_OPERATOR | ROLE_APPROVER | ROLE_AUDITOR | ROLE_DEVICE)
+
+/* Command routes carry their command type; a route with route_not_implemented
+ * still authenticates and authorizes, so the role matrix holds from day one. */
+const struct route routes[] = {
+    {W | R, "GET", "/healthz", 0, 0, 0, route_healthz, NULL},
+    {W | R, "GET", "/metrics", 0, 0, 0, route_metrics, NULL},
+    {W | R, "GET", "/v1/keys", 0, 0, 0, route_keys, NULL},
+
+    {W, "POST", "/v1/devices", ROLE_OPERATOR, 0, 1, route_command, &cmd_register_device},
+    {W, "POST", "/v1/firmware", ROLE_BUILDER, 0, 0, route_not_implemented, NULL},
+    {W, "POST", "/v1/rollouts", ROLE_OPERATOR, 0, 1, route_not_implemented, NULL},
+    {W, "POST", "/v1/rollouts/{}/advance", ROLE_OPERATOR, 0, 0, route_not_implemented, NULL},
+    {W, "POST", "/v1/rollouts/{}/pause", ROLE_OPERATOR, 0, 0, route_not_implemented, NULL},
+    {W, "POST", "/v1/rollouts/{}/resume", ROLE_OPERATOR, 0, 0, route_not_implemented, NULL},
+    {W, "POST", "/v1/rollouts/{}/rollback", ROLE_OPERATOR, 0, 0, route_not_implemented, NULL},
+    {W, "POST", "/v1/devices/{}/reports", ROLE_DEVICE, 1, 1, route_not_implemented, NULL},
+    {W, "POST", "/v1/commands", ROLE_OPERATOR, 0, 1, route_not_implemented, NULL},
+    {W, "POST", "/v1/commands/{}/approve", ROLE_APPROVER, 0, 1, route_not_implemented, NULL},
+    {W, "POST", "/v1/commands/{}/reject", ROLE_APPROVER, 0, 1, route_not_implemented, NULL},
+
+    {R, "GET", "/v1/events", ROLE_AUDITOR, 0, 0, route_events, NULL},
+    {R, "GET", "/v1/snapshots/{}", ROLE_AUDITOR | ROLE_OPERATOR, 0, 0, route_snapshot, NULL},
+    {R, "GET", "/v1/firmware/{}", ANY_ROLE, 0, 0, route_not_implemented, NULL},
+    {R, "GET", "/v1/firmware/{}/image", ANY_ROLE, 0, 0, route_not_implemented, NULL},
+    {R, "GET", "/v1/devices/{}/update", ROLE_DEVICE | ROLE_OPERATOR, 1, 0, route_not_implemented,
+     NULL},
+    {R, "GET", "/v1/devices/{}/commands", ROLE_DEVICE | ROLE_OPERATOR, 1, 0,
+     route_not_implemented, NULL},
+};
+const size_t nroutes = sizeof(routes) / sizeof(routes[0]);
+
+/* A decimal integer in [min, max], nothing else. */
+static int parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *out)
+{
+    if (s == NULL || *s == '\0' || strlen(s) > 19)
+        return 0;
+    for (const char *p = s; *p; p++)
+        if (!isdigit((unsigned char)*p))
+            return 0;
+    uint64_t v = strtoull(s, NULL, 10);
+    if (v < min || v > max)
+        return 0;
+    *out = v;
+    return 1;
+}
+
+/*** write side ***/
+
+static void command_done(struct command *c, void *ud)
+{
+    (void)c;
+    http_resume(ud);
+}
+
+static int valid_idem_key(const char *k)
+{
+    size_t n = strlen(k);
+    if (n == 0 || n > 255)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (k[i] < 0x21 || k[i] > 0x7e)
+            return 0;
+    return 1;
+}
+
+static void append_arg(void *cls, const char *key, const char *value)
+{
+    buf_printf(cls, "%s=%s&", key, value ? value : "");
+}
+
+static enum MHD_Result collect_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   const char *value)
+{
+    (void)kind;
+    append_arg(cls, key, value);
+    return MHD_YES;
+}
+
+/* SHA-256 over method, path, query and body: what "the same request" means
+ * for Idempotency-Key. */
+static void request_digest(struct req *r, char out[65])
+{
+    buf b = {0};
+    buf_printf(&b, "%s\n%s\n", r->method, r->url);
+    MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, collect_arg, &b);
+    buf_putc(&b, '\n');
+    buf_append(&b, r->body.data ? r->body.data : "", r->body.len);
+    sha256_hex(b.data ? b.data : "", b.len, out);
+    buf_free(&b);
+}
+
+void route_command(struct req *r)
+{
+    if (r->state == REQ_RESUMED) {
+        struct command *c = r->cmd;
+        if (c->err) {
+            http_problem(r, c->err, "%s", c->detail);
+        } else {
+            char *body = c->body;
+            c->body = NULL;
+            http_reply(r, c->status, "application/json", body, strlen(body));
+        }
+        return;
+    }
+    const char *idem = http_header(r, "Idempotency-Key");
+    if (idem && !valid_idem_key(idem)) {
+        http_problem(r, SG_EBADINPUT, "Idempotency-Key must be 1 to 255 printable ASCII "
+                                      "characters without spaces");
+        return;
+    }
+    json_error_t jerr;
+    json_t *body = json_loadb(r->body.data ? r->body.data : "", r->body.len,
+                              JSON_REJECT_DUPLICATES, &jerr);
+    if (body == NULL) {
+        http_problem(r, SG_EBADINPUT, "malformed JSON: %s", jerr.text);
+        return;
+    }
+    json_t *input = NULL;
+    char detail[256] = "";
+    sg_err e = r->route->cmd->validate(body, r->param[0] ? r->param : NULL, &input, detail,
+                                       sizeof(detail));
+    json_decref(body);
+    if (e) {
+        http_problem(r, e, "%s", detail);
+        return;
+    }
+    r->cmd = command_new(r->route->cmd, r->who, input, r->param[0] ? r->param : NULL, idem);
+    if (r->cmd == NULL) {
+        json_decref(input);
+        http_problem(r, SG_ENOMEM, "out of memory");
+        return;
+    }
+    request_digest(r, r->cmd->request_sha256);
+    r->cmd->done = command_done;
+    r->cmd->ud = r;
+    http_suspend(r);
+    if (sequencer_submit(r->srv->app->seq, r->cmd) != SG_OK) {
+        command_fail(r->cmd, SG_EUNAVAILABLE, "shutting down");
+        http_resume(r);
+    }
+}
+
+void route_not_implemented(struct req *r)
+{
+    http_problem(r, SG_ENOTIMPL, "%s %s arrives in a later version of signet", r->method,
+                 r->route->path);
+}
+
+/*** read side ***/
+
+static void wait_done(void *ud)
+{
+    http_resume(ud);
+}
+
+/* min_position / wait_ms. Returns 1 if it answered or suspended r. */
+static int wait_for_position(struct req *r)
+{
+    const char *mp = http_query(r, "min_position"), *wm = http_query(r, "wait_ms");
+    uint64_t min = 0, wait = 2000;
+    if (mp == NULL && wm == NULL)
+        return 0;
+    if ((mp && !parse_uint(mp, 0, (uint64_t)1 << 53, &min)) ||
+        (wm && !parse_uint(wm, 0, 10000, &wait))) {
+        http_problem(r, SG_EBADINPUT,
+                     "min_position must be a non-negative integer and wait_ms 0 to 10000");
+        return 1;
+    }
+    projector *p = r->srv->app->proj;
+    uint64_t pos = projector_position(p, NULL);
+    if (pos >= min)
+        return 0;
+    if (r->state == REQ_RESUMED) {
+        http_problem(r, SG_EUNAVAILABLE, "read model is at position %llu, not yet %llu",
+                     (unsigned long long)pos, (unsigned long long)min);
+        return 1;
+    }
+    http_suspend(r);
+    if (projector_wait(p, min, mono_ms() + wait, wait_done, r) != SG_OK)
+        http_resume(r);
+    return 1;
+}
+
+struct events_page {
+    buf out;
+    size_t n;
+};
+
+static int add_event(const struct store_event *ev, void *ud)
+{
+    struct events_page *pg = ud;
+    if (pg->n++)
+        buf_putc(&pg->out, ',');
+    buf_append(&pg->out, ev->json, ev->json_len);
+    return 0;
+}
+
+void route_events(struct req *r)
+{
+    uint64_t after = 0, limit = 100, head;
+    const char *a = http_query(r, "after"), *l = http_query(r, "limit");
+    char hash[65];
+    if ((a && !parse_uint(a, 0, (uint64_t)1 << 53, &after)) ||
+        (l && !parse_uint(l, 1, 1000, &limit))) {
+        http_problem(r, SG_EBADINPUT, "after must be a non-negative integer, limit 1 to 1000");
+        return;
+    }
+    if (wait_for_position(r))
+        return;
+    struct events_page pg = {0};
+    buf_puts(&pg.out, "{\"events\":[");
+    pthread_mutex_lock(&r->srv->events_mu);
+    sg_err e = store_head(r->srv->events, &head, hash);
+    if (e == SG_OK)
+        e = store_read_after(r->srv->events, after, limit, add_event, &pg);
+    pthread_mutex_unlock(&r->srv->events_mu);
+    buf_printf(&pg.out, "],\"head\":%llu}", (unsigned long long)head);
+    size_t len;
+    char *body = buf_steal(&pg.out, &len);
+    if (e || body == NULL) {
+        free(body);
+        http_problem(r, e ? e : SG_ENOMEM, "cannot read the event store");
+        return;
+    }
+    http_reply(r, 200, "application/json", body, len);
+}
+
+void route_snapshot(struct req *r)
+{
+    if (wait_for_position(r))
+        return;
+    char *body;
+    size_t len;
+    sg_err e = snapshots_get(r->srv->app->snaps, r->param, &body, &len);
+    if (e == SG_ENOTFOUND)
+        http_problem(r, e, "no snapshot named %s", r->param);
+    else if (e)
+        http_problem(r, e, "cannot build the snapshot");
+    else
+        http_reply(r, 200, "application/json", body, len);
+}
+
+void route_keys(struct req *r)
+{
+    char *body = strdup(r->srv->keys_json);
+    if (body == NULL)
+        http_problem(r, SG_ENOMEM, "out of memory");
+    else
+        http_reply(r, 200, "application/json", body, strlen(body));
+}
+
+/*** health and metrics ***/
+
+struct health {
+    int hsm, store, halted;
+    uint64_t head, pos, halted_at;
+    char why[256];
+};
+
+static void health(struct req *r, struct health *h)
+{
+    struct http_app *app = r->srv->app;
+    char hash[65];
+    memset(h, 0, sizeof(*h));
+    h->hsm = signer_healthy(app->signer);
+    pthread_mutex_lock(&r->srv->events_mu);
+    h->store = store_head(r->srv->events, &h->head, hash) == SG_OK;
+    pthread_mutex_unlock(&r->srv->events_mu);
+    if (app->seq && !sequencer_store_ok(app->seq))
+        h->store = 0;
+    if (app->proj && !projector_store_ok(app->proj))
+        h->store = 0;
+    h->pos = app->proj ? projector_position(app->proj, NULL) : h->head;
+    h->halted = app->proj && projector_halted(app->proj, &h->halted_at, h->why, sizeof(h->why));
+}
+
+void route_healthz(struct req *r)
+{
+    struct health h;
+    health(r, &h);
+    int ok = h.hsm && h.store && !h.halted;
+    json_t *doc = json_pack("{s:s, s:I, s:I, s:I, s:s, s:s, s:s}", "status",
+                            ok ? "ok" : "unavailable", "position", (json_int_t)h.pos, "head",
+                            (json_int_t)h.head, "lag",
+                            (json_int_t)(h.head > h.pos ? h.head - h.pos : 0), "hsm",
+                            h.hsm ? "ok" : "unavailable", "store",
+                            h.store ? "ok" : "unavailable", "projector",
+                            !r->srv->app->proj ? "off" : h.halted ? "halted" : "ok");
+    if (doc && h.halted) {
+        json_object_set_new(doc, "halted_at", json_integer((json_int_t)h.halted_at));
+        json_object_set_new(doc, "halted_reason", json_string(h.why));
+    }
+    http_reply_json(r, ok ? 200 : 503, doc);
+}
+
+void route_metrics(struct req *r)
+{
+    struct health h;
+    health(r, &h);
+    buf b = {0};
+    buf_printf(&b,
+               "# HELP signet_events_appended_total Events appended by this process.\n"
+               "# TYPE signet_events_appended_total counter\n"
+               "signet_events_appended_total %llu\n"
+               "# HELP signet_commit_batches_total Group commits (one fsync each).\n"
+               "# TYPE signet_commit_batches_total counter\n"
+               "signet_commit_batches_total %llu\n"
+               "# HELP signet_sign_failures_total Events the HSM failed to sign.\n"
+               "# TYPE signet_sign_failures_total counter\n"
+               "signet_sign_failures_total %llu\n"
+               "# HELP signet_store_head_position Last position in the event store.\n"
+               "# TYPE signet_store_head_position gauge\n"
+               "signet_store_head_position %llu\n"
+               "# HELP signet_projector_position Position the read models reflect.\n"
+               "# TYPE signet_projector_position gauge\n"
+               "signet_projector_position %llu\n"
+               "# HELP signet_projector_lag_events Events not yet projected.\n"
+               "# TYPE signet_projector_lag_events gauge\n"
+               "signet_projector_lag_events %llu\n"
+               "# HELP signet_projector_halted 1 if an event failed verification.\n"
+               "# TYPE signet_projector_halted gauge\n"
+               "signet_projector_halted %d\n"
+               "# HELP signet_hsm_up 1 if the HSM signs.\n"
+               "# TYPE signet_hsm_up gauge\n"
+               "signet_hsm_up %d\n"
+               "# HELP signet_http_requests_total Answered requests by listener and status class.\n"
+               "# TYPE signet_http_requests_total counter\n",
+               (unsigned long long)atomic_load(&sg_metrics.events_appended),
+               (unsigned long long)atomic_load(&sg_metrics.commit_batches),
+               (unsigned long long)atomic_load(&sg_metrics.sign_failures),
+               (unsigned long long)h.head, (unsigned long long)h.pos,
+               (unsigned long long)(h.head > h.pos ? h.head - h.pos : 0), h.halted, h.hsm);
+    static const char *const listeners[] = {"write", "read"};
+    for (int l = 0; l < 2; l++)
+        for (int c = 1; c <= 5; c++)
+            buf_printf(&b, "signet_http_requests_total{listener=\"%s\",code=\"%dxx\"} %llu\n",
+                       listeners[l], c, (unsigned long long)atomic_load(&r->srv->requests[l][c]));
+    size_t len;
+    char *body = buf_steal(&b, &len);
+    if (body == NULL)
+        http_problem(r, SG_ENOMEM, "out of memory");
+    else
+        http_reply(r, 200, "text/plain; version=0.0.4", body, len);
+}

@@ -1,0 +1,57 @@
+/* store.h - the append-only event store: the small interface every backend
+ * implements (append a batch, read after a position, head), plus the
+ * idempotency records written in the same transaction as their events.
+ *
+ * Nothing outside src/store knows which backend is in use. A store handle is
+ * used by one thread at a time; open one per thread. */
+#ifndef SG_STORE_H
+#define SG_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../core/codec.h"
+#include "../core/sg.h"
+
+struct store_event {
+    uint64_t position;
+    char hash[SG_HEX256_LEN + 1];
+    const char *json; /* the whole event, canonical JSON */
+    size_t json_len;
+};
+
+struct idem_record {
+    const char *principal;
+    const char *key;
+    char request_sha256[SG_HEX256_LEN + 1];
+    int status;
+    const char *body;
+    uint64_t position;
+};
+
+typedef struct store store;
+
+/* Open (creating if missing) the store named by uri ("sqlite:/path"). */
+sg_err store_open(const char *uri, store **out, char *why, size_t whylen);
+void store_close(store *st);
+
+/* Append events (positions head+1 .. head+n, in order) and idempotency records
+ * in one durable transaction. SG_OK only once it is on disk; on any error
+ * nothing is appended (SG_ESTORE, or SG_ECONFLICT if the positions are taken). */
+sg_err store_append_batch(store *st, const struct store_event *evs, size_t nev,
+                          const struct idem_record *recs, size_t nrec);
+
+/* Call cb for up to limit events with position > after, oldest first. The
+ * event is only valid during the call. cb returns nonzero to stop early. */
+typedef int (*store_event_cb)(const struct store_event *ev, void *ud);
+sg_err store_read_after(store *st, uint64_t after, size_t limit, store_event_cb cb, void *ud);
+
+/* Position and hash of the last event (0 and 64 zeros if empty). */
+sg_err store_head(store *st, uint64_t *pos, char hash[SG_HEX256_LEN + 1]);
+
+/* The stored answer for (principal, key): SG_OK and fields filled (body
+ * malloc'd, caller frees), SG_ENOTFOUND, or SG_ESTORE. */
+sg_err store_idem_get(store *st, const char *principal, const char *key,
+                      char request_sha256[SG_HEX256_LEN + 1], int *status, char **body);
+
+#endif

@@ -1,0 +1,213 @@
+/* store_sqlite.c - the embedded event store: one SQLite file in WAL mode.
+ *
+ * Append-only is enforced twice: only store_append_batch writes, and triggers
+ * refuse UPDATE and DELETE on events. synchronous=FULL makes every commit an
+ * fsync, so SG_OK from an append means durable. Each handle is one connection,
+ * used by one thread at a time. */
+#include "store.h"
+
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../core/log.h"
+
+struct store {
+    sqlite3 *db;
+    sqlite3_stmt *ins_event, *ins_idem, *read_after, *head, *idem_get;
+};
+
+static const char schema[] =
+    "CREATE TABLE IF NOT EXISTS events ("
+    "  position INTEGER PRIMARY KEY,"
+    "  hash TEXT NOT NULL,"
+    "  body TEXT NOT NULL);"
+    "CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events"
+    "  BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;"
+    "CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events"
+    "  BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;"
+    "CREATE TABLE IF NOT EXISTS idempotency ("
+    "  principal TEXT NOT NULL,"
+    "  key TEXT NOT NULL,"
+    "  request_sha256 TEXT NOT NULL,"
+    "  status INTEGER NOT NULL,"
+    "  body TEXT NOT NULL,"
+    "  position INTEGER NOT NULL,"
+    "  PRIMARY KEY (principal, key));";
+
+static sg_err prepare(store *st, sqlite3_stmt **s, const char *sql)
+{
+    return sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, s, NULL) == SQLITE_OK
+               ? SG_OK
+               : SG_ESTORE;
+}
+
+sg_err store_open(const char *uri, store **out, char *why, size_t whylen)
+{
+    *out = NULL;
+    if (strncmp(uri, "sqlite:", 7) != 0) {
+        snprintf(why, whylen, "store %s: only sqlite: is built in this version", uri);
+        return SG_ECONFIG;
+    }
+    store *st = calloc(1, sizeof(*st));
+    if (st == NULL)
+        return SG_ENOMEM;
+    const char *path = uri + 7;
+    int rc = sqlite3_open_v2(path, &st->db,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_busy_timeout(st->db, 10000);
+        rc = sqlite3_exec(st->db,
+                          "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", NULL, NULL, NULL);
+    }
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(st->db, schema, NULL, NULL, NULL);
+    if (rc != SQLITE_OK ||
+        prepare(st, &st->ins_event, "INSERT INTO events(position, hash, body) VALUES (?,?,?)") ||
+        prepare(st, &st->ins_idem,
+                "INSERT INTO idempotency(principal, key, request_sha256, status, body, position) "
+                "VALUES (?,?,?,?,?,?)") ||
+        prepare(st, &st->read_after,
+                "SELECT position, hash, body FROM events WHERE position > ? ORDER BY position "
+                "LIMIT ?") ||
+        prepare(st, &st->head, "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1") ||
+        prepare(st, &st->idem_get,
+                "SELECT request_sha256, status, body FROM idempotency WHERE principal = ? AND "
+                "key = ?")) {
+        snprintf(why, whylen, "store %s: %s", path,
+                 st->db ? sqlite3_errmsg(st->db) : "cannot open");
+        store_close(st);
+        return SG_ESTORE;
+    }
+    *out = st;
+    return SG_OK;
+}
+
+void store_close(store *st)
+{
+    if (st == NULL)
+        return;
+    sqlite3_finalize(st->ins_event);
+    sqlite3_finalize(st->ins_idem);
+    sqlite3_finalize(st->read_after);
+    sqlite3_finalize(st->head);
+    sqlite3_finalize(st->idem_get);
+    sqlite3_close(st->db);
+    free(st);
+}
+
+static int step_done(sqlite3_stmt *s)
+{
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    return rc == SQLITE_DONE;
+}
+
+sg_err store_append_batch(store *st, const struct store_event *evs, size_t nev,
+                          const struct idem_record *recs, size_t nrec)
+{
+    uint64_t head;
+    char hash[SG_HEX256_LEN + 1];
+    if (nev == 0)
+        return SG_OK;
+    if (sqlite3_exec(st->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        goto fail;
+    if (store_head(st, &head, hash) != SG_OK)
+        goto rollback;
+    if (evs[0].position != head + 1) {
+        sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+        sg_error("store: append at %llu but head is %llu", (unsigned long long)evs[0].position,
+                 (unsigned long long)head);
+        return SG_ECONFLICT;
+    }
+    for (size_t i = 0; i < nev; i++) {
+        sqlite3_bind_int64(st->ins_event, 1, (sqlite3_int64)evs[i].position);
+        sqlite3_bind_text(st->ins_event, 2, evs[i].hash, SG_HEX256_LEN, SQLITE_STATIC);
+        sqlite3_bind_text(st->ins_event, 3, evs[i].json, (int)evs[i].json_len, SQLITE_STATIC);
+        if (!step_done(st->ins_event))
+            goto rollback;
+    }
+    for (size_t i = 0; i < nrec; i++) {
+        sqlite3_stmt *s = st->ins_idem;
+        sqlite3_bind_text(s, 1, recs[i].principal, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, recs[i].key, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 3, recs[i].request_sha256, SG_HEX256_LEN, SQLITE_STATIC);
+        sqlite3_bind_int(s, 4, recs[i].status);
+        sqlite3_bind_text(s, 5, recs[i].body, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 6, (sqlite3_int64)recs[i].position);
+        if (!step_done(s))
+            goto rollback;
+    }
+    if (sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK)
+        return SG_OK;
+rollback:
+    sg_error("store: append failed: %s", sqlite3_errmsg(st->db));
+    sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+    return SG_ESTORE;
+fail:
+    sg_error("store: cannot begin: %s", sqlite3_errmsg(st->db));
+    return SG_ESTORE;
+}
+
+sg_err store_read_after(store *st, uint64_t after, size_t limit, store_event_cb cb, void *ud)
+{
+    sqlite3_stmt *s = st->read_after;
+    sqlite3_bind_int64(s, 1, (sqlite3_int64)after);
+    sqlite3_bind_int64(s, 2, (sqlite3_int64)limit);
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        struct store_event ev = {.position = (uint64_t)sqlite3_column_int64(s, 0)};
+        const unsigned char *h = sqlite3_column_text(s, 1);
+        snprintf(ev.hash, sizeof(ev.hash), "%s", h ? (const char *)h : "");
+        ev.json = (const char *)sqlite3_column_text(s, 2);
+        ev.json_len = (size_t)sqlite3_column_bytes(s, 2);
+        if (ev.json == NULL || cb(&ev, ud)) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    return rc == SQLITE_DONE ? SG_OK : SG_ESTORE;
+}
+
+sg_err store_head(store *st, uint64_t *pos, char hash[SG_HEX256_LEN + 1])
+{
+    sqlite3_stmt *s = st->head;
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        *pos = (uint64_t)sqlite3_column_int64(s, 0);
+        const unsigned char *h = sqlite3_column_text(s, 1);
+        snprintf(hash, SG_HEX256_LEN + 1, "%s", h ? (const char *)h : "");
+    } else if (rc == SQLITE_DONE) {
+        *pos = 0;
+        memset(hash, '0', SG_HEX256_LEN);
+        hash[SG_HEX256_LEN] = '\0';
+    }
+    sqlite3_reset(s);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? SG_OK : SG_ESTORE;
+}
+
+sg_err store_idem_get(store *st, const char *principal, const char *key,
+                      char request_sha256[SG_HEX256_LEN + 1], int *status, char **body)
+{
+    sqlite3_stmt *s = st->idem_get;
+    sg_err e = SG_ENOTFOUND;
+    sqlite3_bind_text(s, 1, principal, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, key, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        const unsigned char *r = sqlite3_column_text(s, 0), *b = sqlite3_column_text(s, 2);
+        snprintf(request_sha256, SG_HEX256_LEN + 1, "%s", r ? (const char *)r : "");
+        *status = sqlite3_column_int(s, 1);
+        *body = strdup(b ? (const char *)b : "");
+        e = *body ? SG_OK : SG_ENOMEM;
+    } else if (rc != SQLITE_DONE) {
+        e = SG_ESTORE;
+    }
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    return e;
+}

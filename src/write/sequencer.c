@@ -1,0 +1,600 @@
+/* sequencer.c - decide, chain, sign in parallel, group-commit (see sequencer.h).
+ *
+ * Threads: one sequencer (the only one that touches write state and the
+ * chain head), a pool of signers, one committer. Batch N is committed while
+ * batch N+1 is decided and signed. If a batch fails (HSM or store), it and
+ * every batch built on it fail, and write state is rebuilt from the store
+ * before anything else is decided: nothing unsigned or undurable is ever
+ * acknowledged, and no acknowledged command is lost. */
+#include "sequencer.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../core/jcs.h"
+#include "../core/log.h"
+#include "../core/metrics.h"
+#include "../core/strmap.h"
+#include "../store/store.h"
+#include "writestate.h"
+
+#define MAX_BATCH 1024 /* commands per batch */
+#define MAX_SIGNERS 8
+
+struct pending {
+    uint64_t position;
+    json_t *ev; /* the event being built; freed once serialised */
+    uint8_t digest[32];
+    char hash[SG_HEX256_LEN + 1];
+    uint8_t sig[SIGNER_MAX_SIG];
+    size_t siglen;
+    sg_err err;
+    char *json; /* final canonical form, with hash, key_id, sig */
+    size_t len;
+};
+
+struct batch {
+    struct pending *evs;
+    size_t nev, evcap;
+    struct command **cmds; /* commands waiting for this batch to be durable */
+    size_t ncmd;
+    struct idem_record *recs;
+    size_t nrec;
+    struct batch *next;
+};
+
+struct decision {
+    sequencer *q;
+    struct batch *b;
+    char command_id[37];
+    int broken; /* emit failed midway: state holds a partial command */
+};
+
+struct sequencer {
+    signer *signer;
+    store *rst; /* sequencer thread: idempotency look-ups, rebuilds */
+    store *wst; /* committer thread: appends */
+
+    pthread_mutex_t mu;
+    pthread_cond_t wake;      /* queue non-empty, committer progress, stop */
+    struct command *qhead, *qtail;
+    size_t qlen;
+    struct batch *chead, *ctail; /* committer queue */
+    int committing;              /* committer busy with a batch */
+    int poisoned;                /* a commit failed: fail every later batch until rebuilt */
+    int need_rebuild;            /* sequencer thread: state holds events never stored */
+    int stopping, seq_done;
+    strmap *inflight; /* principal\x1fkey of commands not yet durable */
+
+    /* sequencer thread only */
+    uint64_t head;
+    char prev[SG_HEX256_LEN + 1];
+
+    void (*on_commit)(uint64_t, void *);
+    void *on_commit_ud;
+    atomic_int store_ok;
+
+    pthread_t seq_thread, commit_thread;
+
+    /* sign pool */
+    int nsigners;
+    pthread_t signers[MAX_SIGNERS];
+    pthread_mutex_t pmu;
+    pthread_cond_t pwork, pdone;
+    struct batch *pbatch;
+    atomic_size_t pnext;
+    int pfinished;
+    uint64_t pgen;
+};
+
+/*** batches ***/
+
+static void batch_free(struct batch *b)
+{
+    if (b == NULL)
+        return;
+    for (size_t i = 0; i < b->nev; i++) {
+        json_decref(b->evs[i].ev);
+        free(b->evs[i].json);
+    }
+    free(b->evs);
+    free(b->cmds);
+    free(b->recs);
+    free(b);
+}
+
+static void inflight_key(char *out, size_t n, const struct command *c)
+{
+    snprintf(out, n, "%s\x1f%s", c->who->name, c->idem_key);
+}
+
+/* Final answer for c: call done, release its idempotency slot. */
+static void finish(sequencer *q, struct command *c)
+{
+    if (c->idem_key) {
+        char k[512];
+        inflight_key(k, sizeof(k), c);
+        pthread_mutex_lock(&q->mu);
+        strmap_del(q->inflight, k);
+        pthread_mutex_unlock(&q->mu);
+    }
+    c->done(c, c->ud);
+}
+
+static void fail_batch(sequencer *q, struct batch *b, sg_err err, const char *why)
+{
+    for (size_t i = 0; i < b->ncmd; i++) {
+        command_fail(b->cmds[i], err, "%s", why);
+        finish(q, b->cmds[i]);
+    }
+    batch_free(b);
+}
+
+/*** deciding ***/
+
+uint64_t decision_emit(struct decision *d, struct command *c, const char *type, json_t *data)
+{
+    sequencer *q = d->q;
+    struct batch *b = d->b;
+    char id[37], now[32];
+    if (data == NULL)
+        goto broken;
+    if (b->nev == b->evcap) {
+        size_t cap = b->evcap ? b->evcap * 2 : 64;
+        struct pending *p = realloc(b->evs, cap * sizeof(*p));
+        if (p == NULL)
+            goto broken;
+        b->evs = p;
+        b->evcap = cap;
+    }
+    uuid_v4(id);
+    rfc3339_now(now);
+    uint64_t pos = q->head + 1;
+    json_t *ev = json_pack("{s:I, s:s, s:s, s:s, s:s, s:s, s:o, s:s}", "position",
+                           (json_int_t)pos, "id", id, "type", type, "time", now, "actor",
+                           c->who->name, "command_id", d->command_id, "data", data, "prev",
+                           q->prev);
+    data = NULL;
+    if (ev == NULL)
+        goto broken;
+    struct pending *p = &b->evs[b->nev];
+    memset(p, 0, sizeof(*p));
+    char *bytes;
+    size_t len;
+    if (signed_bytes(ev, &bytes, &len) != SG_OK || writestate_apply(ev) != SG_OK) {
+        json_decref(ev);
+        goto broken;
+    }
+    sha256(bytes, len, p->digest);
+    free(bytes);
+    hex_encode(p->digest, 32, p->hash);
+    p->position = pos;
+    p->ev = ev;
+    b->nev++;
+    q->head = pos;
+    memcpy(q->prev, p->hash, sizeof(q->prev));
+    return pos;
+broken:
+    json_decref(data);
+    d->broken = 1;
+    command_fail(c, SG_EINTERNAL, "cannot build the event");
+    return 0;
+}
+
+/* Idempotency: SG_OK to go on deciding; otherwise c is answered already. */
+static int idem_check(sequencer *q, struct command *c)
+{
+    char k[512], stored_req[SG_HEX256_LEN + 1];
+    int status;
+    char *body = NULL;
+    inflight_key(k, sizeof(k), c);
+    pthread_mutex_lock(&q->mu);
+    int busy = strmap_get(q->inflight, k) != NULL;
+    pthread_mutex_unlock(&q->mu);
+    if (busy) {
+        command_fail(c, SG_ECONFLICT, "a request with this Idempotency-Key is still in progress");
+        return 0;
+    }
+    sg_err e = store_idem_get(q->rst, c->who->name, c->idem_key, stored_req, &status, &body);
+    if (e == SG_ENOTFOUND)
+        return 1;
+    if (e)
+        command_fail(c, SG_ESTORE, "cannot read idempotency records");
+    else if (strcmp(stored_req, c->request_sha256) != 0)
+        command_fail(c, SG_EUNPROCESSABLE,
+                     "Idempotency-Key was already used for a different request");
+    else {
+        c->err = SG_OK;
+        c->status = status;
+        free(c->body);
+        c->body = body;
+        body = NULL;
+    }
+    free(body);
+    return 0;
+}
+
+static sg_err batch_add_cmd(struct batch *b, struct command *c)
+{
+    struct command **p = realloc(b->cmds, (b->ncmd + 1) * sizeof(*p));
+    if (p == NULL)
+        return SG_ENOMEM;
+    b->cmds = p;
+    b->cmds[b->ncmd++] = c;
+    if (c->idem_key) {
+        struct idem_record *r = realloc(b->recs, (b->nrec + 1) * sizeof(*r));
+        if (r == NULL)
+            return SG_ENOMEM;
+        b->recs = r;
+        r = &b->recs[b->nrec++];
+        r->principal = c->who->name;
+        r->key = c->idem_key;
+        memcpy(r->request_sha256, c->request_sha256, sizeof(r->request_sha256));
+        r->status = c->status;
+        r->body = c->body;
+        r->position = c->position;
+    }
+    return SG_OK;
+}
+
+/*** signing pool ***/
+
+static void sign_range(sequencer *q, struct batch *b)
+{
+    size_t i;
+    while ((i = atomic_fetch_add(&q->pnext, 1)) < b->nev) {
+        struct pending *p = &b->evs[i];
+        p->err = signer_sign_digest(q->signer, KEY_EVENTS, p->digest, p->sig, &p->siglen);
+    }
+}
+
+static void *signer_main(void *arg)
+{
+    sequencer *q = arg;
+    uint64_t seen = 0;
+    pthread_mutex_lock(&q->pmu);
+    for (;;) {
+        while (q->pgen == seen)
+            pthread_cond_wait(&q->pwork, &q->pmu);
+        seen = q->pgen;
+        struct batch *b = q->pbatch;
+        if (b == NULL)
+            break; /* stop */
+        pthread_mutex_unlock(&q->pmu);
+        sign_range(q, b);
+        pthread_mutex_lock(&q->pmu);
+        q->pfinished++;
+        pthread_cond_signal(&q->pdone);
+    }
+    pthread_mutex_unlock(&q->pmu);
+    return NULL;
+}
+
+/* Sign every event of b on the pool and this thread; then serialise them.
+ * SG_EHSM if any signature failed. */
+static sg_err sign_batch(sequencer *q, struct batch *b)
+{
+    pthread_mutex_lock(&q->pmu);
+    q->pbatch = b;
+    atomic_store(&q->pnext, 0);
+    q->pfinished = 0;
+    q->pgen++;
+    pthread_cond_broadcast(&q->pwork);
+    pthread_mutex_unlock(&q->pmu);
+    sign_range(q, b);
+    pthread_mutex_lock(&q->pmu);
+    while (q->pfinished < q->nsigners)
+        pthread_cond_wait(&q->pdone, &q->pmu);
+    pthread_mutex_unlock(&q->pmu);
+
+    const char *key_id = signer_key_id(q->signer, KEY_EVENTS);
+    for (size_t i = 0; i < b->nev; i++) {
+        struct pending *p = &b->evs[i];
+        if (p->err) {
+            atomic_fetch_add(&sg_metrics.sign_failures, 1);
+            return SG_EHSM;
+        }
+        char sig64[128];
+        b64_encode(p->sig, p->siglen, sig64);
+        if (json_object_set_new(p->ev, "hash", json_string(p->hash)) ||
+            json_object_set_new(p->ev, "key_id", json_string(key_id)) ||
+            json_object_set_new(p->ev, "sig", json_string(sig64)) ||
+            jcs_dump(p->ev, &p->json, &p->len) != SG_OK)
+            return SG_ENOMEM;
+        json_decref(p->ev);
+        p->ev = NULL;
+    }
+    return SG_OK;
+}
+
+/*** committer ***/
+
+static void *committer_main(void *arg)
+{
+    sequencer *q = arg;
+    pthread_mutex_lock(&q->mu);
+    for (;;) {
+        while (q->chead == NULL && !q->seq_done)
+            pthread_cond_wait(&q->wake, &q->mu);
+        struct batch *b = q->chead;
+        if (b == NULL)
+            break;
+        q->chead = b->next;
+        if (q->chead == NULL)
+            q->ctail = NULL;
+        q->committing = 1;
+        int poisoned = q->poisoned;
+        pthread_mutex_unlock(&q->mu);
+
+        sg_err e = SG_ESTORE;
+        struct store_event *se = poisoned ? NULL : malloc(b->nev * sizeof(*se));
+        if (se) {
+            for (size_t i = 0; i < b->nev; i++) {
+                se[i].position = b->evs[i].position;
+                memcpy(se[i].hash, b->evs[i].hash, sizeof(se[i].hash));
+                se[i].json = b->evs[i].json;
+                se[i].json_len = b->evs[i].len;
+            }
+            e = store_append_batch(q->wst, se, b->nev, b->recs, b->nrec);
+            free(se);
+        }
+        if (e == SG_OK) {
+            atomic_store(&q->store_ok, 1);
+            atomic_fetch_add(&sg_metrics.events_appended, b->nev);
+            atomic_fetch_add(&sg_metrics.commit_batches, 1);
+            uint64_t last = b->evs[b->nev - 1].position;
+            for (size_t i = 0; i < b->ncmd; i++)
+                finish(q, b->cmds[i]);
+            atomic_store(&sg_metrics.store_head, last);
+            if (q->on_commit)
+                q->on_commit(last, q->on_commit_ud);
+            batch_free(b);
+        } else {
+            if (!poisoned) {
+                atomic_store(&q->store_ok, 0);
+                atomic_fetch_add(&sg_metrics.store_failures, 1);
+            }
+            fail_batch(q, b, SG_ESTORE,
+                       poisoned ? "an earlier batch failed; retry" : "the event store failed");
+        }
+        pthread_mutex_lock(&q->mu);
+        if (e != SG_OK)
+            q->poisoned = 1;
+        q->committing = 0;
+        pthread_cond_broadcast(&q->wake);
+    }
+    pthread_mutex_unlock(&q->mu);
+    return NULL;
+}
+
+/*** the sequencer thread ***/
+
+static sg_err rebuild(sequencer *q)
+{
+    sg_err e = writestate_rebuild(q->rst, &q->head, q->prev);
+    if (e)
+        sg_error("write state: rebuild from the store failed");
+    return e;
+}
+
+static void run_batch(sequencer *q, struct command *list)
+{
+    struct batch *b = calloc(1, sizeof(*b));
+    struct decision d = {.q = q, .b = b};
+    struct command *c, *next;
+    if (b == NULL) {
+        for (c = list; c; c = next) {
+            next = c->next;
+            command_fail(c, SG_ENOMEM, "out of memory");
+            c->done(c, c->ud);
+        }
+        return;
+    }
+    for (c = list; c; c = next) {
+        next = c->next;
+        if (d.broken) {
+            command_fail(c, SG_EINTERNAL, "batch failed; retry");
+            c->done(c, c->ud);
+            continue;
+        }
+        if (c->idem_key && !idem_check(q, c)) {
+            c->done(c, c->ud);
+            continue;
+        }
+        uuid_v4(d.command_id);
+        size_t before = b->nev;
+        c->err = SG_OK;
+        c->type->decide(c, &d);
+        if (c->err || b->nev == before) {
+            c->done(c, c->ud);
+            continue;
+        }
+        c->position = q->head;
+        if (c->idem_key) {
+            char k[512];
+            inflight_key(k, sizeof(k), c);
+            pthread_mutex_lock(&q->mu);
+            if (strmap_put(q->inflight, k, (void *)1) != SG_OK)
+                d.broken = 1;
+            pthread_mutex_unlock(&q->mu);
+        }
+        if (batch_add_cmd(b, c) != SG_OK)
+            d.broken = 1;
+    }
+    if (b->nev == 0) {
+        batch_free(b);
+        return;
+    }
+    sg_err e = d.broken ? SG_EINTERNAL : sign_batch(q, b);
+    if (e) {
+        fail_batch(q, b, e, e == SG_EHSM ? "the HSM did not sign; nothing was appended"
+                                          : "internal error; nothing was appended");
+        q->need_rebuild = 1; /* state holds events that will never be stored */
+        return;
+    }
+    pthread_mutex_lock(&q->mu);
+    while (q->chead != NULL) /* at most one batch waiting behind the one committing */
+        pthread_cond_wait(&q->wake, &q->mu);
+    if (q->ctail)
+        q->ctail->next = b;
+    else
+        q->chead = b;
+    q->ctail = b;
+    pthread_cond_broadcast(&q->wake);
+    pthread_mutex_unlock(&q->mu);
+}
+
+static void *sequencer_main(void *arg)
+{
+    sequencer *q = arg;
+    pthread_mutex_lock(&q->mu);
+    for (;;) {
+        while (q->qhead == NULL && !q->stopping)
+            pthread_cond_wait(&q->wake, &q->mu);
+        if (q->qhead == NULL)
+            break;
+        if (q->poisoned || q->need_rebuild) {
+            /* Let the committer drain (earlier batches are good), then rebuild
+             * write state from what is durable. */
+            while (q->chead != NULL || q->committing)
+                pthread_cond_wait(&q->wake, &q->mu);
+            pthread_mutex_unlock(&q->mu);
+            sg_err e = rebuild(q);
+            pthread_mutex_lock(&q->mu);
+            if (e == SG_OK)
+                q->poisoned = q->need_rebuild = 0;
+        }
+        struct command *list = q->qhead, *last = list;
+        size_t n = 1;
+        while (last->next && n < MAX_BATCH)
+            last = last->next, n++;
+        q->qhead = last->next;
+        if (q->qhead == NULL)
+            q->qtail = NULL;
+        q->qlen -= n;
+        last->next = NULL;
+        int poisoned = q->poisoned || q->need_rebuild;
+        pthread_mutex_unlock(&q->mu);
+        if (poisoned) {
+            for (struct command *c = list, *nx; c; c = nx) {
+                nx = c->next;
+                command_fail(c, SG_ESTORE, "the event store cannot be read");
+                c->done(c, c->ud);
+            }
+        } else {
+            run_batch(q, list);
+        }
+        pthread_mutex_lock(&q->mu);
+    }
+    q->seq_done = 1;
+    pthread_cond_broadcast(&q->wake);
+    pthread_mutex_unlock(&q->mu);
+    return NULL;
+}
+
+/*** public ***/
+
+sg_err sequencer_start(const char *store_uri, signer *s, sequencer **out, char *why,
+                       size_t whylen)
+{
+    sequencer *q = calloc(1, sizeof(*q));
+    *out = NULL;
+    if (q == NULL)
+        return SG_ENOMEM;
+    q->signer = s;
+    pthread_mutex_init(&q->mu, NULL);
+    pthread_cond_init(&q->wake, NULL);
+    pthread_mutex_init(&q->pmu, NULL);
+    pthread_cond_init(&q->pwork, NULL);
+    pthread_cond_init(&q->pdone, NULL);
+    atomic_store(&q->store_ok, 1);
+    sg_err e = store_open(store_uri, &q->rst, why, whylen);
+    if (e == SG_OK)
+        e = store_open(store_uri, &q->wst, why, whylen);
+    if (e == SG_OK && (q->inflight = strmap_new()) == NULL)
+        e = SG_ENOMEM;
+    if (e == SG_OK && (e = rebuild(q)) != SG_OK)
+        snprintf(why, whylen, "cannot replay the event store %s", store_uri);
+    if (e) {
+        store_close(q->rst);
+        store_close(q->wst);
+        strmap_free(q->inflight, NULL);
+        free(q);
+        return e;
+    }
+    atomic_store(&sg_metrics.store_head, q->head);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    q->nsigners = cpus < 2 ? 1 : cpus > MAX_SIGNERS ? MAX_SIGNERS : (int)cpus;
+    q->nsigners -= 1; /* the sequencer thread signs too */
+    for (int i = 0; i < q->nsigners; i++)
+        pthread_create(&q->signers[i], NULL, signer_main, q);
+    pthread_create(&q->commit_thread, NULL, committer_main, q);
+    pthread_create(&q->seq_thread, NULL, sequencer_main, q);
+    sg_info("sequencer: head at position %llu, %d signing threads", (unsigned long long)q->head,
+            q->nsigners + 1);
+    *out = q;
+    return SG_OK;
+}
+
+sg_err sequencer_submit(sequencer *q, struct command *c)
+{
+    c->next = NULL;
+    pthread_mutex_lock(&q->mu);
+    if (q->stopping) {
+        pthread_mutex_unlock(&q->mu);
+        return SG_EUNAVAILABLE;
+    }
+    if (q->qtail)
+        q->qtail->next = c;
+    else
+        q->qhead = c;
+    q->qtail = c;
+    q->qlen++;
+    pthread_cond_broadcast(&q->wake);
+    pthread_mutex_unlock(&q->mu);
+    return SG_OK;
+}
+
+void sequencer_on_commit(sequencer *q, void (*fn)(uint64_t, void *), void *ud)
+{
+    q->on_commit = fn;
+    q->on_commit_ud = ud;
+}
+
+int sequencer_store_ok(sequencer *q)
+{
+    return atomic_load(&q->store_ok);
+}
+
+void sequencer_stop(sequencer *q)
+{
+    if (q == NULL)
+        return;
+    pthread_mutex_lock(&q->mu);
+    q->stopping = 1;
+    pthread_cond_broadcast(&q->wake);
+    pthread_mutex_unlock(&q->mu);
+    pthread_join(q->seq_thread, NULL);
+    pthread_join(q->commit_thread, NULL);
+    pthread_mutex_lock(&q->pmu);
+    q->pbatch = NULL;
+    q->pgen++;
+    pthread_cond_broadcast(&q->pwork);
+    pthread_mutex_unlock(&q->pmu);
+    for (int i = 0; i < q->nsigners; i++)
+        pthread_join(q->signers[i], NULL);
+}
+
+void sequencer_free(sequencer *q)
+{
+    if (q == NULL)
+        return;
+    store_close(q->rst);
+    store_close(q->wst);
+    strmap_free(q->inflight, NULL);
+    free(q);
+}
