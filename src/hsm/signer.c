@@ -406,6 +406,7 @@ static CK_RV generate_p256(struct p11 *m, CK_SESSION_HANDLE h, const char *label
         {CKA_TOKEN, &yes, sizeof(yes)},       {CKA_PRIVATE, &yes, sizeof(yes)},
         {CKA_SENSITIVE, &yes, sizeof(yes)},   {CKA_EXTRACTABLE, &no, sizeof(no)},
         {CKA_SIGN, &yes, sizeof(yes)},        {CKA_DERIVE, &no, sizeof(no)},
+        {CKA_DECRYPT, &no, sizeof(no)},       {CKA_UNWRAP, &no, sizeof(no)},
         {CKA_LABEL, (void *)label, strlen(label)}, {CKA_ID, (void *)label, strlen(label)},
     };
     CK_OBJECT_HANDLE hpub, hpriv;
