@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# bench/run.sh - one benchmark run: raw SoftHSM2 signing rate (bench_hsm), then
+# signetd's rate of acknowledged signed writes over HTTP (bench_http), and their
+# ratio. Everything lives in a temporary directory and on 127.0.0.1 only.
+#
+# usage: bench/run.sh [BUILD_DIR]      (default: build)
+# env:   BENCH_HSM_SECONDS (3), BENCH_HTTP_SECONDS (5), BENCH_HTTP_WARMUP (1),
+#        BENCH_CONNECTIONS (64), BENCH_HTTP_THREADS (2),
+#        SOFTHSM2_MODULE (/usr/lib/softhsm/libsofthsm2.so)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD=${1:-build}
+if [[ ! -d $BUILD && -d $ROOT/$BUILD ]]; then
+    BUILD=$ROOT/$BUILD
+fi
+BUILD=$(cd "$BUILD" && pwd)
+MODULE=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+HSM_SECONDS=${BENCH_HSM_SECONDS:-3}
+HTTP_SECONDS=${BENCH_HTTP_SECONDS:-5}
+HTTP_WARMUP=${BENCH_HTTP_WARMUP:-1}
+CONNECTIONS=${BENCH_CONNECTIONS:-64}
+HTTP_THREADS=${BENCH_HTTP_THREADS:-2}
+
+for f in signet signetd bench/bench_hsm bench/bench_http; do
+    [[ -x $BUILD/$f ]] || { echo "run.sh: $BUILD/$f is missing; build first" >&2; exit 2; }
+done
+for tool in python3 curl sha256sum od; do
+    command -v "$tool" >/dev/null || { echo "run.sh: $tool is required" >&2; exit 2; }
+done
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/signet-bench.XXXXXX")
+SIGNETD_PID=
+cleanup() {
+    if [[ -n $SIGNETD_PID ]] && kill -0 "$SIGNETD_PID" 2>/dev/null; then
+        kill -KILL "$SIGNETD_PID" 2>/dev/null || true
+        wait "$SIGNETD_PID" 2>/dev/null || true
+    fi
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# value KEY FILE: the value of a "key value" line of a bench output
+value() { awk -v k="$1" '$1 == k { print $2 }' "$2" | tail -n 1; }
+randhex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
+fail() {
+    echo "run.sh: $*" >&2
+    if [[ -s $TMP/signetd.log ]]; then
+        echo "--- last lines of signetd's log ---" >&2
+        tail -n 20 "$TMP/signetd.log" >&2
+    fi
+    exit 1
+}
+
+# --- a fresh SoftHSM2 token directory, secrets, free ports, a config -------
+mkdir -p "$TMP/tokens"
+cat > "$TMP/softhsm2.conf" <<EOF
+directories.tokendir = $TMP/tokens
+objectstore.backend = file
+log.level = ERROR
+slots.removable = false
+EOF
+export SOFTHSM2_CONF=$TMP/softhsm2.conf
+
+SIGNET_PIN=$(randhex 16)
+SIGNET_SO_PIN=$(randhex 16)
+BENCH_TOKEN=$(randhex 32)
+export SIGNET_PIN SIGNET_SO_PIN
+TOKEN_SHA256=$(printf '%s' "$BENCH_TOKEN" | sha256sum | cut -d' ' -f1)
+
+# two distinct free loopback ports: bind both to port 0 at once, then release
+read -r WRITE_PORT READ_PORT < <(python3 -c '
+import socket
+s = [socket.socket() for _ in range(2)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(*(x.getsockname()[1] for x in s))
+for x in s: x.close()') || true
+[[ ${WRITE_PORT:-} =~ ^[0-9]+$ && ${READ_PORT:-} =~ ^[0-9]+$ ]] || fail "could not pick free ports"
+
+CFG=$TMP/signet.json
+cat > "$CFG" <<EOF
+{
+  "data_dir": "var",
+  "store": "sqlite:var/events.db",
+  "write_listen": "127.0.0.1:$WRITE_PORT",
+  "read_listen": "127.0.0.1:$READ_PORT",
+  "pkcs11": {
+    "module": "$MODULE",
+    "token_label": "signet",
+    "pin_env": "SIGNET_PIN",
+    "so_pin_env": "SIGNET_SO_PIN"
+  },
+  "principals": [
+    {"name": "bench", "token_sha256": "$TOKEN_SHA256", "roles": ["operator"]}
+  ],
+  "limits": {"max_image_bytes": 1073741824, "max_json_bytes": 65536}
+}
+EOF
+
+echo "== signet init (token, keys, store in $TMP)"
+"$BUILD/signet" init --config "$CFG" > "$TMP/init.log" 2>&1 ||
+    { cat "$TMP/init.log" >&2; fail "signet init failed"; }
+
+# --- 1. raw signing rate, in-process, before signetd holds the token -------
+echo "== bench_hsm: raw ECDSA P-256 signing through libp11, ${HSM_SECONDS}s per run"
+BENCH_PKCS11_MODULE=$MODULE BENCH_TOKEN_LABEL=signet BENCH_KEY_LABEL=events \
+    BENCH_PIN_ENV=SIGNET_PIN \
+    "$BUILD/bench/bench_hsm" --seconds "$HSM_SECONDS" --threads 1,2 | tee "$TMP/hsm.out" ||
+    fail "bench_hsm failed"
+
+# --- 2. signetd end to end --------------------------------------------------
+echo "== signetd on 127.0.0.1:$WRITE_PORT (write), 127.0.0.1:$READ_PORT (read)"
+"$BUILD/signetd" --config "$CFG" 2> "$TMP/signetd.log" > /dev/null &
+SIGNETD_PID=$!
+HEALTH=http://127.0.0.1:$READ_PORT/healthz
+deadline=$((SECONDS + 30))
+until [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$HEALTH" || true) == 200 ]]; do
+    kill -0 "$SIGNETD_PID" 2>/dev/null || fail "signetd exited during start-up"
+    ((SECONDS < deadline)) || fail "signetd's /healthz did not answer 200 within 30 s"
+    sleep 0.2
+done
+
+echo "== bench_http: POST /v1/devices, $CONNECTIONS connections, ${HTTP_WARMUP}s warm-up + ${HTTP_SECONDS}s"
+BENCH_TOKEN=$BENCH_TOKEN "$BUILD/bench/bench_http" --port "$WRITE_PORT" \
+    --connections "$CONNECTIONS" --threads "$HTTP_THREADS" \
+    --duration "$HTTP_SECONDS" --warmup "$HTTP_WARMUP" | tee "$TMP/http.out" ||
+    fail "bench_http failed"
+unset BENCH_TOKEN
+
+# cross-check: every acknowledged write is an event, so head >= 201s counted
+HEAD=$(curl -s --max-time 2 "$HEALTH" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("head", "?"))' ||
+    echo "?")
+
+echo "== stopping signetd (SIGTERM)"
+kill -TERM "$SIGNETD_PID"
+deadline=$((SECONDS + 20))
+while kill -0 "$SIGNETD_PID" 2>/dev/null && ((SECONDS < deadline)); do
+    sleep 0.1
+done
+if kill -0 "$SIGNETD_PID" 2>/dev/null; then
+    echo "run.sh: signetd did not stop within 20 s of SIGTERM; killing it" >&2
+    kill -KILL "$SIGNETD_PID" 2>/dev/null || true
+fi
+set +e
+wait "$SIGNETD_PID"
+SIGNETD_RC=$?
+set -e
+SIGNETD_PID=
+
+# --- 3. summary ---------------------------------------------------------------
+RAW1=$(value raw_sign_1thread_per_s "$TMP/hsm.out")
+RAW2=$(value raw_sign_2thread_per_s "$TMP/hsm.out")
+HTTP=$(value http_201_per_s "$TMP/http.out")
+P50=$(value http_latency_p50_ms "$TMP/http.out")
+P99=$(value http_latency_p99_ms "$TMP/http.out")
+OK=$(value http_201_total "$TMP/http.out")
+NON201=$(value http_non201_total "$TMP/http.out")
+ERRORS=$(value http_errors "$TMP/http.out")
+CLIENT_CPU=$(value http_client_cpu_percent "$TMP/http.out")
+RATIO1=$(awk -v h="$HTTP" -v r="$RAW1" 'BEGIN { printf "%.2f", (r > 0 ? h / r : 0) }')
+RATIO2=$(awk -v h="$HTTP" -v r="$RAW2" 'BEGIN { printf "%.2f", (r > 0 ? h / r : 0) }')
+VERDICT=$(awk -v x="$RATIO1" 'BEGIN { print (x >= 0.6 ? "meets" : "below") }')
+
+cat <<EOF
+
+== summary
+raw_sign_1thread_per_s $RAW1
+raw_sign_2thread_per_s $RAW2
+http_201_per_s $HTTP
+http_latency_p50_ms $P50
+http_latency_p99_ms $P99
+http_201_total $OK
+http_non201_total $NON201
+http_errors $ERRORS
+http_client_cpu_percent $CLIENT_CPU
+store_head_after_run $HEAD
+signetd_exit_status $SIGNETD_RC
+ratio_http_over_raw_1thread $RATIO1
+ratio_http_over_raw_2thread $RATIO2
+acknowledged signed writes: $HTTP/s against $RAW1/s raw signing on 1 thread (ratio $RATIO1, $VERDICT the 0.6 target), $RAW2/s on 2 threads (ratio $RATIO2); latency p50 $P50 ms, p99 $P99 ms
+EOF
+if [[ $HEAD =~ ^[0-9]+$ && $OK =~ ^[0-9]+$ ]] && ((HEAD < OK)); then
+    echo "run.sh: WARNING: store head $HEAD is below the $OK writes acknowledged" >&2
+fi
