@@ -24,7 +24,7 @@ struct route {
     const char *method;
     const char *path;   /* "{}" matches one segment */
     unsigned roles;     /* 0: public */
-    int device_self;    /* ROLE_DEVICE must be bound to the {} id; admin not allowed */
+    int device_self;    /* ROLE_DEVICE must be bound to the {} id */
     int json_body;      /* POST with a JSON body */
     route_fn fn;
     const struct command_type *cmd; /* for command routes */

@@ -166,8 +166,8 @@ static sg_err authorize(struct req *r)
     if (r->who == NULL)
         return SG_EUNAUTH;
     unsigned granted = r->who->roles & rt->roles;
-    if ((r->who->roles & ROLE_ADMIN) && !rt->device_self)
-        return SG_OK;
+    if ((r->who->roles & ROLE_ADMIN) && rt->roles != ROLE_DEVICE)
+        return SG_OK; /* admin passes everything but device-only routes */
     if (granted & ~(unsigned)ROLE_DEVICE)
         return SG_OK; /* a non-device role allows it */
     if ((granted & ROLE_DEVICE) &&
@@ -252,6 +252,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (begin(r))
             return MHD_YES;
         r->state = REQ_BODY;
+        if (r->route->fn == route_not_implemented)
+            route_not_implemented(r); /* answer before reading any body */
         return MHD_YES;
     }
     if (r->state == REQ_DONE) {
