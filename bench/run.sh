@@ -5,7 +5,7 @@
 #
 # usage: bench/run.sh [BUILD_DIR]      (default: build)
 # env:   BENCH_HSM_SECONDS (3), BENCH_HTTP_SECONDS (5), BENCH_HTTP_WARMUP (1),
-#        BENCH_CONNECTIONS (64), BENCH_HTTP_THREADS (2),
+#        BENCH_CONNECTIONS (64), BENCH_HTTP_THREADS (2), BENCH_ROLE (all|write),
 #        SOFTHSM2_MODULE (/usr/lib/softhsm/libsofthsm2.so)
 set -euo pipefail
 
@@ -111,9 +111,13 @@ BENCH_PKCS11_MODULE=$MODULE BENCH_TOKEN_LABEL=signet BENCH_KEY_LABEL=events \
 
 # --- 2. signetd end to end --------------------------------------------------
 echo "== signetd on 127.0.0.1:$WRITE_PORT (write), 127.0.0.1:$READ_PORT (read)"
-"$BUILD/signetd" --config "$CFG" 2> "$TMP/signetd.log" > /dev/null &
+# BENCH_ROLE=write measures the write path alone (the read side, which
+# verifies every event, then runs elsewhere: --role read on another machine).
+ROLE=${BENCH_ROLE:-all}
+"$BUILD/signetd" --config "$CFG" --role "$ROLE" 2> "$TMP/signetd.log" > /dev/null &
 SIGNETD_PID=$!
 HEALTH=http://127.0.0.1:$READ_PORT/healthz
+[[ $ROLE == write ]] && HEALTH=http://127.0.0.1:$WRITE_PORT/healthz
 deadline=$((SECONDS + 30))
 until [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$HEALTH" || true) == 200 ]]; do
     kill -0 "$SIGNETD_PID" 2>/dev/null || fail "signetd exited during start-up"

@@ -156,6 +156,7 @@ static void wake_waiters(projector *p)
 static void *projector_main(void *arg)
 {
     projector *p = arg;
+    pthread_setname_np(pthread_self(), "sg-projector");
     for (;;) {
         pthread_mutex_lock(&p->mu);
         int stop = p->stop, halted = p->halted;

@@ -256,6 +256,7 @@ static void *signer_main(void *arg)
 {
     sequencer *q = arg;
     uint64_t seen = 0;
+    pthread_setname_np(pthread_self(), "sg-signer");
     pthread_mutex_lock(&q->pmu);
     for (;;) {
         while (q->pgen == seen)
@@ -316,6 +317,7 @@ static sg_err sign_batch(sequencer *q, struct batch *b)
 static void *committer_main(void *arg)
 {
     sequencer *q = arg;
+    pthread_setname_np(pthread_self(), "sg-commit");
     pthread_mutex_lock(&q->mu);
     for (;;) {
         while (q->chead == NULL && !q->seq_done)
@@ -451,6 +453,7 @@ static void run_batch(sequencer *q, struct command *list)
 static void *sequencer_main(void *arg)
 {
     sequencer *q = arg;
+    pthread_setname_np(pthread_self(), "sg-sequencer");
     pthread_mutex_lock(&q->mu);
     for (;;) {
         while (q->qhead == NULL && !q->stopping)
