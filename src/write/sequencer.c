@@ -482,10 +482,17 @@ static void *sequencer_main(void *arg)
         last->next = NULL;
         int poisoned = q->poisoned || q->need_rebuild;
         pthread_mutex_unlock(&q->mu);
-        if (poisoned) {
+        /* While the HSM is known to be down, fail at once: deciding would only
+         * be undone (and write state rebuilt) when signing fails. The probe
+         * inside signer_healthy() reconnects at most once a second. */
+        int hsm_down = !poisoned && !signer_healthy(q->signer);
+        if (poisoned || hsm_down) {
             for (struct command *c = list, *nx; c; c = nx) {
                 nx = c->next;
-                command_fail(c, SG_ESTORE, "the event store cannot be read");
+                if (hsm_down)
+                    command_fail(c, SG_EHSM, "the HSM is unavailable; nothing was appended");
+                else
+                    command_fail(c, SG_ESTORE, "the event store cannot be read");
                 c->done(c, c->ud);
             }
         } else {
