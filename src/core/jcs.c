@@ -60,6 +60,21 @@ static int utf16_cmp(const char *a, const char *b)
     return nx ? 1 : ny ? -1 : 0;
 }
 
+/* 1 if s[0..n) is well-formed UTF-8 (no overlong forms, no surrogates). */
+static int utf8_valid(const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    while (n) {
+        uint32_t cp;
+        size_t len = utf8_next(p, n, &cp);
+        static const uint32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
+        if (len == 0 || cp < min[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return 0;
+        p += len, n -= len;
+    }
+    return 1;
+}
+
 static void put_string(buf *b, const char *s, size_t n)
 {
     buf_putc(b, '"');
@@ -105,6 +120,8 @@ static sg_err put_value(buf *b, const json_t *v, const char *const *omit, size_t
         return SG_OK;
     }
     case JSON_STRING:
+        if (!utf8_valid(json_string_value(v), json_string_length(v)))
+            return SG_EBADINPUT;
         put_string(b, json_string_value(v), json_string_length(v));
         return SG_OK;
     case JSON_ARRAY: {
@@ -130,6 +147,10 @@ static sg_err put_value(buf *b, const json_t *v, const char *const *omit, size_t
             int skip = 0;
             for (size_t j = 0; j < nomit; j++)
                 skip |= strcmp(key, omit[j]) == 0;
+            if (!skip && !utf8_valid(key, strlen(key))) {
+                free(keys);
+                return SG_EBADINPUT;
+            }
             if (!skip)
                 keys[k++] = key;
         }

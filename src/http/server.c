@@ -90,6 +90,12 @@ void http_problem(struct req *r, sg_err e, const char *fmt, ...)
 
 /*** request accessors ***/
 
+static int hexdigit(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                                        : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
 const char *http_query(struct req *r, const char *name)
 {
     return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
@@ -301,6 +307,28 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 /*** start and stop ***/
 
+/* Percent-decoding for paths and query values, in place. Unlike MHD's own, it
+ * leaves "%00" as it is: a decoded NUL would silently cut a C string short, so
+ * "/v1/devices%00junk" would be served as "/v1/devices". Left encoded, such a
+ * path matches no route and such a value fails to parse. */
+static size_t unescape(void *cls, struct MHD_Connection *conn, char *s)
+{
+    (void)cls, (void)conn;
+    char *out = s;
+    for (const char *in = s; *in; in++) {
+        int hi, lo;
+        if (in[0] == '%' && (hi = hexdigit(in[1])) >= 0 && (lo = hexdigit(in[2])) >= 0 &&
+            (hi | lo) != 0) {
+            *out++ = (char)(hi << 4 | lo);
+            in += 2;
+        } else {
+            *out++ = *in;
+        }
+    }
+    *out = '\0';
+    return (size_t)(out - s);
+}
+
 static struct MHD_Daemon *listen_on(struct http_server *s, struct req *proto, const char *addr,
                                     char *why, size_t whylen)
 {
@@ -327,7 +355,7 @@ static struct MHD_Daemon *listen_on(struct http_server *s, struct req *proto, co
                          ai->ai_addr, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
                          MHD_OPTION_THREAD_POOL_SIZE, 2u, MHD_OPTION_CONNECTION_TIMEOUT, 30u,
                          MHD_OPTION_CONNECTION_LIMIT, 4000u, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
-                         MHD_OPTION_END);
+                         MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL, MHD_OPTION_END);
     if (d == NULL)
         snprintf(why, whylen, "cannot listen on %s (in use?)", addr);
     freeaddrinfo(ai);

@@ -1,0 +1,280 @@
+/* test_codec.c - unit tests of codec.c: hex, strict base64 (RFC 4648 vectors and
+ * every way to be non-canonical), SHA-256, ct_equal, uuid_v4 and rfc3339_now. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "core/codec.h"
+
+/*** hex ***/
+
+static void test_hex_round_trip(void **state)
+{
+    (void)state;
+    uint8_t all[256], back[256];
+    char hex[513];
+    for (int i = 0; i < 256; i++)
+        all[i] = (uint8_t)i;
+    hex_encode(all, sizeof(all), hex);
+    assert_int_equal(strlen(hex), 512);
+    assert_memory_equal(hex, "000102030405060708090a0b0c0d0e0f", 32);
+    assert_string_equal(hex + 480, "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff");
+    assert_int_equal(hex_decode(hex, back, sizeof(back)), SG_OK);
+    assert_memory_equal(all, back, sizeof(all));
+
+    /* Uppercase decodes too; encoding is always lowercase. */
+    uint8_t two[2];
+    assert_int_equal(hex_decode("AbCd", two, 2), SG_OK);
+    assert_int_equal(two[0], 0xab);
+    assert_int_equal(two[1], 0xcd);
+
+    char empty[1] = {'x'};
+    hex_encode(NULL, 0, empty);
+    assert_string_equal(empty, "");
+    assert_int_equal(hex_decode("", two, 0), SG_OK);
+}
+
+static void test_hex_bad_input(void **state)
+{
+    (void)state;
+    uint8_t out[4];
+    assert_int_equal(hex_decode("0011223", out, 4), SG_EBADINPUT);   /* short */
+    assert_int_equal(hex_decode("001122334", out, 4), SG_EBADINPUT); /* long */
+    assert_int_equal(hex_decode("0011223g", out, 4), SG_EBADINPUT);  /* not hex */
+    assert_int_equal(hex_decode("00 11223", out, 4), SG_EBADINPUT);
+    assert_int_equal(hex_decode("0x112233", out, 4), SG_EBADINPUT);
+    assert_int_equal(hex_decode("-0112233", out, 4), SG_EBADINPUT);
+    assert_int_equal(hex_decode("", out, 4), SG_EBADINPUT);
+    assert_int_equal(hex_decode("00", out, 0), SG_EBADINPUT);
+}
+
+/*** base64 ***/
+
+static const struct {
+    const char *plain, *b64;
+} rfc4648[] = {
+    {"", ""},         {"f", "Zg=="},         {"fo", "Zm8="},         {"foo", "Zm9v"},
+    {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="}, {"foobar", "Zm9vYmFy"},
+};
+
+static void test_b64_rfc4648_vectors(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(rfc4648) / sizeof(rfc4648[0]); i++) {
+        size_t n = strlen(rfc4648[i].plain);
+        char enc[16];
+        assert_true(b64_encoded_len(n) <= sizeof(enc));
+        assert_int_equal(b64_encoded_len(n), strlen(rfc4648[i].b64) + 1);
+        b64_encode((const uint8_t *)rfc4648[i].plain, n, enc);
+        assert_string_equal(enc, rfc4648[i].b64);
+        if (n == 0)
+            continue; /* RFC 4648 leaves decoding "" to the decoder; not pinned here */
+        uint8_t *dec = NULL;
+        size_t declen = 0;
+        assert_int_equal(b64_decode(rfc4648[i].b64, &dec, &declen), SG_OK);
+        assert_int_equal(declen, n);
+        assert_memory_equal(dec, rfc4648[i].plain, n);
+        free(dec);
+    }
+}
+
+static void test_b64_round_trip_binary(void **state)
+{
+    (void)state;
+    uint8_t all[256];
+    for (int i = 0; i < 256; i++)
+        all[i] = (uint8_t)(255 - i);
+    for (size_t n = 1; n <= sizeof(all); n++) {
+        char enc[400];
+        b64_encode(all, n, enc);
+        assert_int_equal(strlen(enc) + 1, b64_encoded_len(n));
+        uint8_t *dec = NULL;
+        size_t declen = 0;
+        assert_int_equal(b64_decode(enc, &dec, &declen), SG_OK);
+        assert_int_equal(declen, n);
+        assert_memory_equal(dec, all, n);
+        free(dec);
+    }
+    /* Both of the last two alphabet characters. */
+    const uint8_t fb[] = {0xfb, 0xff, 0xbf};
+    char enc[8];
+    b64_encode(fb, 3, enc);
+    assert_string_equal(enc, "+/+/");
+}
+
+static void expect_b64_bad(const char *in)
+{
+    uint8_t *out = (uint8_t *)1;
+    size_t len = 12345;
+    if (b64_decode(in, &out, &len) != SG_EBADINPUT)
+        fail_msg("b64_decode accepted \"%s\"", in);
+    assert_null(out);
+}
+
+static void test_b64_bad_characters(void **state)
+{
+    (void)state;
+    expect_b64_bad("Zm9v!A==");
+    expect_b64_bad("Zm9-");  /* base64url is not base64 */
+    expect_b64_bad("Zm9_");
+    expect_b64_bad("Zm 9v");
+    expect_b64_bad("Zm9v\n");
+    expect_b64_bad("Zm9v Zm9v");
+    expect_b64_bad("Zm9\xc3\xa9");
+}
+
+static void test_b64_bad_padding(void **state)
+{
+    (void)state;
+    expect_b64_bad("Zg");       /* missing padding */
+    expect_b64_bad("Zg=");      /* short padding */
+    expect_b64_bad("Zg===");    /* too much padding */
+    expect_b64_bad("Z===");     /* three pad characters */
+    expect_b64_bad("====");
+    expect_b64_bad("=Zm9");     /* pad at the front */
+    expect_b64_bad("Zm=v");     /* pad in the middle */
+    expect_b64_bad("Zg==Zm9v"); /* pad before the end */
+    expect_b64_bad("Zm9=Zm9v");
+}
+
+static void test_b64_non_canonical_bits(void **state)
+{
+    (void)state;
+    expect_b64_bad("Zh==");     /* "f" with stray low bits */
+    expect_b64_bad("Zm9=");     /* "fo" is Zm8=: 9 leaves bits set */
+    expect_b64_bad("Zm9vYh=="); /* "foob" with stray bits */
+    expect_b64_bad("Zm9vYmF=");
+    /* The canonical spellings of the same bytes are accepted. */
+    uint8_t *out = NULL;
+    size_t len = 0;
+    assert_int_equal(b64_decode("Zg==", &out, &len), SG_OK);
+    assert_int_equal(len, 1);
+    free(out);
+}
+
+static void test_b64_wrong_length(void **state)
+{
+    (void)state;
+    expect_b64_bad("Z");
+    expect_b64_bad("Zm");
+    expect_b64_bad("Zm9");
+    expect_b64_bad("Zm9vY");
+    expect_b64_bad("Zm9vYmFyZ");
+}
+
+/*** sha256 ***/
+
+static void test_sha256(void **state)
+{
+    (void)state;
+    char hex[SG_HEX256_LEN + 1];
+    sha256_hex("abc", 3, hex);
+    assert_string_equal(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    sha256_hex("", 0, hex);
+    assert_string_equal(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    uint8_t raw[SG_SHA256_LEN];
+    sha256("abc", 3, raw);
+    assert_int_equal(raw[0], 0xba);
+    assert_int_equal(raw[31], 0xad);
+    const char *two = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    sha256_hex(two, strlen(two), hex);
+    assert_string_equal(hex, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+}
+
+/*** ct_equal ***/
+
+static void test_ct_equal(void **state)
+{
+    (void)state;
+    uint8_t a[32], b[32];
+    memset(a, 0x5a, sizeof(a));
+    memcpy(b, a, sizeof(b));
+    assert_int_equal(ct_equal(a, b, 32), 1);
+    assert_int_equal(ct_equal(a, b, 0), 1);
+    for (size_t i = 0; i < 32; i++) {
+        b[i] ^= 0x01;
+        assert_int_equal(ct_equal(a, b, 32), 0);
+        b[i] ^= 0x01;
+    }
+    b[31] ^= 0x80;
+    assert_int_equal(ct_equal(a, b, 32), 0);
+    assert_int_equal(ct_equal(a, b, 31), 1);
+}
+
+/*** uuid_v4, rfc3339_now ***/
+
+static int is_lower_hex(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+}
+
+static void test_uuid_v4_format(void **state)
+{
+    (void)state;
+    char prev[37] = "";
+    for (int n = 0; n < 200; n++) {
+        char u[37];
+        memset(u, 'X', sizeof(u));
+        uuid_v4(u);
+        assert_int_equal(strlen(u), 36);
+        for (int i = 0; i < 36; i++) {
+            if (i == 8 || i == 13 || i == 18 || i == 23)
+                assert_int_equal(u[i], '-');
+            else if (!is_lower_hex(u[i]))
+                fail_msg("uuid %s: char %d is not lowercase hex", u, i);
+        }
+        assert_int_equal(u[14], '4'); /* version */
+        assert_non_null(strchr("89ab", u[19])); /* variant 10xx */
+        assert_string_not_equal(u, prev);
+        memcpy(prev, u, sizeof(prev));
+    }
+}
+
+static void test_rfc3339_now_format(void **state)
+{
+    (void)state;
+    /* YYYY-MM-DDTHH:MM:SS.mmmZ */
+    static const char shape[] = "dddd-dd-ddTdd:dd:dd.dddZ";
+    char t[32];
+    memset(t, 'X', sizeof(t));
+    rfc3339_now(t);
+    assert_int_equal(strlen(t), 24);
+    for (size_t i = 0; i < 24; i++) {
+        if (shape[i] == 'd') {
+            if (t[i] < '0' || t[i] > '9')
+                fail_msg("%s: char %zu is not a digit", t, i);
+        } else {
+            assert_int_equal(t[i], shape[i]);
+        }
+    }
+    int year = atoi(t), month = atoi(t + 5), day = atoi(t + 8);
+    int hh = atoi(t + 11), mm = atoi(t + 14), ss = atoi(t + 17);
+    assert_true(year >= 2024);
+    assert_true(month >= 1 && month <= 12);
+    assert_true(day >= 1 && day <= 31);
+    assert_true(hh <= 23 && mm <= 59 && ss <= 60);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_hex_round_trip),
+        cmocka_unit_test(test_hex_bad_input),
+        cmocka_unit_test(test_b64_rfc4648_vectors),
+        cmocka_unit_test(test_b64_round_trip_binary),
+        cmocka_unit_test(test_b64_bad_characters),
+        cmocka_unit_test(test_b64_bad_padding),
+        cmocka_unit_test(test_b64_non_canonical_bits),
+        cmocka_unit_test(test_b64_wrong_length),
+        cmocka_unit_test(test_sha256),
+        cmocka_unit_test(test_ct_equal),
+        cmocka_unit_test(test_uuid_v4_format),
+        cmocka_unit_test(test_rfc3339_now_format),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
