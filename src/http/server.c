@@ -307,6 +307,16 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 /*** start and stop ***/
 
+/* libmicrohttpd's own messages, as our JSON log lines. */
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char msg[512];
+    (void)cls;
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    msg[strcspn(msg, "\n")] = '\0';
+    sg_warn("http: %s", msg);
+}
+
 /* Percent-decoding for paths and query values, in place. Unlike MHD's own, it
  * leaves "%00" as it is: a decoded NUL would silently cut a C string short, so
  * "/v1/devices%00junk" would be served as "/v1/devices". Left encoded, such a
@@ -355,7 +365,8 @@ static struct MHD_Daemon *listen_on(struct http_server *s, struct req *proto, co
                          ai->ai_addr, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
                          MHD_OPTION_THREAD_POOL_SIZE, 2u, MHD_OPTION_CONNECTION_TIMEOUT, 30u,
                          MHD_OPTION_CONNECTION_LIMIT, 4000u, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
-                         MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL, MHD_OPTION_END);
+                         MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
+                         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
     if (d == NULL)
         snprintf(why, whylen, "cannot listen on %s (in use?)", addr);
     freeaddrinfo(ai);
