@@ -80,8 +80,7 @@ static int cmd_init(int argc, char **argv)
         goto out;
     }
     for (int p = 0; p < KEY_PURPOSES; p++)
-        printf("key %-9s key_id %s\n", key_purpose_name[p],
-               signer_key_id(sg, (enum key_purpose)p));
+        printf("key %-9s key_id %s\n", key_purpose_name[p], signer_key_id(sg, (enum key_purpose)p));
     signer_close(sg);
     rc = 0;
 out:
@@ -245,8 +244,7 @@ static int verify_url(struct chain *ch, const char *base)
 {
     for (;;) {
         char path[96];
-        snprintf(path, sizeof(path), "/v1/events?after=%llu&limit=1000",
-                 (unsigned long long)ch->n);
+        snprintf(path, sizeof(path), "/v1/events?after=%llu&limit=1000", (unsigned long long)ch->n);
         json_t *page = http_get_json(base, path);
         json_t *evs = json_object_get(page, "events");
         if (!json_is_array(evs)) {
@@ -273,8 +271,10 @@ static keyring *load_keys(const char *keys_path, const char *url)
         if (doc == NULL)
             fprintf(stderr, "signet: %s: %s\n", keys_path, err.text);
     } else {
-        fprintf(stderr, "signet: warning: keys fetched from %s/v1/keys, not pinned "
-                        "(pass --keys to check against keys you trust)\n", url);
+        fprintf(stderr,
+                "signet: warning: keys fetched from %s/v1/keys, not pinned "
+                "(pass --keys to check against keys you trust)\n",
+                url);
         doc = http_get_json(url, "/v1/keys");
     }
     keyring *kr = doc ? keyring_new() : NULL;

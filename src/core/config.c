@@ -53,7 +53,8 @@ static sg_err only_keys(struct ctx *c, json_t *obj, const char *where, const cha
 {
     const char *key;
     json_t *v;
-    json_object_foreach(obj, key, v) {
+    json_object_foreach(obj, key, v)
+    {
         int ok = 0;
         for (const char *const *a = allowed; *a; a++)
             ok |= strcmp(key, *a) == 0;
@@ -81,8 +82,8 @@ static sg_err get_str(struct ctx *c, json_t *obj, const char *where, const char 
     return *out ? SG_OK : SG_ENOMEM;
 }
 
-static sg_err get_int(struct ctx *c, json_t *obj, const char *where, const char *key,
-                      long long min, long long max, long long *out)
+static sg_err get_int(struct ctx *c, json_t *obj, const char *where, const char *key, long long min,
+                      long long max, long long *out)
 {
     json_t *v = json_object_get(obj, key);
     if (v == NULL)
@@ -114,9 +115,11 @@ sg_err config_split_listen(const char *listen, char **host, unsigned short *port
     *host = NULL;
     if (colon == NULL || colon == listen || colon[1] == '\0')
         return SG_EBADINPUT;
-    char *end;
-    long p = strtol(colon + 1, &end, 10);
-    if (*end != '\0' || p < 1 || p > 65535)
+    size_t ndigits = strspn(colon + 1, "0123456789");
+    if (ndigits == 0 || ndigits > 5 || colon[1 + ndigits] != '\0')
+        return SG_EBADINPUT;
+    long p = strtol(colon + 1, NULL, 10);
+    if (p < 1 || p > 65535)
         return SG_EBADINPUT;
     const char *h = listen;
     size_t hlen = (size_t)(colon - listen);
@@ -125,6 +128,9 @@ sg_err config_split_listen(const char *listen, char **host, unsigned short *port
             return SG_EBADINPUT;
         h++, hlen -= 2;
     }
+    for (size_t i = 0; i < hlen; i++)
+        if (h[i] <= ' ' || h[i] == '/' || h[i] == '[' || h[i] == ']' || (unsigned char)h[i] > 0x7e)
+            return SG_EBADINPUT;
     *host = strndup(h, hlen);
     if (*host == NULL)
         return SG_ENOMEM;
@@ -181,11 +187,14 @@ static sg_err load_principal(struct ctx *c, struct principal *pr, json_t *p, siz
         e = bad(c, "%s.roles must be a non-empty array", where);
         goto out;
     }
-    json_array_foreach(roles_v, j, r) {
+    json_array_foreach(roles_v, j, r)
+    {
         unsigned bit = json_is_string(r) ? role_from_name(json_string_value(r)) : 0;
         if (bit == 0) {
-            e = bad(c, "%s.roles[%zu] is not one of admin, builder, operator, approver, "
-                       "auditor, device", where, j);
+            e = bad(c,
+                    "%s.roles[%zu] is not one of admin, builder, operator, approver, "
+                    "auditor, device",
+                    where, j);
             goto out;
         }
         pr->roles |= bit;
@@ -216,8 +225,8 @@ static sg_err load_principals(struct ctx *c, sg_config *cfg, json_t *arr)
             if (strcmp(cfg->principals[j].name, cfg->principals[i].name) == 0)
                 return bad(c, "principal name \"%s\" is used twice", cfg->principals[i].name);
             if (ct_equal(cfg->principals[j].token_sha256, cfg->principals[i].token_sha256, 32))
-                return bad(c, "principals \"%s\" and \"%s\" share a token",
-                           cfg->principals[j].name, cfg->principals[i].name);
+                return bad(c, "principals \"%s\" and \"%s\" share a token", cfg->principals[j].name,
+                           cfg->principals[i].name);
         }
     }
     return SG_OK;
@@ -244,7 +253,8 @@ static sg_err load_approvals(struct ctx *c, sg_config *cfg, json_t *a)
         return SG_ENOMEM;
     const char *name;
     json_t *v;
-    json_object_foreach(actions, name, v) {
+    json_object_foreach(actions, name, v)
+    {
         if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 100)
             return bad(c, "approvals.actions.%s must be an integer from 1 to 100", name);
         struct approval_rule *r = &cfg->approval_rules[cfg->napproval_rules++];
@@ -273,9 +283,9 @@ static sg_err load_limits(struct ctx *c, sg_config *cfg, json_t *l)
 
 static sg_err load_root(struct ctx *c, sg_config *cfg, json_t *root)
 {
-    static const char *const keys[] = {"data_dir",  "store",      "write_listen",
-                                       "read_listen", "pkcs11",   "principals",
-                                       "approvals", "limits",     NULL};
+    static const char *const keys[] = {"data_dir",    "store",  "write_listen",
+                                       "read_listen", "pkcs11", "principals",
+                                       "approvals",   "limits", NULL};
     sg_err e;
     if (!json_is_object(root))
         return bad(c, "the top level must be a JSON object");
@@ -293,9 +303,11 @@ static sg_err load_root(struct ctx *c, sg_config *cfg, json_t *root)
         return bad(c, "missing key \"principals\"");
     if ((e = load_principals(c, cfg, json_object_get(root, "principals"))))
         return e;
-    if (json_object_get(root, "approvals") && (e = load_approvals(c, cfg, json_object_get(root, "approvals"))))
+    if (json_object_get(root, "approvals") &&
+        (e = load_approvals(c, cfg, json_object_get(root, "approvals"))))
         return e;
-    if (json_object_get(root, "limits") && (e = load_limits(c, cfg, json_object_get(root, "limits"))))
+    if (json_object_get(root, "limits") &&
+        (e = load_limits(c, cfg, json_object_get(root, "limits"))))
         return e;
 
     /* Defaults, then absolute paths. */

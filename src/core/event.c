@@ -34,6 +34,12 @@ sg_err signed_bytes(const json_t *doc, char **out, size_t *len)
     return jcs_dump_without(doc, event_unsigned_fields, 3, out, len);
 }
 
+sg_err doc_signed_bytes(const json_t *doc, char **out, size_t *len)
+{
+    static const char *const omit[] = {"sig", "key_id"};
+    return jcs_dump_without(doc, omit, 2, out, len);
+}
+
 /*** keys ***/
 
 struct keyring {
@@ -42,7 +48,7 @@ struct keyring {
         enum key_purpose purpose;
         char key_id[SG_HEX256_LEN + 1];
         EVP_PKEY *pk;
-    } k[16];
+    } k[64];
 };
 
 keyring *keyring_new(void)
@@ -118,7 +124,8 @@ sg_err keyring_load_json(keyring *kr, const json_t *doc, char *why, size_t whyle
     }
     size_t i;
     json_t *k;
-    json_array_foreach(keys, i, k) {
+    json_array_foreach(keys, i, k)
+    {
         const char *id = json_string_value(json_object_get(k, "key_id"));
         const char *purpose = json_string_value(json_object_get(k, "purpose"));
         const char *pem = json_string_value(json_object_get(k, "public_key_pem"));
@@ -141,6 +148,8 @@ sg_err keyring_load_json(keyring *kr, const json_t *doc, char *why, size_t whyle
             fail(why, whylen, "key %zu: public_key_pem is not a public key", i);
         else if (strcmp(real, id) != 0)
             fail(why, whylen, "key %zu: key_id does not match its public key", i);
+        else if (kr->n == SG_ARRAY_LEN(kr->k))
+            fail(why, whylen, "more than %zu keys", SG_ARRAY_LEN(kr->k));
         else if ((e = keyring_add(kr, (enum key_purpose)p, pk)) != SG_OK)
             fail(why, whylen, "key %zu: not an ECDSA P-256 key", i);
         EVP_PKEY_free(pk);
@@ -202,7 +211,7 @@ sg_err signed_doc_verify(const json_t *doc, const char *sig_b64, const char *key
 {
     char *bytes = NULL;
     size_t len = 0;
-    if (!json_is_object(doc) || signed_bytes(doc, &bytes, &len) != SG_OK)
+    if (!json_is_object(doc) || doc_signed_bytes(doc, &bytes, &len) != SG_OK)
         return fail(why, whylen, "document is not a canonicalizable JSON object");
     uint8_t digest[32];
     sha256(bytes, len, digest);
@@ -219,7 +228,7 @@ sg_err event_verify(const json_t *ev, uint64_t expect_pos, const char *expect_pr
         const char *name;
         json_type type;
     } fields[] = {
-        {"position", JSON_INTEGER}, {"id", JSON_STRING},   {"type", JSON_STRING},
+        {"position", JSON_INTEGER}, {"id", JSON_STRING},    {"type", JSON_STRING},
         {"time", JSON_STRING},      {"actor", JSON_STRING}, {"command_id", JSON_STRING},
         {"data", JSON_OBJECT},      {"prev", JSON_STRING},  {"hash", JSON_STRING},
         {"key_id", JSON_STRING},    {"sig", JSON_STRING},
@@ -255,9 +264,9 @@ sg_err event_verify(const json_t *ev, uint64_t expect_pos, const char *expect_pr
     if (strcmp(hex, json_string_value(json_object_get(ev, "hash"))) != 0)
         return fail(why, whylen, "hash does not match the event's canonical bytes");
 
-    sg_err e = verify_sig(digest, json_string_value(json_object_get(ev, "sig")),
-                          json_string_value(json_object_get(ev, "key_id")), kr, KEY_EVENTS, why,
-                          whylen);
+    sg_err e =
+        verify_sig(digest, json_string_value(json_object_get(ev, "sig")),
+                   json_string_value(json_object_get(ev, "key_id")), kr, KEY_EVENTS, why, whylen);
     if (e == SG_OK && out_hash)
         memcpy(out_hash, hex, sizeof(hex));
     return e;

@@ -14,14 +14,16 @@
 #include "codec.h"
 #include "sg.h"
 
-#define EVENT_GENESIS_PREV                                                                         \
-    "0000000000000000000000000000000000000000000000000000000000000000"
+#define EVENT_GENESIS_PREV "0000000000000000000000000000000000000000000000000000000000000000"
 
 /* Fields that are not covered by the hash and the signature. */
 extern const char *const event_unsigned_fields[3]; /* hash, sig, key_id */
 
-/* Canonical signed bytes of any signed document: doc without the named fields. */
+/* Canonical signed bytes of an event: the event without hash, sig, key_id. */
 sg_err signed_bytes(const json_t *doc, char **out, size_t *len);
+/* Canonical signed bytes of any other signed document (snapshot, manifest,
+ * envelope): the document without its signature fields sig and key_id. */
+sg_err doc_signed_bytes(const json_t *doc, char **out, size_t *len);
 
 /*** keyring: public keys by key_id ***/
 
@@ -50,9 +52,8 @@ char *public_key_pem(EVP_PKEY *pk);
 sg_err ecdsa_verify_digest(EVP_PKEY *pk, const uint8_t digest[SG_SHA256_LEN], const uint8_t *sig,
                            size_t siglen);
 
-/* Verify a signed document (manifest, envelope, snapshot): its signed bytes
- * (without sig_field and "key_id"), sig_b64 over them, key_id naming a key of
- * the given purpose in kr. */
+/* Verify a signed document (manifest, envelope, snapshot): sig_b64 over its
+ * doc_signed_bytes(), by the key key_id of the given purpose in kr. */
 sg_err signed_doc_verify(const json_t *doc, const char *sig_b64, const char *key_id,
                          const keyring *kr, enum key_purpose purpose, char *why, size_t whylen);
 

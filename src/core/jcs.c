@@ -23,7 +23,10 @@ static size_t utf8_next(const unsigned char *s, size_t n, uint32_t *cp)
         *cp = s[0];
         return 1;
     }
-    size_t len = (s[0] & 0xe0) == 0xc0 ? 2 : (s[0] & 0xf0) == 0xe0 ? 3 : (s[0] & 0xf8) == 0xf0 ? 4 : 0;
+    size_t len = (s[0] & 0xe0) == 0xc0   ? 2
+                 : (s[0] & 0xf0) == 0xe0 ? 3
+                 : (s[0] & 0xf8) == 0xf0 ? 4
+                                         : 0;
     if (len == 0 || len > n)
         return 0;
     uint32_t v = s[0] & (0x7f >> len);
@@ -81,13 +84,27 @@ static void put_string(buf *b, const char *s, size_t n)
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         switch (c) {
-        case '"': buf_puts(b, "\\\""); break;
-        case '\\': buf_puts(b, "\\\\"); break;
-        case '\b': buf_puts(b, "\\b"); break;
-        case '\f': buf_puts(b, "\\f"); break;
-        case '\n': buf_puts(b, "\\n"); break;
-        case '\r': buf_puts(b, "\\r"); break;
-        case '\t': buf_puts(b, "\\t"); break;
+        case '"':
+            buf_puts(b, "\\\"");
+            break;
+        case '\\':
+            buf_puts(b, "\\\\");
+            break;
+        case '\b':
+            buf_puts(b, "\\b");
+            break;
+        case '\f':
+            buf_puts(b, "\\f");
+            break;
+        case '\n':
+            buf_puts(b, "\\n");
+            break;
+        case '\r':
+            buf_puts(b, "\\r");
+            break;
+        case '\t':
+            buf_puts(b, "\\t");
+            break;
         default:
             if (c < 0x20)
                 buf_printf(b, "\\u%04x", c);
@@ -108,10 +125,17 @@ static sg_err put_value(buf *b, const json_t *v, const char *const *omit, size_t
     if (depth > 64)
         return SG_EBADINPUT;
     switch (json_typeof(v)) {
-    case JSON_NULL: buf_puts(b, "null"); return SG_OK;
-    case JSON_TRUE: buf_puts(b, "true"); return SG_OK;
-    case JSON_FALSE: buf_puts(b, "false"); return SG_OK;
-    case JSON_REAL: return SG_EBADINPUT;
+    case JSON_NULL:
+        buf_puts(b, "null");
+        return SG_OK;
+    case JSON_TRUE:
+        buf_puts(b, "true");
+        return SG_OK;
+    case JSON_FALSE:
+        buf_puts(b, "false");
+        return SG_OK;
+    case JSON_REAL:
+        return SG_EBADINPUT;
     case JSON_INTEGER: {
         json_int_t i = json_integer_value(v);
         if (i > JCS_MAX_SAFE_INT || i < -JCS_MAX_SAFE_INT)
@@ -143,7 +167,8 @@ static sg_err put_value(buf *b, const json_t *v, const char *const *omit, size_t
             return SG_ENOMEM;
         const char *key;
         json_t *val;
-        json_object_foreach((json_t *)v, key, val) {
+        json_object_foreach((json_t *)v, key, val)
+        {
             int skip = 0;
             for (size_t j = 0; j < nomit; j++)
                 skip |= strcmp(key, omit[j]) == 0;

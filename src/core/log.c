@@ -29,7 +29,9 @@ void sg_log(int level, const char *fmt, ...)
     rfc3339_now(ts);
 
     int n = snprintf(line, sizeof(line), "{\"time\":\"%s\",\"level\":\"%s\",\"msg\":\"", ts,
-                     names[level < 0 ? 0 : level > 3 ? 3 : level]);
+                     names[level < 0   ? 0
+                           : level > 3 ? 3
+                                       : level]);
     size_t len = (size_t)n;
     for (const unsigned char *p = (const unsigned char *)msg; *p && len < sizeof(line) - 8; p++) {
         if (*p == '"' || *p == '\\') {

@@ -10,23 +10,23 @@
 
 typedef enum {
     SG_OK = 0,
-    SG_EBADINPUT,     /* 400: malformed or invalid request */
-    SG_EUNAUTH,       /* 401: no or unknown bearer token */
-    SG_EFORBIDDEN,    /* 403: known principal, role not allowed */
-    SG_ENOTFOUND,     /* 404 */
-    SG_EMETHOD,       /* 405 */
-    SG_ECONFLICT,     /* 409: already exists, or in progress */
-    SG_ETOOBIG,       /* 413: body over the configured limit */
-    SG_EMEDIATYPE,    /* 415 */
-    SG_EUNPROCESSABLE,/* 422: well-formed but refused (e.g. idempotency key reuse) */
-    SG_EHSM,          /* 503: HSM unavailable or a sign call failed */
-    SG_ESTORE,        /* 503: event store unavailable or disk full */
-    SG_EUNAVAILABLE,  /* 503: not ready (read model behind, shutting down) */
-    SG_ENOTIMPL,      /* 501 */
-    SG_EINTERNAL,     /* 500 */
-    SG_ECONFIG,       /* start-up: configuration unusable */
-    SG_EVERIFY,       /* a signature, hash or chain link does not verify */
-    SG_ENOMEM,        /* 500 */
+    SG_EBADINPUT,      /* 400: malformed or invalid request */
+    SG_EUNAUTH,        /* 401: no or unknown bearer token */
+    SG_EFORBIDDEN,     /* 403: known principal, role not allowed */
+    SG_ENOTFOUND,      /* 404 */
+    SG_EMETHOD,        /* 405 */
+    SG_ECONFLICT,      /* 409: already exists, or in progress */
+    SG_ETOOBIG,        /* 413: body over the configured limit */
+    SG_EMEDIATYPE,     /* 415 */
+    SG_EUNPROCESSABLE, /* 422: well-formed but refused (e.g. idempotency key reuse) */
+    SG_EHSM,           /* 503: HSM unavailable or a sign call failed */
+    SG_ESTORE,         /* 503: event store unavailable or disk full */
+    SG_EUNAVAILABLE,   /* 503: not ready (read model behind, shutting down) */
+    SG_ENOTIMPL,       /* 501 */
+    SG_EINTERNAL,      /* 500 */
+    SG_ECONFIG,        /* start-up: configuration unusable */
+    SG_EVERIFY,        /* a signature, hash or chain link does not verify */
+    SG_ENOMEM,         /* 500 */
 } sg_err;
 
 /* The HTTP status for an error code (500 for codes with no HTTP meaning). */

@@ -73,7 +73,9 @@ static size_t find(const strmap *m, const char *key, int *found)
 
 static sg_err grow(strmap *m)
 {
-    strmap bigger = {.cap = m->cap * 2};
+    /* Mostly tombstones: rehash at the same size instead of doubling, so
+     * put/del churn (the sequencer's in-flight set) stays flat in memory. */
+    strmap bigger = {.cap = (m->len + 1) * 2 > m->cap / 2 ? m->cap * 2 : m->cap};
     bigger.keys = calloc(bigger.cap, sizeof(*bigger.keys));
     bigger.vals = calloc(bigger.cap, sizeof(*bigger.vals));
     if (!bigger.keys || !bigger.vals) {

@@ -63,8 +63,7 @@ int main(int argc, char **argv)
     if (config_load(config_path, &cfg, why, sizeof(why)) != SG_OK)
         goto fail;
     if (mkdir(cfg->data_dir, 0700) != 0 && errno != EEXIST) {
-        snprintf(why, sizeof(why), "cannot create data_dir %s: %s", cfg->data_dir,
-                 strerror(errno));
+        snprintf(why, sizeof(why), "cannot create data_dir %s: %s", cfg->data_dir, strerror(errno));
         goto fail;
     }
     unsigned keys = (do_write ? (1u << KEY_EVENTS | 1u << KEY_DEVICES) : 0) |

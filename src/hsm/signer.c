@@ -107,20 +107,21 @@ static sg_err connect_token(signer *s, char *why, size_t whylen)
         PKCS11_enumerate_public_keys(slot->token, &pubs, &npubs) != 0)
         return say(why, whylen, SG_EHSM,
                    "cannot list the keys of token \"%s\" (keep it to EC keys: libp11 0.4.12 "
-                   "fails on EdDSA keys)", s->label);
+                   "fails on EdDSA keys)",
+                   s->label);
 
     for (int p = 0; p < KEY_PURPOSES; p++) {
         const char *name = key_purpose_name[p];
         PKCS11_KEY *pub = find_key(pubs, npubs, name);
         if (pub && (s->pub[p] = PKCS11_get_public_key(pub)) == NULL)
-            return say(why, whylen, SG_EHSM, "cannot read public key \"%s\" of token \"%s\"",
-                       name, s->label);
+            return say(why, whylen, SG_EHSM, "cannot read public key \"%s\" of token \"%s\"", name,
+                       s->label);
         if (!(s->purposes & (1u << p)))
             continue;
         PKCS11_KEY *priv = find_key(keys, nkeys, name);
         if (priv == NULL || s->pub[p] == NULL)
-            return say(why, whylen, SG_EHSM, "token \"%s\" has no key pair \"%s\" (run signet init)",
-                       s->label, name);
+            return say(why, whylen, SG_EHSM,
+                       "token \"%s\" has no key pair \"%s\" (run signet init)", s->label, name);
         if ((s->priv[p] = PKCS11_get_private_key(priv)) == NULL)
             return say(why, whylen, SG_EHSM, "cannot use private key \"%s\" of token \"%s\"", name,
                        s->label);
@@ -144,8 +145,8 @@ sg_err signer_open(const sg_config *cfg, unsigned purposes, signer **out, char *
     *out = NULL;
     const char *pin = getenv(cfg->pin_env);
     if (pin == NULL || pin[0] == '\0')
-        return say(why, whylen, SG_ECONFIG,
-                   "environment variable %s (pkcs11.pin_env) is not set", cfg->pin_env);
+        return say(why, whylen, SG_ECONFIG, "environment variable %s (pkcs11.pin_env) is not set",
+                   cfg->pin_env);
     signer *s = calloc(1, sizeof(*s));
     if (s == NULL)
         return say(why, whylen, SG_ENOMEM, "out of memory");
@@ -351,7 +352,8 @@ static sg_err create_token(struct p11 *m, const sg_config *cfg, const char *pin,
     if (so == NULL || so[0] == '\0')
         return say(why, whylen, SG_ECONFIG,
                    "creating token \"%s\" needs the SO PIN: set pkcs11.so_pin_env and that "
-                   "environment variable", cfg->token_label);
+                   "environment variable",
+                   cfg->token_label);
     if (!find_slot(m, "", 1, &slot))
         return say(why, whylen, SG_EHSM, "no free slot to create token \"%s\" in",
                    cfg->token_label);
@@ -381,8 +383,7 @@ static sg_err create_token(struct p11 *m, const sg_config *cfg, const char *pin,
 
 static int has_object(struct p11 *m, CK_SESSION_HANDLE h, CK_OBJECT_CLASS cls, const char *label)
 {
-    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
-                        {CKA_LABEL, (void *)label, strlen(label)}};
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_LABEL, (void *)label, strlen(label)}};
     CK_OBJECT_HANDLE o;
     CK_ULONG n = 0;
     if (m->f->C_FindObjectsInit(h, t, 2) != CKR_OK)
@@ -398,16 +399,23 @@ static CK_RV generate_p256(struct p11 *m, CK_SESSION_HANDLE h, const char *label
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
     CK_MECHANISM mech = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
     CK_ATTRIBUTE pub[] = {
-        {CKA_TOKEN, &yes, sizeof(yes)},          {CKA_VERIFY, &yes, sizeof(yes)},
-        {CKA_EC_PARAMS, p256_oid, sizeof(p256_oid)}, {CKA_LABEL, (void *)label, strlen(label)},
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_VERIFY, &yes, sizeof(yes)},
+        {CKA_EC_PARAMS, p256_oid, sizeof(p256_oid)},
+        {CKA_LABEL, (void *)label, strlen(label)},
         {CKA_ID, (void *)label, strlen(label)},
     };
     CK_ATTRIBUTE priv[] = {
-        {CKA_TOKEN, &yes, sizeof(yes)},       {CKA_PRIVATE, &yes, sizeof(yes)},
-        {CKA_SENSITIVE, &yes, sizeof(yes)},   {CKA_EXTRACTABLE, &no, sizeof(no)},
-        {CKA_SIGN, &yes, sizeof(yes)},        {CKA_DERIVE, &no, sizeof(no)},
-        {CKA_DECRYPT, &no, sizeof(no)},       {CKA_UNWRAP, &no, sizeof(no)},
-        {CKA_LABEL, (void *)label, strlen(label)}, {CKA_ID, (void *)label, strlen(label)},
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_PRIVATE, &yes, sizeof(yes)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)},
+        {CKA_EXTRACTABLE, &no, sizeof(no)},
+        {CKA_SIGN, &yes, sizeof(yes)},
+        {CKA_DERIVE, &no, sizeof(no)},
+        {CKA_DECRYPT, &no, sizeof(no)},
+        {CKA_UNWRAP, &no, sizeof(no)},
+        {CKA_LABEL, (void *)label, strlen(label)},
+        {CKA_ID, (void *)label, strlen(label)},
     };
     CK_OBJECT_HANDLE hpub, hpriv;
     return m->f->C_GenerateKeyPair(h, &mech, pub, SG_ARRAY_LEN(pub), priv, SG_ARRAY_LEN(priv),

@@ -15,9 +15,9 @@
 struct http_app {
     const sg_config *cfg;
     signer *signer;
-    sequencer *seq;      /* NULL in --role read */
-    projector *proj;     /* NULL in --role write */
-    snapshots *snaps;    /* NULL in --role write */
+    sequencer *seq;   /* NULL in --role read */
+    projector *proj;  /* NULL in --role write */
+    snapshots *snaps; /* NULL in --role write */
     const char *store_uri;
 };
 

@@ -22,10 +22,10 @@ typedef void (*route_fn)(struct req *r);
 struct route {
     unsigned listeners; /* enum listener bits */
     const char *method;
-    const char *path;   /* "{}" matches one segment */
-    unsigned roles;     /* 0: public */
-    int device_self;    /* ROLE_DEVICE must be bound to the {} id */
-    int json_body;      /* POST with a JSON body */
+    const char *path; /* "{}" matches one segment */
+    unsigned roles;   /* 0: public */
+    int device_self;  /* ROLE_DEVICE must be bound to the {} id */
+    int json_body;    /* POST with a JSON body */
     route_fn fn;
     const struct command_type *cmd; /* for command routes */
 };

@@ -12,7 +12,8 @@
 
 #define R LISTEN_READ
 #define W LISTEN_WRITE
-#define ANY_ROLE (ROLE_ADMIN | ROLE_BUILDER | ROLE_OPERATOR | ROLE_APPROVER | ROLE_AUDITOR | ROLE_DEVICE)
+#define ANY_ROLE                                                                                   \
+    (ROLE_ADMIN | ROLE_BUILDER | ROLE_OPERATOR | ROLE_APPROVER | ROLE_AUDITOR | ROLE_DEVICE)
 
 /* Command routes carry their command type; a route with route_not_implemented
  * still authenticates and authorizes, so the role matrix holds from day one. */
@@ -39,8 +40,8 @@ const struct route routes[] = {
     {R, "GET", "/v1/firmware/{}/image", ANY_ROLE, 0, 0, route_not_implemented, NULL},
     {R, "GET", "/v1/devices/{}/update", ROLE_DEVICE | ROLE_OPERATOR, 1, 0, route_not_implemented,
      NULL},
-    {R, "GET", "/v1/devices/{}/commands", ROLE_DEVICE | ROLE_OPERATOR, 1, 0,
-     route_not_implemented, NULL},
+    {R, "GET", "/v1/devices/{}/commands", ROLE_DEVICE | ROLE_OPERATOR, 1, 0, route_not_implemented,
+     NULL},
 };
 const size_t nroutes = sizeof(routes) / sizeof(routes[0]);
 
@@ -119,13 +120,14 @@ void route_command(struct req *r)
     }
     const char *idem = http_header(r, "Idempotency-Key");
     if (idem && !valid_idem_key(idem)) {
-        http_problem(r, SG_EBADINPUT, "Idempotency-Key must be 1 to 255 printable ASCII "
-                                      "characters without spaces");
+        http_problem(r, SG_EBADINPUT,
+                     "Idempotency-Key must be 1 to 255 printable ASCII "
+                     "characters without spaces");
         return;
     }
     json_error_t jerr;
-    json_t *body = json_loadb(r->body.data ? r->body.data : "", r->body.len,
-                              JSON_REJECT_DUPLICATES, &jerr);
+    json_t *body =
+        json_loadb(r->body.data ? r->body.data : "", r->body.len, JSON_REJECT_DUPLICATES, &jerr);
     if (body == NULL) {
         http_problem(r, SG_EBADINPUT, "malformed JSON: %s", jerr.text);
         return;
@@ -294,13 +296,14 @@ void route_healthz(struct req *r)
     struct health h;
     health(r, &h);
     int ok = h.hsm && h.store && !h.halted;
-    json_t *doc = json_pack("{s:s, s:I, s:I, s:I, s:s, s:s, s:s}", "status",
-                            ok ? "ok" : "unavailable", "position", (json_int_t)h.pos, "head",
-                            (json_int_t)h.head, "lag",
-                            (json_int_t)(h.head > h.pos ? h.head - h.pos : 0), "hsm",
-                            h.hsm ? "ok" : "unavailable", "store",
-                            h.store ? "ok" : "unavailable", "projector",
-                            !r->srv->app->proj ? "off" : h.halted ? "halted" : "ok");
+    json_t *doc = json_pack(
+        "{s:s, s:I, s:I, s:I, s:s, s:s, s:s}", "status", ok ? "ok" : "unavailable", "position",
+        (json_int_t)h.pos, "head", (json_int_t)h.head, "lag",
+        (json_int_t)(h.head > h.pos ? h.head - h.pos : 0), "hsm", h.hsm ? "ok" : "unavailable",
+        "store", h.store ? "ok" : "unavailable", "projector",
+        !r->srv->app->proj ? "off"
+        : h.halted         ? "halted"
+                           : "ok");
     if (doc && h.halted) {
         json_object_set_new(doc, "halted_at", json_integer((json_int_t)h.halted_at));
         json_object_set_new(doc, "halted_reason", json_string(h.why));

@@ -25,8 +25,7 @@ static void count(struct req *r, int status)
 
 void http_reply(struct req *r, int status, const char *content_type, char *body, size_t len)
 {
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
     if (resp == NULL) {
         free(body);
         r->state = REQ_DONE;
@@ -74,8 +73,8 @@ void http_problem(struct req *r, sg_err e, const char *fmt, ...)
     va_end(ap);
     snprintf(type, sizeof(type), "urn:signet:problem:%s", sg_err_slug(e));
     int status = sg_err_http(e);
-    json_t *p = json_pack("{s:s, s:s, s:i, s:s}", "type", type, "title", sg_err_title(e),
-                          "status", status, "detail", detail);
+    json_t *p = json_pack("{s:s, s:s, s:i, s:s}", "type", type, "title", sg_err_title(e), "status",
+                          status, "detail", detail);
     char *s = NULL;
     size_t len = 0;
     if (p == NULL || jcs_dump(p, &s, &len) != SG_OK) {
@@ -92,8 +91,10 @@ void http_problem(struct req *r, sg_err e, const char *fmt, ...)
 
 static int hexdigit(char c)
 {
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                                        : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
 }
 
 const char *http_query(struct req *r, const char *name)
@@ -176,8 +177,7 @@ static sg_err authorize(struct req *r)
         return SG_OK; /* admin passes everything but device-only routes */
     if (granted & ~(unsigned)ROLE_DEVICE)
         return SG_OK; /* a non-device role allows it */
-    if ((granted & ROLE_DEVICE) &&
-        (!rt->device_self || strcmp(r->who->device_id, r->param) == 0))
+    if ((granted & ROLE_DEVICE) && (!rt->device_self || strcmp(r->who->device_id, r->param) == 0))
         return SG_OK;
     return SG_EFORBIDDEN;
 }
@@ -196,7 +196,8 @@ static int begin(struct req *r)
     int path_seen = 0;
     for (size_t i = 0; i < nroutes && !r->route; i++) {
         const struct route *rt = &routes[i];
-        if (!(rt->listeners & r->listener) || !path_match(rt->path, r->url, r->param, sizeof(r->param)))
+        if (!(rt->listeners & r->listener) ||
+            !path_match(rt->path, r->url, r->param, sizeof(r->param)))
             continue;
         path_seen = 1;
         if (strcmp(rt->method, r->method) == 0)
@@ -238,9 +239,8 @@ static int begin(struct req *r)
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
 {
     (void)version;
     struct req *r = *con_cls;
@@ -365,8 +365,8 @@ static struct MHD_Daemon *listen_on(struct http_server *s, struct req *proto, co
                          ai->ai_addr, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
                          MHD_OPTION_THREAD_POOL_SIZE, 2u, MHD_OPTION_CONNECTION_TIMEOUT, 30u,
                          MHD_OPTION_CONNECTION_LIMIT, 4000u, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
-                         MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
-                         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
+                         MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL, MHD_OPTION_EXTERNAL_LOGGER,
+                         mhd_log, NULL, MHD_OPTION_END);
     if (d == NULL)
         snprintf(why, whylen, "cannot listen on %s (in use?)", addr);
     freeaddrinfo(ai);
@@ -384,9 +384,8 @@ static char *keys_document(signer *sg)
         char *pem = public_key_pem(pk);
         json_array_append_new(keys, json_pack("{s:s, s:s, s:s, s:s, s:s}", "key_id",
                                               signer_key_id(sg, (enum key_purpose)p), "purpose",
-                                              key_purpose_name[p], "alg", "ES256",
-                                              "public_key_pem", pem ? pem : "", "status",
-                                              "active"));
+                                              key_purpose_name[p], "alg", "ES256", "public_key_pem",
+                                              pem ? pem : "", "status", "active"));
         free(pem);
     }
     json_t *doc = json_pack("{s:o}", "keys", keys);

@@ -18,8 +18,8 @@ const struct projection *projection_find(const char *name)
 sg_err readmodel_open(const char *path, sqlite3 **out, char *why, size_t whylen)
 {
     sqlite3 *db = NULL;
-    int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                                            SQLITE_OPEN_NOMUTEX, NULL);
+    int rc = sqlite3_open_v2(
+        path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc == SQLITE_OK) {
         sqlite3_busy_timeout(db, 10000);
         rc = sqlite3_exec(db,
@@ -71,7 +71,8 @@ sg_err readmodel_checkpoint(sqlite3 *db, uint64_t *pos, char hash[65])
 sg_err readmodel_set_checkpoint(sqlite3 *db, uint64_t pos, const char *hash)
 {
     sqlite3_stmt *s;
-    if (sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO checkpoint(id, position, hash) VALUES (1,?,?)",
+    if (sqlite3_prepare_v2(db,
+                           "INSERT OR REPLACE INTO checkpoint(id, position, hash) VALUES (1,?,?)",
                            -1, &s, NULL) != SQLITE_OK)
         return SG_ESTORE;
     sqlite3_bind_int64(s, 1, (sqlite3_int64)pos);

@@ -82,7 +82,7 @@ static sg_err build(snapshots *ss, const struct projection *proj, struct cached 
                             (json_int_t)r.pos, "hash", r.hash, "state", r.state);
     if (doc == NULL)
         return SG_ENOMEM;
-    if ((e = signed_bytes(doc, &bytes, &len)) != SG_OK)
+    if ((e = doc_signed_bytes(doc, &bytes, &len)) != SG_OK)
         goto out;
     sha256(bytes, len, digest);
     if ((e = signer_sign_digest(ss->s, KEY_SNAPSHOTS, digest, sig, &siglen)) != SG_OK)

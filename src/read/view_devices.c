@@ -41,8 +41,8 @@ static sg_err devices_state(sqlite3 *db, json_t **out)
     }
     int rc;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        json_t *d = json_pack("{s:s, s:s, s:I}", "device_id", sqlite3_column_text(s, 0),
-                              "hardware", sqlite3_column_text(s, 1), "position",
+        json_t *d = json_pack("{s:s, s:s, s:I}", "device_id", sqlite3_column_text(s, 0), "hardware",
+                              sqlite3_column_text(s, 1), "position",
                               (json_int_t)sqlite3_column_int64(s, 3));
         if (d && sqlite3_column_type(s, 2) != SQLITE_NULL)
             json_object_set_new(d, "group", json_string((const char *)sqlite3_column_text(s, 2)));

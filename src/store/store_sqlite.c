@@ -18,23 +18,22 @@ struct store {
     sqlite3_stmt *ins_event, *ins_idem, *read_after, *head, *idem_get;
 };
 
-static const char schema[] =
-    "CREATE TABLE IF NOT EXISTS events ("
-    "  position INTEGER PRIMARY KEY,"
-    "  hash TEXT NOT NULL,"
-    "  body TEXT NOT NULL);"
-    "CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events"
-    "  BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;"
-    "CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events"
-    "  BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;"
-    "CREATE TABLE IF NOT EXISTS idempotency ("
-    "  principal TEXT NOT NULL,"
-    "  key TEXT NOT NULL,"
-    "  request_sha256 TEXT NOT NULL,"
-    "  status INTEGER NOT NULL,"
-    "  body TEXT NOT NULL,"
-    "  position INTEGER NOT NULL,"
-    "  PRIMARY KEY (principal, key));";
+static const char schema[] = "CREATE TABLE IF NOT EXISTS events ("
+                             "  position INTEGER PRIMARY KEY,"
+                             "  hash TEXT NOT NULL,"
+                             "  body TEXT NOT NULL);"
+                             "CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events"
+                             "  BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;"
+                             "CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events"
+                             "  BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;"
+                             "CREATE TABLE IF NOT EXISTS idempotency ("
+                             "  principal TEXT NOT NULL,"
+                             "  key TEXT NOT NULL,"
+                             "  request_sha256 TEXT NOT NULL,"
+                             "  status INTEGER NOT NULL,"
+                             "  body TEXT NOT NULL,"
+                             "  position INTEGER NOT NULL,"
+                             "  PRIMARY KEY (principal, key));";
 
 static sg_err prepare(store *st, sqlite3_stmt **s, const char *sql)
 {
@@ -54,12 +53,12 @@ sg_err store_open(const char *uri, store **out, char *why, size_t whylen)
     if (st == NULL)
         return SG_ENOMEM;
     const char *path = uri + 7;
-    int rc = sqlite3_open_v2(path, &st->db,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    int rc = sqlite3_open_v2(
+        path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc == SQLITE_OK) {
         sqlite3_busy_timeout(st->db, 10000);
-        rc = sqlite3_exec(st->db,
-                          "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", NULL, NULL, NULL);
+        rc = sqlite3_exec(st->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", NULL, NULL,
+                          NULL);
     }
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(st->db, schema, NULL, NULL, NULL);
@@ -71,7 +70,8 @@ sg_err store_open(const char *uri, store **out, char *why, size_t whylen)
         prepare(st, &st->read_after,
                 "SELECT position, hash, body FROM events WHERE position > ? ORDER BY position "
                 "LIMIT ?") ||
-        prepare(st, &st->head, "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1") ||
+        prepare(st, &st->head,
+                "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1") ||
         prepare(st, &st->idem_get,
                 "SELECT request_sha256, status, body FROM idempotency WHERE principal = ? AND "
                 "key = ?")) {

@@ -15,7 +15,8 @@ int valid_id(const char *s)
         return 0;
     for (size_t i = 0; i < n; i++) {
         char ch = s[i];
-        int alnum = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9');
+        int alnum =
+            (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9');
         if (!alnum && (i == 0 || !strchr("._:-", ch)))
             return 0;
     }

@@ -18,9 +18,9 @@ struct decision; /* the sequencer's batch under construction */
 struct command {
     const struct command_type *type;
     const struct principal *who;
-    json_t *input;     /* validated input (owned) */
-    char *path_id;     /* id from the path, e.g. /v1/rollouts/{id}/pause (owned, may be NULL) */
-    char *idem_key;    /* Idempotency-Key (owned, may be NULL) */
+    json_t *input;  /* validated input (owned) */
+    char *path_id;  /* id from the path, e.g. /v1/rollouts/{id}/pause (owned, may be NULL) */
+    char *idem_key; /* Idempotency-Key (owned, may be NULL) */
     char request_sha256[65];
 
     /* Result, set by decide() or by the sequencer. */

@@ -20,7 +20,8 @@ static sg_err devices_apply(const char *type, const json_t *event)
 {
     if (strcmp(type, "DeviceRegistered") != 0)
         return SG_OK;
-    const char *id = json_string_value(json_object_get(json_object_get(event, "data"), "device_id"));
+    const char *id =
+        json_string_value(json_object_get(json_object_get(event, "data"), "device_id"));
     if (id == NULL)
         return SG_EINTERNAL;
     if (devices == NULL && (devices = strmap_new()) == NULL)
@@ -48,8 +49,10 @@ static sg_err register_validate(const json_t *body, const char *path_id, json_t 
         snprintf(detail, dlen, "%s", err.text);
         return SG_EBADINPUT;
     }
-    const char *bad = !valid_id(id) ? "device_id" : !valid_id(hw) ? "hardware"
-                      : group && !valid_id(group) ? "group" : NULL;
+    const char *bad = !valid_id(id)               ? "device_id"
+                      : !valid_id(hw)             ? "hardware"
+                      : group && !valid_id(group) ? "group"
+                                                  : NULL;
     if (bad) {
         snprintf(detail, dlen, "%s must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$", bad);
         return SG_EBADINPUT;
@@ -69,8 +72,8 @@ static void register_decide(struct command *c, struct decision *d)
     }
     uint64_t pos = decision_emit(d, c, "DeviceRegistered", json_deep_copy(c->input));
     if (pos)
-        command_respond(c, 201, json_pack("{s:s, s:I}", "device_id", id, "position",
-                                          (json_int_t)pos));
+        command_respond(c, 201,
+                        json_pack("{s:s, s:I}", "device_id", id, "position", (json_int_t)pos));
 }
 
 const struct command_type cmd_register_device = {"RegisterDevice", register_validate,

@@ -60,7 +60,7 @@ struct sequencer {
     store *wst; /* committer thread: appends */
 
     pthread_mutex_t mu;
-    pthread_cond_t wake;      /* queue non-empty, committer progress, stop */
+    pthread_cond_t wake; /* queue non-empty, committer progress, stop */
     struct command *qhead, *qtail;
     size_t qlen;
     struct batch *chead, *ctail; /* committer queue */
@@ -154,10 +154,9 @@ uint64_t decision_emit(struct decision *d, struct command *c, const char *type, 
     uuid_v4(id);
     rfc3339_now(now);
     uint64_t pos = q->head + 1;
-    json_t *ev = json_pack("{s:I, s:s, s:s, s:s, s:s, s:s, s:o, s:s}", "position",
-                           (json_int_t)pos, "id", id, "type", type, "time", now, "actor",
-                           c->who->name, "command_id", d->command_id, "data", data, "prev",
-                           q->prev);
+    json_t *ev = json_pack("{s:I, s:s, s:s, s:s, s:s, s:s, s:o, s:s}", "position", (json_int_t)pos,
+                           "id", id, "type", type, "time", now, "actor", c->who->name, "command_id",
+                           d->command_id, "data", data, "prev", q->prev);
     data = NULL;
     if (ev == NULL)
         goto broken;
@@ -433,8 +432,9 @@ static void run_batch(sequencer *q, struct command *list)
     }
     sg_err e = d.broken ? SG_EINTERNAL : sign_batch(q, b);
     if (e) {
-        fail_batch(q, b, e, e == SG_EHSM ? "the HSM did not sign; nothing was appended"
-                                          : "internal error; nothing was appended");
+        fail_batch(q, b, e,
+                   e == SG_EHSM ? "the HSM did not sign; nothing was appended"
+                                : "internal error; nothing was appended");
         q->need_rebuild = 1; /* state holds events that will never be stored */
         return;
     }
@@ -508,8 +508,7 @@ static void *sequencer_main(void *arg)
 
 /*** public ***/
 
-sg_err sequencer_start(const char *store_uri, signer *s, sequencer **out, char *why,
-                       size_t whylen)
+sg_err sequencer_start(const char *store_uri, signer *s, sequencer **out, char *why, size_t whylen)
 {
     sequencer *q = calloc(1, sizeof(*q));
     *out = NULL;

@@ -15,8 +15,7 @@
 typedef struct sequencer sequencer;
 
 /* Open the store, rebuild write state from it and start the threads. */
-sg_err sequencer_start(const char *store_uri, signer *s, sequencer **out, char *why,
-                       size_t whylen);
+sg_err sequencer_start(const char *store_uri, signer *s, sequencer **out, char *why, size_t whylen);
 /* Queue c. SG_OK: c->done will be called exactly once, from another thread.
  * SG_EUNAVAILABLE: stopping; done is not called. */
 sg_err sequencer_submit(sequencer *q, struct command *c);

@@ -58,8 +58,13 @@ static void test_hex_bad_input(void **state)
 static const struct {
     const char *plain, *b64;
 } rfc4648[] = {
-    {"", ""},         {"f", "Zg=="},         {"fo", "Zm8="},         {"foo", "Zm9v"},
-    {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="}, {"foobar", "Zm9vYmFy"},
+    {"", ""},
+    {"f", "Zg=="},
+    {"fo", "Zm8="},
+    {"foo", "Zm9v"},
+    {"foob", "Zm9vYg=="},
+    {"fooba", "Zm9vYmE="},
+    {"foobar", "Zm9vYmFy"},
 };
 
 static void test_b64_rfc4648_vectors(void **state)
@@ -120,7 +125,7 @@ static void test_b64_bad_characters(void **state)
 {
     (void)state;
     expect_b64_bad("Zm9v!A==");
-    expect_b64_bad("Zm9-");  /* base64url is not base64 */
+    expect_b64_bad("Zm9-"); /* base64url is not base64 */
     expect_b64_bad("Zm9_");
     expect_b64_bad("Zm 9v");
     expect_b64_bad("Zm9v\n");
@@ -131,10 +136,10 @@ static void test_b64_bad_characters(void **state)
 static void test_b64_bad_padding(void **state)
 {
     (void)state;
-    expect_b64_bad("Zg");       /* missing padding */
-    expect_b64_bad("Zg=");      /* short padding */
-    expect_b64_bad("Zg===");    /* too much padding */
-    expect_b64_bad("Z===");     /* three pad characters */
+    expect_b64_bad("Zg");    /* missing padding */
+    expect_b64_bad("Zg=");   /* short padding */
+    expect_b64_bad("Zg==="); /* too much padding */
+    expect_b64_bad("Z===");  /* three pad characters */
     expect_b64_bad("====");
     expect_b64_bad("=Zm9");     /* pad at the front */
     expect_b64_bad("Zm=v");     /* pad in the middle */
@@ -228,7 +233,7 @@ static void test_uuid_v4_format(void **state)
             else if (!is_lower_hex(u[i]))
                 fail_msg("uuid %s: char %d is not lowercase hex", u, i);
         }
-        assert_int_equal(u[14], '4'); /* version */
+        assert_int_equal(u[14], '4');           /* version */
         assert_non_null(strchr("89ab", u[19])); /* variant 10xx */
         assert_string_not_equal(u, prev);
         memcpy(prev, u, sizeof(prev));

@@ -92,17 +92,38 @@ static json_t *example(void)
         "    \"so_pin_env\": \"SIGNET_SO_PIN\""
         "  },"
         "  \"principals\": ["
-        "    {\"name\": \"ci\", \"token_sha256\": \"" HASH8("0123abcd") "\", \"roles\": [\"builder\"]},"
-        "    {\"name\": \"ops\", \"token_sha256\": \"" HASH8("11111111") "\", \"roles\": [\"operator\"]},"
-        "    {\"name\": \"alice\", \"token_sha256\": \"" HASH8("22222222") "\", \"roles\": [\"approver\"]},"
-        "    {\"name\": \"bob\", \"token_sha256\": \"" HASH8("33333333") "\", \"roles\": [\"approver\"]},"
-        "    {\"name\": \"audit\", \"token_sha256\": \"" HASH8("44444444") "\", \"roles\": [\"auditor\"]},"
-        "    {\"name\": \"dev-0001\", \"token_sha256\": \"" HASH8("ABCDEF55") "\", \"roles\": [\"device\"],"
-        "     \"device_id\": \"dev-0001\"}"
-        "  ],"
-        "  \"approvals\": {\"default\": 2, \"actions\": {\"reboot\": 1}},"
-        "  \"limits\": {\"max_image_bytes\": 1073741824, \"max_json_bytes\": 65536}"
-        "}",
+        "    {\"name\": \"ci\", \"token_sha256\": \"" HASH8(
+            "0123abcd") "\", \"roles\": [\"builder\"]},"
+                        "    {\"name\": \"ops\", \"token_sha256\": \"" HASH8(
+                            "11111111") "\", \"roles\": [\"operator\"]},"
+                                        "    {\"name\": \"alice\", \"token_sha256\": \"" HASH8(
+                                            "22222222") "\", \"roles\": [\"approver\"]},"
+                                                        "    {\"name\": \"bob\", \"token_sha256\": "
+                                                        "\"" HASH8(
+                                                            "33333333") "\", \"roles\": "
+                                                                        "[\"approver\"]},"
+                                                                        "    {\"name\": \"audit\", "
+                                                                        "\"token_sha256\": "
+                                                                        "\"" HASH8(
+                                                                            "44444444") "\", "
+                                                                                        "\"roles\":"
+                                                                                        " ["
+                                                                                        "\"auditor"
+                                                                                        "\"]},"
+                                                                                        "    "
+                                                                                        "{\"name\":"
+                                                                                        " \"dev-"
+                                                                                        "0001\", "
+                                                                                        "\"token_"
+                                                                                        "sha256\": "
+                                                                                        "\"" HASH8(
+                                                                                            "ABCDEF"
+                                                                                            "55") "\", \"roles\": [\"device\"],"
+                                                                                                  "     \"device_id\": \"dev-0001\"}"
+                                                                                                  "  ],"
+                                                                                                  "  \"approvals\": {\"default\": 2, \"actions\": {\"reboot\": 1}},"
+                                                                                                  "  \"limits\": {\"max_image_bytes\": 1073741824, \"max_json_bytes\": 65536}"
+                                                                                                  "}",
         JSON_REJECT_DUPLICATES, NULL);
     assert_non_null(root);
     return root;
@@ -112,8 +133,8 @@ static json_t *example(void)
 static json_t *minimal(void)
 {
     json_t *root = json_pack("{s:{s:s, s:s, s:s}, s:[{s:s, s:s, s:[s]}]}", "pkcs11", "module",
-                             "/usr/lib/softhsm/libsofthsm2.so", "token_label", "signet",
-                             "pin_env", "SIGNET_PIN", "principals", "name", "ops", "token_sha256",
+                             "/usr/lib/softhsm/libsofthsm2.so", "token_label", "signet", "pin_env",
+                             "SIGNET_PIN", "principals", "name", "ops", "token_sha256",
                              HASH8("11111111"), "roles", "operator");
     assert_non_null(root);
     return root;
@@ -416,8 +437,9 @@ static void test_duplicates(void **state)
 static void test_bad_listen(void **state)
 {
     (void)state;
-    static const char *const bad[] = {"localhost", "127.0.0.1:0", "127.0.0.1:65536",
-                                      "127.0.0.1:", ":7700", "127.0.0.1:77x0", "[::1:7700"};
+    static const char *const bad[] = {"localhost",  "127.0.0.1:0", "127.0.0.1:65536",
+                                      "127.0.0.1:", ":7700",       "127.0.0.1:77x0",
+                                      "[::1:7700"};
     for (size_t i = 0; i < SG_ARRAY_LEN(bad); i++) {
         json_t *root = example();
         json_object_set_new(root, "write_listen", json_string(bad[i]));
@@ -450,7 +472,8 @@ static void test_wrong_types(void **state)
     expect_bad(root, "default", "integer");
 
     root = example();
-    json_object_set_new(json_object_get(root, "approvals"), "actions", json_pack("{s:s}", "reboot", "1"));
+    json_object_set_new(json_object_get(root, "approvals"), "actions",
+                        json_pack("{s:s}", "reboot", "1"));
     expect_bad(root, "approvals.actions.reboot");
 
     root = example();
@@ -613,6 +636,10 @@ static void test_split_listen(void **state)
     expect_split_bad("[]:80");
     expect_split_bad("[::1:80");
     expect_split_bad("");
+    expect_split_bad("host: 80");
+    expect_split_bad("host:+80");
+    expect_split_bad("h st:80");
+    expect_split_bad("host:000080");
 }
 
 int main(void)

@@ -108,10 +108,10 @@ static json_t *make_event(int pos, const char *prev, EVP_PKEY *pk)
     snprintf(id, sizeof(id), "6f1c2a7e-0b7d-4f0e-9c55-%012d", pos);
     snprintf(cmd, sizeof(cmd), "cmd-%d", pos);
     snprintf(dev, sizeof(dev), "dev-%04d", pos);
-    json_t *ev = json_pack("{s:i, s:s, s:s, s:s, s:s, s:s, s:{s:s, s:s}, s:s}", "position", pos,
-                           "id", id, "type", "DeviceRegistered", "time",
-                           "2026-01-02T03:04:05.678Z", "actor", "ops", "command_id", cmd, "data",
-                           "device_id", dev, "hardware", "hw-1", "prev", prev);
+    json_t *ev =
+        json_pack("{s:i, s:s, s:s, s:s, s:s, s:s, s:{s:s, s:s}, s:s}", "position", pos, "id", id,
+                  "type", "DeviceRegistered", "time", "2026-01-02T03:04:05.678Z", "actor", "ops",
+                  "command_id", cmd, "data", "device_id", dev, "hardware", "hw-1", "prev", prev);
     assert_non_null(ev);
     seal(ev, pk);
     return ev;
@@ -369,8 +369,8 @@ static void test_tamper_signature_other_key(void **state)
     /* One byte of the DER signature flipped. */
     uint8_t *der = NULL;
     size_t derlen = 0;
-    assert_int_equal(
-        b64_decode(json_string_value(json_object_get(chain[0], "sig")), &der, &derlen), SG_OK);
+    assert_int_equal(b64_decode(json_string_value(json_object_get(chain[0], "sig")), &der, &derlen),
+                     SG_OK);
     der[derlen - 1] ^= 0x01;
     char b64[160];
     b64_encode(der, derlen, b64);
@@ -438,9 +438,9 @@ static void test_tamper_sig_not_base64(void **state)
 static void test_tamper_missing_field(void **state)
 {
     (void)state;
-    static const char *const fields[] = {"position", "id",   "type",   "time",
+    static const char *const fields[] = {"position", "id",         "type", "time",
                                          "actor",    "command_id", "data", "prev",
-                                         "hash",     "key_id", "sig"};
+                                         "hash",     "key_id",     "sig"};
     keyring *kr = events_ring();
     json_t *good = make_event(1, EVENT_GENESIS_PREV, k_events);
     expect_ok(good, 1, EVENT_GENESIS_PREV, kr);
@@ -467,7 +467,7 @@ static void test_tamper_wrong_types(void **state)
         json_t *value;
     } cases[] = {
         {"position", json_string("1")}, {"data", json_string("{}")}, {"data", json_array()},
-        {"actor", json_null()},          {"type", json_integer(1)},   {"time", json_true()},
+        {"actor", json_null()},         {"type", json_integer(1)},   {"time", json_true()},
     };
     for (size_t i = 0; i < SG_ARRAY_LEN(cases); i++) {
         json_t *ev = json_deep_copy(good);
@@ -568,8 +568,8 @@ static json_t *keys_doc(void)
         char *pem = pem_of(ks[i]);
         my_key_id(ks[i], kid);
         json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:s}", "key_id", kid, "purpose",
-                                             key_purpose_name[i], "alg", "ES256",
-                                             "public_key_pem", pem));
+                                             key_purpose_name[i], "alg", "ES256", "public_key_pem",
+                                             pem));
         free(pem);
     }
     return json_pack("{s:o}", "keys", arr);
@@ -642,8 +642,9 @@ static void test_keyring_load_json_refusals(void **state)
 
     /* PEM that is not a public key. */
     doc = keys_doc();
-    json_object_set_new(json_array_get(json_object_get(doc, "keys"), 0), "public_key_pem",
-                        json_string("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"));
+    json_object_set_new(
+        json_array_get(json_object_get(doc, "keys"), 0), "public_key_pem",
+        json_string("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"));
     expect_load_refused(doc, "not a public key");
 
     /* Missing member, no keys array, empty array. */
@@ -674,10 +675,9 @@ static void test_keyring_add_refuses_non_p256(void **state)
 
 static json_t *make_snapshot(EVP_PKEY *pk)
 {
-    json_t *doc = json_pack("{s:s, s:{s:i, s:s}, s:{s:i, s:[{s:s, s:s, s:i}]}}", "name",
-                            "devices", "as_of", "position", 3, "hash", EVENT_GENESIS_PREV,
-                            "state", "count", 1, "devices", "device_id", "dev-0001", "hardware",
-                            "hw-1", "position", 1);
+    json_t *doc = json_pack("{s:s, s:{s:i, s:s}, s:{s:i, s:[{s:s, s:s, s:i}]}}", "name", "devices",
+                            "as_of", "position", 3, "hash", EVENT_GENESIS_PREV, "state", "count", 1,
+                            "devices", "device_id", "dev-0001", "hardware", "hw-1", "position", 1);
     assert_non_null(doc);
     char *bytes = NULL;
     size_t len = 0;
@@ -748,9 +748,8 @@ static void test_signed_doc_verify(void **state)
                                        KEY_SNAPSHOTS, why, sizeof(why)),
                      SG_EVERIFY);
     json_decref(arr);
-    assert_int_equal(signed_doc_verify(doc, NULL,
-                                       json_string_value(json_object_get(doc, "key_id")), kr,
-                                       KEY_SNAPSHOTS, why, sizeof(why)),
+    assert_int_equal(signed_doc_verify(doc, NULL, json_string_value(json_object_get(doc, "key_id")),
+                                       kr, KEY_SNAPSHOTS, why, sizeof(why)),
                      SG_EVERIFY);
     json_decref(doc);
 

@@ -13,8 +13,8 @@
 static void test_valid_ids_accepted(void **state)
 {
     (void)state;
-    static const char *const good[] = {"dev-0001", "a", "A.b_c:d-e", "0", "Z9", "a..b", "a-",
-                                       "x:y:z",    "fw_1.2.3"};
+    static const char *const good[] = {"dev-0001", "a",  "A.b_c:d-e", "0",       "Z9",
+                                       "a..b",     "a-", "x:y:z",     "fw_1.2.3"};
     for (size_t i = 0; i < SG_ARRAY_LEN(good); i++)
         if (!valid_id(good[i]))
             fail_msg("valid_id refused \"%s\"", good[i]);
@@ -32,9 +32,9 @@ static void test_invalid_ids_refused(void **state)
 {
     (void)state;
     static const char *const bad[] = {
-        "",      "../x", "..",   ".",    ".x",    "-x",   "_x",   ":x",   "a/b",  "/a",
-        "a b",   " a",   "a ",   "\xc3\xa9", "a\xc3\xa9", "a\\b", "a\tb", "a\nb", "a%2fb", "a+b",
-        "a@b",   "a*b",  "a?b",  "a\"b", "a'b",  "\x7f", "a\x7f",
+        "",      "../x", "..",  ".",   ".x",       "-x",        "_x",   ":x",   "a/b",
+        "/a",    "a b",  " a",  "a ",  "\xc3\xa9", "a\xc3\xa9", "a\\b", "a\tb", "a\nb",
+        "a%2fb", "a+b",  "a@b", "a*b", "a?b",      "a\"b",      "a'b",  "\x7f", "a\x7f",
     };
     for (size_t i = 0; i < SG_ARRAY_LEN(bad); i++)
         if (valid_id(bad[i]))

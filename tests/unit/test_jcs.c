@@ -72,15 +72,13 @@ static void test_rfc_key_sorting(void **state)
     assert_int_equal(json_object_set_new(o, "\xe2\x82\xac", json_string("Euro Sign")), 0);
     assert_int_equal(json_object_set_new(o, "\r", json_string("Carriage Return")), 0);
     assert_int_equal(
-        json_object_set_new(o, "\xef\xac\xb3", json_string("Hebrew Letter Dalet With Dagesh")),
-        0);
+        json_object_set_new(o, "\xef\xac\xb3", json_string("Hebrew Letter Dalet With Dagesh")), 0);
     assert_int_equal(json_object_set_new(o, "1", json_string("One")), 0);
     assert_int_equal(
         json_object_set_new(o, "\xf0\x9f\x98\x80", json_string("Emoji: Grinning Face")), 0);
     assert_int_equal(json_object_set_new(o, "\xc2\x80", json_string("Control")), 0);
     assert_int_equal(
-        json_object_set_new(o, "\xc3\xb6", json_string("Latin Small Letter O With Diaeresis")),
-        0);
+        json_object_set_new(o, "\xc3\xb6", json_string("Latin Small Letter O With Diaeresis")), 0);
     expect_dump(o, "{\"\\r\":\"Carriage Return\","
                    "\"1\":\"One\","
                    "\"\xc2\x80\":\"Control\","

@@ -12,6 +12,19 @@
 
 #include "core/strmap.h"
 
+/* The largest block strmap has asked calloc for: the test links with
+ * -Wl,--wrap=calloc so the map's table sizes can be observed from outside. */
+void *__real_calloc(size_t n, size_t size);
+void *__wrap_calloc(size_t n, size_t size);
+static size_t largest_calloc;
+
+void *__wrap_calloc(size_t n, size_t size)
+{
+    if (size && n <= SIZE_MAX / size && n * size > largest_calloc)
+        largest_calloc = n * size;
+    return __real_calloc(n, size);
+}
+
 /* Values are small integers smuggled in pointers, offset so none is NULL. */
 #define VAL(i) ((void *)(uintptr_t)((i) + 1))
 
@@ -164,6 +177,32 @@ static void test_churn(void **state)
     strmap_free(m, NULL);
 }
 
+/* The same churn must not make the table grow with the number of keys ever
+ * inserted: with at most 10 live keys, deleted slots have to be reclaimed
+ * (rehash in place) rather than the table doubling each time it fills with
+ * tombstones. The sequencer's in-flight Idempotency-Key map is exactly this. */
+static void test_churn_memory_bounded(void **state)
+{
+    (void)state;
+    strmap *m = strmap_new();
+    char k[32];
+    largest_calloc = 0;
+    for (size_t i = 0; i < 1000000; i++) {
+        key_of(i, k);
+        assert_int_equal(strmap_put(m, k, VAL(i)), SG_OK);
+        if (i >= 10) {
+            key_of(i - 10, k);
+            strmap_del(m, k);
+        }
+    }
+    assert_int_equal(strmap_len(m), 10);
+    strmap_free(m, NULL);
+    /* 10 live keys fit in a table of a few hundred slots; allow 128 Ki slots. */
+    if (largest_calloc > 128 * 1024 * sizeof(void *))
+        fail_msg("a map that never held more than 11 keys allocated a %zu-byte table",
+                 largest_calloc);
+}
+
 struct tally {
     size_t count;
     uint64_t sum;
@@ -244,6 +283,7 @@ int main(void)
         cmocka_unit_test(test_growth),
         cmocka_unit_test(test_tombstones),
         cmocka_unit_test(test_churn),
+        cmocka_unit_test(test_churn_memory_bounded),
         cmocka_unit_test(test_each),
         cmocka_unit_test(test_free_values),
     };
