@@ -11,9 +11,6 @@ struct sg_metrics {
     atomic_uint_fast64_t commit_batches;
     atomic_uint_fast64_t sign_failures;
     atomic_uint_fast64_t store_failures;
-    atomic_uint_fast64_t store_head;
-    atomic_uint_fast64_t projector_position;
-    atomic_int projector_halted;
 };
 
 extern struct sg_metrics sg_metrics;

@@ -44,7 +44,6 @@ struct req {
     int too_big;
     enum req_state state;
     struct command *cmd;
-    uint64_t wait_min, wait_deadline;
 };
 
 struct http_server {

@@ -147,7 +147,8 @@ void route_command(struct req *r)
         http_problem(r, SG_ENOMEM, "out of memory");
         return;
     }
-    request_digest(r, r->cmd->request_sha256);
+    if (idem)
+        request_digest(r, r->cmd->request_sha256);
     r->cmd->done = command_done;
     r->cmd->ud = r;
     http_suspend(r);
@@ -326,6 +327,9 @@ void route_metrics(struct req *r)
                "# HELP signet_sign_failures_total Events the HSM failed to sign.\n"
                "# TYPE signet_sign_failures_total counter\n"
                "signet_sign_failures_total %llu\n"
+               "# HELP signet_store_failures_total Batches the event store failed to append.\n"
+               "# TYPE signet_store_failures_total counter\n"
+               "signet_store_failures_total %llu\n"
                "# HELP signet_store_head_position Last position in the event store.\n"
                "# TYPE signet_store_head_position gauge\n"
                "signet_store_head_position %llu\n"
@@ -346,6 +350,7 @@ void route_metrics(struct req *r)
                (unsigned long long)atomic_load(&sg_metrics.events_appended),
                (unsigned long long)atomic_load(&sg_metrics.commit_batches),
                (unsigned long long)atomic_load(&sg_metrics.sign_failures),
+               (unsigned long long)atomic_load(&sg_metrics.store_failures),
                (unsigned long long)h.head, (unsigned long long)h.pos,
                (unsigned long long)(h.head > h.pos ? h.head - h.pos : 0), h.halted, h.hsm);
     static const char *const listeners[] = {"write", "read"};

@@ -339,14 +339,12 @@ static size_t unescape(void *cls, struct MHD_Connection *conn, char *s)
     return (size_t)(out - s);
 }
 
-static struct MHD_Daemon *listen_on(struct http_server *s, struct req *proto, const char *addr,
-                                    char *why, size_t whylen)
+static struct MHD_Daemon *listen_on(struct req *proto, const char *addr, char *why, size_t whylen)
 {
     char *host = NULL, portstr[8];
     unsigned short port;
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV}, *ai = NULL;
     struct MHD_Daemon *d = NULL;
-    (void)s;
     if (config_split_listen(addr, &host, &port) != SG_OK) {
         snprintf(why, whylen, "bad listen address %s", addr);
         return NULL;
@@ -413,10 +411,10 @@ sg_err http_start(struct http_app *app, int write_listener, int read_listener, h
         e = SG_ENOMEM;
     protos[0].srv = protos[1].srv = s;
     if (e == SG_OK && write_listener &&
-        (s->daemons[0] = listen_on(s, &protos[0], app->cfg->write_listen, why, whylen)) == NULL)
+        (s->daemons[0] = listen_on(&protos[0], app->cfg->write_listen, why, whylen)) == NULL)
         e = SG_ECONFIG;
     if (e == SG_OK && read_listener &&
-        (s->daemons[1] = listen_on(s, &protos[1], app->cfg->read_listen, why, whylen)) == NULL)
+        (s->daemons[1] = listen_on(&protos[1], app->cfg->read_listen, why, whylen)) == NULL)
         e = SG_ECONFIG;
     if (e) {
         http_stop(s);

@@ -117,14 +117,12 @@ static long project_batch(projector *p)
         p->halted_at = b.bad_at;
         snprintf(p->halted_why, sizeof(p->halted_why), "%s", b.why);
         pthread_mutex_unlock(&p->mu);
-        atomic_store(&sg_metrics.projector_halted, 1);
     }
     pthread_mutex_lock(&p->mu);
     long n = (long)(b.pos - p->pos);
     p->pos = b.pos;
     memcpy(p->hash, b.hash, sizeof(p->hash));
     pthread_mutex_unlock(&p->mu);
-    atomic_store(&sg_metrics.projector_position, b.pos);
     return n;
 }
 
@@ -211,7 +209,6 @@ sg_err projector_start(const char *store_uri, const char *readmodel_path, const 
         free(p);
         return e;
     }
-    atomic_store(&sg_metrics.projector_position, p->pos);
     pthread_create(&p->thread, NULL, projector_main, p);
     sg_info("projector: read models at position %llu", (unsigned long long)p->pos);
     *out = p;

@@ -62,7 +62,6 @@ struct sequencer {
     pthread_mutex_t mu;
     pthread_cond_t wake; /* queue non-empty, committer progress, stop */
     struct command *qhead, *qtail;
-    size_t qlen;
     struct batch *chead, *ctail; /* committer queue */
     int committing;              /* committer busy with a batch */
     int poisoned;                /* a commit failed: fail every later batch until rebuilt */
@@ -350,7 +349,6 @@ static void *committer_main(void *arg)
             uint64_t last = b->evs[b->nev - 1].position;
             for (size_t i = 0; i < b->ncmd; i++)
                 finish(q, b->cmds[i]);
-            atomic_store(&sg_metrics.store_head, last);
             if (q->on_commit)
                 q->on_commit(last, q->on_commit_ud);
             batch_free(b);
@@ -478,7 +476,6 @@ static void *sequencer_main(void *arg)
         q->qhead = last->next;
         if (q->qhead == NULL)
             q->qtail = NULL;
-        q->qlen -= n;
         last->next = NULL;
         int poisoned = q->poisoned || q->need_rebuild;
         pthread_mutex_unlock(&q->mu);
@@ -535,7 +532,6 @@ sg_err sequencer_start(const char *store_uri, signer *s, sequencer **out, char *
         free(q);
         return e;
     }
-    atomic_store(&sg_metrics.store_head, q->head);
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     q->nsigners = cpus < 2 ? 1 : cpus > MAX_SIGNERS ? MAX_SIGNERS : (int)cpus;
     q->nsigners -= 1; /* the sequencer thread signs too */
@@ -562,7 +558,6 @@ sg_err sequencer_submit(sequencer *q, struct command *c)
     else
         q->qhead = c;
     q->qtail = c;
-    q->qlen++;
     pthread_cond_broadcast(&q->wake);
     pthread_mutex_unlock(&q->mu);
     return SG_OK;
