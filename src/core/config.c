@@ -149,16 +149,20 @@ static sg_err check_listen(struct ctx *c, const char *key, const char *value)
 
 static sg_err load_pkcs11(struct ctx *c, sg_config *cfg, json_t *p)
 {
-    static const char *const keys[] = {"module", "token_label", "pin_env", "so_pin_env", NULL};
+    static const char *const keys[] = {"module",     "token_label",     "pin_env",
+                                       "so_pin_env", "sign_timeout_ms", NULL};
+    long long timeout = cfg->sign_timeout_ms;
     sg_err e;
     if (!json_is_object(p))
         return bad(c, "\"pkcs11\" must be an object");
     if ((e = only_keys(c, p, "pkcs11", keys)) ||
+        (e = get_int(c, p, "pkcs11", "sign_timeout_ms", 50, 600000, &timeout)) ||
         (e = get_str(c, p, "pkcs11", "module", 1, &cfg->pkcs11_module)) ||
         (e = get_str(c, p, "pkcs11", "token_label", 1, &cfg->token_label)) ||
         (e = get_str(c, p, "pkcs11", "pin_env", 1, &cfg->pin_env)) ||
         (e = get_str(c, p, "pkcs11", "so_pin_env", 0, &cfg->so_pin_env)))
         return e;
+    cfg->sign_timeout_ms = (unsigned)timeout;
     if (strlen(cfg->token_label) > 32)
         return bad(c, "pkcs11.token_label is longer than 32 bytes");
     return absolutize(c, &cfg->pkcs11_module);
@@ -267,25 +271,79 @@ static sg_err load_approvals(struct ctx *c, sg_config *cfg, json_t *a)
 
 static sg_err load_limits(struct ctx *c, sg_config *cfg, json_t *l)
 {
-    static const char *const keys[] = {"max_image_bytes", "max_json_bytes", NULL};
+    static const char *const keys[] = {"max_image_bytes",
+                                       "max_json_bytes",
+                                       "header_timeout_ms",
+                                       "idle_timeout_ms",
+                                       "connections_per_listener",
+                                       "connections_per_address",
+                                       NULL};
     long long img = (long long)cfg->max_image_bytes, js = (long long)cfg->max_json_bytes;
+    long long hdr = cfg->header_timeout_ms, idle = cfg->idle_timeout_ms;
+    long long conns = cfg->connections_per_listener, per = cfg->connections_per_address;
     sg_err e;
     if (!json_is_object(l))
         return bad(c, "\"limits\" must be an object");
     if ((e = only_keys(c, l, "limits", keys)) ||
         (e = get_int(c, l, "limits", "max_image_bytes", 1, (long long)1 << 50, &img)) ||
-        (e = get_int(c, l, "limits", "max_json_bytes", 64, (long long)1 << 30, &js)))
+        (e = get_int(c, l, "limits", "max_json_bytes", 64, (long long)1 << 30, &js)) ||
+        (e = get_int(c, l, "limits", "header_timeout_ms", 100, 600000, &hdr)) ||
+        (e = get_int(c, l, "limits", "idle_timeout_ms", 1000, 3600000, &idle)) ||
+        (e = get_int(c, l, "limits", "connections_per_listener", 1, 1000000, &conns)) ||
+        (e = get_int(c, l, "limits", "connections_per_address", 1, 1000000, &per)))
         return e;
     cfg->max_image_bytes = (uint64_t)img;
     cfg->max_json_bytes = (uint64_t)js;
+    cfg->header_timeout_ms = (unsigned)hdr;
+    cfg->idle_timeout_ms = (unsigned)idle;
+    cfg->connections_per_listener = (unsigned)conns;
+    cfg->connections_per_address = (unsigned)per;
+    if (per > conns)
+        return bad(c, "limits.connections_per_address is larger than "
+                      "limits.connections_per_listener");
+    return SG_OK;
+}
+
+static sg_err load_ddi(struct ctx *c, sg_config *cfg, json_t *d)
+{
+    static const char *const keys[] = {"tenant", "poll_seconds", NULL};
+    long long poll = cfg->ddi_poll_seconds;
+    char *tenant = NULL;
+    sg_err e;
+    if (!json_is_object(d))
+        return bad(c, "\"ddi\" must be an object");
+    if ((e = only_keys(c, d, "ddi", keys)) ||
+        (e = get_int(c, d, "ddi", "poll_seconds", 1, 86399, &poll)) ||
+        (e = get_str(c, d, "ddi", "tenant", 0, &tenant)))
+        return e;
+    cfg->ddi_poll_seconds = (unsigned)poll;
+    if (tenant) {
+        free(cfg->ddi_tenant);
+        cfg->ddi_tenant = tenant;
+        size_t n = strlen(tenant);
+        if (n == 0 || n > 64 ||
+            strspn(tenant, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                           "0123456789_-") != n)
+            return bad(c, "ddi.tenant must be 1 to 64 letters, digits, '_' or '-'");
+    }
     return SG_OK;
 }
 
 static sg_err load_root(struct ctx *c, sg_config *cfg, json_t *root)
 {
-    static const char *const keys[] = {"data_dir",    "store",  "write_listen",
-                                       "read_listen", "pkcs11", "principals",
-                                       "approvals",   "limits", NULL};
+    static const char *const keys[] = {"data_dir",
+                                       "store",
+                                       "write_listen",
+                                       "read_listen",
+                                       "pkcs11",
+                                       "principals",
+                                       "approvals",
+                                       "limits",
+                                       "ddi",
+                                       "idempotency_ttl_hours",
+                                       "scrub_events_per_second",
+                                       NULL};
+    long long ttl = cfg->idempotency_ttl_hours, scrub = cfg->scrub_events_per_second;
     sg_err e;
     if (!json_is_object(root))
         return bad(c, "the top level must be a JSON object");
@@ -293,8 +351,12 @@ static sg_err load_root(struct ctx *c, sg_config *cfg, json_t *root)
         (e = get_str(c, root, "the top level", "data_dir", 0, &cfg->data_dir)) ||
         (e = get_str(c, root, "the top level", "store", 0, &cfg->store)) ||
         (e = get_str(c, root, "the top level", "write_listen", 0, &cfg->write_listen)) ||
-        (e = get_str(c, root, "the top level", "read_listen", 0, &cfg->read_listen)))
+        (e = get_str(c, root, "the top level", "read_listen", 0, &cfg->read_listen)) ||
+        (e = get_int(c, root, "the top level", "idempotency_ttl_hours", 1, 24 * 365, &ttl)) ||
+        (e = get_int(c, root, "the top level", "scrub_events_per_second", 0, 10000000, &scrub)))
         return e;
+    cfg->idempotency_ttl_hours = (unsigned)ttl;
+    cfg->scrub_events_per_second = (unsigned)scrub;
     if (json_object_get(root, "pkcs11") == NULL)
         return bad(c, "missing key \"pkcs11\"");
     if ((e = load_pkcs11(c, cfg, json_object_get(root, "pkcs11"))))
@@ -308,6 +370,8 @@ static sg_err load_root(struct ctx *c, sg_config *cfg, json_t *root)
         return e;
     if (json_object_get(root, "limits") &&
         (e = load_limits(c, cfg, json_object_get(root, "limits"))))
+        return e;
+    if (json_object_get(root, "ddi") && (e = load_ddi(c, cfg, json_object_get(root, "ddi"))))
         return e;
 
     /* Defaults, then absolute paths. */
@@ -366,6 +430,15 @@ sg_err config_load(const char *path, sg_config **out, char *why, size_t whylen)
     cfg->approvals_default = 2;
     cfg->max_image_bytes = 1073741824;
     cfg->max_json_bytes = 65536;
+    cfg->sign_timeout_ms = 2000;
+    cfg->header_timeout_ms = 10000;
+    cfg->idle_timeout_ms = 30000;
+    cfg->connections_per_listener = 4000;
+    cfg->connections_per_address = 256;
+    cfg->idempotency_ttl_hours = 24;
+    cfg->scrub_events_per_second = 5000;
+    cfg->ddi_poll_seconds = 300;
+    cfg->ddi_tenant = strdup("DEFAULT");
     cfg->path = strdup(path);
     if (realpath(dirname(copy), real) == NULL || (c.dir = strdup(real)) == NULL) {
         e = bad(&c, "cannot resolve its directory");
@@ -413,5 +486,6 @@ void config_free(sg_config *cfg)
     free(cfg->token_label);
     free(cfg->pin_env);
     free(cfg->so_pin_env);
+    free(cfg->ddi_tenant);
     free(cfg);
 }
