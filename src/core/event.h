@@ -16,6 +16,13 @@
 
 #define EVENT_GENESIS_PREV "0000000000000000000000000000000000000000000000000000000000000000"
 
+/* A point of the chain: a position and the hash of the event there (64 zeros
+ * at position 0). */
+struct chain_pos {
+    uint64_t position;
+    char hash[SG_HEX256_LEN + 1];
+};
+
 /* Fields that are not covered by the hash and the signature. */
 extern const char *const event_unsigned_fields[3]; /* hash, sig, key_id */
 

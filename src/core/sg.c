@@ -25,6 +25,7 @@ static const struct {
     [SG_ECONFIG] = {500, "config", "Configuration error"},
     [SG_EVERIFY] = {500, "verification-failed", "Verification failed"},
     [SG_ENOMEM] = {500, "internal", "Out of memory"},
+    [SG_EINTEGRITY] = {503, "integrity-failure", "Event store failed verification"},
 };
 
 static int known(sg_err e)

@@ -10,7 +10,11 @@
 
 #include "../core/config.h"
 #include "../core/log.h"
+#include "../hsm/anchor.h"
 #include "../http/http.h"
+#include "../read/readmodel.h"
+#include "../read/scrub.h"
+#include "../store/chain.h"
 
 static int usage(void)
 {
@@ -18,10 +22,71 @@ static int usage(void)
     return 2;
 }
 
-static void on_commit(uint64_t head, void *ud)
+struct committed {
+    projector *proj;
+    anchor_keeper *keeper;
+};
+
+static void on_commit(const struct chain_pos *head, void *ud)
 {
-    (void)head;
-    projector_kick(ud);
+    struct committed *c = ud;
+    if (c->proj)
+        projector_kick(c->proj);
+    anchor_keeper_note(c->keeper, head);
+}
+
+/* The start-up checks of every role. The store must agree with both
+ * witnesses kept outside it, the anchor in the token and the read model's
+ * checkpoint: its head not behind either, and the event at each one's
+ * position verifying with the same hash. Then the tail after the newest
+ * witness is verified. *anchor gets what the token holds (position 0 if
+ * nothing), *head the verified head. SG_EVERIFY with both positions and
+ * hashes named in why. */
+static sg_err check_store(const sg_config *cfg, const keyring *kr, anchors *an,
+                          const char *readmodel, struct chain_pos *anchor, struct chain_pos *head,
+                          char *why, size_t whylen)
+{
+    char name[128];
+    struct chain_pos cp, trusted;
+    store *st = NULL;
+    chain_genesis(anchor);
+    sg_err e = anchors_load(an, kr, anchor, why, whylen);
+    int none = e == SG_ENOTFOUND;
+    if (none)
+        e = SG_OK;
+    if (e == SG_OK)
+        e = store_open(cfg->store, &st, why, whylen);
+    if (e)
+        return e;
+    trusted = *anchor;
+    snprintf(name, sizeof(name), "the anchor in token \"%s\"", cfg->token_label);
+    e = chain_check_witness(st, kr, name, anchor, why, whylen);
+    if (e == SG_OK) {
+        sg_err r = readmodel_peek_checkpoint(readmodel, &cp.position, cp.hash);
+        if (r == SG_OK) {
+            snprintf(name, sizeof(name), "the read model's checkpoint (%s)", readmodel);
+            if ((e = chain_check_witness(st, kr, name, &cp, why, whylen)) == SG_OK &&
+                cp.position > trusted.position)
+                trusted = cp;
+        } else if (r != SG_ENOTFOUND) {
+            snprintf(why, whylen, "cannot read the checkpoint of the read model %s", readmodel);
+            e = r;
+        }
+    }
+    if (e == SG_OK) {
+        char r[384];
+        e = chain_verify(st, kr, &trusted, 0, head, r, sizeof(r));
+        if (e)
+            snprintf(why, whylen, "verifying the event store after position %llu: %s",
+                     (unsigned long long)trusted.position, r);
+    }
+    store_close(st);
+    if (e == SG_OK)
+        sg_info("integrity: event store verified from position %llu to its head %llu (%s%llu)",
+                (unsigned long long)trusted.position, (unsigned long long)head->position,
+                none ? "no anchor in the token yet, " : "anchor at ",
+                (unsigned long long)anchor->position);
+    return e;
 }
 
 int main(int argc, char **argv)
@@ -47,6 +112,11 @@ int main(int argc, char **argv)
     projector *proj = NULL;
     snapshots *snaps = NULL;
     keyring *kr = NULL;
+    anchors *an = NULL;
+    anchor_keeper *keeper = NULL;
+    scrub *scr = NULL;
+    struct committed committed = {0};
+    struct chain_pos anchor, head;
     http_server *http = NULL;
     struct http_app app = {0};
     int status = 1;
@@ -70,30 +140,42 @@ int main(int argc, char **argv)
                     (do_read ? 1u << KEY_SNAPSHOTS : 0);
     if (signer_open(cfg, keys, &sg, why, sizeof(why)) != SG_OK)
         goto fail;
-    if (do_write && sequencer_start(cfg->store, sg, &seq, why, sizeof(why)) != SG_OK)
+    EVP_PKEY *events_pub = signer_public_key(sg, KEY_EVENTS);
+    size_t n = strlen(cfg->data_dir) + 16;
+    if (events_pub == NULL) {
+        snprintf(why, sizeof(why), "token \"%s\" has no public key \"events\" to verify with",
+                 cfg->token_label);
+        goto fail;
+    }
+    if ((kr = keyring_new()) == NULL || keyring_add(kr, KEY_EVENTS, events_pub) != SG_OK ||
+        (readmodel = malloc(n)) == NULL) {
+        snprintf(why, sizeof(why), "out of memory");
+        goto fail;
+    }
+    snprintf(readmodel, n, "%s/read.db", cfg->data_dir);
+    if (anchors_open(cfg, &an, why, sizeof(why)) != SG_OK ||
+        check_store(cfg, kr, an, readmodel, &anchor, &head, why, sizeof(why)) != SG_OK)
+        goto fail;
+    if (do_write) {
+        if (sequencer_start(cfg->store, sg, kr, &head, &seq, why, sizeof(why)) != SG_OK)
+            goto fail;
+        if ((keeper = anchor_keeper_start(an, sg, &anchor, &head)) == NULL) {
+            snprintf(why, sizeof(why), "cannot start the anchor keeper");
+            goto fail;
+        }
+        committed.keeper = keeper;
+        sequencer_on_commit(seq, on_commit, &committed);
+    }
+    if (scrub_start(cfg->store, kr, cfg->scrub_events_per_second, &scr, why, sizeof(why)) != SG_OK)
         goto fail;
     if (do_read) {
-        EVP_PKEY *events_pub = signer_public_key(sg, KEY_EVENTS);
-        size_t n = strlen(cfg->data_dir) + 16;
-        if (events_pub == NULL) {
-            snprintf(why, sizeof(why), "token \"%s\" has no public key \"events\" to verify with",
-                     cfg->token_label);
-            goto fail;
-        }
-        if ((kr = keyring_new()) == NULL || keyring_add(kr, KEY_EVENTS, events_pub) != SG_OK ||
-            (readmodel = malloc(n)) == NULL) {
-            snprintf(why, sizeof(why), "out of memory");
-            goto fail;
-        }
-        snprintf(readmodel, n, "%s/read.db", cfg->data_dir);
         if (projector_start(cfg->store, readmodel, kr, &proj, why, sizeof(why)) != SG_OK)
             goto fail;
         if ((snaps = snapshots_new(proj, sg)) == NULL) {
             snprintf(why, sizeof(why), "out of memory");
             goto fail;
         }
-        if (seq)
-            sequencer_on_commit(seq, on_commit, proj);
+        committed.proj = proj;
     }
     app = (struct http_app){cfg, sg, seq, proj, snaps, cfg->store};
     if (http_start(&app, do_write, do_read, &http, why, sizeof(why)) != SG_OK)
@@ -110,12 +192,15 @@ fail:
 out:
     http_quiesce(http);
     sequencer_stop(seq);
+    anchor_keeper_stop(keeper, 3000);
+    scrub_stop(scr);
     projector_stop(proj);
     http_stop(http);
     snapshots_free(snaps);
     projector_free(proj);
     sequencer_free(seq);
     keyring_free(kr);
+    anchors_close(an);
     signer_close(sg);
     config_free(cfg);
     free(readmodel);

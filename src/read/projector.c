@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../core/integrity.h"
 #include "../core/log.h"
 #include "../core/metrics.h"
 #include "../store/store.h"
@@ -110,8 +111,8 @@ static long project_batch(projector *p)
         return -1;
     }
     if (bad) {
-        sg_error("projector: event %llu fails verification: %s; projection halted",
-                 (unsigned long long)b.bad_at, b.why);
+        integrity_fail(b.bad_at, "projector: event %llu fails verification: %s",
+                       (unsigned long long)b.bad_at, b.why);
         pthread_mutex_lock(&p->mu);
         p->halted = 1;
         p->halted_at = b.bad_at;

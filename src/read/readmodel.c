@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Every read model. A new one is one line here. */
 static const struct projection *const projections[] = {&devices_projection};
@@ -80,4 +81,34 @@ sg_err readmodel_set_checkpoint(sqlite3 *db, uint64_t pos, const char *hash)
     int rc = sqlite3_step(s);
     sqlite3_finalize(s);
     return rc == SQLITE_DONE ? SG_OK : SG_ESTORE;
+}
+
+sg_err readmodel_peek_checkpoint(const char *path, uint64_t *pos, char hash[65])
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *s = NULL;
+    sg_err e = SG_ENOTFOUND;
+    if (access(path, F_OK) != 0)
+        return SG_ENOTFOUND;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+        sqlite3_close(db);
+        return SG_ESTORE;
+    }
+    sqlite3_busy_timeout(db, 10000);
+    int rc =
+        sqlite3_prepare_v2(db, "SELECT position, hash FROM checkpoint WHERE id = 1", -1, &s, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        const unsigned char *h = sqlite3_column_text(s, 1);
+        *pos = (uint64_t)sqlite3_column_int64(s, 0);
+        snprintf(hash, 65, "%s", h ? (const char *)h : "");
+        e = strlen(hash) == 64 ? SG_OK : SG_ESTORE;
+    } else if (rc != SQLITE_DONE &&
+               !(rc == SQLITE_ERROR && strstr(sqlite3_errmsg(db), "no such table"))) {
+        e = SG_ESTORE;
+    }
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    return e;
 }

@@ -33,5 +33,9 @@ sg_err readmodel_apply(sqlite3 *db, const json_t *event);
 /* Checkpoint: last applied position and hash (0 and zeros if none). */
 sg_err readmodel_checkpoint(sqlite3 *db, uint64_t *pos, char hash[65]);
 sg_err readmodel_set_checkpoint(sqlite3 *db, uint64_t pos, const char *hash);
+/* The checkpoint of the read-model file at path, opened read-only and never
+ * created: SG_OK, SG_ENOTFOUND when there is no such file (or no checkpoint
+ * yet), SG_ESTORE. For the start-up checks of any role. */
+sg_err readmodel_peek_checkpoint(const char *path, uint64_t *pos, char hash[65]);
 
 #endif

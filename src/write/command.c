@@ -35,6 +35,7 @@ struct command *command_new(const struct command_type *type, const struct princi
     c->path_id = path_id ? strdup(path_id) : NULL;
     c->idem_key = idem_key ? strdup(idem_key) : NULL;
     if ((path_id && !c->path_id) || (idem_key && !c->idem_key)) {
+        c->input = NULL; /* on failure the caller keeps input */
         command_free(c);
         return NULL;
     }

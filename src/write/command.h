@@ -60,6 +60,8 @@ void command_respond(struct command *c, int status, json_t *body);
 void command_fail(struct command *c, sg_err err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* A new command that owns input (path_id and idem_key are copied). NULL when
+ * out of memory; then input still belongs to the caller. */
 struct command *command_new(const struct command_type *type, const struct principal *who,
                             json_t *input, const char *path_id, const char *idem_key);
 void command_free(struct command *c);

@@ -15,10 +15,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../core/integrity.h"
 #include "../core/jcs.h"
 #include "../core/log.h"
 #include "../core/metrics.h"
 #include "../core/strmap.h"
+#include "../store/chain.h"
 #include "../store/store.h"
 #include "writestate.h"
 
@@ -56,8 +58,9 @@ struct decision {
 
 struct sequencer {
     signer *signer;
-    store *rst; /* sequencer thread: idempotency look-ups, rebuilds */
-    store *wst; /* committer thread: appends */
+    const keyring *kr; /* events keys, to verify what the store holds */
+    store *rst;        /* sequencer thread: idempotency look-ups, rebuilds */
+    store *wst;        /* committer thread: appends */
 
     pthread_mutex_t mu;
     pthread_cond_t wake; /* queue non-empty, committer progress, stop */
@@ -73,7 +76,13 @@ struct sequencer {
     uint64_t head;
     char prev[SG_HEX256_LEN + 1];
 
-    void (*on_commit)(uint64_t, void *);
+    /* Last point known durable and verified: set at start from the verified
+     * store, then by the committer after each batch (under mu). Write state
+     * is rebuilt up to it, and the chain goes on from its hash, never from a
+     * hash column read back from the store. */
+    struct chain_pos durable;
+
+    void (*on_commit)(const struct chain_pos *, void *);
     void *on_commit_ud;
     atomic_int store_ok;
 
@@ -216,19 +225,25 @@ static int idem_check(sequencer *q, struct command *c)
     return 0;
 }
 
-static sg_err batch_add_cmd(struct batch *b, struct command *c)
+/* A batch with room for n commands and their idempotency records, so that
+ * adding a command to it can never fail halfway. NULL when out of memory. */
+static struct batch *batch_new(size_t n)
 {
-    struct command **p = realloc(b->cmds, (b->ncmd + 1) * sizeof(*p));
-    if (p == NULL)
-        return SG_ENOMEM;
-    b->cmds = p;
+    struct batch *b = calloc(1, sizeof(*b));
+    if (b == NULL || (b->cmds = calloc(n, sizeof(*b->cmds))) == NULL ||
+        (b->recs = calloc(n, sizeof(*b->recs))) == NULL) {
+        batch_free(b);
+        return NULL;
+    }
+    return b;
+}
+
+/* Add c to b, which has room for it (batch_new). */
+static void batch_add_cmd(struct batch *b, struct command *c)
+{
     b->cmds[b->ncmd++] = c;
     if (c->idem_key) {
-        struct idem_record *r = realloc(b->recs, (b->nrec + 1) * sizeof(*r));
-        if (r == NULL)
-            return SG_ENOMEM;
-        b->recs = r;
-        r = &b->recs[b->nrec++];
+        struct idem_record *r = &b->recs[b->nrec++];
         r->principal = c->who->name;
         r->key = c->idem_key;
         memcpy(r->request_sha256, c->request_sha256, sizeof(r->request_sha256));
@@ -236,7 +251,20 @@ static sg_err batch_add_cmd(struct batch *b, struct command *c)
         r->body = c->body;
         r->position = c->position;
     }
-    return SG_OK;
+}
+
+/* Drop the events b holds from index from on (a command that failed after
+ * emitting), and move the chain head back to where it was before them. */
+static void batch_truncate(sequencer *q, struct batch *b, size_t from, uint64_t head,
+                           const char *prev)
+{
+    for (size_t i = from; i < b->nev; i++) {
+        json_decref(b->evs[i].ev);
+        free(b->evs[i].json);
+    }
+    b->nev = from;
+    q->head = head;
+    memcpy(q->prev, prev, sizeof(q->prev));
 }
 
 /*** signing pool ***/
@@ -346,11 +374,15 @@ static void *committer_main(void *arg)
             atomic_store(&q->store_ok, 1);
             atomic_fetch_add(&sg_metrics.events_appended, b->nev);
             atomic_fetch_add(&sg_metrics.commit_batches, 1);
-            uint64_t last = b->evs[b->nev - 1].position;
+            struct chain_pos last = {.position = b->evs[b->nev - 1].position};
+            memcpy(last.hash, b->evs[b->nev - 1].hash, sizeof(last.hash));
+            pthread_mutex_lock(&q->mu);
+            q->durable = last;
+            pthread_mutex_unlock(&q->mu);
             for (size_t i = 0; i < b->ncmd; i++)
                 finish(q, b->cmds[i]);
             if (q->on_commit)
-                q->on_commit(last, q->on_commit_ud);
+                q->on_commit(&last, q->on_commit_ud);
             batch_free(b);
         } else {
             if (!poisoned) {
@@ -372,17 +404,63 @@ static void *committer_main(void *arg)
 
 /*** the sequencer thread ***/
 
+/* Rebuild write state from the store, then make sure the store still holds
+ * exactly the chain this process made durable: the event at the durable
+ * point must verify with the same hash (recomputed from its body), and
+ * whatever follows it must verify too. The next event links to that
+ * recomputed hash. A mismatch is an integrity failure: writes stop. */
 static sg_err rebuild(sequencer *q)
 {
-    sg_err e = writestate_rebuild(q->rst, &q->head, q->prev);
-    if (e)
-        sg_error("write state: rebuild from the store failed");
-    return e;
+    char why[512], ignored[SG_HEX256_LEN + 1];
+    struct chain_pos from, to;
+    uint64_t replayed;
+    pthread_mutex_lock(&q->mu);
+    from = q->durable;
+    pthread_mutex_unlock(&q->mu);
+    sg_err e =
+        chain_check_witness(q->rst, q->kr, "the last durable batch", &from, why, sizeof(why));
+    if (e == SG_OK)
+        e = chain_verify(q->rst, q->kr, &from, 0, &to, why, sizeof(why));
+    if (e == SG_EVERIFY) {
+        integrity_fail(to.position + 1, "write side: %s", why);
+        return e;
+    }
+    if (e == SG_OK && (e = writestate_rebuild(q->rst, &replayed, ignored)) == SG_OK &&
+        replayed != to.position) {
+        integrity_fail(to.position, "write side: replayed %llu events but verified %llu",
+                       (unsigned long long)replayed, (unsigned long long)to.position);
+        e = SG_EVERIFY;
+    }
+    if (e) {
+        sg_error("write state: rebuild from the store failed: %s", why);
+        return e;
+    }
+    q->head = to.position;
+    memcpy(q->prev, to.hash, sizeof(q->prev));
+    pthread_mutex_lock(&q->mu);
+    q->durable = to;
+    pthread_mutex_unlock(&q->mu);
+    return SG_OK;
 }
 
-static void run_batch(sequencer *q, struct command *list)
+/* Put the commands of list back at the front of the queue, to be decided in
+ * the next batch (after write state is rebuilt). */
+static void requeue(sequencer *q, struct command *list)
 {
-    struct batch *b = calloc(1, sizeof(*b));
+    struct command *last = list;
+    while (last->next)
+        last = last->next;
+    pthread_mutex_lock(&q->mu);
+    last->next = q->qhead;
+    q->qhead = list;
+    if (q->qtail == NULL)
+        q->qtail = last;
+    pthread_mutex_unlock(&q->mu);
+}
+
+static void run_batch(sequencer *q, struct command *list, size_t n)
+{
+    struct batch *b = batch_new(n);
     struct decision d = {.q = q, .b = b};
     struct command *c, *next;
     if (b == NULL) {
@@ -406,8 +484,24 @@ static void run_batch(sequencer *q, struct command *list)
         }
         uuid_v4(d.command_id);
         size_t before = b->nev;
+        uint64_t head = q->head;
+        char prev[SG_HEX256_LEN + 1];
+        memcpy(prev, q->prev, sizeof(prev));
         c->err = SG_OK;
         c->type->decide(c, &d);
+        if (c->err && b->nev > before && !d.broken) {
+            /* decide() broke its contract: it failed after emitting. Its
+             * events must not be stored; write state already folded them,
+             * so decide the rest only after a rebuild. */
+            sg_error("command %s failed after emitting %zu events; they are dropped", c->type->name,
+                     b->nev - before);
+            batch_truncate(q, b, before, head, prev);
+            q->need_rebuild = 1;
+            c->done(c, c->ud);
+            if (next)
+                requeue(q, next);
+            break;
+        }
         if (c->err || b->nev == before) {
             c->done(c, c->ud);
             continue;
@@ -421,8 +515,7 @@ static void run_batch(sequencer *q, struct command *list)
                 d.broken = 1;
             pthread_mutex_unlock(&q->mu);
         }
-        if (batch_add_cmd(b, c) != SG_OK)
-            d.broken = 1;
+        batch_add_cmd(b, c);
     }
     if (b->nev == 0) {
         batch_free(b);
@@ -479,6 +572,20 @@ static void *sequencer_main(void *arg)
         last->next = NULL;
         int poisoned = q->poisoned || q->need_rebuild;
         pthread_mutex_unlock(&q->mu);
+        uint64_t bad_at = 0;
+        char bad_why[384];
+        if (integrity_failure(&bad_at, bad_why, sizeof(bad_why))) {
+            for (struct command *c = list, *nx; c; c = nx) {
+                nx = c->next;
+                command_fail(c, SG_EINTEGRITY,
+                             "writes are stopped: the event store failed verification at "
+                             "position %llu (%.180s)",
+                             (unsigned long long)bad_at, bad_why);
+                c->done(c, c->ud);
+            }
+            pthread_mutex_lock(&q->mu);
+            continue;
+        }
         /* While the HSM is known to be down, fail at once: deciding would only
          * be undone (and write state rebuilt) when signing fails. The probe
          * inside signer_healthy() reconnects at most once a second. */
@@ -493,7 +600,7 @@ static void *sequencer_main(void *arg)
                 c->done(c, c->ud);
             }
         } else {
-            run_batch(q, list);
+            run_batch(q, list, n);
         }
         pthread_mutex_lock(&q->mu);
     }
@@ -505,13 +612,16 @@ static void *sequencer_main(void *arg)
 
 /*** public ***/
 
-sg_err sequencer_start(const char *store_uri, signer *s, sequencer **out, char *why, size_t whylen)
+sg_err sequencer_start(const char *store_uri, signer *s, const keyring *kr,
+                       const struct chain_pos *trusted, sequencer **out, char *why, size_t whylen)
 {
     sequencer *q = calloc(1, sizeof(*q));
     *out = NULL;
     if (q == NULL)
         return SG_ENOMEM;
     q->signer = s;
+    q->kr = kr;
+    q->durable = *trusted;
     pthread_mutex_init(&q->mu, NULL);
     pthread_cond_init(&q->wake, NULL);
     pthread_mutex_init(&q->pmu, NULL);
@@ -523,8 +633,13 @@ sg_err sequencer_start(const char *store_uri, signer *s, sequencer **out, char *
         e = store_open(store_uri, &q->wst, why, whylen);
     if (e == SG_OK && (q->inflight = strmap_new()) == NULL)
         e = SG_ENOMEM;
-    if (e == SG_OK && (e = rebuild(q)) != SG_OK)
-        snprintf(why, whylen, "cannot replay the event store %s", store_uri);
+    if (e == SG_OK && (e = rebuild(q)) != SG_OK) {
+        uint64_t at = 0;
+        char r[384] = "";
+        integrity_failure(&at, r, sizeof(r));
+        snprintf(why, whylen, "event store %s: %s", store_uri,
+                 r[0] ? r : "cannot replay the event store");
+    }
     if (e) {
         store_close(q->rst);
         store_close(q->wst);
@@ -537,8 +652,19 @@ sg_err sequencer_start(const char *store_uri, signer *s, sequencer **out, char *
     q->nsigners -= 1; /* the sequencer thread signs too */
     for (int i = 0; i < q->nsigners; i++)
         pthread_create(&q->signers[i], NULL, signer_main, q);
-    pthread_create(&q->commit_thread, NULL, committer_main, q);
-    pthread_create(&q->seq_thread, NULL, sequencer_main, q);
+    int committer = pthread_create(&q->commit_thread, NULL, committer_main, q) == 0;
+    if (!committer || pthread_create(&q->seq_thread, NULL, sequencer_main, q) != 0) {
+        /* Nothing was queued yet. q is left allocated on purpose: threads
+         * that did start still point at it, and the process is exiting. */
+        pthread_mutex_lock(&q->mu);
+        q->stopping = q->seq_done = 1;
+        pthread_cond_broadcast(&q->wake);
+        pthread_mutex_unlock(&q->mu);
+        if (committer)
+            pthread_join(q->commit_thread, NULL);
+        snprintf(why, whylen, "cannot start the sequencer's threads");
+        return SG_ENOMEM;
+    }
     sg_info("sequencer: head at position %llu, %d signing threads", (unsigned long long)q->head,
             q->nsigners + 1);
     *out = q;
@@ -563,7 +689,7 @@ sg_err sequencer_submit(sequencer *q, struct command *c)
     return SG_OK;
 }
 
-void sequencer_on_commit(sequencer *q, void (*fn)(uint64_t, void *), void *ud)
+void sequencer_on_commit(sequencer *q, void (*fn)(const struct chain_pos *, void *), void *ud)
 {
     q->on_commit = fn;
     q->on_commit_ud = ud;

@@ -1,0 +1,406 @@
+/* anchor.c - the integrity anchor in the token (see anchor.h).
+ *
+ * libp11 0.4.12 has no API for data objects, so this file speaks raw
+ * PKCS#11 to the module the signer already loaded (dlopen hands back the
+ * same module; C_Initialize answers CKR_CRYPTOKI_ALREADY_INITIALIZED). Every
+ * operation opens its own session and closes it, because libp11 closes all
+ * sessions of the slot when it reconnects. Signing goes through the signer,
+ * never through PKCS#11 here. */
+#include "anchor.h"
+
+#include <dlfcn.h>
+#include <openssl/crypto.h>
+#include <p11-kit/pkcs11.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../core/codec.h"
+#include "../core/jcs.h"
+#include "../core/log.h"
+
+#define ANCHOR_LABEL "signet-anchor"
+#define ANCHOR_MAX 4096 /* bytes of one anchor document */
+#define MAX_OBJECTS 16
+
+struct anchors {
+    void *dl;
+    CK_FUNCTION_LIST *f;
+    char *label, *pin;
+    pthread_mutex_t mu; /* one operation at a time */
+};
+
+static sg_err say(char *why, size_t whylen, sg_err e, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static sg_err say(char *why, size_t whylen, sg_err e, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, whylen, fmt, ap);
+    va_end(ap);
+    return e;
+}
+
+/*** PKCS#11 ***/
+
+sg_err anchors_open(const sg_config *cfg, anchors **out, char *why, size_t whylen)
+{
+    CK_C_GetFunctionList get;
+    CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK};
+    const char *pin = getenv(cfg->pin_env);
+    *out = NULL;
+    if (pin == NULL || pin[0] == '\0')
+        return say(why, whylen, SG_ECONFIG, "environment variable %s (pkcs11.pin_env) is not set",
+                   cfg->pin_env);
+    anchors *a = calloc(1, sizeof(*a));
+    if (a == NULL || (a->label = strdup(cfg->token_label)) == NULL ||
+        (a->pin = strdup(pin)) == NULL) {
+        anchors_close(a);
+        return say(why, whylen, SG_ENOMEM, "out of memory");
+    }
+    pthread_mutex_init(&a->mu, NULL);
+    if ((a->dl = dlopen(cfg->pkcs11_module, RTLD_NOW | RTLD_LOCAL)) == NULL) {
+        anchors_close(a);
+        return say(why, whylen, SG_EHSM, "cannot load PKCS#11 module %s", cfg->pkcs11_module);
+    }
+    *(void **)&get = dlsym(a->dl, "C_GetFunctionList");
+    if (get == NULL || get(&a->f) != CKR_OK) {
+        a->f = NULL;
+        anchors_close(a);
+        return say(why, whylen, SG_EHSM, "%s is not a PKCS#11 module", cfg->pkcs11_module);
+    }
+    CK_RV rv = a->f->C_Initialize(&args);
+    if (rv == CKR_OK) {
+        /* Nobody else had initialised it: we must not stay the owner. */
+        a->f->C_Finalize(NULL);
+        a->f = NULL;
+        anchors_close(a);
+        return say(why, whylen, SG_EINTERNAL, "anchors: open the signer first");
+    }
+    if (rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+        a->f = NULL;
+        anchors_close(a);
+        return say(why, whylen, SG_EHSM, "C_Initialize of %s failed (0x%lx)", cfg->pkcs11_module,
+                   rv);
+    }
+    *out = a;
+    return SG_OK;
+}
+
+void anchors_close(anchors *a)
+{
+    if (a == NULL)
+        return;
+    if (a->dl)
+        dlclose(a->dl);
+    if (a->pin)
+        OPENSSL_cleanse(a->pin, strlen(a->pin));
+    free(a->pin);
+    free(a->label);
+    pthread_mutex_destroy(&a->mu);
+    free(a);
+}
+
+/* Open a logged-in read-write session on the token. */
+static sg_err session(anchors *a, CK_SESSION_HANDLE *h, char *why, size_t whylen)
+{
+    CK_SLOT_ID slots[64];
+    CK_ULONG n = SG_ARRAY_LEN(slots);
+    unsigned char want[32];
+    memset(want, ' ', sizeof(want));
+    memcpy(want, a->label, strlen(a->label));
+    if (a->f->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
+        return say(why, whylen, SG_EHSM, "cannot list the slots of the PKCS#11 module");
+    for (CK_ULONG i = 0; i < n; i++) {
+        CK_TOKEN_INFO ti;
+        if (a->f->C_GetTokenInfo(slots[i], &ti) != CKR_OK || !(ti.flags & CKF_TOKEN_INITIALIZED) ||
+            memcmp(ti.label, want, 32) != 0)
+            continue;
+        CK_RV rv =
+            a->f->C_OpenSession(slots[i], CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, h);
+        if (rv != CKR_OK)
+            return say(why, whylen, SG_EHSM, "cannot open a session on token \"%s\" (0x%lx)",
+                       a->label, rv);
+        rv = a->f->C_Login(*h, CKU_USER, (unsigned char *)a->pin, strlen(a->pin));
+        if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
+            a->f->C_CloseSession(*h);
+            return say(why, whylen, SG_EHSM, "cannot log in to token \"%s\" (0x%lx)", a->label, rv);
+        }
+        return SG_OK;
+    }
+    return say(why, whylen, SG_EHSM, "no token labelled \"%s\"", a->label);
+}
+
+/* Handles of every anchor object (at most MAX_OBJECTS). */
+static sg_err find_all(anchors *a, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE *objs, CK_ULONG *n)
+{
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                        {CKA_LABEL, (void *)ANCHOR_LABEL, sizeof(ANCHOR_LABEL) - 1}};
+    *n = 0;
+    if (a->f->C_FindObjectsInit(h, t, SG_ARRAY_LEN(t)) != CKR_OK)
+        return SG_EHSM;
+    CK_RV rv = a->f->C_FindObjects(h, objs, MAX_OBJECTS, n);
+    a->f->C_FindObjectsFinal(h);
+    return rv == CKR_OK ? SG_OK : SG_EHSM;
+}
+
+/*** the anchor document ***/
+
+/* Parse and verify one stored anchor document. */
+static sg_err anchor_parse(const char *buf, size_t len, const keyring *kr, struct chain_pos *out,
+                           char *why, size_t whylen)
+{
+    static const char *const fields[] = {"type", "position", "hash", "time", "key_id", "sig"};
+    char r[256];
+    uint8_t tmp[32];
+    json_t *doc = json_loadb(buf, len, JSON_REJECT_DUPLICATES, NULL);
+    sg_err e = SG_EVERIFY;
+    json_t *pos = json_object_get(doc, "position");
+    const char *type = json_string_value(json_object_get(doc, "type"));
+    const char *hash = json_string_value(json_object_get(doc, "hash"));
+    if (!json_is_object(doc) || json_object_size(doc) != SG_ARRAY_LEN(fields) || type == NULL ||
+        strcmp(type, "signet-anchor") != 0 || !json_is_integer(pos) ||
+        json_integer_value(pos) < 0 || hash == NULL || strlen(hash) != SG_HEX256_LEN ||
+        hex_decode(hash, tmp, 32) != SG_OK) {
+        say(why, whylen, e, "an anchor object in the token is malformed");
+        goto out;
+    }
+    if (signed_doc_verify(doc, json_string_value(json_object_get(doc, "sig")),
+                          json_string_value(json_object_get(doc, "key_id")), kr, KEY_EVENTS, r,
+                          sizeof(r)) != SG_OK) {
+        say(why, whylen, e, "an anchor object in the token does not verify: %s", r);
+        goto out;
+    }
+    out->position = (uint64_t)json_integer_value(pos);
+    memcpy(out->hash, hash, sizeof(out->hash));
+    e = SG_OK;
+out:
+    json_decref(doc);
+    return e;
+}
+
+sg_err anchors_load(anchors *a, const keyring *kr, struct chain_pos *out, char *why, size_t whylen)
+{
+    CK_SESSION_HANDLE h;
+    CK_OBJECT_HANDLE objs[MAX_OBJECTS];
+    CK_ULONG n = 0;
+    char *buf = malloc(ANCHOR_MAX);
+    int found = 0;
+    if (buf == NULL)
+        return say(why, whylen, SG_ENOMEM, "out of memory");
+    pthread_mutex_lock(&a->mu);
+    sg_err e = session(a, &h, why, whylen);
+    if (e)
+        goto unlock;
+    if ((e = find_all(a, h, objs, &n)) != SG_OK)
+        say(why, whylen, e, "cannot search token \"%s\" for anchors", a->label);
+    for (CK_ULONG i = 0; e == SG_OK && i < n; i++) {
+        CK_ATTRIBUTE v = {CKA_VALUE, buf, ANCHOR_MAX};
+        struct chain_pos p;
+        if (a->f->C_GetAttributeValue(h, objs[i], &v, 1) != CKR_OK ||
+            v.ulValueLen == CK_UNAVAILABLE_INFORMATION) {
+            e = say(why, whylen, SG_EVERIFY, "an anchor object in token \"%s\" is unreadable",
+                    a->label);
+        } else if ((e = anchor_parse(buf, v.ulValueLen, kr, &p, why, whylen)) == SG_OK &&
+                   (!found || p.position > out->position)) {
+            *out = p;
+            found = 1;
+        }
+    }
+    if (e == SG_OK && !found)
+        e = SG_ENOTFOUND;
+    a->f->C_CloseSession(h);
+unlock:
+    pthread_mutex_unlock(&a->mu);
+    free(buf);
+    return e;
+}
+
+/* The signed anchor document for p (malloc'd canonical JSON). */
+static sg_err anchor_document(signer *s, const struct chain_pos *p, char **out, size_t *len)
+{
+    char now[32], sig64[128], *bytes = NULL;
+    uint8_t digest[32], sig[SIGNER_MAX_SIG];
+    size_t blen, siglen;
+    const char *key_id = signer_key_id(s, KEY_EVENTS);
+    rfc3339_now(now);
+    json_t *doc = json_pack("{s:s, s:I, s:s, s:s}", "type", "signet-anchor", "position",
+                            (json_int_t)p->position, "hash", p->hash, "time", now);
+    sg_err e = doc && key_id ? doc_signed_bytes(doc, &bytes, &blen) : SG_ENOMEM;
+    if (e)
+        goto out;
+    sha256(bytes, blen, digest);
+    if ((e = signer_sign_digest(s, KEY_EVENTS, digest, sig, &siglen)) != SG_OK)
+        goto out;
+    b64_encode(sig, siglen, sig64);
+    if (json_object_set_new(doc, "key_id", json_string(key_id)) ||
+        json_object_set_new(doc, "sig", json_string(sig64)))
+        e = SG_ENOMEM;
+    else
+        e = jcs_dump(doc, out, len);
+out:
+    free(bytes);
+    json_decref(doc);
+    return e;
+}
+
+sg_err anchors_save(anchors *a, signer *s, const struct chain_pos *p, char *why, size_t whylen)
+{
+    CK_SESSION_HANDLE h;
+    CK_OBJECT_HANDLE obj, objs[MAX_OBJECTS];
+    CK_ULONG n = 0;
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_BBOOL yes = CK_TRUE;
+    char *doc = NULL;
+    size_t len = 0;
+    sg_err e = anchor_document(s, p, &doc, &len);
+    if (e)
+        return say(why, whylen, e, "cannot sign the anchor at position %llu",
+                   (unsigned long long)p->position);
+    CK_ATTRIBUTE t[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_PRIVATE, &yes, sizeof(yes)},
+        {CKA_LABEL, (void *)ANCHOR_LABEL, sizeof(ANCHOR_LABEL) - 1},
+        {CKA_APPLICATION, (void *)"signet", 6},
+        {CKA_VALUE, doc, len},
+    };
+    pthread_mutex_lock(&a->mu);
+    if ((e = session(a, &h, why, whylen)) != SG_OK)
+        goto unlock;
+    /* Create the new one first: a crash between the two steps leaves two
+     * anchors, and the newer one wins when they are read. */
+    CK_RV rv = a->f->C_CreateObject(h, t, SG_ARRAY_LEN(t), &obj);
+    if (rv != CKR_OK) {
+        e = say(why, whylen, SG_EHSM, "cannot store the anchor in token \"%s\" (0x%lx)", a->label,
+                rv);
+    } else if (find_all(a, h, objs, &n) == SG_OK) {
+        for (CK_ULONG i = 0; i < n; i++)
+            if (objs[i] != obj)
+                a->f->C_DestroyObject(h, objs[i]);
+    }
+    a->f->C_CloseSession(h);
+unlock:
+    pthread_mutex_unlock(&a->mu);
+    free(doc);
+    return e;
+}
+
+/*** the keeper ***/
+
+struct anchor_keeper {
+    anchors *a;
+    signer *s;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    struct chain_pos saved, noted;
+    int stop, done;
+};
+
+static void deadline_in(struct timespec *ts, unsigned ms)
+{
+    clock_gettime(CLOCK_REALTIME, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L)
+        ts->tv_sec++, ts->tv_nsec -= 1000000000L;
+}
+
+static void *keeper_main(void *arg)
+{
+    anchor_keeper *k = arg;
+    pthread_setname_np(pthread_self(), "sg-anchor");
+    pthread_mutex_lock(&k->mu);
+    for (;;) {
+        int stop = k->stop;
+        if (k->noted.position > k->saved.position) {
+            struct chain_pos p = k->noted;
+            char why[256];
+            pthread_mutex_unlock(&k->mu);
+            sg_err e = anchors_save(k->a, k->s, &p, why, sizeof(why));
+            pthread_mutex_lock(&k->mu);
+            if (e == SG_OK)
+                k->saved = p;
+            else
+                sg_warn("anchor: %s", why);
+        }
+        if (stop)
+            break;
+        struct timespec ts;
+        deadline_in(&ts, 1000);
+        while (!k->stop && pthread_cond_timedwait(&k->cond, &k->mu, &ts) == 0)
+            ;
+    }
+    k->done = 1;
+    pthread_cond_broadcast(&k->cond);
+    pthread_mutex_unlock(&k->mu);
+    return NULL;
+}
+
+anchor_keeper *anchor_keeper_start(anchors *a, signer *s, const struct chain_pos *saved,
+                                   const struct chain_pos *head)
+{
+    anchor_keeper *k = calloc(1, sizeof(*k));
+    if (k == NULL)
+        return NULL;
+    k->a = a;
+    k->s = s;
+    k->saved = *saved;
+    k->noted = *head;
+    pthread_mutex_init(&k->mu, NULL);
+    pthread_cond_init(&k->cond, NULL);
+    if (pthread_create(&k->thread, NULL, keeper_main, k) != 0) {
+        pthread_mutex_destroy(&k->mu);
+        pthread_cond_destroy(&k->cond);
+        free(k);
+        return NULL;
+    }
+    return k;
+}
+
+void anchor_keeper_note(anchor_keeper *k, const struct chain_pos *p)
+{
+    if (k == NULL)
+        return;
+    pthread_mutex_lock(&k->mu);
+    if (p->position > k->noted.position)
+        k->noted = *p;
+    pthread_mutex_unlock(&k->mu);
+}
+
+void anchor_keeper_stop(anchor_keeper *k, unsigned timeout_ms)
+{
+    if (k == NULL)
+        return;
+    struct timespec ts;
+    deadline_in(&ts, timeout_ms);
+    pthread_mutex_lock(&k->mu);
+    k->stop = 1;
+    pthread_cond_broadcast(&k->cond);
+    while (!k->done && pthread_cond_timedwait(&k->cond, &k->mu, &ts) == 0)
+        ;
+    int done = k->done;
+    struct chain_pos saved = k->saved, noted = k->noted;
+    pthread_mutex_unlock(&k->mu);
+    if (!done) {
+        /* The token is stuck; the process is about to exit anyway. */
+        sg_error("anchor: the token did not answer within %u ms; the anchor stays at position "
+                 "%llu (head %llu)",
+                 timeout_ms, (unsigned long long)saved.position,
+                 (unsigned long long)noted.position);
+        pthread_detach(k->thread);
+        return;
+    }
+    pthread_join(k->thread, NULL);
+    if (saved.position < noted.position)
+        sg_warn("anchor: stays at position %llu, head is %llu", (unsigned long long)saved.position,
+                (unsigned long long)noted.position);
+    pthread_mutex_destroy(&k->mu);
+    pthread_cond_destroy(&k->cond);
+    free(k);
+}
