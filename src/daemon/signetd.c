@@ -82,9 +82,9 @@ static sg_err check_store(const sg_config *cfg, const keyring *kr, anchors *an,
     }
     store_close(st);
     if (e == SG_OK)
-        sg_info("integrity: event store verified from position %llu to its head %llu (%s%llu)",
+        sg_info("integrity: event store verified from position %llu to its head %llu (%s %llu)",
                 (unsigned long long)trusted.position, (unsigned long long)head->position,
-                none ? "no anchor in the token yet, " : "anchor at ",
+                none ? "no anchor in the token yet: verified from" : "anchor at",
                 (unsigned long long)anchor->position);
     return e;
 }
