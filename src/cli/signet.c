@@ -1,12 +1,14 @@
-/* signet.c - the command-line tool: set-up (init, token-hash) and offline
- * verification (verify-log, verify-manifest). Verification uses public keys
- * only and reads logs one event at a time, whatever their size. */
+/* signet.c - the command-line tool: set-up (init, token-hash), offline
+ * verification (verify-log, verify-manifest) and the operator's recovery
+ * step (accept-store). Verification uses public keys only and reads logs one
+ * event at a time, whatever their size. */
 #include <curl/curl.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -14,7 +16,11 @@
 #include "../core/buf.h"
 #include "../core/config.h"
 #include "../core/event.h"
+#include "../core/log.h"
+#include "../hsm/anchor.h"
 #include "../hsm/signer.h"
+#include "../read/readmodel.h"
+#include "../store/chain.h"
 #include "../store/store.h"
 
 static int usage(void)
@@ -22,7 +28,8 @@ static int usage(void)
     fprintf(stderr, "usage: signet init --config FILE\n"
                     "       signet token-hash TOKEN|-\n"
                     "       signet verify-log [--keys KEYS.json] EVENTS.json|URL\n"
-                    "       signet verify-manifest --keys KEYS.json MANIFEST.json IMAGE\n");
+                    "       signet verify-manifest --keys KEYS.json MANIFEST.json IMAGE\n"
+                    "       signet accept-store --config FILE\n");
     return 2;
 }
 
@@ -326,6 +333,99 @@ static int cmd_verify_log(int argc, char **argv)
     return rc;
 }
 
+/*** accept-store ***/
+
+/* Move the read model (and its WAL files) aside, so that signetd rebuilds
+ * it from the accepted store. */
+static int move_aside(const char *path, char *moved, size_t movedlen)
+{
+    static const char *const suffix[] = {"", "-wal", "-shm"};
+    snprintf(moved, movedlen, "%s.rejected-%lld", path, (long long)time(NULL));
+    for (size_t i = 0; i < SG_ARRAY_LEN(suffix); i++) {
+        char from[4096], to[4200];
+        snprintf(from, sizeof(from), "%s%s", path, suffix[i]);
+        snprintf(to, sizeof(to), "%s%s", moved, suffix[i]);
+        if (rename(from, to) != 0 && errno != ENOENT)
+            return -1;
+    }
+    return 0;
+}
+
+/* The operator's explicit decision to go on from the store as it is now
+ * (after restoring a backup, say): its whole chain must verify; then the
+ * anchor in the token is moved to its head and a read model that disagrees
+ * with it is moved aside. signetd must be stopped. */
+static int cmd_accept_store(int argc, char **argv)
+{
+    char why[512], readmodel[4096];
+    sg_config *cfg = NULL;
+    signer *sg = NULL;
+    anchors *an = NULL;
+    keyring *kr = NULL;
+    store *st = NULL;
+    struct chain_pos genesis, head, anchor, cp;
+    int rc = 1;
+    if (argc != 3 || strcmp(argv[1], "--config") != 0)
+        return usage();
+    if (config_load(argv[2], &cfg, why, sizeof(why)) != SG_OK) {
+        fprintf(stderr, "signet: %s\n", why);
+        return 1;
+    }
+    if (signer_open(cfg, 1u << KEY_EVENTS, &sg, why, sizeof(why)) != SG_OK ||
+        anchors_open(cfg, &an, why, sizeof(why)) != SG_OK ||
+        store_open(cfg->store, &st, why, sizeof(why)) != SG_OK)
+        goto fail;
+    if ((kr = keyring_new()) == NULL ||
+        keyring_add(kr, KEY_EVENTS, signer_public_key(sg, KEY_EVENTS)) != SG_OK) {
+        snprintf(why, sizeof(why), "cannot use the events public key");
+        goto fail;
+    }
+    chain_genesis(&genesis);
+    if (chain_verify(st, kr, &genesis, 0, &head, why, sizeof(why)) != SG_OK) {
+        fprintf(stderr, "signet: refusing: the store's own chain is broken (%s)\n", why);
+        goto out;
+    }
+    chain_genesis(&anchor);
+    sg_err e = anchors_load(an, kr, &anchor, why, sizeof(why));
+    if (e == SG_EVERIFY)
+        fprintf(stderr, "signet: warning: %s; it is replaced\n", why);
+    else if (e && e != SG_ENOTFOUND)
+        goto fail;
+    snprintf(readmodel, sizeof(readmodel), "%s/read.db", cfg->data_dir);
+    if (readmodel_peek_checkpoint(readmodel, &cp.position, cp.hash) == SG_OK &&
+        chain_check_witness(st, kr, "the read model", &cp, why, sizeof(why)) != SG_OK) {
+        char moved[4200];
+        if (move_aside(readmodel, moved, sizeof(moved)) != 0) {
+            fprintf(stderr, "signet: cannot move the read model %s aside: %s\n", readmodel,
+                    strerror(errno));
+            goto out;
+        }
+        printf("read model at position %llu moved aside to %s; signetd rebuilds it\n",
+               (unsigned long long)cp.position, moved);
+    }
+    if (anchors_save(an, sg, &head, why, sizeof(why)) != SG_OK)
+        goto fail;
+    sg_warn("accept-store: operator accepted the event store %s at position %llu (hash %s); the "
+            "anchor in token \"%s\" was at position %llu (hash %s)",
+            cfg->store, (unsigned long long)head.position, head.hash, cfg->token_label,
+            (unsigned long long)anchor.position, anchor.hash);
+    printf("accepted the event store at position %llu (hash %s); the anchor was at position %llu "
+           "(hash %s)\n",
+           (unsigned long long)head.position, head.hash, (unsigned long long)anchor.position,
+           anchor.hash);
+    rc = 0;
+    goto out;
+fail:
+    fprintf(stderr, "signet: %s\n", why);
+out:
+    store_close(st);
+    keyring_free(kr);
+    anchors_close(an);
+    signer_close(sg);
+    config_free(cfg);
+    return rc;
+}
+
 /*** verify-manifest ***/
 
 static int cmd_verify_manifest(int argc, char **argv)
@@ -399,6 +499,8 @@ int main(int argc, char **argv)
         rc = cmd_verify_log(argc - 1, argv + 1);
     else if (strcmp(argv[1], "verify-manifest") == 0)
         rc = cmd_verify_manifest(argc - 1, argv + 1);
+    else if (strcmp(argv[1], "accept-store") == 0)
+        rc = cmd_accept_store(argc - 1, argv + 1);
     else
         rc = usage();
     curl_global_cleanup();

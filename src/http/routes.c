@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "../core/codec.h"
+#include "../core/integrity.h"
 #include "../core/metrics.h"
 #include "internal.h"
 
@@ -270,9 +271,9 @@ void route_keys(struct req *r)
 /*** health and metrics ***/
 
 struct health {
-    int hsm, store, halted;
-    uint64_t head, pos, halted_at;
-    char why[256];
+    int hsm, store, halted, broken;
+    uint64_t head, pos, halted_at, broken_at;
+    char why[256], broken_why[384];
 };
 
 static void health(struct req *r, struct health *h)
@@ -290,13 +291,14 @@ static void health(struct req *r, struct health *h)
         h->store = 0;
     h->pos = app->proj ? projector_position(app->proj, NULL) : h->head;
     h->halted = app->proj && projector_halted(app->proj, &h->halted_at, h->why, sizeof(h->why));
+    h->broken = integrity_failure(&h->broken_at, h->broken_why, sizeof(h->broken_why));
 }
 
 void route_healthz(struct req *r)
 {
     struct health h;
     health(r, &h);
-    int ok = h.hsm && h.store && !h.halted;
+    int ok = h.hsm && h.store && !h.halted && !h.broken;
     json_t *doc = json_pack(
         "{s:s, s:I, s:I, s:I, s:s, s:s, s:s}", "status", ok ? "ok" : "unavailable", "position",
         (json_int_t)h.pos, "head", (json_int_t)h.head, "lag",
@@ -308,6 +310,12 @@ void route_healthz(struct req *r)
     if (doc && h.halted) {
         json_object_set_new(doc, "halted_at", json_integer((json_int_t)h.halted_at));
         json_object_set_new(doc, "halted_reason", json_string(h.why));
+    }
+    if (doc)
+        json_object_set_new(doc, "integrity", json_string(h.broken ? "failed" : "ok"));
+    if (doc && h.broken) {
+        json_object_set_new(doc, "integrity_failed_at", json_integer((json_int_t)h.broken_at));
+        json_object_set_new(doc, "integrity_reason", json_string(h.broken_why));
     }
     http_reply_json(r, ok ? 200 : 503, doc);
 }
@@ -342,6 +350,18 @@ void route_metrics(struct req *r)
                "# HELP signet_projector_halted 1 if an event failed verification.\n"
                "# TYPE signet_projector_halted gauge\n"
                "signet_projector_halted %d\n"
+               "# HELP signet_integrity_ok 0 once any check found the stored chain broken.\n"
+               "# TYPE signet_integrity_ok gauge\n"
+               "signet_integrity_ok %d\n"
+               "# HELP signet_scrub_position Last position the background scrub verified.\n"
+               "# TYPE signet_scrub_position gauge\n"
+               "signet_scrub_position %llu\n"
+               "# HELP signet_scrub_passes_total Whole-log verification passes completed.\n"
+               "# TYPE signet_scrub_passes_total counter\n"
+               "signet_scrub_passes_total %llu\n"
+               "# HELP signet_scrub_verified_events_total Events the scrub re-verified.\n"
+               "# TYPE signet_scrub_verified_events_total counter\n"
+               "signet_scrub_verified_events_total %llu\n"
                "# HELP signet_hsm_up 1 if the HSM signs.\n"
                "# TYPE signet_hsm_up gauge\n"
                "signet_hsm_up %d\n"
@@ -352,7 +372,10 @@ void route_metrics(struct req *r)
                (unsigned long long)atomic_load(&sg_metrics.sign_failures),
                (unsigned long long)atomic_load(&sg_metrics.store_failures),
                (unsigned long long)h.head, (unsigned long long)h.pos,
-               (unsigned long long)(h.head > h.pos ? h.head - h.pos : 0), h.halted, h.hsm);
+               (unsigned long long)(h.head > h.pos ? h.head - h.pos : 0), h.halted, !h.broken,
+               (unsigned long long)atomic_load(&sg_metrics.scrub_position),
+               (unsigned long long)atomic_load(&sg_metrics.scrub_passes),
+               (unsigned long long)atomic_load(&sg_metrics.scrub_verified), h.hsm);
     static const char *const listeners[] = {"write", "read"};
     for (int l = 0; l < 2; l++)
         for (int c = 1; c <= 5; c++)

@@ -77,7 +77,7 @@ PROBLEM_SLUGS = {
     422: {"unprocessable"},
     500: {"internal"},
     501: {"not-implemented"},
-    503: {"hsm-unavailable", "store-unavailable", "unavailable"},
+    503: {"hsm-unavailable", "store-unavailable", "unavailable", "integrity-failure"},
 }
 
 METRIC_NAMES = [
