@@ -436,7 +436,7 @@ sg_err config_load(const char *path, sg_config **out, char *why, size_t whylen)
     cfg->connections_per_listener = 4000;
     cfg->connections_per_address = 256;
     cfg->idempotency_ttl_hours = 24;
-    cfg->scrub_events_per_second = 5000;
+    cfg->scrub_events_per_second = 2000;
     cfg->ddi_poll_seconds = 300;
     cfg->ddi_tenant = strdup("DEFAULT");
     cfg->path = strdup(path);
