@@ -257,6 +257,62 @@ static void test_defaults(void **state)
     config_free(cfg);
 }
 
+/* The keys of the integrity and resilience issue: defaults, values, ranges. */
+static void test_resilience_keys(void **state)
+{
+    (void)state;
+    sg_config *cfg = load_ok(write_json("min.json", minimal()));
+    assert_int_equal(cfg->sign_timeout_ms, 2000);
+    assert_int_equal(cfg->header_timeout_ms, 10000);
+    assert_int_equal(cfg->idle_timeout_ms, 30000);
+    assert_int_equal(cfg->connections_per_listener, 4000);
+    assert_int_equal(cfg->connections_per_address, 256);
+    assert_int_equal(cfg->idempotency_ttl_hours, 24);
+    assert_int_equal(cfg->scrub_events_per_second, 2000);
+    assert_string_equal(cfg->ddi_tenant, "DEFAULT");
+    assert_int_equal(cfg->ddi_poll_seconds, 300);
+    config_free(cfg);
+
+    json_t *root = minimal();
+    json_object_set_new(json_object_get(root, "pkcs11"), "sign_timeout_ms", json_integer(750));
+    json_object_set_new(root, "limits",
+                        json_pack("{s:i, s:i, s:i, s:i}", "header_timeout_ms", 2500,
+                                  "idle_timeout_ms", 9000, "connections_per_listener", 100,
+                                  "connections_per_address", 10));
+    json_object_set_new(root, "idempotency_ttl_hours", json_integer(48));
+    json_object_set_new(root, "scrub_events_per_second", json_integer(0));
+    json_object_set_new(root, "ddi", json_pack("{s:s, s:i}", "tenant", "acme", "poll_seconds", 60));
+    cfg = load_ok(write_json("res.json", root));
+    assert_int_equal(cfg->sign_timeout_ms, 750);
+    assert_int_equal(cfg->header_timeout_ms, 2500);
+    assert_int_equal(cfg->idle_timeout_ms, 9000);
+    assert_int_equal(cfg->connections_per_listener, 100);
+    assert_int_equal(cfg->connections_per_address, 10);
+    assert_int_equal(cfg->idempotency_ttl_hours, 48);
+    assert_int_equal(cfg->scrub_events_per_second, 0);
+    assert_string_equal(cfg->ddi_tenant, "acme");
+    assert_int_equal(cfg->ddi_poll_seconds, 60);
+    config_free(cfg);
+
+    root = minimal();
+    json_object_set_new(json_object_get(root, "pkcs11"), "sign_timeout_ms", json_integer(0));
+    expect_bad(root, "sign_timeout_ms", "50");
+    root = minimal();
+    json_object_set_new(
+        root, "limits",
+        json_pack("{s:i, s:i}", "connections_per_listener", 10, "connections_per_address", 11));
+    expect_bad(root, "connections_per_address");
+    root = minimal();
+    json_object_set_new(root, "idempotency_ttl_hours", json_integer(0));
+    expect_bad(root, "idempotency_ttl_hours");
+    root = minimal();
+    json_object_set_new(root, "ddi", json_pack("{s:s}", "tenant", "a/b"));
+    expect_bad(root, "ddi.tenant");
+    root = minimal();
+    json_object_set_new(root, "ddi", json_pack("{s:i}", "polling", 3));
+    expect_bad(root, "unknown key \"polling\"", "ddi");
+}
+
 static void test_relative_and_absolute_paths(void **state)
 {
     (void)state;
@@ -647,6 +703,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_example),
         cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_resilience_keys),
         cmocka_unit_test(test_relative_and_absolute_paths),
         cmocka_unit_test(test_unknown_keys),
         cmocka_unit_test(test_bad_token_sha256),
