@@ -11,6 +11,7 @@ struct sg_metrics {
     atomic_uint_fast64_t commit_batches;
     atomic_uint_fast64_t sign_failures;
     atomic_uint_fast64_t store_failures;
+    atomic_uint_fast64_t idempotency_pruned; /* expired Idempotency-Key records deleted */
 };
 
 extern struct sg_metrics sg_metrics;

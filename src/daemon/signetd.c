@@ -11,6 +11,7 @@
 #include "../core/config.h"
 #include "../core/log.h"
 #include "../http/http.h"
+#include "../write/retention.h"
 
 static int usage(void)
 {
@@ -51,6 +52,7 @@ int main(int argc, char **argv)
     struct http_app app = {0};
     int status = 1;
     char *readmodel = NULL;
+    retention *rt = NULL;
 
     /* Signals are taken by sigwait() below; every thread inherits the mask. */
     sigset_t stop;
@@ -69,6 +71,10 @@ int main(int argc, char **argv)
     unsigned keys = (do_write ? (1u << KEY_EVENTS | 1u << KEY_DEVICES) : 0) |
                     (do_read ? 1u << KEY_SNAPSHOTS : 0);
     if (signer_open(cfg, keys, &sg, why, sizeof(why)) != SG_OK)
+        goto fail;
+    /* Idempotency-Key expiry: before the sequencer looks any record up. */
+    if (do_write &&
+        retention_start(cfg->store, cfg->idempotency_ttl_hours, &rt, why, sizeof(why)) != SG_OK)
         goto fail;
     if (do_write && sequencer_start(cfg->store, sg, &seq, why, sizeof(why)) != SG_OK)
         goto fail;
@@ -116,6 +122,7 @@ out:
     projector_free(proj);
     sequencer_free(seq);
     keyring_free(kr);
+    retention_stop(rt);
     signer_close(sg);
     config_free(cfg);
     free(readmodel);
