@@ -96,7 +96,6 @@ sg_err retention_start(const char *store_uri, unsigned ttl_hours, retention **ou
         free(r);
         return SG_EINTERNAL;
     }
-    sg_info("retention: Idempotency-Key records expire after %u hours", ttl_hours);
     *out = r;
     return SG_OK;
 }
