@@ -15,6 +15,7 @@
 #include "../read/readmodel.h"
 #include "../read/scrub.h"
 #include "../store/chain.h"
+#include "../write/retention.h"
 
 static int usage(void)
 {
@@ -121,6 +122,7 @@ int main(int argc, char **argv)
     struct http_app app = {0};
     int status = 1;
     char *readmodel = NULL;
+    retention *rt = NULL;
 
     /* Signals are taken by sigwait() below; every thread inherits the mask. */
     sigset_t stop;
@@ -155,6 +157,10 @@ int main(int argc, char **argv)
     snprintf(readmodel, n, "%s/read.db", cfg->data_dir);
     if (anchors_open(cfg, &an, why, sizeof(why)) != SG_OK ||
         check_store(cfg, kr, an, readmodel, &anchor, &head, why, sizeof(why)) != SG_OK)
+        goto fail;
+    /* Idempotency-Key expiry: before the sequencer looks any record up. */
+    if (do_write &&
+        retention_start(cfg->store, cfg->idempotency_ttl_hours, &rt, why, sizeof(why)) != SG_OK)
         goto fail;
     if (do_write) {
         if (sequencer_start(cfg->store, sg, kr, &head, &seq, why, sizeof(why)) != SG_OK)
@@ -201,6 +207,7 @@ out:
     sequencer_free(seq);
     keyring_free(kr);
     anchors_close(an);
+    retention_stop(rt);
     signer_close(sg);
     config_free(cfg);
     free(readmodel);

@@ -210,8 +210,9 @@ sg_err projector_start(const char *store_uri, const char *readmodel_path, const 
         free(p);
         return e;
     }
-    pthread_create(&p->thread, NULL, projector_main, p);
+    /* p->pos belongs to the projector thread (under p->mu) once it runs. */
     sg_info("projector: read models at position %llu", (unsigned long long)p->pos);
+    pthread_create(&p->thread, NULL, projector_main, p);
     *out = p;
     return SG_OK;
 }

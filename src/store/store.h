@@ -1,6 +1,7 @@
 /* store.h - the append-only event store: the small interface every backend
  * implements (append a batch, read after a position, head), plus the
- * idempotency records written in the same transaction as their events.
+ * idempotency records written in the same transaction as their events (and
+ * expired after a TTL).
  *
  * Nothing outside src/store knows which backend is in use. A store handle is
  * used by one thread at a time; open one per thread. */
@@ -50,8 +51,21 @@ sg_err store_read_after(store *st, uint64_t after, size_t limit, store_event_cb 
 sg_err store_head(store *st, uint64_t *pos, char hash[SG_HEX256_LEN + 1]);
 
 /* The stored answer for (principal, key): SG_OK and fields filled (body
- * malloc'd, caller frees), SG_ENOTFOUND, or SG_ESTORE. */
+ * malloc'd, caller frees), SG_ENOTFOUND (also when the record has expired), or
+ * SG_ESTORE. */
 sg_err store_idem_get(store *st, const char *principal, const char *key,
                       char request_sha256[SG_HEX256_LEN + 1], int *status, char **body);
+
+/* Idempotency records older than ttl_seconds are expired: store_idem_get does
+ * not return them, store_append_batch replaces them, store_idem_prune deletes
+ * them. Process-wide, for every handle; set it before the write side starts
+ * (default 24 hours). */
+void store_idem_set_ttl(uint64_t ttl_seconds);
+
+/* Delete up to limit expired idempotency records in one short transaction;
+ * *deleted says how many went (fewer than limit: none are left for now).
+ * SG_OK or SG_ESTORE (nothing deleted). Waits like an append when another
+ * connection holds the write lock. */
+sg_err store_idem_prune(store *st, size_t limit, size_t *deleted);
 
 #endif

@@ -3,20 +3,29 @@
  * Append-only is enforced twice: only store_append_batch writes, and triggers
  * refuse UPDATE and DELETE on events. synchronous=FULL makes every commit an
  * fsync, so SG_OK from an append means durable. Each handle is one connection,
- * used by one thread at a time. */
+ * used by one thread at a time.
+ *
+ * Idempotency records carry created_at (Unix seconds, set at append); one
+ * older than the process-wide TTL is no longer honoured and may be deleted,
+ * in small chunks, by store_idem_prune. Stores made before created_at existed
+ * gain the column at open, their rows counting as created at that moment. */
 #include "store.h"
 
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../core/log.h"
 
 struct store {
     sqlite3 *db;
-    sqlite3_stmt *ins_event, *ins_idem, *read_after, *head, *idem_get;
+    sqlite3_stmt *ins_event, *ins_idem, *read_after, *head, *idem_get, *idem_prune;
 };
+
+static atomic_uint_fast64_t idem_ttl_seconds = 24 * 3600;
 
 static const char schema[] = "CREATE TABLE IF NOT EXISTS events ("
                              "  position INTEGER PRIMARY KEY,"
@@ -33,7 +42,61 @@ static const char schema[] = "CREATE TABLE IF NOT EXISTS events ("
                              "  status INTEGER NOT NULL,"
                              "  body TEXT NOT NULL,"
                              "  position INTEGER NOT NULL,"
+                             "  created_at INTEGER NOT NULL,"
                              "  PRIMARY KEY (principal, key));";
+
+/*** idempotency records: age and migration ***/
+
+void store_idem_set_ttl(uint64_t ttl_seconds)
+{
+    atomic_store(&idem_ttl_seconds, ttl_seconds);
+}
+
+/* Records created before this (Unix seconds) are expired. */
+static sqlite3_int64 idem_cutoff(void)
+{
+    return (sqlite3_int64)time(NULL) - (sqlite3_int64)atomic_load(&idem_ttl_seconds);
+}
+
+static int has_created_at(sqlite3 *db)
+{
+    sqlite3_stmt *s = NULL;
+    int ok = sqlite3_prepare_v2(db, "SELECT created_at FROM idempotency LIMIT 0", -1, &s, NULL) ==
+             SQLITE_OK;
+    sqlite3_finalize(s);
+    return ok;
+}
+
+/* Give an idempotency table of the previous version (no created_at) the
+ * column, its rows counting as created now (a constant default: no row is
+ * rewritten), and make sure the index pruning walks exists. SQLITE_OK or the
+ * error; one transaction, so concurrent opens agree. */
+static int idem_migrate(sqlite3 *db)
+{
+    char sql[160];
+    int rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    if (!has_created_at(db)) {
+        snprintf(sql, sizeof(sql),
+                 "ALTER TABLE idempotency ADD COLUMN created_at INTEGER NOT NULL DEFAULT %lld",
+                 (long long)time(NULL));
+        rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+        if (rc == SQLITE_OK)
+            sg_info("store: idempotency records gained created_at; existing ones count as "
+                    "created now");
+    }
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(db,
+                          "CREATE INDEX IF NOT EXISTS idempotency_created ON "
+                          "idempotency(created_at)",
+                          NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    return rc;
+}
 
 static sg_err prepare(store *st, sqlite3_stmt **s, const char *sql)
 {
@@ -62,11 +125,13 @@ sg_err store_open(const char *uri, store **out, char *why, size_t whylen)
     }
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(st->db, schema, NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = idem_migrate(st->db);
     if (rc != SQLITE_OK ||
         prepare(st, &st->ins_event, "INSERT INTO events(position, hash, body) VALUES (?,?,?)") ||
         prepare(st, &st->ins_idem,
-                "INSERT INTO idempotency(principal, key, request_sha256, status, body, position) "
-                "VALUES (?,?,?,?,?,?)") ||
+                "INSERT OR REPLACE INTO idempotency(principal, key, request_sha256, status, body, "
+                "position, created_at) VALUES (?,?,?,?,?,?,?)") ||
         prepare(st, &st->read_after,
                 "SELECT position, hash, body FROM events WHERE position > ? ORDER BY position "
                 "LIMIT ?") ||
@@ -74,7 +139,10 @@ sg_err store_open(const char *uri, store **out, char *why, size_t whylen)
                 "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1") ||
         prepare(st, &st->idem_get,
                 "SELECT request_sha256, status, body FROM idempotency WHERE principal = ? AND "
-                "key = ?")) {
+                "key = ? AND created_at >= ?") ||
+        prepare(st, &st->idem_prune,
+                "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency WHERE "
+                "created_at < ? LIMIT ?)")) {
         snprintf(why, whylen, "store %s: %s", path,
                  st->db ? sqlite3_errmsg(st->db) : "cannot open");
         store_close(st);
@@ -93,6 +161,7 @@ void store_close(store *st)
     sqlite3_finalize(st->read_after);
     sqlite3_finalize(st->head);
     sqlite3_finalize(st->idem_get);
+    sqlite3_finalize(st->idem_prune);
     sqlite3_close(st->db);
     free(st);
 }
@@ -110,6 +179,7 @@ sg_err store_append_batch(store *st, const struct store_event *evs, size_t nev,
 {
     uint64_t head;
     char hash[SG_HEX256_LEN + 1];
+    sqlite3_int64 now = (sqlite3_int64)time(NULL);
     if (nev == 0)
         return SG_OK;
     if (sqlite3_exec(st->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
@@ -137,6 +207,7 @@ sg_err store_append_batch(store *st, const struct store_event *evs, size_t nev,
         sqlite3_bind_int(s, 4, recs[i].status);
         sqlite3_bind_text(s, 5, recs[i].body, -1, SQLITE_STATIC);
         sqlite3_bind_int64(s, 6, (sqlite3_int64)recs[i].position);
+        sqlite3_bind_int64(s, 7, now);
         if (!step_done(s))
             goto rollback;
     }
@@ -197,6 +268,7 @@ sg_err store_idem_get(store *st, const char *principal, const char *key,
     sg_err e = SG_ENOTFOUND;
     sqlite3_bind_text(s, 1, principal, -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 2, key, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 3, idem_cutoff());
     int rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) {
         const unsigned char *r = sqlite3_column_text(s, 0), *b = sqlite3_column_text(s, 2);
@@ -210,4 +282,21 @@ sg_err store_idem_get(store *st, const char *principal, const char *key,
     sqlite3_reset(s);
     sqlite3_clear_bindings(s);
     return e;
+}
+
+sg_err store_idem_prune(store *st, size_t limit, size_t *deleted)
+{
+    sqlite3_stmt *s = st->idem_prune;
+    *deleted = 0;
+    sqlite3_bind_int64(s, 1, idem_cutoff());
+    sqlite3_bind_int64(s, 2, (sqlite3_int64)limit);
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    if (rc != SQLITE_DONE) {
+        sg_error("store: pruning idempotency records failed: %s", sqlite3_errmsg(st->db));
+        return SG_ESTORE;
+    }
+    *deleted = (size_t)sqlite3_changes(st->db);
+    return SG_OK;
 }
