@@ -56,6 +56,7 @@ struct req {
     int too_big;
     int failed;  /* no response could be queued: close the connection */
     int counted; /* in srv->inflight */
+    int acted;   /* the handler answered or suspended in this call (MHD thread) */
     _Atomic enum req_state state;
     struct hdr_copy *hdrs;
     struct command *cmd;

@@ -31,6 +31,7 @@ static void count(struct req *r, int status)
  * is answered or disconnected, never left waiting. */
 void http_reply(struct req *r, int status, const char *content_type, char *body, size_t len)
 {
+    r->acted = 1;
     atomic_store(&r->state, REQ_DONE);
     struct MHD_Response *resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
     if (resp == NULL) {
@@ -72,30 +73,40 @@ void http_reply_json(struct req *r, int status, json_t *body)
     http_reply(r, status, "application/json", s, len);
 }
 
+/* The problem+json document for e; *status is its HTTP status (500 if the
+ * document cannot be built). NULL only when out of memory. */
+static char *problem_body(sg_err e, const char *detail, int *status, size_t *len)
+{
+    char type[64];
+    snprintf(type, sizeof(type), "urn:signet:problem:%s", sg_err_slug(e));
+    *status = sg_err_http(e);
+    json_t *p = json_pack("{s:s, s:s, s:i, s:s}", "type", type, "title", sg_err_title(e), "status",
+                          *status, "detail", detail);
+    char *s = NULL;
+    if (p == NULL || jcs_dump(p, &s, len) != SG_OK) {
+        s = strdup("{\"status\":500,\"title\":\"Internal error\"}");
+        *len = s ? strlen(s) : 0;
+        *status = 500;
+    }
+    json_decref(p);
+    return s;
+}
+
 void http_problem(struct req *r, sg_err e, const char *fmt, ...)
 {
-    char detail[512], type[64];
+    char detail[512];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(detail, sizeof(detail), fmt, ap);
     va_end(ap);
-    snprintf(type, sizeof(type), "urn:signet:problem:%s", sg_err_slug(e));
-    int status = sg_err_http(e);
-    json_t *p = json_pack("{s:s, s:s, s:i, s:s}", "type", type, "title", sg_err_title(e), "status",
-                          status, "detail", detail);
-    char *s = NULL;
+    int status;
     size_t len = 0;
-    if (p == NULL || jcs_dump(p, &s, &len) != SG_OK) {
-        s = strdup("{\"status\":500,\"title\":\"Internal error\"}");
-        len = s ? strlen(s) : 0;
-        status = 500;
-    }
-    json_decref(p);
+    char *s = problem_body(e, detail, &status, &len);
     if (s) {
         http_reply(r, status, "application/problem+json", s, len);
     } else {
         atomic_store(&r->state, REQ_DONE);
-        r->failed = 1;
+        r->acted = r->failed = 1;
     }
 }
 
@@ -186,6 +197,7 @@ void http_raw_target(struct req *r, const char **path, size_t *path_len, const c
 
 void http_suspend(struct req *r)
 {
+    r->acted = 1;
     atomic_store(&r->state, REQ_SUSPENDED);
     MHD_suspend_connection(r->conn);
 }
@@ -410,6 +422,8 @@ static int begin(struct req *r, const char *version)
 
 struct conn_track {
     struct conn_track *prev, *next;
+    struct MHD_Connection *conn;
+    pthread_t owner; /* the MHD thread that accepted and serves it */
     MHD_socket fd;
     atomic_uint_fast64_t deadline; /* monotonic ms; 0: head complete, no deadline */
     unsigned requests;             /* request lines seen (MHD thread only) */
@@ -441,6 +455,8 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
             return;
         }
         t->fd = ci->connect_fd;
+        t->conn = conn;
+        t->owner = pthread_self();
         atomic_store(&t->deadline, mono_ms() + s->app->cfg->header_timeout_ms);
         pthread_mutex_lock(&s->conns_mu);
         t->next = s->conns;
@@ -514,12 +530,14 @@ static void *on_request_line(void *cls, const char *uri, struct MHD_Connection *
     return r;
 }
 
-/* Runs the route (state READY or RESUMED). A route must answer or suspend. */
+/* Runs the route (state READY or RESUMED). A route must answer or suspend;
+ * once it suspended, r's state belongs to whoever resumes it, so whether it
+ * acted is told by r->acted, which only this thread touches. */
 static void run_route(struct req *r)
 {
+    r->acted = 0;
     r->route->fn(r);
-    enum req_state st = atomic_load(&r->state);
-    if (st == REQ_READY || st == REQ_RESUMED)
+    if (!r->acted)
         http_problem(r, SG_EINTERNAL, "the handler gave no answer");
 }
 
@@ -603,14 +621,77 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 /*** start and stop ***/
 
+/* libmicrohttpd 0.9.75 answers some heads itself, before the access handler
+ * is called: a Content-Length it cannot read ("abc", "-1", "5 ", a number
+ * over 64 bits) gets 400 or 413 with an HTML body. Worse, because that
+ * answer is queued while the head is being parsed and the parser then moves
+ * the connection on as if nothing had happened, the status line and headers
+ * are written twice. Just before queueing it, the library logs "Error
+ * processing request (HTTP response code is N ...)" on the thread that
+ * serves the connection. For the errors of that stage we find the
+ * connection (on this thread, head complete, handler not called, nothing
+ * queued: exactly one can match, since a thread parses one head at a time),
+ * write our problem+json answer to its socket and shut its sending side:
+ * the client reads exactly one answer, ours, then end-of-file; the
+ * library's own copy fails to send and it closes the connection. */
+static void preempt_parser_answer(struct req *proto, unsigned code)
+{
+    struct http_server *s = proto->srv;
+    sg_err e = code == 413 ? SG_ETOOBIG : SG_EBADINPUT;
+    const char *detail = code == 413 ? "Content-Length is larger than this server can read"
+                                     : "Content-Length is not a decimal number";
+    struct conn_track *hit = NULL;
+    int n = 0;
+    pthread_t self = pthread_self();
+    pthread_mutex_lock(&s->conns_mu);
+    for (struct conn_track *t = s->conns; t; t = t->next)
+        if (pthread_equal(t->owner, self) && !t->cut && atomic_load(&t->deadline) != 0 &&
+            MHD_get_connection_info(t->conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE) != NULL &&
+            MHD_get_connection_info(t->conn, MHD_CONNECTION_INFO_HTTP_STATUS) == NULL) {
+            hit = t;
+            n++;
+        }
+    if (n == 1) {
+        int status;
+        size_t len = 0;
+        char *body = problem_body(e, detail, &status, &len);
+        buf out = {0};
+        if (body)
+            buf_printf(&out,
+                       "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: "
+                       "application/problem+json\r\nCache-Control: no-store\r\nContent-Length: "
+                       "%zu\r\n\r\n%s",
+                       status, status == 413 ? "Content Too Large" : "Bad Request", len, body);
+        if (body && !out.oom) {
+            size_t off = 0;
+            while (off < out.len) {
+                ssize_t w =
+                    send(hit->fd, out.data + off, out.len - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+                if (w <= 0)
+                    break;
+                off += (size_t)w;
+            }
+            atomic_fetch_add(&s->requests[proto->listener == LISTEN_READ][status / 100], 1);
+        }
+        shutdown(hit->fd, SHUT_WR);
+        hit->cut = 1;
+        free(body);
+        buf_free(&out);
+    }
+    pthread_mutex_unlock(&s->conns_mu);
+}
+
 /* libmicrohttpd's own messages, as our JSON log lines. */
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     char msg[512];
-    (void)cls;
+    unsigned code;
     vsnprintf(msg, sizeof(msg), fmt, ap);
     msg[strcspn(msg, "\n")] = '\0';
     sg_warn("http: %s", msg);
+    if (sscanf(msg, "Error processing request (HTTP response code is %u", &code) == 1 &&
+        (code == 400 || code == 413))
+        preempt_parser_answer(cls, code);
 }
 
 /* Percent-decoding for paths and query values, in place. Unlike MHD's own, it
@@ -657,7 +738,7 @@ static struct MHD_Daemon *listen_on(struct req *proto, const char *addr, char *w
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     d = MHD_start_daemon(
-        flags, port, NULL, NULL, on_request, proto, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+        flags, port, NULL, NULL, on_request, proto, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, proto,
         MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_URI_LOG_CALLBACK, on_request_line, proto,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, proto, MHD_OPTION_NOTIFY_COMPLETED,
         on_completed, proto, MHD_OPTION_THREAD_POOL_SIZE, 2u, MHD_OPTION_CONNECTION_TIMEOUT,
