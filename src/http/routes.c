@@ -80,30 +80,36 @@ static int valid_idem_key(const char *k)
     return 1;
 }
 
-static void append_arg(void *cls, const char *key, const char *value)
+/* Appends "<decimal length>:<bytes>," (a netstring): no choice of bytes in
+ * one field can be mistaken for another field or its boundary. */
+static void put_field(buf *b, const char *p, size_t n)
 {
-    buf_printf(cls, "%s=%s&", key, value ? value : "");
+    buf_printf(b, "%zu:", n);
+    buf_append(b, p, n);
+    buf_putc(b, ',');
 }
 
-static enum MHD_Result collect_arg(void *cls, enum MHD_ValueKind kind, const char *key,
-                                   const char *value)
+/* SHA-256 over the raw method, the raw path and query string (exactly as
+ * sent, undecoded), whether there was a '?', and the body: what "the same
+ * request" means for Idempotency-Key. Returns 0 when out of memory. */
+static int request_digest(struct req *r, char out[65])
 {
-    (void)kind;
-    append_arg(cls, key, value);
-    return MHD_YES;
-}
-
-/* SHA-256 over method, path, query and body: what "the same request" means
- * for Idempotency-Key. */
-static void request_digest(struct req *r, char out[65])
-{
+    const char *path, *query;
+    size_t plen, qlen;
+    int has_query;
+    http_raw_target(r, &path, &plen, &query, &qlen, &has_query);
     buf b = {0};
-    buf_printf(&b, "%s\n%s\n", r->method, r->url);
-    MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, collect_arg, &b);
-    buf_putc(&b, '\n');
-    buf_append(&b, r->body.data ? r->body.data : "", r->body.len);
-    sha256_hex(b.data ? b.data : "", b.len, out);
+    buf_puts(&b, "signet-request-v1\n");
+    put_field(&b, r->method, strlen(r->method));
+    put_field(&b, path, plen);
+    buf_putc(&b, has_query ? '?' : '-');
+    put_field(&b, query, qlen);
+    put_field(&b, r->body.data ? r->body.data : "", r->body.len);
+    int ok = !b.oom;
+    if (ok)
+        sha256_hex(b.data, b.len, out);
     buf_free(&b);
+    return ok;
 }
 
 void route_command(struct req *r)
@@ -142,14 +148,17 @@ void route_command(struct req *r)
         http_problem(r, e, "%s", detail);
         return;
     }
+    /* On failure command_new() leaves input to us (main's command.h). */
     r->cmd = command_new(r->route->cmd, r->who, input, r->param[0] ? r->param : NULL, idem);
     if (r->cmd == NULL) {
         json_decref(input);
         http_problem(r, SG_ENOMEM, "out of memory");
         return;
     }
-    if (idem)
-        request_digest(r, r->cmd->request_sha256);
+    if (idem && !request_digest(r, r->cmd->request_sha256)) {
+        http_problem(r, SG_ENOMEM, "out of memory");
+        return;
+    }
     r->cmd->done = command_done;
     r->cmd->ud = r;
     http_suspend(r);
@@ -216,7 +225,7 @@ static int add_event(const struct store_event *ev, void *ud)
 
 void route_events(struct req *r)
 {
-    uint64_t after = 0, limit = 100, head;
+    uint64_t after = 0, limit = 100, head = 0;
     const char *a = http_query(r, "after"), *l = http_query(r, "limit");
     char hash[65];
     if ((a && !parse_uint(a, 0, (uint64_t)1 << 53, &after)) ||
@@ -233,12 +242,16 @@ void route_events(struct req *r)
     if (e == SG_OK)
         e = store_read_after(r->srv->events, after, limit, add_event, &pg);
     pthread_mutex_unlock(&r->srv->events_mu);
+    if (e) {
+        buf_free(&pg.out);
+        http_problem(r, e, "cannot read the event store");
+        return;
+    }
     buf_printf(&pg.out, "],\"head\":%llu}", (unsigned long long)head);
     size_t len;
     char *body = buf_steal(&pg.out, &len);
-    if (e || body == NULL) {
-        free(body);
-        http_problem(r, e ? e : SG_ENOMEM, "cannot read the event store");
+    if (body == NULL) {
+        http_problem(r, SG_ENOMEM, "out of memory");
         return;
     }
     http_reply(r, 200, "application/json", body, len);
