@@ -300,6 +300,7 @@ struct anchor_keeper {
     pthread_cond_t cond;
     struct chain_pos saved, noted;
     int stop, done;
+    unsigned failing; /* saves failed in a row */
 };
 
 static void deadline_in(struct timespec *ts, unsigned ms)
@@ -324,10 +325,15 @@ static void *keeper_main(void *arg)
             pthread_mutex_unlock(&k->mu);
             sg_err e = anchors_save(k->a, k->s, &p, why, sizeof(why));
             pthread_mutex_lock(&k->mu);
-            if (e == SG_OK)
+            if (e == SG_OK) {
+                if (k->failing)
+                    sg_info("anchor: stored again, at position %llu",
+                            (unsigned long long)p.position);
                 k->saved = p;
-            else
-                sg_warn("anchor: %s", why);
+                k->failing = 0;
+            } else if (!k->failing++) {
+                sg_warn("anchor: %s; retrying every second", why); /* once per outage */
+            }
         }
         if (stop)
             break;
