@@ -419,10 +419,13 @@ static sg_err rebuild(sequencer *q)
     pthread_mutex_unlock(&q->mu);
     sg_err e =
         chain_check_witness(q->rst, q->kr, "the last durable batch", &from, why, sizeof(why));
-    if (e == SG_OK)
+    uint64_t bad_at = from.position;
+    if (e == SG_OK) {
         e = chain_verify(q->rst, q->kr, &from, 0, &to, why, sizeof(why));
+        bad_at = to.position + 1;
+    }
     if (e == SG_EVERIFY) {
-        integrity_fail(to.position + 1, "write side: %s", why);
+        integrity_fail(bad_at, "write side: %s", why);
         return e;
     }
     if (e == SG_OK && (e = writestate_rebuild(q->rst, &replayed, ignored)) == SG_OK &&
