@@ -8,13 +8,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <p11-kit/pkcs11.h>
 
 #define DEFAULT_TARGET "/usr/lib/softhsm/libsofthsm2.so"
 
-enum mode { MODE_OK, MODE_SIGN, MODE_REMOVED };
+enum mode { MODE_OK, MODE_SIGN, MODE_REMOVED, MODE_BLOCK };
 
 static pthread_once_t load_once = PTHREAD_ONCE_INIT;
 static CK_FUNCTION_LIST_PTR real; /* the target's list; NULL if loading failed */
@@ -42,6 +43,8 @@ static enum mode read_mode(void)
         return MODE_SIGN;
     if (strcmp(word, "removed") == 0)
         return MODE_REMOVED;
+    if (strcmp(word, "block") == 0)
+        return MODE_BLOCK;
     return MODE_OK;
 }
 
@@ -51,9 +54,14 @@ static CK_RV fault_any(void)
     return read_mode() == MODE_REMOVED ? CKR_DEVICE_REMOVED : CKR_OK;
 }
 
+/* The signing calls: "block" holds the call (a hung HSM) until the control file says
+ * something else, polling it every 20 ms; then the call goes on as that word says. */
 static CK_RV fault_sign(void)
 {
-    switch (read_mode()) {
+    enum mode m;
+    while ((m = read_mode()) == MODE_BLOCK)
+        nanosleep(&(struct timespec){.tv_nsec = 20 * 1000 * 1000}, NULL);
+    switch (m) {
     case MODE_REMOVED:
         return CKR_DEVICE_REMOVED;
     case MODE_SIGN:
