@@ -44,6 +44,8 @@ struct req {
     int too_big;
     enum req_state state;
     struct command *cmd;
+    void *work;                /* a handler's own state across a suspension */
+    void (*work_free)(void *); /* frees work when the request ends */
 };
 
 struct http_server {

@@ -300,6 +300,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         return;
     atomic_fetch_sub(&r->srv->inflight, 1);
     command_free(r->cmd);
+    if (r->work_free)
+        r->work_free(r->work);
     buf_free(&r->body);
     free(r);
     *con_cls = NULL;
