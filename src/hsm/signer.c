@@ -746,36 +746,28 @@ static int find_slot(struct p11 *m, const char *label, int free_slot, CK_SLOT_ID
     return 0;
 }
 
-static sg_err create_token(struct p11 *m, const sg_config *cfg, const char *pin,
-                           void (*report)(const char *), char *why, size_t whylen)
+/* The SO PIN from pkcs11.so_pin_env, for what only the SO may do (doing is
+ * what it is needed for). */
+static sg_err so_pin(const sg_config *cfg, const char *doing, const char **out, char *why,
+                     size_t whylen)
 {
-    CK_INFO info;
-    CK_SLOT_ID slot;
-    CK_SESSION_HANDLE h;
-    unsigned char label[32];
-    if (m->f->C_GetInfo(&info) != CKR_OK || memcmp(info.manufacturerID, "SoftHSM", 7) != 0)
-        return say(why, whylen, SG_EHSM,
-                   "no token labelled \"%s\" in %s, and signet creates tokens only on SoftHSM2",
-                   cfg->token_label, cfg->pkcs11_module);
-    const char *so = cfg->so_pin_env ? getenv(cfg->so_pin_env) : NULL;
-    if (so == NULL || so[0] == '\0')
+    *out = cfg->so_pin_env ? getenv(cfg->so_pin_env) : NULL;
+    if (*out == NULL || (*out)[0] == '\0')
         return say(why, whylen, SG_ECONFIG,
-                   "creating token \"%s\" needs the SO PIN: set pkcs11.so_pin_env and that "
+                   "%s token \"%s\" needs the SO PIN: set pkcs11.so_pin_env and that "
                    "environment variable",
-                   cfg->token_label);
-    if (!find_slot(m, "", 1, &slot))
-        return say(why, whylen, SG_EHSM, "no free slot to create token \"%s\" in",
-                   cfg->token_label);
-    pad32(cfg->token_label, label);
-    CK_RV rv = m->f->C_InitToken(slot, (unsigned char *)so, strlen(so), label);
+                   doing, cfg->token_label);
+    return SG_OK;
+}
+
+/* Set the user PIN of the token in slot, as the SO. */
+static sg_err set_user_pin(struct p11 *m, const sg_config *cfg, CK_SLOT_ID slot, const char *so,
+                           const char *pin, char *why, size_t whylen)
+{
+    CK_SESSION_HANDLE h;
+    CK_RV rv = m->f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h);
     if (rv != CKR_OK)
-        return say(why, whylen, SG_EHSM, "C_InitToken failed (0x%lx)", rv);
-    /* SoftHSM2 gives the new token a new slot id. */
-    if (!find_slot(m, cfg->token_label, 0, &slot))
-        return say(why, whylen, SG_EHSM, "token \"%s\" vanished after creation", cfg->token_label);
-    rv = m->f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h);
-    if (rv != CKR_OK)
-        return say(why, whylen, SG_EHSM, "cannot open a session on new token \"%s\" (0x%lx)",
+        return say(why, whylen, SG_EHSM, "cannot open a session on token \"%s\" (0x%lx)",
                    cfg->token_label, rv);
     rv = m->f->C_Login(h, CKU_SO, (unsigned char *)so, strlen(so));
     if (rv == CKR_OK) {
@@ -786,10 +778,58 @@ static sg_err create_token(struct p11 *m, const sg_config *cfg, const char *pin,
     if (rv != CKR_OK)
         return say(why, whylen, SG_EHSM, "setting the user PIN of token \"%s\" failed (0x%lx)",
                    cfg->token_label, rv);
+    return SG_OK;
+}
+
+static sg_err create_token(struct p11 *m, const sg_config *cfg, const char *pin,
+                           void (*report)(const char *), char *why, size_t whylen)
+{
+    CK_INFO info;
+    CK_SLOT_ID slot;
+    unsigned char label[32];
+    const char *so;
+    if (m->f->C_GetInfo(&info) != CKR_OK || memcmp(info.manufacturerID, "SoftHSM", 7) != 0)
+        return say(why, whylen, SG_EHSM,
+                   "no token labelled \"%s\" in %s, and signet creates tokens only on SoftHSM2",
+                   cfg->token_label, cfg->pkcs11_module);
+    sg_err e = so_pin(cfg, "creating", &so, why, whylen);
+    if (e)
+        return e;
+    if (!find_slot(m, "", 1, &slot))
+        return say(why, whylen, SG_EHSM, "no free slot to create token \"%s\" in",
+                   cfg->token_label);
+    pad32(cfg->token_label, label);
+    CK_RV rv = m->f->C_InitToken(slot, (unsigned char *)so, strlen(so), label);
+    if (rv != CKR_OK)
+        return say(why, whylen, SG_EHSM, "C_InitToken failed (0x%lx)", rv);
+    /* SoftHSM2 gives the new token a new slot id. */
+    if (!find_slot(m, cfg->token_label, 0, &slot))
+        return say(why, whylen, SG_EHSM, "token \"%s\" vanished after creation", cfg->token_label);
+    if ((e = set_user_pin(m, cfg, slot, so, pin, why, whylen)) != SG_OK)
+        return e;
     char line[128];
     snprintf(line, sizeof(line), "created token \"%s\"", cfg->token_label);
     report(line);
     return SG_OK;
+}
+
+/* A token left without a user PIN (an init that failed half-way) gets it now. */
+static sg_err finish_token(struct p11 *m, const sg_config *cfg, CK_SLOT_ID slot, const char *pin,
+                           void (*report)(const char *), char *why, size_t whylen)
+{
+    CK_TOKEN_INFO ti;
+    const char *so;
+    if (m->f->C_GetTokenInfo(slot, &ti) != CKR_OK)
+        return say(why, whylen, SG_EHSM, "cannot read token \"%s\"", cfg->token_label);
+    if (ti.flags & CKF_USER_PIN_INITIALIZED)
+        return SG_OK;
+    sg_err e = so_pin(cfg, "setting the user PIN of", &so, why, whylen);
+    if (e == SG_OK && (e = set_user_pin(m, cfg, slot, so, pin, why, whylen)) == SG_OK) {
+        char line[128];
+        snprintf(line, sizeof(line), "set the user PIN of token \"%s\"", cfg->token_label);
+        report(line);
+    }
+    return e;
 }
 
 static int has_object(struct p11 *m, CK_SESSION_HANDLE h, CK_OBJECT_CLASS cls, const char *label)
@@ -858,6 +898,8 @@ sg_err signer_init_token(const sg_config *cfg, void (*report)(const char *line),
     } else {
         snprintf(line, sizeof(line), "token \"%s\" present", cfg->token_label);
         report(line);
+        if ((e = finish_token(&m, cfg, slot, pin, report, why, whylen)))
+            goto out;
     }
     CK_RV rv = m.f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h);
     if (rv != CKR_OK) {

@@ -265,5 +265,29 @@ class HsmHang(H.E2ETestCase):
         self.assertEqual(r.body["position"], head + 1)
 
 
+class InitErrorPaths(H.E2ETestCase):
+    """`signet init` on its error paths closes only sessions it opened: with
+    C_OpenSession failing right after the token is created, init fails with
+    a reason and the faulty module reports no close of a never-opened
+    session."""
+
+    def test_init_when_sessions_fail(self):
+        dep = self.deployment(module=H.FAULTY_MODULE)
+        ctl = os.path.join(dep.dir, "ctl")
+        dep.extra_env.update({"FAULTY_PKCS11_TARGET": H.SOFTHSM_MODULE, "FAULTY_PKCS11_CONTROL": ctl})
+        with open(ctl, "w") as f:
+            f.write("nosession\n")
+        p = dep.cli("init", "--config", dep.config_path)
+        out = p.stdout + p.stderr
+        self.assertNotEqual(p.returncode, 0, out)
+        self.assertRegex(out, r"session", out)
+        self.assertNotIn("never opened", out)
+        # The control works: with sessions back, init completes the token.
+        os.unlink(ctl)
+        p = dep.cli("init", "--config", dep.config_path)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertNotIn("never opened", p.stdout + p.stderr)
+
+
 if __name__ == "__main__":
     unittest.main()
