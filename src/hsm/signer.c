@@ -377,7 +377,7 @@ static void mark_down(signer *s, const char *fmt, ...)
     sg_warn("hsm: %s; the HSM is down, refusing to sign until a probe succeeds", msg);
 }
 
-enum run { RUN_OK, RUN_FAILED, RUN_TIMEOUT, RUN_NOWORKER };
+enum run { RUN_OK, RUN_FAILED, RUN_TIMEOUT, RUN_NOWORKER, RUN_STOPPING };
 
 /* Queue j (the caller's reference) and wait for it under the deadline rule;
  * drops the caller's reference unless RUN_OK (then the caller copies the
@@ -387,9 +387,10 @@ static enum run run_job(signer *s, struct job *j)
     enum run r;
     pthread_mutex_lock(&s->mu);
     if (s->stopping || ensure_workers(s) == 0) {
+        r = s->stopping ? RUN_STOPPING : RUN_NOWORKER;
         pthread_mutex_unlock(&s->mu);
         job_unref(j);
-        return RUN_NOWORKER;
+        return r;
     }
     j->progress_ms = mono_ms();
     j->refs++; /* the queue's */
@@ -406,6 +407,10 @@ static enum run run_job(signer *s, struct job *j)
         }
         if (j->done == j->n) {
             r = RUN_OK;
+            break;
+        }
+        if (s->stopping) {
+            r = RUN_STOPPING;
             break;
         }
         uint64_t deadline = j->progress_ms + s->timeout_ms;
@@ -464,6 +469,8 @@ sg_err signer_sign_batch(signer *s, enum key_purpose p, struct signer_item *item
         return SG_EHSM;
     case RUN_NOWORKER:
         mark_down(s, "every signing thread is stuck in a PKCS#11 call");
+        return SG_EHSM;
+    case RUN_STOPPING:
         return SG_EHSM;
     }
     /* Done: no worker touches j any more (each finished its item under mu). */
@@ -543,6 +550,8 @@ static void *prober_main(void *arg)
             mark_down(s, "a probe sign did not return within %u ms", s->timeout_ms);
         } else if (r == RUN_NOWORKER) {
             mark_down(s, "every signing thread is stuck in a PKCS#11 call");
+        } else if (r == RUN_STOPPING) {
+            break;
         } else {
             mark_down(s, "a probe sign failed");
             reconnect(s, last_why, sizeof(last_why));
@@ -614,6 +623,7 @@ int signer_close(signer *s)
     pthread_mutex_lock(&s->mu);
     s->stopping = 1;
     pthread_cond_broadcast(&s->work);
+    pthread_cond_broadcast(&s->done);
     pthread_cond_broadcast(&s->tick);
     pthread_mutex_unlock(&s->mu);
     /* Join with a deadline: a thread inside PKCS#11 may never come back. */
