@@ -5,7 +5,8 @@
  * cannot be cancelled, so only the signer's own threads make them:
  *   - workers take sign jobs (a batch of digests with one deadline) from a
  *     queue; the caller waits on a condition variable until the job is done,
- *     fails, or makes no progress for sign_timeout_ms. A late result lands in
+ *     fails, or is late: one of its calls has run for sign_timeout_ms, or it
+ *     waits for a worker while no call completed for that long. A late result lands in
  *     the job, which the caller has abandoned, and is dropped with it. A
  *     worker inside one call for longer than the deadline is "stuck"; it is
  *     replaced, up to EXTRA_WORKERS, and once back it rejoins or retires.
@@ -50,6 +51,7 @@ struct worker {
     signer *s;
     pthread_t th;
     enum worker_state state;         /* under mu */
+    struct job *job;                 /* under mu: the job of its current call, or NULL */
     atomic_uint_fast64_t busy_since; /* mono ms when its current call began; 0: idle */
 };
 
@@ -61,7 +63,7 @@ struct job {
     enum key_purpose purpose;
     size_t n, claimed, done;
     int failed, abandoned;
-    uint64_t progress_ms; /* submitted, or last signature completed */
+    uint64_t submit_ms;
     struct signer_item items[];
 };
 
@@ -92,8 +94,9 @@ struct signer {
     pthread_cond_t tick; /* prober: stopping */
     struct job *qhead, *qtail;
     struct worker workers[MAX_WORKERS + EXTRA_WORKERS];
-    unsigned target;  /* workers wanted, stuck ones not counted */
-    unsigned running; /* W_RUNNING workers */
+    unsigned target;           /* workers wanted, stuck ones not counted */
+    unsigned running;          /* W_RUNNING workers */
+    uint64_t last_progress_ms; /* a signature completed (any job), or open */
     int stopping;
     pthread_t prober;
     int prober_started;
@@ -316,12 +319,14 @@ static void *worker_main(void *arg)
             continue;
         }
         atomic_store(&w->busy_since, mono_ms());
+        w->job = j;
         pthread_mutex_unlock(&s->mu);
         int ok = sign_one(s, j->purpose, &j->items[i]);
         pthread_mutex_lock(&s->mu);
         atomic_store(&w->busy_since, 0);
+        w->job = NULL;
         j->done++;
-        j->progress_ms = mono_ms();
+        s->last_progress_ms = mono_ms();
         if (!ok)
             j->failed = 1;
         if (!ok || j->done == j->n)
@@ -349,6 +354,7 @@ static unsigned ensure_workers(signer *s)
             pthread_join(w->th, NULL);
         w->state = W_FREE;
         w->s = s;
+        w->job = NULL;
         atomic_store(&w->busy_since, 0);
         if (pthread_create(&w->th, NULL, worker_main, w) != 0) {
             sg_warn("hsm: cannot start a signing thread");
@@ -379,6 +385,26 @@ static void mark_down(signer *s, const char *fmt, ...)
 
 enum run { RUN_OK, RUN_FAILED, RUN_TIMEOUT, RUN_NOWORKER, RUN_STOPPING };
 
+/* When j is late (mu held): when one of its signatures has been in a
+ * PKCS#11 call for the deadline, or, while some of it waits for a worker, when
+ * no signature at all has completed for the deadline (a slow HSM that keeps
+ * signing is not a hung one). */
+static uint64_t job_deadline(signer *s, const struct job *j)
+{
+    uint64_t d = UINT64_MAX;
+    for (size_t i = 0; i < SG_ARRAY_LEN(s->workers); i++) {
+        uint64_t since = atomic_load(&s->workers[i].busy_since);
+        if (s->workers[i].job == j && since && since + s->timeout_ms < d)
+            d = since + s->timeout_ms;
+    }
+    if (j->claimed < j->n) {
+        uint64_t from = s->last_progress_ms > j->submit_ms ? s->last_progress_ms : j->submit_ms;
+        if (from + s->timeout_ms < d)
+            d = from + s->timeout_ms;
+    }
+    return d == UINT64_MAX ? mono_ms() + s->timeout_ms : d;
+}
+
 /* Queue j (the caller's reference) and wait for it under the deadline rule;
  * drops the caller's reference unless RUN_OK (then the caller copies the
  * signatures out and drops it). */
@@ -392,7 +418,7 @@ static enum run run_job(signer *s, struct job *j)
         job_unref(j);
         return r;
     }
-    j->progress_ms = mono_ms();
+    j->submit_ms = mono_ms();
     j->refs++; /* the queue's */
     if (s->qtail)
         s->qtail->next = j;
@@ -413,7 +439,7 @@ static enum run run_job(signer *s, struct job *j)
             r = RUN_STOPPING;
             break;
         }
-        uint64_t deadline = j->progress_ms + s->timeout_ms;
+        uint64_t deadline = job_deadline(s, j);
         if (mono_ms() >= deadline) {
             r = RUN_TIMEOUT;
             break;
@@ -601,6 +627,7 @@ sg_err signer_open(const sg_config *cfg, unsigned purposes, signer **out, char *
         return e;
     }
     atomic_store(&s->healthy, 1);
+    s->last_progress_ms = mono_ms();
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     s->target = cpus < 2 ? 2 : cpus > MAX_WORKERS ? MAX_WORKERS : (unsigned)cpus;
     pthread_mutex_lock(&s->mu);

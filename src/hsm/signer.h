@@ -44,9 +44,11 @@ sg_err signer_open(const sg_config *cfg, unsigned purposes, signer **out, char *
 int signer_close(signer *s);
 
 /* Sign n digests with the purpose's key, in parallel over the workers (libp11
- * sessions). Waits at most pkcs11.sign_timeout_ms without a signature being
- * completed; then, or on any failed signature, returns SG_EHSM and marks the
- * HSM down (late results are discarded). While the HSM is down, returns
+ * sessions), with one deadline rule for the batch: when one of its sign calls
+ * has run for pkcs11.sign_timeout_ms (or part of it waits for a worker while
+ * no sign call anywhere completed for that long), or when any signature
+ * fails, returns SG_EHSM and marks the HSM down (late results are
+ * discarded). While the HSM is down, returns
  * SG_EHSM at once. SG_ENOMEM if the job cannot be built. On SG_OK every
  * item's sig and siglen are set. Thread-safe. */
 sg_err signer_sign_batch(signer *s, enum key_purpose purpose, struct signer_item *items, size_t n);
