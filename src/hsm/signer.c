@@ -99,7 +99,7 @@ struct signer {
     uint64_t last_progress_ms; /* a signature completed (any job), or open */
     int stopping;
     pthread_t prober;
-    int prober_started;
+    int prober_started, prober_done;
 };
 
 static sg_err say(char *why, size_t whylen, sg_err e, const char *fmt, ...)
@@ -335,6 +335,7 @@ static void *worker_main(void *arg)
     }
     w->state = W_EXITED;
     s->running--;
+    pthread_cond_broadcast(&s->done); /* signer_close may be waiting */
     pthread_mutex_unlock(&s->mu);
     return NULL;
 }
@@ -583,6 +584,10 @@ static void *prober_main(void *arg)
             reconnect(s, last_why, sizeof(last_why));
         }
     }
+    pthread_mutex_lock(&s->mu);
+    s->prober_done = 1;
+    pthread_cond_broadcast(&s->done);
+    pthread_mutex_unlock(&s->mu);
     return NULL;
 }
 
@@ -647,24 +652,28 @@ int signer_close(signer *s)
 {
     if (s == NULL)
         return 0;
+    /* Wait, with a deadline, for the threads to leave: one inside PKCS#11
+     * may never come back. Join only those that left. */
+    struct timespec ts = mono_at(mono_ms() + CLOSE_WAIT_MS);
     pthread_mutex_lock(&s->mu);
     s->stopping = 1;
     pthread_cond_broadcast(&s->work);
     pthread_cond_broadcast(&s->done);
     pthread_cond_broadcast(&s->tick);
+    while ((s->running > 0 || (s->prober_started && !s->prober_done)) &&
+           pthread_cond_timedwait(&s->done, &s->mu, &ts) != ETIMEDOUT)
+        ;
+    unsigned stuck = s->running + (s->prober_started && !s->prober_done);
+    int join_prober = s->prober_started && s->prober_done;
+    enum worker_state st[SG_ARRAY_LEN(s->workers)];
+    for (size_t i = 0; i < SG_ARRAY_LEN(s->workers); i++)
+        st[i] = s->workers[i].state;
     pthread_mutex_unlock(&s->mu);
-    /* Join with a deadline: a thread inside PKCS#11 may never come back. */
-    struct timespec ts = mono_at(mono_ms() + CLOSE_WAIT_MS);
-    unsigned stuck = 0;
-    if (s->prober_started && pthread_clockjoin_np(s->prober, NULL, CLOCK_MONOTONIC, &ts) != 0)
-        stuck++;
-    for (size_t i = 0; i < SG_ARRAY_LEN(s->workers); i++) {
-        pthread_mutex_lock(&s->mu);
-        enum worker_state st = s->workers[i].state;
-        pthread_mutex_unlock(&s->mu);
-        if (st != W_FREE && pthread_clockjoin_np(s->workers[i].th, NULL, CLOCK_MONOTONIC, &ts) != 0)
-            stuck++;
-    }
+    if (join_prober)
+        pthread_join(s->prober, NULL);
+    for (size_t i = 0; i < SG_ARRAY_LEN(s->workers); i++)
+        if (st[i] == W_EXITED)
+            pthread_join(s->workers[i].th, NULL);
     if (s->pin)
         OPENSSL_cleanse(s->pin, strlen(s->pin));
     if (stuck) {
