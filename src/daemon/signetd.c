@@ -1,13 +1,21 @@
 /* signetd.c - the service: wires config, signer, sequencer, projector and the
  * listeners together for --role all|write|read, and stops cleanly on SIGTERM
- * or SIGINT (in-flight commands finish; nothing undurable is acknowledged). */
+ * or SIGINT (in-flight commands finish; nothing undurable is acknowledged).
+ *
+ * Stopping never waits on the HSM: every sign call has a deadline, and a
+ * thread still stuck inside PKCS#11 at the end is left behind (the module is
+ * not unloaded under it; the process leaves with _exit). A watchdog ends the
+ * process if stopping takes longer than the deadline plus a few seconds. */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "../core/config.h"
 #include "../core/log.h"
@@ -89,6 +97,32 @@ static sg_err check_store(const sg_config *cfg, const keyring *kr, anchors *an,
                 none ? "no anchor in the token yet: verified from" : "anchor at",
                 (unsigned long long)anchor->position);
     return e;
+}
+
+#define WATCHDOG_GRACE_MS 4000 /* on top of pkcs11.sign_timeout_ms */
+
+/* The last resort: a stop that has not finished in time (something blocked
+ * that has no deadline of its own) ends here. Every acknowledged write is
+ * durable already, so nothing acknowledged is lost. */
+static void *watchdog_main(void *arg)
+{
+    unsigned ms = *(unsigned *)arg;
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+    sg_error("signetd: stopping took longer than %u ms; exiting now", ms);
+    fflush(NULL);
+    _exit(1);
+    return NULL;
+}
+
+static void start_watchdog(const sg_config *cfg)
+{
+    static unsigned ms;
+    pthread_t t;
+    ms = (cfg ? cfg->sign_timeout_ms : 2000) + WATCHDOG_GRACE_MS;
+    if (pthread_create(&t, NULL, watchdog_main, &ms) == 0)
+        pthread_detach(t);
 }
 
 int main(int argc, char **argv)
@@ -199,14 +233,16 @@ int main(int argc, char **argv)
     int sig;
     sigwait(&stop, &sig);
     sg_info("signetd: signal %d, stopping", sig);
+    start_watchdog(cfg);
     status = 0;
     goto out;
 fail:
     fprintf(stderr, "signetd: %s\n", why[0] ? why : "start-up failed");
 out:
     http_quiesce(http);
+    snapshots_stop(snaps);
     sequencer_stop(seq);
-    anchor_keeper_stop(keeper, 3000);
+    int keeper_stuck = anchor_keeper_stop(keeper, 2000);
     scrub_stop(scr);
     projector_stop(proj);
     http_stop(http);
@@ -214,9 +250,16 @@ out:
     projector_free(proj);
     sequencer_free(seq);
     keyring_free(kr);
-    anchors_close(an);
     retention_stop(rt);
-    signer_close(sg);
+    if (!keeper_stuck)
+        anchors_close(an); /* before the signer unloads the module */
+    if (keeper_stuck || signer_close(sg) != 0) {
+        /* A PKCS#11 call is still stuck: leave without running exit
+         * handlers or library destructors under it. */
+        sg_warn("signetd: stopped, leaving a stuck PKCS#11 call behind");
+        fflush(NULL);
+        _exit(status);
+    }
     config_free(cfg);
     free(readmodel);
     if (status == 0)

@@ -379,10 +379,10 @@ void anchor_keeper_note(anchor_keeper *k, const struct chain_pos *p)
     pthread_mutex_unlock(&k->mu);
 }
 
-void anchor_keeper_stop(anchor_keeper *k, unsigned timeout_ms)
+int anchor_keeper_stop(anchor_keeper *k, unsigned timeout_ms)
 {
     if (k == NULL)
-        return;
+        return 0;
     struct timespec ts;
     deadline_in(&ts, timeout_ms);
     pthread_mutex_lock(&k->mu);
@@ -400,7 +400,7 @@ void anchor_keeper_stop(anchor_keeper *k, unsigned timeout_ms)
                  timeout_ms, (unsigned long long)saved.position,
                  (unsigned long long)noted.position);
         pthread_detach(k->thread);
-        return;
+        return 1;
     }
     pthread_join(k->thread, NULL);
     if (saved.position < noted.position)
@@ -409,4 +409,5 @@ void anchor_keeper_stop(anchor_keeper *k, unsigned timeout_ms)
     pthread_mutex_destroy(&k->mu);
     pthread_cond_destroy(&k->cond);
     free(k);
+    return 0;
 }

@@ -40,7 +40,8 @@ anchor_keeper *anchor_keeper_start(anchors *a, signer *s, const struct chain_pos
 /* A batch ending at p is durable. Cheap; callable from any thread. */
 void anchor_keeper_note(anchor_keeper *k, const struct chain_pos *p);
 /* Store the newest head once more and stop, waiting at most timeout_ms for
- * the token (a stuck token is left behind, and logged). */
-void anchor_keeper_stop(anchor_keeper *k, unsigned timeout_ms);
+ * the token. Returns 1 if the keeper is stuck in a PKCS#11 call (it is left
+ * behind, and logged: the module must not be unloaded under it), else 0. */
+int anchor_keeper_stop(anchor_keeper *k, unsigned timeout_ms);
 
 #endif

@@ -1,17 +1,31 @@
 /* signer.c - the HSM: the only file in signet that calls libp11 or PKCS#11.
  *
  * Runtime signing goes through the EVP_PKEYs libp11 hands out, so OpenSSL
- * drives C_Sign on libp11's pool of sessions, in parallel. A failed call marks
- * the HSM down; later calls reconnect (re-enumerate, log in, find the keys and
- * check their ids have not changed) at most twice a second. `signet init`
- * uses raw PKCS#11 because libp11 cannot create EC keys or set their
- * attributes. The PIN is kept only for reconnecting and cleansed on close. */
+ * drives C_Sign on libp11's pool of sessions, in parallel. A PKCS#11 call
+ * cannot be cancelled, so only the signer's own threads make them:
+ *   - workers take sign jobs (a batch of digests with one deadline) from a
+ *     queue; the caller waits on a condition variable until the job is done,
+ *     fails, or is late: one of its calls has run for sign_timeout_ms, or it
+ *     waits for a worker while no call completed for that long. A late result lands in
+ *     the job, which the caller has abandoned, and is dropped with it. A
+ *     worker inside one call for longer than the deadline is "stuck"; it is
+ *     replaced, up to EXTRA_WORKERS, and once back it rejoins or retires.
+ *   - the prober signs a probe digest about once a second (twice while down)
+ *     with the same deadline and keeps the health flag; while the HSM is down
+ *     it reconnects (re-enumerate, log in, find the keys and check their ids
+ *     have not changed) under the write lock, which it waits for with a
+ *     deadline too.
+ * Public keys and key ids are fixed at open. `signet init` uses raw PKCS#11
+ * because libp11 cannot create EC keys or set their attributes. The PIN is
+ * kept only for reconnecting and cleansed on close. */
 #include "signer.h"
 
 #include <dlfcn.h>
+#include <errno.h>
 #include <libp11.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
+#include <openssl/x509.h>
 #include <p11-kit/pkcs11.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -19,23 +33,73 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
+#include "../core/codec.h"
 #include "../core/log.h"
 
+#define MAX_WORKERS 8      /* workers signing in parallel */
+#define EXTRA_WORKERS 4    /* replacements for stuck workers, at most */
+#define PROBE_UP_MS 1000   /* probe interval while healthy */
+#define PROBE_DOWN_MS 500  /* probe / reconnect interval while down */
+#define CLOSE_WAIT_MS 1500 /* how long close waits for threads to leave PKCS#11 */
+
+enum worker_state { W_FREE, W_RUNNING, W_EXITED };
+
+struct worker {
+    signer *s;
+    pthread_t th;
+    enum worker_state state;         /* under mu */
+    struct job *job;                 /* under mu: the job of its current call, or NULL */
+    atomic_uint_fast64_t busy_since; /* mono ms when its current call began; 0: idle */
+};
+
+/* A sign job: its own copy of the digests, so a caller that gave up at the
+ * deadline owes it nothing. Freed by whoever drops the last reference. */
+struct job {
+    struct job *next;
+    int refs;
+    enum key_purpose purpose;
+    size_t n, claimed, done;
+    int failed, abandoned;
+    uint64_t submit_ms;
+    struct signer_item items[];
+};
+
 struct signer {
+    /* fixed at open */
     char *module, *label, *pin;
     unsigned purposes;
-    pthread_rwlock_t lock; /* read: signing; write: (re)connecting */
+    unsigned timeout_ms;
+    int probe_purpose; /* -1: nothing to probe with */
+    EVP_PKEY *pub[KEY_PURPOSES];
+    char key_id[KEY_PURPOSES][SG_HEX256_LEN + 1];
+
+    /* libp11: read-locked to sign, write-locked to (re)connect */
+    pthread_rwlock_t lock;
     PKCS11_CTX *ctx;
     PKCS11_SLOT *slots;
     unsigned nslots;
     int loaded;
     EVP_PKEY *priv[KEY_PURPOSES];
-    EVP_PKEY *pub[KEY_PURPOSES];
-    char key_id[KEY_PURPOSES][SG_HEX256_LEN + 1];
+
     atomic_int healthy;
-    atomic_uint_fast64_t last_attempt_ms; /* last reconnect or probe */
-    pthread_mutex_t reconnect_mu;
+    atomic_uint_fast64_t timeouts;
+
+    /* the pool, under mu */
+    pthread_mutex_t mu;
+    pthread_cond_t work; /* workers: a job queued, or stopping */
+    pthread_cond_t done; /* callers: a job finished or failed */
+    pthread_cond_t tick; /* prober: stopping */
+    struct job *qhead, *qtail;
+    struct worker workers[MAX_WORKERS + EXTRA_WORKERS];
+    unsigned target;           /* workers wanted, stuck ones not counted */
+    unsigned running;          /* W_RUNNING workers */
+    uint64_t last_progress_ms; /* a signature completed (any job), or open */
+    int stopping;
+    pthread_t prober;
+    int prober_started, prober_done;
 };
 
 static sg_err say(char *why, size_t whylen, sg_err e, const char *fmt, ...)
@@ -49,14 +113,19 @@ static sg_err say(char *why, size_t whylen, sg_err e, const char *fmt, ...)
     return e;
 }
 
+static struct timespec mono_at(uint64_t ms)
+{
+    struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000};
+    return ts;
+}
+
 /*** connecting (libp11) ***/
 
 static void disconnect(signer *s)
 {
     for (int p = 0; p < KEY_PURPOSES; p++) {
         EVP_PKEY_free(s->priv[p]);
-        EVP_PKEY_free(s->pub[p]);
-        s->priv[p] = s->pub[p] = NULL;
+        s->priv[p] = NULL;
     }
     if (s->slots)
         PKCS11_release_all_slots(s->ctx, s->slots, s->nslots);
@@ -72,14 +141,29 @@ static PKCS11_KEY *find_key(PKCS11_KEY *keys, unsigned n, const char *label)
     return NULL;
 }
 
-/* Find the token, log in, load keys. Called with the write lock held (or
- * before the signer is shared). On success every wanted key is present and,
- * when key ids are already known, unchanged. */
-static sg_err connect_token(signer *s, char *why, size_t whylen)
+/* A plain OpenSSL copy of a public key, independent of libp11's objects. */
+static EVP_PKEY *plain_public_key(EVP_PKEY *pk)
+{
+    unsigned char *der = NULL;
+    int len = i2d_PUBKEY(pk, &der);
+    if (len <= 0)
+        return NULL;
+    const unsigned char *p = der;
+    EVP_PKEY *copy = d2i_PUBKEY(NULL, &p, len);
+    OPENSSL_free(der);
+    return copy;
+}
+
+/* Find the token, log in, load the private keys. Called with the write lock
+ * held (or before the signer is shared). The first time (first = 1) it fixes
+ * the public keys and key ids; later it only checks they have not changed. */
+static sg_err connect_token(signer *s, int first, char *why, size_t whylen)
 {
     PKCS11_SLOT *slot = NULL;
     PKCS11_KEY *keys = NULL, *pubs = NULL;
     unsigned nkeys = 0, npubs = 0;
+    EVP_PKEY *tpub[KEY_PURPOSES] = {0};
+    sg_err e = SG_OK;
 
     disconnect(s);
     if (!s->loaded) {
@@ -110,35 +194,404 @@ static sg_err connect_token(signer *s, char *why, size_t whylen)
                    "fails on EdDSA keys)",
                    s->label);
 
-    for (int p = 0; p < KEY_PURPOSES; p++) {
+    for (int p = 0; p < KEY_PURPOSES && e == SG_OK; p++) {
         const char *name = key_purpose_name[p];
         PKCS11_KEY *pub = find_key(pubs, npubs, name);
-        if (pub && (s->pub[p] = PKCS11_get_public_key(pub)) == NULL)
-            return say(why, whylen, SG_EHSM, "cannot read public key \"%s\" of token \"%s\"", name,
-                       s->label);
+        if (pub && (tpub[p] = PKCS11_get_public_key(pub)) == NULL) {
+            e = say(why, whylen, SG_EHSM, "cannot read public key \"%s\" of token \"%s\"", name,
+                    s->label);
+            break;
+        }
         if (!(s->purposes & (1u << p)))
             continue;
         PKCS11_KEY *priv = find_key(keys, nkeys, name);
-        if (priv == NULL || s->pub[p] == NULL)
-            return say(why, whylen, SG_EHSM,
-                       "token \"%s\" has no key pair \"%s\" (run signet init)", s->label, name);
-        if ((s->priv[p] = PKCS11_get_private_key(priv)) == NULL)
-            return say(why, whylen, SG_EHSM, "cannot use private key \"%s\" of token \"%s\"", name,
-                       s->label);
+        if (priv == NULL || tpub[p] == NULL)
+            e = say(why, whylen, SG_EHSM, "token \"%s\" has no key pair \"%s\" (run signet init)",
+                    s->label, name);
+        else if ((s->priv[p] = PKCS11_get_private_key(priv)) == NULL)
+            e = say(why, whylen, SG_EHSM, "cannot use private key \"%s\" of token \"%s\"", name,
+                    s->label);
     }
-    for (int p = 0; p < KEY_PURPOSES; p++) {
+    for (int p = 0; p < KEY_PURPOSES && e == SG_OK; p++) {
         char id[SG_HEX256_LEN + 1] = "";
-        if (s->pub[p] && key_id_of(s->pub[p], id) != SG_OK)
-            return say(why, whylen, SG_EHSM, "public key \"%s\" is not usable",
-                       key_purpose_name[p]);
-        if (s->key_id[p][0] && strcmp(s->key_id[p], id) != 0)
-            return say(why, whylen, SG_EHSM,
-                       "key \"%s\" of token \"%s\" changed while running; refusing to sign with it",
-                       key_purpose_name[p], s->label);
-        memcpy(s->key_id[p], id, sizeof(id));
+        if (tpub[p] && key_id_of(tpub[p], id) != SG_OK) {
+            e = say(why, whylen, SG_EHSM, "public key \"%s\" is not usable", key_purpose_name[p]);
+        } else if (first) {
+            if (tpub[p] && (s->pub[p] = plain_public_key(tpub[p])) == NULL)
+                e = say(why, whylen, SG_ENOMEM, "out of memory");
+            memcpy(s->key_id[p], id, sizeof(id));
+        } else if ((s->purposes & (1u << p)) && strcmp(s->key_id[p], id) != 0) {
+            e = say(why, whylen, SG_EHSM,
+                    "key \"%s\" of token \"%s\" changed while running; refusing to sign with it",
+                    key_purpose_name[p], s->label);
+        }
     }
+    for (int p = 0; p < KEY_PURPOSES; p++)
+        EVP_PKEY_free(tpub[p]);
+    if (e)
+        disconnect(s);
+    return e;
+}
+
+/*** jobs and workers ***/
+
+static void job_unref(struct job *j)
+{
+    if (j && --j->refs == 0)
+        free(j);
+}
+
+/* Unlink the queue's head (mu held); the queue's reference goes to the caller. */
+static struct job *dequeue_head(signer *s)
+{
+    struct job *j = s->qhead;
+    s->qhead = j->next;
+    if (s->qhead == NULL)
+        s->qtail = NULL;
+    j->next = NULL;
+    return j;
+}
+
+/* The next item to sign (mu held): a referenced job and the item's index, or
+ * NULL. Jobs that are finished, failed or abandoned leave the queue. */
+static struct job *take_item(signer *s, size_t *idx)
+{
+    while (s->qhead) {
+        struct job *j = s->qhead;
+        if (j->failed || j->abandoned || j->claimed == j->n) {
+            job_unref(dequeue_head(s));
+            continue;
+        }
+        *idx = j->claimed++;
+        if (j->claimed == j->n)
+            dequeue_head(s); /* the queue's reference is now ours */
+        else
+            j->refs++;
+        return j;
+    }
+    return NULL;
+}
+
+/* Workers inside one call for longer than the deadline (mu held). */
+static unsigned count_stuck(signer *s, uint64_t now)
+{
+    unsigned n = 0;
+    for (size_t i = 0; i < SG_ARRAY_LEN(s->workers); i++) {
+        uint64_t since = atomic_load(&s->workers[i].busy_since);
+        if (s->workers[i].state == W_RUNNING && since && now - since >= s->timeout_ms)
+            n++;
+    }
+    return n;
+}
+
+static int sign_one(signer *s, enum key_purpose p, struct signer_item *it)
+{
+    pthread_rwlock_rdlock(&s->lock);
+    EVP_PKEY_CTX *c = s->priv[p] ? EVP_PKEY_CTX_new(s->priv[p], NULL) : NULL;
+    size_t len = sizeof(it->sig);
+    int ok = c && EVP_PKEY_sign_init(c) == 1 &&
+             EVP_PKEY_sign(c, it->sig, &len, it->digest, sizeof(it->digest)) == 1;
+    EVP_PKEY_CTX_free(c);
+    pthread_rwlock_unlock(&s->lock);
+    if (ok)
+        it->siglen = len;
+    else
+        ERR_clear_error();
+    return ok;
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    signer *s = w->s;
+    pthread_setname_np(pthread_self(), "sg-hsm");
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        if (s->stopping)
+            break;
+        /* Replaced while stuck, and back: retire if there are enough others. */
+        if (s->running - count_stuck(s, mono_ms()) > s->target)
+            break;
+        size_t i;
+        struct job *j = take_item(s, &i);
+        if (j == NULL) {
+            pthread_cond_wait(&s->work, &s->mu);
+            continue;
+        }
+        atomic_store(&w->busy_since, mono_ms());
+        w->job = j;
+        pthread_mutex_unlock(&s->mu);
+        int ok = sign_one(s, j->purpose, &j->items[i]);
+        pthread_mutex_lock(&s->mu);
+        atomic_store(&w->busy_since, 0);
+        w->job = NULL;
+        j->done++;
+        s->last_progress_ms = mono_ms();
+        if (!ok)
+            j->failed = 1;
+        if (!ok || j->done == j->n)
+            pthread_cond_broadcast(&s->done);
+        job_unref(j);
+    }
+    w->state = W_EXITED;
+    s->running--;
+    pthread_cond_broadcast(&s->done); /* signer_close may be waiting */
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* Start workers until target of them are not stuck, within the cap (mu held).
+ * Returns the number of workers able to take work. */
+static unsigned ensure_workers(signer *s)
+{
+    unsigned stuck = count_stuck(s, mono_ms());
+    for (size_t i = 0; i < SG_ARRAY_LEN(s->workers) && !s->stopping; i++) {
+        if (s->running - stuck >= s->target)
+            break;
+        struct worker *w = &s->workers[i];
+        if (w->state == W_RUNNING)
+            continue;
+        if (w->state == W_EXITED) /* it has left the loop: joins at once */
+            pthread_join(w->th, NULL);
+        w->state = W_FREE;
+        w->s = s;
+        w->job = NULL;
+        atomic_store(&w->busy_since, 0);
+        if (pthread_create(&w->th, NULL, worker_main, w) != 0) {
+            sg_warn("hsm: cannot start a signing thread");
+            break;
+        }
+        w->state = W_RUNNING;
+        s->running++;
+        if (stuck)
+            sg_warn("hsm: %u signing thread(s) stuck in PKCS#11 for over %u ms; started a "
+                    "replacement (%u running)",
+                    stuck, s->timeout_ms, s->running);
+    }
+    return s->running - stuck;
+}
+
+static void mark_down(signer *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void mark_down(signer *s, const char *fmt, ...)
+{
+    if (!atomic_exchange(&s->healthy, 0)) /* already down: said so */
+        return;
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    sg_warn("hsm: %s; the HSM is down, refusing to sign until a probe succeeds", msg);
+}
+
+enum run { RUN_OK, RUN_FAILED, RUN_TIMEOUT, RUN_NOWORKER, RUN_STOPPING };
+
+/* When j is late (mu held): when one of its signatures has been in a
+ * PKCS#11 call for the deadline, or, while some of it waits for a worker, when
+ * no signature at all has completed for the deadline (a slow HSM that keeps
+ * signing is not a hung one). */
+static uint64_t job_deadline(signer *s, const struct job *j)
+{
+    uint64_t d = UINT64_MAX;
+    for (size_t i = 0; i < SG_ARRAY_LEN(s->workers); i++) {
+        uint64_t since = atomic_load(&s->workers[i].busy_since);
+        if (s->workers[i].job == j && since && since + s->timeout_ms < d)
+            d = since + s->timeout_ms;
+    }
+    if (j->claimed < j->n) {
+        uint64_t from = s->last_progress_ms > j->submit_ms ? s->last_progress_ms : j->submit_ms;
+        if (from + s->timeout_ms < d)
+            d = from + s->timeout_ms;
+    }
+    return d == UINT64_MAX ? mono_ms() + s->timeout_ms : d;
+}
+
+/* Queue j (the caller's reference) and wait for it under the deadline rule;
+ * drops the caller's reference unless RUN_OK (then the caller copies the
+ * signatures out and drops it). */
+static enum run run_job(signer *s, struct job *j)
+{
+    enum run r;
+    pthread_mutex_lock(&s->mu);
+    if (s->stopping || ensure_workers(s) == 0) {
+        r = s->stopping ? RUN_STOPPING : RUN_NOWORKER;
+        pthread_mutex_unlock(&s->mu);
+        job_unref(j);
+        return r;
+    }
+    j->submit_ms = mono_ms();
+    j->refs++; /* the queue's */
+    if (s->qtail)
+        s->qtail->next = j;
+    else
+        s->qhead = j;
+    s->qtail = j;
+    pthread_cond_broadcast(&s->work);
+    for (;;) {
+        if (j->failed) {
+            r = RUN_FAILED;
+            break;
+        }
+        if (j->done == j->n) {
+            r = RUN_OK;
+            break;
+        }
+        if (s->stopping) {
+            r = RUN_STOPPING;
+            break;
+        }
+        uint64_t deadline = job_deadline(s, j);
+        if (mono_ms() >= deadline) {
+            r = RUN_TIMEOUT;
+            break;
+        }
+        struct timespec ts = mono_at(deadline);
+        pthread_cond_timedwait(&s->done, &s->mu, &ts);
+    }
+    j->abandoned = 1; /* workers take no more of its items */
+    if (r == RUN_TIMEOUT) {
+        atomic_fetch_add(&s->timeouts, 1);
+        ensure_workers(s); /* the ones holding its items may be stuck for good */
+    }
+    if (r != RUN_OK)
+        job_unref(j);
+    pthread_mutex_unlock(&s->mu);
+    return r;
+}
+
+static struct job *job_new(enum key_purpose p, size_t n)
+{
+    if (n > (SIZE_MAX - sizeof(struct job)) / sizeof(struct signer_item))
+        return NULL;
+    struct job *j = malloc(sizeof(*j) + n * sizeof(struct signer_item));
+    if (j == NULL)
+        return NULL;
+    memset(j, 0, sizeof(*j));
+    j->refs = 1;
+    j->purpose = p;
+    j->n = n;
+    return j;
+}
+
+sg_err signer_sign_batch(signer *s, enum key_purpose p, struct signer_item *items, size_t n)
+{
+    if (!(s->purposes & (1u << p)) || !atomic_load(&s->healthy))
+        return SG_EHSM;
+    if (n == 0)
+        return SG_OK;
+    struct job *j = job_new(p, n);
+    if (j == NULL)
+        return SG_ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        memcpy(j->items[i].digest, items[i].digest, sizeof(items[i].digest));
+    switch (run_job(s, j)) {
+    case RUN_OK:
+        break;
+    case RUN_FAILED:
+        mark_down(s, "signing with key \"%s\" failed", key_purpose_name[p]);
+        return SG_EHSM;
+    case RUN_TIMEOUT:
+        mark_down(s, "a sign call with key \"%s\" did not return within %u ms", key_purpose_name[p],
+                  s->timeout_ms);
+        return SG_EHSM;
+    case RUN_NOWORKER:
+        mark_down(s, "every signing thread is stuck in a PKCS#11 call");
+        return SG_EHSM;
+    case RUN_STOPPING:
+        return SG_EHSM;
+    }
+    /* Done: no worker touches j any more (each finished its item under mu). */
+    for (size_t i = 0; i < n; i++) {
+        memcpy(items[i].sig, j->items[i].sig, j->items[i].siglen);
+        items[i].siglen = j->items[i].siglen;
+    }
+    pthread_mutex_lock(&s->mu);
+    job_unref(j);
+    pthread_mutex_unlock(&s->mu);
     return SG_OK;
 }
+
+sg_err signer_sign_digest(signer *s, enum key_purpose p, const uint8_t digest[32], uint8_t *sig,
+                          size_t *siglen)
+{
+    struct signer_item it;
+    memcpy(it.digest, digest, sizeof(it.digest));
+    sg_err e = signer_sign_batch(s, p, &it, 1);
+    if (e == SG_OK) {
+        memcpy(sig, it.sig, it.siglen);
+        *siglen = it.siglen;
+    }
+    return e;
+}
+
+/*** the prober ***/
+
+/* Reconnect, waiting for the write lock no longer than the deadline: a call
+ * stuck under the read lock must not hold the prober for ever. */
+static void reconnect(signer *s, char *last_why, size_t whylen)
+{
+    char why[256] = "";
+    struct timespec ts = mono_at(mono_ms() + s->timeout_ms);
+    if (pthread_rwlock_clockwrlock(&s->lock, CLOCK_MONOTONIC, &ts) != 0) {
+        snprintf(why, sizeof(why), "a PKCS#11 call is still stuck; reconnect postponed");
+    } else {
+        sg_err e = connect_token(s, 0, why, sizeof(why));
+        pthread_rwlock_unlock(&s->lock);
+        if (e == SG_OK) {
+            sg_info("hsm: reconnected to token \"%s\"", s->label);
+            last_why[0] = '\0';
+            return;
+        }
+    }
+    if (strcmp(why, last_why) != 0) /* say each new reason once, not twice a second */
+        sg_warn("hsm: reconnect failed: %s", why);
+    snprintf(last_why, whylen, "%s", why);
+}
+
+static void *prober_main(void *arg)
+{
+    signer *s = arg;
+    char last_why[256] = "";
+    pthread_setname_np(pthread_self(), "sg-hsm-probe");
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        struct timespec ts =
+            mono_at(mono_ms() + (atomic_load(&s->healthy) ? PROBE_UP_MS : PROBE_DOWN_MS));
+        while (!s->stopping && pthread_cond_timedwait(&s->tick, &s->mu, &ts) != ETIMEDOUT)
+            ;
+        int stop = s->stopping;
+        pthread_mutex_unlock(&s->mu);
+        if (stop)
+            break;
+        struct job *j = job_new((enum key_purpose)s->probe_purpose, 1);
+        if (j == NULL)
+            continue;
+        enum run r = run_job(s, j);
+        if (r == RUN_OK) {
+            pthread_mutex_lock(&s->mu);
+            job_unref(j);
+            pthread_mutex_unlock(&s->mu);
+            if (!atomic_exchange(&s->healthy, 1))
+                sg_info("hsm: a probe signed again; the HSM is up");
+        } else if (r == RUN_TIMEOUT) {
+            mark_down(s, "a probe sign did not return within %u ms", s->timeout_ms);
+        } else if (r == RUN_NOWORKER) {
+            mark_down(s, "every signing thread is stuck in a PKCS#11 call");
+        } else if (r == RUN_STOPPING) {
+            break;
+        } else {
+            mark_down(s, "a probe sign failed");
+            reconnect(s, last_why, sizeof(last_why));
+        }
+    }
+    pthread_mutex_lock(&s->mu);
+    s->prober_done = 1;
+    pthread_cond_broadcast(&s->done);
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/*** open, close, status ***/
 
 sg_err signer_open(const sg_config *cfg, unsigned purposes, signer **out, char *why, size_t whylen)
 {
@@ -150,9 +603,21 @@ sg_err signer_open(const sg_config *cfg, unsigned purposes, signer **out, char *
     signer *s = calloc(1, sizeof(*s));
     if (s == NULL)
         return say(why, whylen, SG_ENOMEM, "out of memory");
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_rwlock_init(&s->lock, NULL);
-    pthread_mutex_init(&s->reconnect_mu, NULL);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->work, NULL);
+    pthread_cond_init(&s->done, &ca);
+    pthread_cond_init(&s->tick, &ca);
+    pthread_condattr_destroy(&ca);
     s->purposes = purposes;
+    s->timeout_ms = cfg->sign_timeout_ms ? cfg->sign_timeout_ms : 2000;
+    s->probe_purpose = -1;
+    for (int p = KEY_PURPOSES - 1; p >= 0 && s->probe_purpose < 0; p--)
+        if (purposes & (1u << p))
+            s->probe_purpose = p;
     s->module = strdup(cfg->pkcs11_module);
     s->label = strdup(cfg->token_label);
     s->pin = strdup(pin);
@@ -161,87 +626,84 @@ sg_err signer_open(const sg_config *cfg, unsigned purposes, signer **out, char *
         signer_close(s);
         return say(why, whylen, SG_ENOMEM, "out of memory");
     }
-    sg_err e = connect_token(s, why, whylen);
+    sg_err e = connect_token(s, 1, why, whylen);
     if (e) {
         signer_close(s);
         return e;
     }
     atomic_store(&s->healthy, 1);
-    atomic_store(&s->last_attempt_ms, mono_ms());
+    s->last_progress_ms = mono_ms();
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    s->target = cpus < 2 ? 2 : cpus > MAX_WORKERS ? MAX_WORKERS : (unsigned)cpus;
+    pthread_mutex_lock(&s->mu);
+    unsigned ready = ensure_workers(s);
+    pthread_mutex_unlock(&s->mu);
+    if (ready == 0 ||
+        (s->probe_purpose >= 0 && pthread_create(&s->prober, NULL, prober_main, s) != 0)) {
+        signer_close(s);
+        return say(why, whylen, SG_ENOMEM, "cannot start the signing threads");
+    }
+    s->prober_started = s->probe_purpose >= 0;
     *out = s;
     return SG_OK;
 }
 
-void signer_close(signer *s)
+int signer_close(signer *s)
 {
     if (s == NULL)
-        return;
+        return 0;
+    /* Wait, with a deadline, for the threads to leave: one inside PKCS#11
+     * may never come back. Join only those that left. */
+    struct timespec ts = mono_at(mono_ms() + CLOSE_WAIT_MS);
+    pthread_mutex_lock(&s->mu);
+    s->stopping = 1;
+    pthread_cond_broadcast(&s->work);
+    pthread_cond_broadcast(&s->done);
+    pthread_cond_broadcast(&s->tick);
+    while ((s->running > 0 || (s->prober_started && !s->prober_done)) &&
+           pthread_cond_timedwait(&s->done, &s->mu, &ts) != ETIMEDOUT)
+        ;
+    unsigned stuck = s->running + (s->prober_started && !s->prober_done);
+    int join_prober = s->prober_started && s->prober_done;
+    enum worker_state st[SG_ARRAY_LEN(s->workers)];
+    for (size_t i = 0; i < SG_ARRAY_LEN(s->workers); i++)
+        st[i] = s->workers[i].state;
+    pthread_mutex_unlock(&s->mu);
+    if (join_prober)
+        pthread_join(s->prober, NULL);
+    for (size_t i = 0; i < SG_ARRAY_LEN(s->workers); i++)
+        if (st[i] == W_EXITED)
+            pthread_join(s->workers[i].th, NULL);
+    if (s->pin)
+        OPENSSL_cleanse(s->pin, strlen(s->pin));
+    if (stuck) {
+        /* Unloading the module or freeing what a running call uses would
+         * crash; the process is about to end, so leave both. */
+        sg_warn("hsm: %u thread(s) still inside a PKCS#11 call after %d ms; leaving the module "
+                "loaded",
+                stuck, CLOSE_WAIT_MS);
+        return 1;
+    }
     disconnect(s);
     if (s->ctx) {
         if (s->loaded)
             PKCS11_CTX_unload(s->ctx);
         PKCS11_CTX_free(s->ctx);
     }
-    if (s->pin)
-        OPENSSL_cleanse(s->pin, strlen(s->pin));
+    for (int p = 0; p < KEY_PURPOSES; p++)
+        EVP_PKEY_free(s->pub[p]);
+    while (s->qhead)
+        job_unref(dequeue_head(s));
     free(s->pin);
     free(s->module);
     free(s->label);
     pthread_rwlock_destroy(&s->lock);
-    pthread_mutex_destroy(&s->reconnect_mu);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->work);
+    pthread_cond_destroy(&s->done);
+    pthread_cond_destroy(&s->tick);
     free(s);
-}
-
-/* Reconnect if the last try is old enough. One thread does it; the others
- * return at once and fail their call (fail closed, never wait on a dead HSM). */
-static void maybe_reconnect(signer *s)
-{
-    uint64_t now = mono_ms();
-    if (now - atomic_load(&s->last_attempt_ms) < 500 || pthread_mutex_trylock(&s->reconnect_mu))
-        return;
-    atomic_store(&s->last_attempt_ms, now);
-    char why[256];
-    pthread_rwlock_wrlock(&s->lock);
-    sg_err e = connect_token(s, why, sizeof(why));
-    pthread_rwlock_unlock(&s->lock);
-    if (e)
-        sg_warn("hsm: reconnect failed: %s", why);
-    else
-        sg_info("hsm: reconnected to token \"%s\"", s->label);
-    pthread_mutex_unlock(&s->reconnect_mu);
-}
-
-static sg_err sign_once(signer *s, enum key_purpose p, const uint8_t digest[32], uint8_t *sig,
-                        size_t *siglen)
-{
-    pthread_rwlock_rdlock(&s->lock);
-    EVP_PKEY_CTX *c = s->priv[p] ? EVP_PKEY_CTX_new(s->priv[p], NULL) : NULL;
-    size_t len = SIGNER_MAX_SIG;
-    int ok = c && EVP_PKEY_sign_init(c) == 1 && EVP_PKEY_sign(c, sig, &len, digest, 32) == 1;
-    EVP_PKEY_CTX_free(c);
-    pthread_rwlock_unlock(&s->lock);
-    if (!ok)
-        return SG_EHSM;
-    *siglen = len;
-    return SG_OK;
-}
-
-sg_err signer_sign_digest(signer *s, enum key_purpose p, const uint8_t digest[32], uint8_t *sig,
-                          size_t *siglen)
-{
-    if (!(s->purposes & (1u << p)))
-        return SG_EHSM;
-    sg_err e = sign_once(s, p, digest, sig, siglen);
-    if (e == SG_OK) {
-        atomic_store(&s->healthy, 1);
-        return SG_OK;
-    }
-    if (atomic_exchange(&s->healthy, 0))
-        sg_warn("hsm: sign with key \"%s\" failed; refusing writes until it works",
-                key_purpose_name[p]);
-    maybe_reconnect(s);
-    ERR_clear_error();
-    return SG_EHSM;
+    return 0;
 }
 
 const char *signer_key_id(const signer *s, enum key_purpose p)
@@ -254,28 +716,19 @@ EVP_PKEY *signer_public_key(const signer *s, enum key_purpose p)
     return s->pub[p];
 }
 
-int signer_healthy(signer *s)
+int signer_healthy(const signer *s)
 {
-    uint64_t now = mono_ms();
-    if (now - atomic_load(&s->last_attempt_ms) >= 1000) {
-        /* Probe with a real sign, so a token that vanished while idle shows. */
-        atomic_store(&s->last_attempt_ms, now);
-        uint8_t digest[32] = {0}, sig[SIGNER_MAX_SIG];
-        size_t len;
-        for (int p = KEY_PURPOSES - 1; p >= 0; p--)
-            if (s->purposes & (1u << p)) {
-                if (sign_once(s, (enum key_purpose)p, digest, sig, &len) == SG_OK) {
-                    atomic_store(&s->healthy, 1);
-                } else {
-                    atomic_store(&s->healthy, 0);
-                    atomic_store(&s->last_attempt_ms, 0);
-                    maybe_reconnect(s);
-                    ERR_clear_error();
-                }
-                break;
-            }
-    }
     return atomic_load(&s->healthy);
+}
+
+void signer_stats(signer *s, struct signer_stats *out)
+{
+    pthread_mutex_lock(&s->mu);
+    out->stuck = count_stuck(s, mono_ms());
+    out->workers = s->running;
+    pthread_mutex_unlock(&s->mu);
+    out->healthy = atomic_load(&s->healthy);
+    out->timeouts = atomic_load(&s->timeouts);
 }
 
 /*** signet init (raw PKCS#11) ***/
@@ -283,6 +736,7 @@ int signer_healthy(signer *s)
 struct p11 {
     void *dl;
     CK_FUNCTION_LIST *f;
+    int initialized; /* C_Initialize succeeded: C_Finalize is ours to call */
 };
 
 static sg_err p11_load(struct p11 *m, const char *module, char *why, size_t whylen)
@@ -297,12 +751,13 @@ static sg_err p11_load(struct p11 *m, const char *module, char *why, size_t whyl
     CK_RV rv = m->f->C_Initialize(&args);
     if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED)
         return say(why, whylen, SG_EHSM, "C_Initialize of %s failed (0x%lx)", module, rv);
+    m->initialized = rv == CKR_OK;
     return SG_OK;
 }
 
 static void p11_unload(struct p11 *m)
 {
-    if (m->f)
+    if (m->initialized)
         m->f->C_Finalize(NULL);
     if (m->dl)
         dlclose(m->dl);
@@ -337,23 +792,55 @@ static int find_slot(struct p11 *m, const char *label, int free_slot, CK_SLOT_ID
     return 0;
 }
 
+/* The SO PIN from pkcs11.so_pin_env, for what only the SO may do (doing is
+ * what it is needed for). */
+static sg_err so_pin(const sg_config *cfg, const char *doing, const char **out, char *why,
+                     size_t whylen)
+{
+    *out = cfg->so_pin_env ? getenv(cfg->so_pin_env) : NULL;
+    if (*out == NULL || (*out)[0] == '\0')
+        return say(why, whylen, SG_ECONFIG,
+                   "%s token \"%s\" needs the SO PIN: set pkcs11.so_pin_env and that "
+                   "environment variable",
+                   doing, cfg->token_label);
+    return SG_OK;
+}
+
+/* Set the user PIN of the token in slot, as the SO. */
+static sg_err set_user_pin(struct p11 *m, const sg_config *cfg, CK_SLOT_ID slot, const char *so,
+                           const char *pin, char *why, size_t whylen)
+{
+    CK_SESSION_HANDLE h;
+    CK_RV rv = m->f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h);
+    if (rv != CKR_OK)
+        return say(why, whylen, SG_EHSM, "cannot open a session on token \"%s\" (0x%lx)",
+                   cfg->token_label, rv);
+    rv = m->f->C_Login(h, CKU_SO, (unsigned char *)so, strlen(so));
+    if (rv == CKR_OK) {
+        rv = m->f->C_InitPIN(h, (unsigned char *)pin, strlen(pin));
+        m->f->C_Logout(h);
+    }
+    m->f->C_CloseSession(h);
+    if (rv != CKR_OK)
+        return say(why, whylen, SG_EHSM, "setting the user PIN of token \"%s\" failed (0x%lx)",
+                   cfg->token_label, rv);
+    return SG_OK;
+}
+
 static sg_err create_token(struct p11 *m, const sg_config *cfg, const char *pin,
                            void (*report)(const char *), char *why, size_t whylen)
 {
     CK_INFO info;
     CK_SLOT_ID slot;
-    CK_SESSION_HANDLE h;
     unsigned char label[32];
+    const char *so;
     if (m->f->C_GetInfo(&info) != CKR_OK || memcmp(info.manufacturerID, "SoftHSM", 7) != 0)
         return say(why, whylen, SG_EHSM,
                    "no token labelled \"%s\" in %s, and signet creates tokens only on SoftHSM2",
                    cfg->token_label, cfg->pkcs11_module);
-    const char *so = cfg->so_pin_env ? getenv(cfg->so_pin_env) : NULL;
-    if (so == NULL || so[0] == '\0')
-        return say(why, whylen, SG_ECONFIG,
-                   "creating token \"%s\" needs the SO PIN: set pkcs11.so_pin_env and that "
-                   "environment variable",
-                   cfg->token_label);
+    sg_err e = so_pin(cfg, "creating", &so, why, whylen);
+    if (e)
+        return e;
     if (!find_slot(m, "", 1, &slot))
         return say(why, whylen, SG_EHSM, "no free slot to create token \"%s\" in",
                    cfg->token_label);
@@ -364,21 +851,31 @@ static sg_err create_token(struct p11 *m, const sg_config *cfg, const char *pin,
     /* SoftHSM2 gives the new token a new slot id. */
     if (!find_slot(m, cfg->token_label, 0, &slot))
         return say(why, whylen, SG_EHSM, "token \"%s\" vanished after creation", cfg->token_label);
-    rv = m->f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h);
-    if (rv == CKR_OK)
-        rv = m->f->C_Login(h, CKU_SO, (unsigned char *)so, strlen(so));
-    if (rv == CKR_OK)
-        rv = m->f->C_InitPIN(h, (unsigned char *)pin, strlen(pin));
-    if (rv == CKR_OK)
-        m->f->C_Logout(h);
-    m->f->C_CloseSession(h);
-    if (rv != CKR_OK)
-        return say(why, whylen, SG_EHSM, "setting the user PIN of token \"%s\" failed (0x%lx)",
-                   cfg->token_label, rv);
+    if ((e = set_user_pin(m, cfg, slot, so, pin, why, whylen)) != SG_OK)
+        return e;
     char line[128];
     snprintf(line, sizeof(line), "created token \"%s\"", cfg->token_label);
     report(line);
     return SG_OK;
+}
+
+/* A token left without a user PIN (an init that failed half-way) gets it now. */
+static sg_err finish_token(struct p11 *m, const sg_config *cfg, CK_SLOT_ID slot, const char *pin,
+                           void (*report)(const char *), char *why, size_t whylen)
+{
+    CK_TOKEN_INFO ti;
+    const char *so;
+    if (m->f->C_GetTokenInfo(slot, &ti) != CKR_OK)
+        return say(why, whylen, SG_EHSM, "cannot read token \"%s\"", cfg->token_label);
+    if (ti.flags & CKF_USER_PIN_INITIALIZED)
+        return SG_OK;
+    sg_err e = so_pin(cfg, "setting the user PIN of", &so, why, whylen);
+    if (e == SG_OK && (e = set_user_pin(m, cfg, slot, so, pin, why, whylen)) == SG_OK) {
+        char line[128];
+        snprintf(line, sizeof(line), "set the user PIN of token \"%s\"", cfg->token_label);
+        report(line);
+    }
+    return e;
 }
 
 static int has_object(struct p11 *m, CK_SESSION_HANDLE h, CK_OBJECT_CLASS cls, const char *label)
@@ -428,7 +925,7 @@ sg_err signer_init_token(const sg_config *cfg, void (*report)(const char *line),
     struct p11 m = {0};
     CK_SLOT_ID slot;
     CK_SESSION_HANDLE h = 0;
-    int open = 0;
+    int open = 0, logged_in = 0;
     char line[160];
     const char *pin = getenv(cfg->pin_env);
     if (pin == NULL || pin[0] == '\0')
@@ -440,10 +937,15 @@ sg_err signer_init_token(const sg_config *cfg, void (*report)(const char *line),
     if (!find_slot(&m, cfg->token_label, 0, &slot)) {
         if ((e = create_token(&m, cfg, pin, report, why, whylen)))
             goto out;
-        find_slot(&m, cfg->token_label, 0, &slot);
+        if (!find_slot(&m, cfg->token_label, 0, &slot)) {
+            e = say(why, whylen, SG_EHSM, "token \"%s\" vanished after creation", cfg->token_label);
+            goto out;
+        }
     } else {
         snprintf(line, sizeof(line), "token \"%s\" present", cfg->token_label);
         report(line);
+        if ((e = finish_token(&m, cfg, slot, pin, report, why, whylen)))
+            goto out;
     }
     CK_RV rv = m.f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h);
     if (rv != CKR_OK) {
@@ -458,6 +960,7 @@ sg_err signer_init_token(const sg_config *cfg, void (*report)(const char *line),
                 cfg->token_label);
         goto out;
     }
+    logged_in = rv == CKR_OK; /* else someone else's login: not ours to end */
     for (int p = 0; p < KEY_PURPOSES; p++) {
         const char *name = key_purpose_name[p];
         int priv = has_object(&m, h, CKO_PRIVATE_KEY, name);
@@ -483,10 +986,10 @@ sg_err signer_init_token(const sg_config *cfg, void (*report)(const char *line),
         report(line);
     }
 out:
-    if (open) {
+    if (logged_in)
         m.f->C_Logout(h);
+    if (open)
         m.f->C_CloseSession(h);
-    }
     p11_unload(&m);
     return e;
 }

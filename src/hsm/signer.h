@@ -3,8 +3,12 @@
  *
  * Private keys live in the token (sensitive, never extractable). One key per
  * purpose, found by label: "events", "devices", "snapshots". Failures are
- * closed: a failed sign returns SG_EHSM and the caller appends nothing; the
- * signer reconnects by itself on a later call once the token is back. */
+ * closed: a failed or late sign returns SG_EHSM and the caller appends nothing.
+ *
+ * No caller ever waits on the HSM for longer than pkcs11.sign_timeout_ms: the
+ * signer's own worker threads make every PKCS#11 call, callers wait for them
+ * with a deadline. A background prober signs a probe digest about once a
+ * second, keeps the health status, and reconnects once the token is back. */
 #ifndef SG_SIGNER_H
 #define SG_SIGNER_H
 
@@ -18,27 +22,60 @@
 
 typedef struct signer signer;
 
+/* One digest to sign and, on success, its DER signature. */
+struct signer_item {
+    uint8_t digest[32];
+    uint8_t sig[SIGNER_MAX_SIG];
+    size_t siglen;
+};
+
 /* Load the module, find the token by label, log in with the PIN from
  * cfg->pin_env, and find the private keys named in purposes (bit (1 << KEY_x))
- * plus the public keys of all three purposes (those that exist). On error returns
+ * plus the public keys of all three purposes (those that exist); then start
+ * the worker threads and the prober. Key ids and public keys are fixed from
+ * here on (a reconnect refuses a token whose keys changed). On error returns
  * SG_ECONFIG or SG_EHSM with a one-line reason naming the token in why. */
 sg_err signer_open(const sg_config *cfg, unsigned purposes, signer **out, char *why, size_t whylen);
-void signer_close(signer *s);
 
-/* Sign a SHA-256 digest with the purpose's key; DER ECDSA into sig
- * (SIGNER_MAX_SIG bytes). Thread-safe, runs in parallel across sessions.
- * SG_EHSM on any failure (then nothing was signed). */
+/* Stop the prober and the workers and release everything. Returns 0 when done;
+ * 1 when a thread is still inside a PKCS#11 call after a short wait: then the
+ * module stays loaded and s is deliberately leaked (unloading under a running
+ * call would crash), and the caller should leave with _exit(). */
+int signer_close(signer *s);
+
+/* Sign n digests with the purpose's key, in parallel over the workers (libp11
+ * sessions), with one deadline rule for the batch: when one of its sign calls
+ * has run for pkcs11.sign_timeout_ms (or part of it waits for a worker while
+ * no sign call anywhere completed for that long), or when any signature
+ * fails, returns SG_EHSM and marks the HSM down (late results are
+ * discarded). While the HSM is down, returns
+ * SG_EHSM at once. SG_ENOMEM if the job cannot be built. On SG_OK every
+ * item's sig and siglen are set. Thread-safe. */
+sg_err signer_sign_batch(signer *s, enum key_purpose purpose, struct signer_item *items, size_t n);
+
+/* signer_sign_batch of one digest; sig holds SIGNER_MAX_SIG bytes. */
 sg_err signer_sign_digest(signer *s, enum key_purpose purpose, const uint8_t digest[32],
                           uint8_t *sig, size_t *siglen);
 
-/* key_id (hex) of the purpose's key, or NULL if the token has none. */
+/* key_id (hex) of the purpose's key, or NULL if the token has none. Fixed at
+ * open: safe from any thread without a lock. */
 const char *signer_key_id(const signer *s, enum key_purpose purpose);
-/* Public key of the purpose (borrowed), or NULL. */
+/* Public key of the purpose (borrowed, a plain OpenSSL key fixed at open), or
+ * NULL. */
 EVP_PKEY *signer_public_key(const signer *s, enum key_purpose purpose);
 
-/* 1 if the last operation succeeded (or a fresh probe does), 0 if the HSM is
- * down. Cheap: probes the token at most once a second. */
-int signer_healthy(signer *s);
+/* 1 if the HSM is up, 0 if down, as the prober and the last calls left it.
+ * Cheap (an atomic read); never calls the HSM. */
+int signer_healthy(const signer *s);
+
+struct signer_stats {
+    int healthy;
+    unsigned stuck;    /* PKCS#11 calls running for longer than the deadline */
+    unsigned workers;  /* worker threads alive, stuck ones included */
+    uint64_t timeouts; /* sign calls abandoned at the deadline, since start */
+};
+/* A snapshot of the signer's state for /metrics. Cheap; never calls the HSM. */
+void signer_stats(signer *s, struct signer_stats *out);
 
 /* signet init: create what is missing and nothing else: the token (SoftHSM2
  * module and no token with the label: initialise a free slot with the SO PIN

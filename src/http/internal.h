@@ -60,6 +60,8 @@ struct req {
     _Atomic enum req_state state;
     struct hdr_copy *hdrs;
     struct command *cmd;
+    void *work;                /* a handler's own state across a suspension */
+    void (*work_free)(void *); /* frees work when the request ends */
 };
 
 struct http_server {

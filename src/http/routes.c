@@ -257,15 +257,43 @@ void route_events(struct req *r)
     http_reply(r, 200, "application/json", body, len);
 }
 
+static void snapshot_done(void *ud)
+{
+    http_resume(ud);
+}
+
+/* Served from the cache when it is at the read position; otherwise the
+ * request is suspended while the snapshot thread builds and signs (an HTTP
+ * thread never waits on the HSM), and answered when it is resumed. */
 void route_snapshot(struct req *r)
 {
-    if (wait_for_position(r))
-        return;
-    char *body;
-    size_t len;
-    sg_err e = snapshots_get(r->srv->app->snaps, r->param, &body, &len);
+    char *body = NULL;
+    size_t len = 0;
+    sg_err e;
+    if (r->work) { /* resumed by the snapshot thread */
+        e = snapshot_ticket_result(r->work, &body, &len);
+    } else {
+        if (wait_for_position(r))
+            return;
+        e = snapshots_cached(r->srv->app->snaps, r->param, &body, &len);
+        if (e == SG_EUNAVAILABLE) {
+            if ((r->work = snapshot_ticket_new(r->param, snapshot_done, r)) == NULL) {
+                http_problem(r, SG_ENOMEM, "out of memory");
+                return;
+            }
+            r->work_free = snapshot_ticket_free;
+            http_suspend(r);
+            if (snapshots_submit(r->srv->app->snaps, r->work) != SG_OK)
+                http_resume(r); /* the ticket says why */
+            return;
+        }
+    }
     if (e == SG_ENOTFOUND)
         http_problem(r, e, "no snapshot named %s", r->param);
+    else if (e == SG_EHSM)
+        http_problem(r, e, "the HSM did not sign the snapshot; retry later");
+    else if (e == SG_EUNAVAILABLE)
+        http_problem(r, e, "snapshots are not being served right now (busy or stopping)");
     else if (e)
         http_problem(r, e, "cannot build the snapshot");
     else
@@ -286,15 +314,19 @@ void route_keys(struct req *r)
 struct health {
     int hsm, store, halted, broken;
     uint64_t head, pos, halted_at, broken_at;
+    struct signer_stats hsm_stats;
     char why[256], broken_why[384];
 };
 
+/* What /healthz and /metrics report. Never calls the HSM: the HSM's part is
+ * the status the signer's prober keeps. */
 static void health(struct req *r, struct health *h)
 {
     struct http_app *app = r->srv->app;
     char hash[65];
     memset(h, 0, sizeof(*h));
-    h->hsm = signer_healthy(app->signer);
+    signer_stats(app->signer, &h->hsm_stats);
+    h->hsm = h->hsm_stats.healthy;
     pthread_mutex_lock(&r->srv->events_mu);
     h->store = store_head(r->srv->events, &h->head, hash) == SG_OK;
     pthread_mutex_unlock(&r->srv->events_mu);
@@ -378,6 +410,15 @@ void route_metrics(struct req *r)
                "# HELP signet_hsm_up 1 if the HSM signs.\n"
                "# TYPE signet_hsm_up gauge\n"
                "signet_hsm_up %d\n"
+               "# HELP signet_hsm_stuck_calls PKCS#11 calls running for longer than the deadline.\n"
+               "# TYPE signet_hsm_stuck_calls gauge\n"
+               "signet_hsm_stuck_calls %u\n"
+               "# HELP signet_hsm_sign_timeouts_total Sign calls abandoned at the deadline.\n"
+               "# TYPE signet_hsm_sign_timeouts_total counter\n"
+               "signet_hsm_sign_timeouts_total %llu\n"
+               "# HELP signet_idempotency_pruned_total Expired Idempotency-Key records deleted.\n"
+               "# TYPE signet_idempotency_pruned_total counter\n"
+               "signet_idempotency_pruned_total %llu\n"
                "# HELP signet_http_requests_total Answered requests by listener and status class.\n"
                "# TYPE signet_http_requests_total counter\n",
                (unsigned long long)atomic_load(&sg_metrics.events_appended),
@@ -388,7 +429,9 @@ void route_metrics(struct req *r)
                (unsigned long long)(h.head > h.pos ? h.head - h.pos : 0), h.halted, !h.broken,
                (unsigned long long)atomic_load(&sg_metrics.scrub_position),
                (unsigned long long)atomic_load(&sg_metrics.scrub_passes),
-               (unsigned long long)atomic_load(&sg_metrics.scrub_verified), h.hsm);
+               (unsigned long long)atomic_load(&sg_metrics.scrub_verified), h.hsm,
+               h.hsm_stats.stuck, (unsigned long long)h.hsm_stats.timeouts,
+               (unsigned long long)atomic_load(&sg_metrics.idempotency_pruned));
     static const char *const listeners[] = {"write", "read"};
     for (int l = 0; l < 2; l++)
         for (int c = 1; c <= 5; c++)

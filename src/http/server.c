@@ -609,6 +609,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (r->counted)
         atomic_fetch_sub(&r->srv->inflight, 1);
     command_free(r->cmd);
+    if (r->work_free)
+        r->work_free(r->work);
     buf_free(&r->body);
     for (struct hdr_copy *h = r->hdrs, *nx; h; h = nx) {
         nx = h->next;

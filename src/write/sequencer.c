@@ -1,7 +1,8 @@
 /* sequencer.c - decide, chain, sign in parallel, group-commit (see sequencer.h).
  *
  * Threads: one sequencer (the only one that touches write state and the
- * chain head), a pool of signers, one committer. Batch N is committed while
+ * chain head), one committer; signatures come from the signer's workers, a
+ * batch at a time, with a deadline. Batch N is committed while
  * batch N+1 is decided and signed. If a batch fails (HSM or store), it and
  * every batch built on it fail, and write state is rebuilt from the store
  * before anything else is decided: nothing unsigned or undurable is ever
@@ -25,7 +26,6 @@
 #include "writestate.h"
 
 #define MAX_BATCH 1024 /* commands per batch */
-#define MAX_SIGNERS 8
 
 struct pending {
     uint64_t position;
@@ -34,7 +34,6 @@ struct pending {
     char hash[SG_HEX256_LEN + 1];
     uint8_t sig[SIGNER_MAX_SIG];
     size_t siglen;
-    sg_err err;
     char *json; /* final canonical form, with hash, key_id, sig */
     size_t len;
 };
@@ -87,16 +86,6 @@ struct sequencer {
     atomic_int store_ok;
 
     pthread_t seq_thread, commit_thread;
-
-    /* sign pool */
-    int nsigners;
-    pthread_t signers[MAX_SIGNERS];
-    pthread_mutex_t pmu;
-    pthread_cond_t pwork, pdone;
-    struct batch *pbatch;
-    atomic_size_t pnext;
-    int pfinished;
-    uint64_t pgen;
 };
 
 /*** batches ***/
@@ -267,64 +256,35 @@ static void batch_truncate(sequencer *q, struct batch *b, size_t from, uint64_t 
     memcpy(q->prev, prev, sizeof(q->prev));
 }
 
-/*** signing pool ***/
+/*** signing ***/
 
-static void sign_range(sequencer *q, struct batch *b)
-{
-    size_t i;
-    while ((i = atomic_fetch_add(&q->pnext, 1)) < b->nev) {
-        struct pending *p = &b->evs[i];
-        p->err = signer_sign_digest(q->signer, KEY_EVENTS, p->digest, p->sig, &p->siglen);
-    }
-}
-
-static void *signer_main(void *arg)
-{
-    sequencer *q = arg;
-    uint64_t seen = 0;
-    pthread_setname_np(pthread_self(), "sg-signer");
-    pthread_mutex_lock(&q->pmu);
-    for (;;) {
-        while (q->pgen == seen)
-            pthread_cond_wait(&q->pwork, &q->pmu);
-        seen = q->pgen;
-        struct batch *b = q->pbatch;
-        if (b == NULL)
-            break; /* stop */
-        pthread_mutex_unlock(&q->pmu);
-        sign_range(q, b);
-        pthread_mutex_lock(&q->pmu);
-        q->pfinished++;
-        pthread_cond_signal(&q->pdone);
-    }
-    pthread_mutex_unlock(&q->pmu);
-    return NULL;
-}
-
-/* Sign every event of b on the pool and this thread; then serialise them.
- * SG_EHSM if any signature failed. */
+/* Sign every event of b in one batch on the signer's workers (one deadline
+ * for the batch: this thread never waits on a stuck HSM for longer than
+ * pkcs11.sign_timeout_ms); then serialise them. SG_EHSM if any signature
+ * failed or came too late. */
 static sg_err sign_batch(sequencer *q, struct batch *b)
 {
-    pthread_mutex_lock(&q->pmu);
-    q->pbatch = b;
-    atomic_store(&q->pnext, 0);
-    q->pfinished = 0;
-    q->pgen++;
-    pthread_cond_broadcast(&q->pwork);
-    pthread_mutex_unlock(&q->pmu);
-    sign_range(q, b);
-    pthread_mutex_lock(&q->pmu);
-    while (q->pfinished < q->nsigners)
-        pthread_cond_wait(&q->pdone, &q->pmu);
-    pthread_mutex_unlock(&q->pmu);
+    struct signer_item *items = malloc(b->nev * sizeof(*items));
+    if (items == NULL)
+        return SG_ENOMEM;
+    for (size_t i = 0; i < b->nev; i++)
+        memcpy(items[i].digest, b->evs[i].digest, sizeof(items[i].digest));
+    sg_err e = signer_sign_batch(q->signer, KEY_EVENTS, items, b->nev);
+    if (e == SG_OK) {
+        for (size_t i = 0; i < b->nev; i++) {
+            memcpy(b->evs[i].sig, items[i].sig, items[i].siglen);
+            b->evs[i].siglen = items[i].siglen;
+        }
+    }
+    free(items);
+    if (e == SG_EHSM)
+        atomic_fetch_add(&sg_metrics.sign_failures, 1);
+    if (e)
+        return e;
 
     const char *key_id = signer_key_id(q->signer, KEY_EVENTS);
     for (size_t i = 0; i < b->nev; i++) {
         struct pending *p = &b->evs[i];
-        if (p->err) {
-            atomic_fetch_add(&sg_metrics.sign_failures, 1);
-            return SG_EHSM;
-        }
         char sig64[128];
         b64_encode(p->sig, p->siglen, sig64);
         if (json_object_set_new(p->ev, "hash", json_string(p->hash)) ||
@@ -590,8 +550,8 @@ static void *sequencer_main(void *arg)
             continue;
         }
         /* While the HSM is known to be down, fail at once: deciding would only
-         * be undone (and write state rebuilt) when signing fails. The probe
-         * inside signer_healthy() reconnects at most once a second. */
+         * be undone (and write state rebuilt) when signing fails. The signer's
+         * prober brings it back up; signer_healthy() is an atomic read. */
         int hsm_down = !poisoned && !signer_healthy(q->signer);
         if (poisoned || hsm_down) {
             for (struct command *c = list, *nx; c; c = nx) {
@@ -627,9 +587,6 @@ sg_err sequencer_start(const char *store_uri, signer *s, const keyring *kr,
     q->durable = *trusted;
     pthread_mutex_init(&q->mu, NULL);
     pthread_cond_init(&q->wake, NULL);
-    pthread_mutex_init(&q->pmu, NULL);
-    pthread_cond_init(&q->pwork, NULL);
-    pthread_cond_init(&q->pdone, NULL);
     atomic_store(&q->store_ok, 1);
     sg_err e = store_open(store_uri, &q->rst, why, whylen);
     if (e == SG_OK)
@@ -650,15 +607,10 @@ sg_err sequencer_start(const char *store_uri, signer *s, const keyring *kr,
         free(q);
         return e;
     }
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    q->nsigners = cpus < 2 ? 1 : cpus > MAX_SIGNERS ? MAX_SIGNERS : (int)cpus;
-    q->nsigners -= 1; /* the sequencer thread signs too */
-    for (int i = 0; i < q->nsigners; i++)
-        pthread_create(&q->signers[i], NULL, signer_main, q);
     int committer = pthread_create(&q->commit_thread, NULL, committer_main, q) == 0;
     if (!committer || pthread_create(&q->seq_thread, NULL, sequencer_main, q) != 0) {
-        /* Nothing was queued yet. q is left allocated on purpose: threads
-         * that did start still point at it, and the process is exiting. */
+        /* Nothing was queued yet. q is left allocated on purpose: a thread
+         * that did start still points at it, and the process is exiting. */
         pthread_mutex_lock(&q->mu);
         q->stopping = q->seq_done = 1;
         pthread_cond_broadcast(&q->wake);
@@ -668,8 +620,7 @@ sg_err sequencer_start(const char *store_uri, signer *s, const keyring *kr,
         snprintf(why, whylen, "cannot start the sequencer's threads");
         return SG_ENOMEM;
     }
-    sg_info("sequencer: head at position %llu, %d signing threads", (unsigned long long)q->head,
-            q->nsigners + 1);
+    sg_info("sequencer: head at position %llu", (unsigned long long)q->head);
     *out = q;
     return SG_OK;
 }
@@ -713,13 +664,6 @@ void sequencer_stop(sequencer *q)
     pthread_mutex_unlock(&q->mu);
     pthread_join(q->seq_thread, NULL);
     pthread_join(q->commit_thread, NULL);
-    pthread_mutex_lock(&q->pmu);
-    q->pbatch = NULL;
-    q->pgen++;
-    pthread_cond_broadcast(&q->pwork);
-    pthread_mutex_unlock(&q->pmu);
-    for (int i = 0; i < q->nsigners; i++)
-        pthread_join(q->signers[i], NULL);
 }
 
 void sequencer_free(sequencer *q)

@@ -1,8 +1,9 @@
 /* sequencer.h - the one place that orders events.
  *
  * Commands are queued from HTTP threads; the sequencer thread decides them in
- * order on the write state, chains their events by hash, has them signed on a
- * pool of threads (libp11 sessions in parallel), and hands the batch to the
+ * order on the write state, chains their events by hash, has them signed a
+ * batch at a time by the signer's workers (libp11 sessions in parallel, one
+ * deadline per batch), and hands the batch to the
  * committer thread, which appends it in one transaction and one fsync while
  * the next batch is being signed. A command's done() runs only after its
  * events are signed and durable, or once it has failed. */

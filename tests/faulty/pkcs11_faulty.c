@@ -8,13 +8,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <p11-kit/pkcs11.h>
 
 #define DEFAULT_TARGET "/usr/lib/softhsm/libsofthsm2.so"
 
-enum mode { MODE_OK, MODE_SIGN, MODE_REMOVED };
+enum mode { MODE_OK, MODE_SIGN, MODE_REMOVED, MODE_BLOCK, MODE_NOSESSION };
 
 static pthread_once_t load_once = PTHREAD_ONCE_INIT;
 static CK_FUNCTION_LIST_PTR real; /* the target's list; NULL if loading failed */
@@ -42,6 +43,10 @@ static enum mode read_mode(void)
         return MODE_SIGN;
     if (strcmp(word, "removed") == 0)
         return MODE_REMOVED;
+    if (strcmp(word, "block") == 0)
+        return MODE_BLOCK;
+    if (strcmp(word, "nosession") == 0)
+        return MODE_NOSESSION;
     return MODE_OK;
 }
 
@@ -51,9 +56,14 @@ static CK_RV fault_any(void)
     return read_mode() == MODE_REMOVED ? CKR_DEVICE_REMOVED : CKR_OK;
 }
 
+/* The signing calls: "block" holds the call (a hung HSM) until the control file says
+ * something else, polling it every 20 ms; then the call goes on as that word says. */
 static CK_RV fault_sign(void)
 {
-    switch (read_mode()) {
+    enum mode m;
+    while ((m = read_mode()) == MODE_BLOCK)
+        nanosleep(&(struct timespec){.tv_nsec = 20 * 1000 * 1000}, NULL);
+    switch (m) {
     case MODE_REMOVED:
         return CKR_DEVICE_REMOVED;
     case MODE_SIGN:
@@ -90,9 +100,6 @@ WRAP(any,  C_GetMechanismInfo,   (CK_SLOT_ID sl, CK_MECHANISM_TYPE t, CK_MECHANI
 WRAP(any,  C_InitToken,          (CK_SLOT_ID sl, B pin, L n, B label), (sl, pin, n, label))
 WRAP(any,  C_InitPIN,            (S s, B pin, L n), (s, pin, n))
 WRAP(any,  C_SetPIN,             (S s, B o, L on, B n, L nn), (s, o, on, n, nn))
-WRAP(any,  C_OpenSession,        (CK_SLOT_ID sl, CK_FLAGS f, CK_VOID_PTR app, CK_NOTIFY cb,
-                                  CK_SESSION_HANDLE_PTR s), (sl, f, app, cb, s))
-WRAP(any,  C_CloseSession,       (S s), (s))
 WRAP(any,  C_CloseAllSessions,   (CK_SLOT_ID sl), (sl))
 WRAP(any,  C_GetSessionInfo,     (S s, CK_SESSION_INFO_PTR i), (s, i))
 WRAP(any,  C_GetOperationState,  (S s, B st, LP n), (s, st, n))
@@ -183,6 +190,51 @@ static CK_RV w_C_SignFinal(S s, B out, LP on)
     CK_ULONG len = sizeof scratch;
     (void)real->C_SignFinal(s, scratch, &len);
     return rv;
+}
+
+/* Sessions: the module remembers the handles it opened and reports on stderr a C_CloseSession
+ * of any other handle (a caller closing a session it never opened). "nosession": C_OpenSession
+ * fails with CKR_DEVICE_ERROR. */
+static pthread_mutex_t sessions_mu = PTHREAD_MUTEX_INITIALIZER;
+static CK_SESSION_HANDLE sessions[1024];
+static size_t nsessions;
+static int sessions_overflow;
+
+static CK_RV w_C_OpenSession(CK_SLOT_ID sl, CK_FLAGS f, CK_VOID_PTR app, CK_NOTIFY cb,
+                             CK_SESSION_HANDLE_PTR s)
+{
+    enum mode m = read_mode();
+    if (m == MODE_REMOVED)
+        return CKR_DEVICE_REMOVED;
+    if (m == MODE_NOSESSION)
+        return CKR_DEVICE_ERROR;
+    CK_RV rv = real->C_OpenSession(sl, f, app, cb, s);
+    if (rv == CKR_OK) {
+        pthread_mutex_lock(&sessions_mu);
+        if (nsessions < sizeof sessions / sizeof sessions[0])
+            sessions[nsessions++] = *s;
+        else
+            sessions_overflow = 1;
+        pthread_mutex_unlock(&sessions_mu);
+    }
+    return rv;
+}
+
+static CK_RV w_C_CloseSession(S s)
+{
+    int known = 0;
+    pthread_mutex_lock(&sessions_mu);
+    for (size_t i = 0; i < nsessions && !known; i++)
+        if (sessions[i] == s) {
+            sessions[i] = sessions[--nsessions];
+            known = 1;
+        }
+    if (!known && !sessions_overflow)
+        fprintf(stderr, "pkcs11_faulty: C_CloseSession of a session never opened (%lu)\n",
+                (unsigned long)s);
+    pthread_mutex_unlock(&sessions_mu);
+    CK_RV rv = fault_any();
+    return rv != CKR_OK ? rv : real->C_CloseSession(s);
 }
 
 /* "removed": asked for slots with a token, there are none; the full slot list is forwarded. */
