@@ -128,7 +128,12 @@ sg_err chain_check_witness(store *st, const keyring *kr, const char *name,
     else if (event_verify(o.ev, w->position, prev ? prev : "", kr, hash, r, sizeof(r)) != SG_OK)
         e = say(why, whylen, SG_EVERIFY, "event %llu, which %s names (hash %s), fails: %s",
                 (unsigned long long)w->position, name, w->hash, r);
-    else if (strcmp(hash, w->hash) != 0 || strcmp(o.hash, hash) != 0)
+    else if (strcmp(hash, w->hash) == 0 && strcmp(o.hash, hash) != 0)
+        e = say(why, whylen, SG_EVERIFY,
+                "at position %llu, which %s names, the store's hash column (%s) differs from "
+                "the hash of its body (%s)",
+                (unsigned long long)w->position, name, o.hash, hash);
+    else if (strcmp(hash, w->hash) != 0)
         e = say(why, whylen, SG_EVERIFY,
                 "the event store forks from %s: at position %llu the store has hash %s but %s "
                 "names hash %s",
