@@ -331,14 +331,14 @@ static int check_head(struct req *r, const char *version)
 {
     struct header_scan h = {0};
     MHD_get_connection_values(r->conn, MHD_HEADER_KIND, scan_header, &h);
-    const char *why = NULL;
+    const char *why = NULL, *te = h.te ? http_header(r, "Transfer-Encoding") : NULL;
     if (h.bad_name)
         why = "a header name is empty or has whitespace before its colon";
     else if (h.clen > 1)
         why = "more than one Content-Length header";
     else if (h.te && h.clen)
         why = "both Transfer-Encoding and Content-Length";
-    else if (h.te > 1 || (h.te && strcasecmp(http_header(r, "Transfer-Encoding"), "chunked") != 0))
+    else if (h.te > 1 || (h.te && (te == NULL || strcasecmp(te, "chunked") != 0)))
         why = "the only Transfer-Encoding accepted is chunked";
     else if (h.host > 1)
         why = "more than one Host header";
