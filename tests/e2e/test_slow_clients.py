@@ -12,7 +12,8 @@
   header_timeout_ms, while a keep-alive client may wait up to idle_timeout_ms
   between requests.
 - A connection over the per-address limit is closed at once; other
-  addresses are served.
+  addresses are served. A full listener serves a new client once the head
+  deadline has freed a place.
 - A client that sends a complete request and then shuts down its sending
   side (shutdown(SHUT_WR)) gets its whole answer, then end-of-file.
 """
@@ -385,6 +386,38 @@ class Deadlines(H.E2ETestCase):
         self.assertEqual(status_of(raw), 503, raw[:200])
         self.assertGreater(time.monotonic() - t0, 0.8)
         self.assertTrue(eof)
+
+
+class ListenerLimit(H.E2ETestCase):
+    """connections_per_listener 8 (4 per address), head deadline 2 s: with
+    the read listener full, a new client waits in the accept queue until the
+    deadline frees a place, then is served."""
+
+    @classmethod
+    def setUpClass(cls):
+        def mutate(cfg):
+            cfg["limits"].update({"header_timeout_ms": 2000, "connections_per_address": 4,
+                                  "connections_per_listener": 8})
+        cls.dep = cls.deployment(mutate=mutate)
+        cls.dep.init()
+        cls.srv = cls.dep.start()
+        cls.rp = cls.dep.read_port
+
+    def test_full_listener_recovers_by_the_deadline(self):
+        held = [connect_from("127.0.0.%d" % (20 + i // 4), self.rp) for i in range(8)]
+        try:
+            time.sleep(0.3)
+            t0 = time.monotonic()
+            with connect_from("127.0.0.30", self.rp) as s:
+                s.sendall(b"GET /v1/keys HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                raw, eof = read_all(s, 10)
+            took = time.monotonic() - t0
+            self.assertEqual(status_of(raw), 200, raw[:100])
+            self.assertGreater(took, 1.0, "served at once: the listener was not full")
+            self.assertLess(took, 6.0)
+        finally:
+            for s in held:
+                s.close()
 
 
 if __name__ == "__main__":
