@@ -35,8 +35,9 @@ struct route {
 /* The life of one request; see the hand-off comment in server.c.
  * NEW: request line seen; BODY: head accepted, body arriving; READY: body
  * complete, handler to run on the next call; SUSPENDED: parked until
- * http_resume(); RESUMED: woken, handler to run; DONE: answered. */
-enum req_state { REQ_NEW, REQ_BODY, REQ_READY, REQ_SUSPENDED, REQ_RESUMED, REQ_DONE };
+ * http_resume(); RESUMED: woken, handler to run; WOKEN: http_resume() came
+ * while the handler was still running, before it suspended; DONE: answered. */
+enum req_state { REQ_NEW, REQ_BODY, REQ_READY, REQ_SUSPENDED, REQ_RESUMED, REQ_WOKEN, REQ_DONE };
 
 struct hdr_copy; /* trimmed header values, owned by the request */
 struct conn_track;

@@ -198,18 +198,42 @@ void http_raw_target(struct req *r, const char **path, size_t *path_len, const c
 void http_suspend(struct req *r)
 {
     r->acted = 1;
-    atomic_store(&r->state, REQ_SUSPENDED);
+    enum req_state st = atomic_load(&r->state);
+    while (st != REQ_WOKEN && !atomic_compare_exchange_weak(&r->state, &st, REQ_SUSPENDED))
+        ;
+    if (st == REQ_WOKEN) {
+        /* Already resumed: stay active; the library calls the handler again
+         * at once (the connection is in its "call again" state). */
+        atomic_store(&r->state, REQ_RESUMED);
+        return;
+    }
     MHD_suspend_connection(r->conn);
 }
 
+/* Whatever the order of suspend and resume, exactly one wake-up: resume of a
+ * suspended request resumes the connection; resume while its handler still
+ * runs (not yet suspended) is remembered and http_suspend() then does not
+ * suspend; any other resume is a caller's bug, logged and ignored (resuming
+ * a connection that is not suspended would make libmicrohttpd skip its next
+ * suspension). */
 void http_resume(struct req *r)
 {
-    enum req_state expect = REQ_SUSPENDED;
-    if (atomic_compare_exchange_strong(&r->state, &expect, REQ_RESUMED))
-        MHD_resume_connection(r->conn);
-    else
-        sg_warn("http: ignored a resume of a request that is not suspended (state %d)",
-                (int)expect);
+    enum req_state st = atomic_load(&r->state);
+    for (;;) {
+        if (st == REQ_SUSPENDED) {
+            if (atomic_compare_exchange_weak(&r->state, &st, REQ_RESUMED)) {
+                MHD_resume_connection(r->conn);
+                return;
+            }
+        } else if (st == REQ_READY || st == REQ_RESUMED) {
+            if (atomic_compare_exchange_weak(&r->state, &st, REQ_WOKEN))
+                return;
+        } else {
+            sg_warn("http: ignored a resume of a request that is not suspended (state %d)",
+                    (int)st);
+            return;
+        }
+    }
 }
 
 /*** routing and authentication ***/
@@ -307,14 +331,14 @@ static int check_head(struct req *r, const char *version)
 {
     struct header_scan h = {0};
     MHD_get_connection_values(r->conn, MHD_HEADER_KIND, scan_header, &h);
-    const char *why = NULL;
+    const char *why = NULL, *te = h.te ? http_header(r, "Transfer-Encoding") : NULL;
     if (h.bad_name)
         why = "a header name is empty or has whitespace before its colon";
     else if (h.clen > 1)
         why = "more than one Content-Length header";
     else if (h.te && h.clen)
         why = "both Transfer-Encoding and Content-Length";
-    else if (h.te > 1 || (h.te && strcasecmp(http_header(r, "Transfer-Encoding"), "chunked") != 0))
+    else if (h.te > 1 || (h.te && (te == NULL || strcasecmp(te, "chunked") != 0)))
         why = "the only Transfer-Encoding accepted is chunked";
     else if (h.host > 1)
         why = "more than one Host header";
@@ -588,6 +612,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         break;
     case REQ_READY:
     case REQ_RESUMED:
+        run_route(r);
+        break;
+    case REQ_WOKEN: /* a resume raced ahead of a suspension that did not happen */
+        atomic_store(&r->state, REQ_RESUMED);
         run_route(r);
         break;
     default:
