@@ -78,6 +78,7 @@ struct http_server {
     pthread_mutex_t conns_mu;
     struct conn_track *conns;
     pthread_t reaper;
+    MHD_socket quiesced[2]; /* listen sockets handed back by quiesce, closed after stop */
     int reaper_started;
     atomic_int reaper_stop;
     atomic_uint_fast64_t heads_late; /* connections closed for a late request head */

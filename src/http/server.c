@@ -823,6 +823,7 @@ sg_err http_start(struct http_app *app, int write_listener, int read_listener, h
     if (s == NULL)
         return SG_ENOMEM;
     s->app = app;
+    s->quiesced[0] = s->quiesced[1] = MHD_INVALID_SOCKET;
     pthread_mutex_init(&s->events_mu, NULL);
     pthread_mutex_init(&s->conns_mu, NULL);
     sg_err e = store_open(app->store_uri, &s->events, why, whylen);
@@ -862,12 +863,11 @@ void http_quiesce(http_server *h)
     if (h == NULL)
         return;
     atomic_store(&h->stopping, 1);
+    /* libmicrohttpd: with its own threads the socket must stay open until
+     * MHD_stop_daemon(), a worker may still be polling it. */
     for (int i = 0; i < 2; i++)
-        if (h->daemons[i]) {
-            MHD_socket fd = MHD_quiesce_daemon(h->daemons[i]);
-            if (fd != MHD_INVALID_SOCKET)
-                close(fd);
-        }
+        if (h->daemons[i] && h->quiesced[i] == MHD_INVALID_SOCKET)
+            h->quiesced[i] = MHD_quiesce_daemon(h->daemons[i]);
 }
 
 void http_stop(http_server *h)
@@ -877,9 +877,12 @@ void http_stop(http_server *h)
     atomic_store(&h->stopping, 1);
     for (int i = 0; i < 1000 && atomic_load(&h->inflight) > 0; i++)
         usleep(10000);
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 2; i++) {
         if (h->daemons[i])
             MHD_stop_daemon(h->daemons[i]);
+        if (h->quiesced[i] != MHD_INVALID_SOCKET)
+            close(h->quiesced[i]);
+    }
     if (h->reaper_started) {
         atomic_store(&h->reaper_stop, 1);
         pthread_join(h->reaper, NULL);
