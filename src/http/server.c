@@ -864,10 +864,12 @@ void http_quiesce(http_server *h)
         return;
     atomic_store(&h->stopping, 1);
     /* libmicrohttpd: with its own threads the socket must stay open until
-     * MHD_stop_daemon(), a worker may still be polling it. */
+     * MHD_stop_daemon(), a worker may still be polling it; shutting it
+     * down refuses new connections without freeing the descriptor. */
     for (int i = 0; i < 2; i++)
-        if (h->daemons[i] && h->quiesced[i] == MHD_INVALID_SOCKET)
-            h->quiesced[i] = MHD_quiesce_daemon(h->daemons[i]);
+        if (h->daemons[i] && h->quiesced[i] == MHD_INVALID_SOCKET &&
+            (h->quiesced[i] = MHD_quiesce_daemon(h->daemons[i])) != MHD_INVALID_SOCKET)
+            shutdown(h->quiesced[i], SHUT_RDWR); /* new connections are refused at once */
 }
 
 void http_stop(http_server *h)
