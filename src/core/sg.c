@@ -2,6 +2,9 @@
  * that decides what status a failure answers with. */
 #include "sg.h"
 
+#include <stdarg.h>
+#include <stdio.h>
+
 static const struct {
     int http;
     const char *slug;
@@ -46,4 +49,13 @@ const char *sg_err_slug(sg_err e)
 const char *sg_err_title(sg_err e)
 {
     return known(e) ? table[e].title : "Internal error";
+}
+
+sg_err sg_say(char *why, size_t whylen, sg_err e, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, whylen, fmt, ap);
+    va_end(ap);
+    return e;
 }

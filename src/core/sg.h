@@ -37,6 +37,11 @@ const char *sg_err_slug(sg_err e);
 /* Human title for a problem+json body. */
 const char *sg_err_title(sg_err e);
 
+/* Write a one-line reason into why (whylen bytes, truncated) and return e:
+ * `return sg_say(why, whylen, SG_EHSM, "no token %s", label);`. */
+sg_err sg_say(char *why, size_t whylen, sg_err e, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 #define SG_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 #endif

@@ -33,17 +33,6 @@ struct anchors {
     pthread_mutex_t mu; /* one operation at a time */
 };
 
-static sg_err say(char *why, size_t whylen, sg_err e, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static sg_err say(char *why, size_t whylen, sg_err e, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why, whylen, fmt, ap);
-    va_end(ap);
-    return e;
-}
-
 /*** PKCS#11 ***/
 
 sg_err anchors_open(const sg_config *cfg, anchors **out, char *why, size_t whylen)
@@ -53,24 +42,24 @@ sg_err anchors_open(const sg_config *cfg, anchors **out, char *why, size_t whyle
     const char *pin = getenv(cfg->pin_env);
     *out = NULL;
     if (pin == NULL || pin[0] == '\0')
-        return say(why, whylen, SG_ECONFIG, "environment variable %s (pkcs11.pin_env) is not set",
-                   cfg->pin_env);
+        return sg_say(why, whylen, SG_ECONFIG,
+                      "environment variable %s (pkcs11.pin_env) is not set", cfg->pin_env);
     anchors *a = calloc(1, sizeof(*a));
     if (a == NULL || (a->label = strdup(cfg->token_label)) == NULL ||
         (a->pin = strdup(pin)) == NULL) {
         anchors_close(a);
-        return say(why, whylen, SG_ENOMEM, "out of memory");
+        return sg_say(why, whylen, SG_ENOMEM, "out of memory");
     }
     pthread_mutex_init(&a->mu, NULL);
     if ((a->dl = dlopen(cfg->pkcs11_module, RTLD_NOW | RTLD_LOCAL)) == NULL) {
         anchors_close(a);
-        return say(why, whylen, SG_EHSM, "cannot load PKCS#11 module %s", cfg->pkcs11_module);
+        return sg_say(why, whylen, SG_EHSM, "cannot load PKCS#11 module %s", cfg->pkcs11_module);
     }
     *(void **)&get = dlsym(a->dl, "C_GetFunctionList");
     if (get == NULL || get(&a->f) != CKR_OK) {
         a->f = NULL;
         anchors_close(a);
-        return say(why, whylen, SG_EHSM, "%s is not a PKCS#11 module", cfg->pkcs11_module);
+        return sg_say(why, whylen, SG_EHSM, "%s is not a PKCS#11 module", cfg->pkcs11_module);
     }
     CK_RV rv = a->f->C_Initialize(&args);
     if (rv == CKR_OK) {
@@ -78,13 +67,13 @@ sg_err anchors_open(const sg_config *cfg, anchors **out, char *why, size_t whyle
         a->f->C_Finalize(NULL);
         a->f = NULL;
         anchors_close(a);
-        return say(why, whylen, SG_EINTERNAL, "anchors: open the signer first");
+        return sg_say(why, whylen, SG_EINTERNAL, "anchors: open the signer first");
     }
     if (rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
         a->f = NULL;
         anchors_close(a);
-        return say(why, whylen, SG_EHSM, "C_Initialize of %s failed (0x%lx)", cfg->pkcs11_module,
-                   rv);
+        return sg_say(why, whylen, SG_EHSM, "C_Initialize of %s failed (0x%lx)", cfg->pkcs11_module,
+                      rv);
     }
     *out = a;
     return SG_OK;
@@ -113,7 +102,7 @@ static sg_err session(anchors *a, CK_SESSION_HANDLE *h, char *why, size_t whylen
     memset(want, ' ', sizeof(want));
     memcpy(want, a->label, strlen(a->label));
     if (a->f->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
-        return say(why, whylen, SG_EHSM, "cannot list the slots of the PKCS#11 module");
+        return sg_say(why, whylen, SG_EHSM, "cannot list the slots of the PKCS#11 module");
     for (CK_ULONG i = 0; i < n; i++) {
         CK_TOKEN_INFO ti;
         if (a->f->C_GetTokenInfo(slots[i], &ti) != CKR_OK || !(ti.flags & CKF_TOKEN_INITIALIZED) ||
@@ -122,16 +111,17 @@ static sg_err session(anchors *a, CK_SESSION_HANDLE *h, char *why, size_t whylen
         CK_RV rv =
             a->f->C_OpenSession(slots[i], CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, h);
         if (rv != CKR_OK)
-            return say(why, whylen, SG_EHSM, "cannot open a session on token \"%s\" (0x%lx)",
-                       a->label, rv);
+            return sg_say(why, whylen, SG_EHSM, "cannot open a session on token \"%s\" (0x%lx)",
+                          a->label, rv);
         rv = a->f->C_Login(*h, CKU_USER, (unsigned char *)a->pin, strlen(a->pin));
         if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
             a->f->C_CloseSession(*h);
-            return say(why, whylen, SG_EHSM, "cannot log in to token \"%s\" (0x%lx)", a->label, rv);
+            return sg_say(why, whylen, SG_EHSM, "cannot log in to token \"%s\" (0x%lx)", a->label,
+                          rv);
         }
         return SG_OK;
     }
-    return say(why, whylen, SG_EHSM, "no token labelled \"%s\"", a->label);
+    return sg_say(why, whylen, SG_EHSM, "no token labelled \"%s\"", a->label);
 }
 
 /* Handles of every anchor object (at most MAX_OBJECTS). */
@@ -166,13 +156,13 @@ static sg_err anchor_parse(const char *buf, size_t len, const keyring *kr, struc
         strcmp(type, "signet-anchor") != 0 || !json_is_integer(pos) ||
         json_integer_value(pos) < 0 || hash == NULL || strlen(hash) != SG_HEX256_LEN ||
         hex_decode(hash, tmp, 32) != SG_OK) {
-        say(why, whylen, e, "an anchor object in the token is malformed");
+        sg_say(why, whylen, e, "an anchor object in the token is malformed");
         goto out;
     }
     if (signed_doc_verify(doc, json_string_value(json_object_get(doc, "sig")),
                           json_string_value(json_object_get(doc, "key_id")), kr, KEY_EVENTS, r,
                           sizeof(r)) != SG_OK) {
-        say(why, whylen, e, "an anchor object in the token does not verify: %s", r);
+        sg_say(why, whylen, e, "an anchor object in the token does not verify: %s", r);
         goto out;
     }
     out->position = (uint64_t)json_integer_value(pos);
@@ -191,20 +181,20 @@ sg_err anchors_load(anchors *a, const keyring *kr, struct chain_pos *out, char *
     char *buf = malloc(ANCHOR_MAX);
     int found = 0;
     if (buf == NULL)
-        return say(why, whylen, SG_ENOMEM, "out of memory");
+        return sg_say(why, whylen, SG_ENOMEM, "out of memory");
     pthread_mutex_lock(&a->mu);
     sg_err e = session(a, &h, why, whylen);
     if (e)
         goto unlock;
     if ((e = find_all(a, h, objs, &n)) != SG_OK)
-        say(why, whylen, e, "cannot search token \"%s\" for anchors", a->label);
+        sg_say(why, whylen, e, "cannot search token \"%s\" for anchors", a->label);
     for (CK_ULONG i = 0; e == SG_OK && i < n; i++) {
         CK_ATTRIBUTE v = {CKA_VALUE, buf, ANCHOR_MAX};
         struct chain_pos p;
         if (a->f->C_GetAttributeValue(h, objs[i], &v, 1) != CKR_OK ||
             v.ulValueLen == CK_UNAVAILABLE_INFORMATION) {
-            e = say(why, whylen, SG_EVERIFY, "an anchor object in token \"%s\" is unreadable",
-                    a->label);
+            e = sg_say(why, whylen, SG_EVERIFY, "an anchor object in token \"%s\" is unreadable",
+                       a->label);
         } else if ((e = anchor_parse(buf, v.ulValueLen, kr, &p, why, whylen)) == SG_OK &&
                    (!found || p.position > out->position)) {
             *out = p;
@@ -259,8 +249,8 @@ sg_err anchors_save(anchors *a, signer *s, const struct chain_pos *p, char *why,
     size_t len = 0;
     sg_err e = anchor_document(s, p, &doc, &len);
     if (e)
-        return say(why, whylen, e, "cannot sign the anchor at position %llu",
-                   (unsigned long long)p->position);
+        return sg_say(why, whylen, e, "cannot sign the anchor at position %llu",
+                      (unsigned long long)p->position);
     CK_ATTRIBUTE t[] = {
         {CKA_CLASS, &cls, sizeof(cls)},
         {CKA_TOKEN, &yes, sizeof(yes)},
@@ -276,8 +266,8 @@ sg_err anchors_save(anchors *a, signer *s, const struct chain_pos *p, char *why,
      * anchors, and the newer one wins when they are read. */
     CK_RV rv = a->f->C_CreateObject(h, t, SG_ARRAY_LEN(t), &obj);
     if (rv != CKR_OK) {
-        e = say(why, whylen, SG_EHSM, "cannot store the anchor in token \"%s\" (0x%lx)", a->label,
-                rv);
+        e = sg_say(why, whylen, SG_EHSM, "cannot store the anchor in token \"%s\" (0x%lx)",
+                   a->label, rv);
     } else if (find_all(a, h, objs, &n) == SG_OK) {
         for (CK_ULONG i = 0; i < n; i++)
             if (objs[i] != obj)

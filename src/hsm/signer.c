@@ -102,17 +102,6 @@ struct signer {
     int prober_started, prober_done;
 };
 
-static sg_err say(char *why, size_t whylen, sg_err e, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static sg_err say(char *why, size_t whylen, sg_err e, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why, whylen, fmt, ap);
-    va_end(ap);
-    return e;
-}
-
 static struct timespec mono_at(uint64_t ms)
 {
     struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000};
@@ -168,62 +157,64 @@ static sg_err connect_token(signer *s, int first, char *why, size_t whylen)
     disconnect(s);
     if (!s->loaded) {
         if (PKCS11_CTX_load(s->ctx, s->module) != 0)
-            return say(why, whylen, SG_EHSM, "cannot load PKCS#11 module %s", s->module);
+            return sg_say(why, whylen, SG_EHSM, "cannot load PKCS#11 module %s", s->module);
         s->loaded = 1;
     }
     if (PKCS11_enumerate_slots(s->ctx, &s->slots, &s->nslots) != 0)
-        return say(why, whylen, SG_EHSM, "cannot list the slots of PKCS#11 module %s", s->module);
+        return sg_say(why, whylen, SG_EHSM, "cannot list the slots of PKCS#11 module %s",
+                      s->module);
     for (unsigned i = 0; i < s->nslots && !slot; i++) {
         PKCS11_TOKEN *t = s->slots[i].token;
         if (t && t->initialized && t->label && strcmp(t->label, s->label) == 0)
             slot = &s->slots[i];
     }
     if (slot == NULL)
-        return say(why, whylen, SG_EHSM, "no token labelled \"%s\" in %s (run signet init)",
-                   s->label, s->module);
+        return sg_say(why, whylen, SG_EHSM, "no token labelled \"%s\" in %s (run signet init)",
+                      s->label, s->module);
     int logged_in = 0;
     if (PKCS11_is_logged_in(slot, 0, &logged_in) != 0 || !logged_in) {
         if (PKCS11_open_session(slot, 0) != 0 || PKCS11_login(slot, 0, s->pin) != 0)
-            return say(why, whylen, SG_EHSM,
-                       "cannot log in to token \"%s\" (wrong PIN, or PIN locked?)", s->label);
+            return sg_say(why, whylen, SG_EHSM,
+                          "cannot log in to token \"%s\" (wrong PIN, or PIN locked?)", s->label);
     }
     if (PKCS11_enumerate_keys(slot->token, &keys, &nkeys) != 0 ||
         PKCS11_enumerate_public_keys(slot->token, &pubs, &npubs) != 0)
-        return say(why, whylen, SG_EHSM,
-                   "cannot list the keys of token \"%s\" (keep it to EC keys: libp11 0.4.12 "
-                   "fails on EdDSA keys)",
-                   s->label);
+        return sg_say(why, whylen, SG_EHSM,
+                      "cannot list the keys of token \"%s\" (keep it to EC keys: libp11 0.4.12 "
+                      "fails on EdDSA keys)",
+                      s->label);
 
     for (int p = 0; p < KEY_PURPOSES && e == SG_OK; p++) {
         const char *name = key_purpose_name[p];
         PKCS11_KEY *pub = find_key(pubs, npubs, name);
         if (pub && (tpub[p] = PKCS11_get_public_key(pub)) == NULL) {
-            e = say(why, whylen, SG_EHSM, "cannot read public key \"%s\" of token \"%s\"", name,
-                    s->label);
+            e = sg_say(why, whylen, SG_EHSM, "cannot read public key \"%s\" of token \"%s\"", name,
+                       s->label);
             break;
         }
         if (!(s->purposes & (1u << p)))
             continue;
         PKCS11_KEY *priv = find_key(keys, nkeys, name);
         if (priv == NULL || tpub[p] == NULL)
-            e = say(why, whylen, SG_EHSM, "token \"%s\" has no key pair \"%s\" (run signet init)",
-                    s->label, name);
+            e = sg_say(why, whylen, SG_EHSM,
+                       "token \"%s\" has no key pair \"%s\" (run signet init)", s->label, name);
         else if ((s->priv[p] = PKCS11_get_private_key(priv)) == NULL)
-            e = say(why, whylen, SG_EHSM, "cannot use private key \"%s\" of token \"%s\"", name,
-                    s->label);
+            e = sg_say(why, whylen, SG_EHSM, "cannot use private key \"%s\" of token \"%s\"", name,
+                       s->label);
     }
     for (int p = 0; p < KEY_PURPOSES && e == SG_OK; p++) {
         char id[SG_HEX256_LEN + 1] = "";
         if (tpub[p] && key_id_of(tpub[p], id) != SG_OK) {
-            e = say(why, whylen, SG_EHSM, "public key \"%s\" is not usable", key_purpose_name[p]);
+            e = sg_say(why, whylen, SG_EHSM, "public key \"%s\" is not usable",
+                       key_purpose_name[p]);
         } else if (first) {
             if (tpub[p] && (s->pub[p] = plain_public_key(tpub[p])) == NULL)
-                e = say(why, whylen, SG_ENOMEM, "out of memory");
+                e = sg_say(why, whylen, SG_ENOMEM, "out of memory");
             memcpy(s->key_id[p], id, sizeof(id));
         } else if ((s->purposes & (1u << p)) && strcmp(s->key_id[p], id) != 0) {
-            e = say(why, whylen, SG_EHSM,
-                    "key \"%s\" of token \"%s\" changed while running; refusing to sign with it",
-                    key_purpose_name[p], s->label);
+            e = sg_say(why, whylen, SG_EHSM,
+                       "key \"%s\" of token \"%s\" changed while running; refusing to sign with it",
+                       key_purpose_name[p], s->label);
         }
     }
     for (int p = 0; p < KEY_PURPOSES; p++)
@@ -598,11 +589,11 @@ sg_err signer_open(const sg_config *cfg, unsigned purposes, signer **out, char *
     *out = NULL;
     const char *pin = getenv(cfg->pin_env);
     if (pin == NULL || pin[0] == '\0')
-        return say(why, whylen, SG_ECONFIG, "environment variable %s (pkcs11.pin_env) is not set",
-                   cfg->pin_env);
+        return sg_say(why, whylen, SG_ECONFIG,
+                      "environment variable %s (pkcs11.pin_env) is not set", cfg->pin_env);
     signer *s = calloc(1, sizeof(*s));
     if (s == NULL)
-        return say(why, whylen, SG_ENOMEM, "out of memory");
+        return sg_say(why, whylen, SG_ENOMEM, "out of memory");
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -624,7 +615,7 @@ sg_err signer_open(const sg_config *cfg, unsigned purposes, signer **out, char *
     s->ctx = PKCS11_CTX_new();
     if (!s->module || !s->label || !s->pin || !s->ctx) {
         signer_close(s);
-        return say(why, whylen, SG_ENOMEM, "out of memory");
+        return sg_say(why, whylen, SG_ENOMEM, "out of memory");
     }
     sg_err e = connect_token(s, 1, why, whylen);
     if (e) {
@@ -641,7 +632,7 @@ sg_err signer_open(const sg_config *cfg, unsigned purposes, signer **out, char *
     if (ready == 0 ||
         (s->probe_purpose >= 0 && pthread_create(&s->prober, NULL, prober_main, s) != 0)) {
         signer_close(s);
-        return say(why, whylen, SG_ENOMEM, "cannot start the signing threads");
+        return sg_say(why, whylen, SG_ENOMEM, "cannot start the signing threads");
     }
     s->prober_started = s->probe_purpose >= 0;
     *out = s;
@@ -744,13 +735,13 @@ static sg_err p11_load(struct p11 *m, const char *module, char *why, size_t whyl
     CK_C_GetFunctionList get;
     CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK};
     if ((m->dl = dlopen(module, RTLD_NOW | RTLD_LOCAL)) == NULL)
-        return say(why, whylen, SG_EHSM, "cannot load PKCS#11 module %s", module);
+        return sg_say(why, whylen, SG_EHSM, "cannot load PKCS#11 module %s", module);
     *(void **)&get = dlsym(m->dl, "C_GetFunctionList");
     if (get == NULL || get(&m->f) != CKR_OK)
-        return say(why, whylen, SG_EHSM, "%s is not a PKCS#11 module", module);
+        return sg_say(why, whylen, SG_EHSM, "%s is not a PKCS#11 module", module);
     CK_RV rv = m->f->C_Initialize(&args);
     if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED)
-        return say(why, whylen, SG_EHSM, "C_Initialize of %s failed (0x%lx)", module, rv);
+        return sg_say(why, whylen, SG_EHSM, "C_Initialize of %s failed (0x%lx)", module, rv);
     m->initialized = rv == CKR_OK;
     return SG_OK;
 }
@@ -799,10 +790,10 @@ static sg_err so_pin(const sg_config *cfg, const char *doing, const char **out, 
 {
     *out = cfg->so_pin_env ? getenv(cfg->so_pin_env) : NULL;
     if (*out == NULL || (*out)[0] == '\0')
-        return say(why, whylen, SG_ECONFIG,
-                   "%s token \"%s\" needs the SO PIN: set pkcs11.so_pin_env and that "
-                   "environment variable",
-                   doing, cfg->token_label);
+        return sg_say(why, whylen, SG_ECONFIG,
+                      "%s token \"%s\" needs the SO PIN: set pkcs11.so_pin_env and that "
+                      "environment variable",
+                      doing, cfg->token_label);
     return SG_OK;
 }
 
@@ -813,8 +804,8 @@ static sg_err set_user_pin(struct p11 *m, const sg_config *cfg, CK_SLOT_ID slot,
     CK_SESSION_HANDLE h;
     CK_RV rv = m->f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h);
     if (rv != CKR_OK)
-        return say(why, whylen, SG_EHSM, "cannot open a session on token \"%s\" (0x%lx)",
-                   cfg->token_label, rv);
+        return sg_say(why, whylen, SG_EHSM, "cannot open a session on token \"%s\" (0x%lx)",
+                      cfg->token_label, rv);
     rv = m->f->C_Login(h, CKU_SO, (unsigned char *)so, strlen(so));
     if (rv == CKR_OK) {
         rv = m->f->C_InitPIN(h, (unsigned char *)pin, strlen(pin));
@@ -822,8 +813,8 @@ static sg_err set_user_pin(struct p11 *m, const sg_config *cfg, CK_SLOT_ID slot,
     }
     m->f->C_CloseSession(h);
     if (rv != CKR_OK)
-        return say(why, whylen, SG_EHSM, "setting the user PIN of token \"%s\" failed (0x%lx)",
-                   cfg->token_label, rv);
+        return sg_say(why, whylen, SG_EHSM, "setting the user PIN of token \"%s\" failed (0x%lx)",
+                      cfg->token_label, rv);
     return SG_OK;
 }
 
@@ -835,22 +826,23 @@ static sg_err create_token(struct p11 *m, const sg_config *cfg, const char *pin,
     unsigned char label[32];
     const char *so;
     if (m->f->C_GetInfo(&info) != CKR_OK || memcmp(info.manufacturerID, "SoftHSM", 7) != 0)
-        return say(why, whylen, SG_EHSM,
-                   "no token labelled \"%s\" in %s, and signet creates tokens only on SoftHSM2",
-                   cfg->token_label, cfg->pkcs11_module);
+        return sg_say(why, whylen, SG_EHSM,
+                      "no token labelled \"%s\" in %s, and signet creates tokens only on SoftHSM2",
+                      cfg->token_label, cfg->pkcs11_module);
     sg_err e = so_pin(cfg, "creating", &so, why, whylen);
     if (e)
         return e;
     if (!find_slot(m, "", 1, &slot))
-        return say(why, whylen, SG_EHSM, "no free slot to create token \"%s\" in",
-                   cfg->token_label);
+        return sg_say(why, whylen, SG_EHSM, "no free slot to create token \"%s\" in",
+                      cfg->token_label);
     pad32(cfg->token_label, label);
     CK_RV rv = m->f->C_InitToken(slot, (unsigned char *)so, strlen(so), label);
     if (rv != CKR_OK)
-        return say(why, whylen, SG_EHSM, "C_InitToken failed (0x%lx)", rv);
+        return sg_say(why, whylen, SG_EHSM, "C_InitToken failed (0x%lx)", rv);
     /* SoftHSM2 gives the new token a new slot id. */
     if (!find_slot(m, cfg->token_label, 0, &slot))
-        return say(why, whylen, SG_EHSM, "token \"%s\" vanished after creation", cfg->token_label);
+        return sg_say(why, whylen, SG_EHSM, "token \"%s\" vanished after creation",
+                      cfg->token_label);
     if ((e = set_user_pin(m, cfg, slot, so, pin, why, whylen)) != SG_OK)
         return e;
     char line[128];
@@ -866,7 +858,7 @@ static sg_err finish_token(struct p11 *m, const sg_config *cfg, CK_SLOT_ID slot,
     CK_TOKEN_INFO ti;
     const char *so;
     if (m->f->C_GetTokenInfo(slot, &ti) != CKR_OK)
-        return say(why, whylen, SG_EHSM, "cannot read token \"%s\"", cfg->token_label);
+        return sg_say(why, whylen, SG_EHSM, "cannot read token \"%s\"", cfg->token_label);
     if (ti.flags & CKF_USER_PIN_INITIALIZED)
         return SG_OK;
     sg_err e = so_pin(cfg, "setting the user PIN of", &so, why, whylen);
@@ -929,8 +921,8 @@ sg_err signer_init_token(const sg_config *cfg, void (*report)(const char *line),
     char line[160];
     const char *pin = getenv(cfg->pin_env);
     if (pin == NULL || pin[0] == '\0')
-        return say(why, whylen, SG_ECONFIG, "environment variable %s (pkcs11.pin_env) is not set",
-                   cfg->pin_env);
+        return sg_say(why, whylen, SG_ECONFIG,
+                      "environment variable %s (pkcs11.pin_env) is not set", cfg->pin_env);
     sg_err e = p11_load(&m, cfg->pkcs11_module, why, whylen);
     if (e)
         goto out;
@@ -938,7 +930,8 @@ sg_err signer_init_token(const sg_config *cfg, void (*report)(const char *line),
         if ((e = create_token(&m, cfg, pin, report, why, whylen)))
             goto out;
         if (!find_slot(&m, cfg->token_label, 0, &slot)) {
-            e = say(why, whylen, SG_EHSM, "token \"%s\" vanished after creation", cfg->token_label);
+            e = sg_say(why, whylen, SG_EHSM, "token \"%s\" vanished after creation",
+                       cfg->token_label);
             goto out;
         }
     } else {
@@ -949,15 +942,15 @@ sg_err signer_init_token(const sg_config *cfg, void (*report)(const char *line),
     }
     CK_RV rv = m.f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h);
     if (rv != CKR_OK) {
-        e = say(why, whylen, SG_EHSM, "cannot open a session on token \"%s\" (0x%lx)",
-                cfg->token_label, rv);
+        e = sg_say(why, whylen, SG_EHSM, "cannot open a session on token \"%s\" (0x%lx)",
+                   cfg->token_label, rv);
         goto out;
     }
     open = 1;
     rv = m.f->C_Login(h, CKU_USER, (unsigned char *)pin, strlen(pin));
     if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
-        e = say(why, whylen, SG_EHSM, "cannot log in to token \"%s\" (wrong PIN?)",
-                cfg->token_label);
+        e = sg_say(why, whylen, SG_EHSM, "cannot log in to token \"%s\" (wrong PIN?)",
+                   cfg->token_label);
         goto out;
     }
     logged_in = rv == CKR_OK; /* else someone else's login: not ours to end */
@@ -966,18 +959,18 @@ sg_err signer_init_token(const sg_config *cfg, void (*report)(const char *line),
         int priv = has_object(&m, h, CKO_PRIVATE_KEY, name);
         int pub = has_object(&m, h, CKO_PUBLIC_KEY, name);
         if (priv < 0 || pub < 0) {
-            e = say(why, whylen, SG_EHSM, "cannot search token \"%s\"", cfg->token_label);
+            e = sg_say(why, whylen, SG_EHSM, "cannot search token \"%s\"", cfg->token_label);
             goto out;
         }
         if (priv && pub) {
             snprintf(line, sizeof(line), "key \"%s\" present", name);
         } else if (priv || pub) {
-            e = say(why, whylen, SG_EHSM,
-                    "token \"%s\" holds only half of key pair \"%s\"; remove it by hand",
-                    cfg->token_label, name);
+            e = sg_say(why, whylen, SG_EHSM,
+                       "token \"%s\" holds only half of key pair \"%s\"; remove it by hand",
+                       cfg->token_label, name);
             goto out;
         } else if ((rv = generate_p256(&m, h, name)) != CKR_OK) {
-            e = say(why, whylen, SG_EHSM, "generating key \"%s\" failed (0x%lx)", name, rv);
+            e = sg_say(why, whylen, SG_EHSM, "generating key \"%s\" failed (0x%lx)", name, rv);
             goto out;
         } else {
             snprintf(line, sizeof(line), "generated key \"%s\" (P-256, sensitive, not extractable)",

@@ -8,17 +8,6 @@
 
 #define PAGE 256
 
-static sg_err say(char *why, size_t whylen, sg_err e, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static sg_err say(char *why, size_t whylen, sg_err e, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why, whylen, fmt, ap);
-    va_end(ap);
-    return e;
-}
-
 void chain_genesis(struct chain_pos *p)
 {
     p->position = 0;
@@ -45,18 +34,20 @@ static int walk_one(const struct store_event *se, void *ud)
     json_t *ev = json_loadb(se->json, se->json_len, JSON_REJECT_DUPLICATES, &jerr);
     w->seen++;
     if (ev == NULL)
-        w->err = say(w->why, w->whylen, SG_EVERIFY, "event %llu is not JSON: %s",
-                     (unsigned long long)pos, jerr.text);
+        w->err = sg_say(w->why, w->whylen, SG_EVERIFY, "event %llu is not JSON: %s",
+                        (unsigned long long)pos, jerr.text);
     else if (se->position != pos)
-        w->err = say(w->why, w->whylen, SG_EVERIFY, "event %llu is missing (next stored is %llu)",
-                     (unsigned long long)pos, (unsigned long long)se->position);
+        w->err =
+            sg_say(w->why, w->whylen, SG_EVERIFY, "event %llu is missing (next stored is %llu)",
+                   (unsigned long long)pos, (unsigned long long)se->position);
     else if (event_verify(ev, pos, w->at.hash, w->kr, hash, r, sizeof(r)) != SG_OK)
-        w->err = say(w->why, w->whylen, SG_EVERIFY, "event %llu: %s", (unsigned long long)pos, r);
+        w->err =
+            sg_say(w->why, w->whylen, SG_EVERIFY, "event %llu: %s", (unsigned long long)pos, r);
     else if (strcmp(hash, se->hash) != 0)
-        w->err = say(w->why, w->whylen, SG_EVERIFY,
-                     "event %llu: the store's hash column (%.16s...) differs from the hash of "
-                     "its body (%.16s...)",
-                     (unsigned long long)pos, se->hash, hash);
+        w->err = sg_say(w->why, w->whylen, SG_EVERIFY,
+                        "event %llu: the store's hash column (%.16s...) differs from the hash of "
+                        "its body (%.16s...)",
+                        (unsigned long long)pos, se->hash, hash);
     json_decref(ev);
     if (w->err)
         return 1;
@@ -75,8 +66,8 @@ sg_err chain_verify(store *st, const keyring *kr, const struct chain_pos *from, 
         w.seen = 0;
         size_t page = w.left < PAGE ? w.left : PAGE;
         if ((e = store_read_after(st, w.at.position, page, walk_one, &w)) != SG_OK)
-            say(why, whylen, e, "cannot read the event store after position %llu",
-                (unsigned long long)w.at.position);
+            sg_say(why, whylen, e, "cannot read the event store after position %llu",
+                   (unsigned long long)w.at.position);
         else
             e = w.err;
     } while (e == SG_OK && w.seen == PAGE && w.left > 0);
@@ -105,39 +96,39 @@ sg_err chain_check_witness(store *st, const keyring *kr, const char *name,
     uint64_t head;
     char head_hash[SG_HEX256_LEN + 1], hash[SG_HEX256_LEN + 1], r[256];
     if (store_head(st, &head, head_hash) != SG_OK)
-        return say(why, whylen, SG_ESTORE, "cannot read the head of the event store");
+        return sg_say(why, whylen, SG_ESTORE, "cannot read the head of the event store");
     if (w->position == 0)
         return SG_OK;
     if (head < w->position)
-        return say(why, whylen, SG_EVERIFY,
-                   "the event store is behind %s: its head is position %llu (hash %s) but %s "
-                   "names position %llu (hash %s); the store was rolled back or replaced",
-                   name, (unsigned long long)head, head_hash, name, (unsigned long long)w->position,
-                   w->hash);
+        return sg_say(why, whylen, SG_EVERIFY,
+                      "the event store is behind %s: its head is position %llu (hash %s) but %s "
+                      "names position %llu (hash %s); the store was rolled back or replaced",
+                      name, (unsigned long long)head, head_hash, name,
+                      (unsigned long long)w->position, w->hash);
     struct one o = {0};
     if (store_read_after(st, w->position - 1, 1, take_one, &o) != SG_OK)
-        return say(why, whylen, SG_ESTORE, "cannot read event %llu of the event store",
-                   (unsigned long long)w->position);
+        return sg_say(why, whylen, SG_ESTORE, "cannot read event %llu of the event store",
+                      (unsigned long long)w->position);
     sg_err e = SG_OK;
     const char *prev = json_string_value(json_object_get(o.ev, "prev"));
     if (o.ev == NULL || o.position != w->position)
-        e = say(why, whylen, SG_EVERIFY,
-                "the event store has no readable event at position %llu, which %s names "
-                "(hash %s)",
-                (unsigned long long)w->position, name, w->hash);
+        e = sg_say(why, whylen, SG_EVERIFY,
+                   "the event store has no readable event at position %llu, which %s names "
+                   "(hash %s)",
+                   (unsigned long long)w->position, name, w->hash);
     else if (event_verify(o.ev, w->position, prev ? prev : "", kr, hash, r, sizeof(r)) != SG_OK)
-        e = say(why, whylen, SG_EVERIFY, "event %llu, which %s names (hash %s), fails: %s",
-                (unsigned long long)w->position, name, w->hash, r);
+        e = sg_say(why, whylen, SG_EVERIFY, "event %llu, which %s names (hash %s), fails: %s",
+                   (unsigned long long)w->position, name, w->hash, r);
     else if (strcmp(hash, w->hash) == 0 && strcmp(o.hash, hash) != 0)
-        e = say(why, whylen, SG_EVERIFY,
-                "at position %llu, which %s names, the store's hash column (%s) differs from "
-                "the hash of its body (%s)",
-                (unsigned long long)w->position, name, o.hash, hash);
+        e = sg_say(why, whylen, SG_EVERIFY,
+                   "at position %llu, which %s names, the store's hash column (%s) differs from "
+                   "the hash of its body (%s)",
+                   (unsigned long long)w->position, name, o.hash, hash);
     else if (strcmp(hash, w->hash) != 0)
-        e = say(why, whylen, SG_EVERIFY,
-                "the event store forks from %s: at position %llu the store has hash %s but %s "
-                "names hash %s",
-                name, (unsigned long long)w->position, hash, name, w->hash);
+        e = sg_say(why, whylen, SG_EVERIFY,
+                   "the event store forks from %s: at position %llu the store has hash %s but %s "
+                   "names hash %s",
+                   name, (unsigned long long)w->position, hash, name, w->hash);
     json_decref(o.ev);
     return e;
 }
