@@ -151,12 +151,23 @@ void uuid_v4(char out[37])
 
 void rfc3339_now(char out[32])
 {
-    struct timespec ts;
+    rfc3339_from_ms(wall_ms(), out);
+}
+
+void rfc3339_from_ms(uint64_t ms, char out[32])
+{
     struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
+    time_t secs = (time_t)(ms / 1000);
+    gmtime_r(&secs, &tm);
     size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out + n, 32 - n, ".%03ldZ", ts.tv_nsec / 1000000);
+    snprintf(out + n, 32 - n, ".%03uZ", (unsigned)(ms % 1000));
+}
+
+uint64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
 uint64_t mono_ns(void)

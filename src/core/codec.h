@@ -37,6 +37,10 @@ void uuid_v4(char out[37]);
 
 /* Now as RFC 3339 UTC with milliseconds: "2026-11-26T12:00:00.000Z" (24 chars). */
 void rfc3339_now(char out[32]);
+/* The wall-clock time ms (milliseconds since 1970) in the same form. */
+void rfc3339_from_ms(uint64_t ms, char out[32]);
+/* Wall clock in milliseconds since 1970. */
+uint64_t wall_ms(void);
 
 /* Monotonic clock in milliseconds / nanoseconds. */
 uint64_t mono_ms(void);

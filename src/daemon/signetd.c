@@ -99,6 +99,11 @@ static sg_err check_store(const sg_config *cfg, const keyring *kr, anchors *an,
     return e;
 }
 
+/* A write-state checkpoint every this many events (and at stop): start-up
+ * after a crash replays at most this many. Writing one stalls the sequencer
+ * for a time proportional to the write state (docs/behaviour.md). */
+#define CHECKPOINT_EVERY 250000
+
 #define WATCHDOG_GRACE_MS 4000 /* on top of pkcs11.sign_timeout_ms */
 
 /* The last resort: a stop that has not finished in time (something blocked
@@ -156,7 +161,7 @@ int main(int argc, char **argv)
     http_server *http = NULL;
     struct http_app app = {0};
     int status = 1;
-    char *readmodel = NULL;
+    char *readmodel = NULL, *checkpoint = NULL;
     retention *rt = NULL;
 
     /* Signals are taken by sigwait() below; every thread inherits the mask. */
@@ -185,18 +190,19 @@ int main(int argc, char **argv)
     if (signer_open(cfg, keys, &sg, why, sizeof(why)) != SG_OK)
         goto fail;
     EVP_PKEY *events_pub = signer_public_key(sg, KEY_EVENTS);
-    size_t n = strlen(cfg->data_dir) + 16;
+    size_t n = strlen(cfg->data_dir) + 32;
     if (events_pub == NULL) {
         snprintf(why, sizeof(why), "token \"%s\" has no public key \"events\" to verify with",
                  cfg->token_label);
         goto fail;
     }
     if ((kr = keyring_new()) == NULL || keyring_add(kr, KEY_EVENTS, events_pub) != SG_OK ||
-        (readmodel = malloc(n)) == NULL) {
+        (readmodel = malloc(n)) == NULL || (checkpoint = malloc(n)) == NULL) {
         snprintf(why, sizeof(why), "out of memory");
         goto fail;
     }
     snprintf(readmodel, n, "%s/read.db", cfg->data_dir);
+    snprintf(checkpoint, n, "%s/writestate.ckpt", cfg->data_dir);
     if (anchors_open(cfg, &an, why, sizeof(why)) != SG_OK ||
         check_store(cfg, kr, an, readmodel, &anchor, &head, why, sizeof(why)) != SG_OK)
         goto fail;
@@ -205,7 +211,14 @@ int main(int argc, char **argv)
         retention_start(cfg->store, cfg->idempotency_ttl_hours, &rt, why, sizeof(why)) != SG_OK)
         goto fail;
     if (do_write) {
-        if (sequencer_start(cfg->store, sg, kr, &head, &seq, why, sizeof(why)) != SG_OK)
+        struct sequencer_opts so = {.store_uri = cfg->store,
+                                    .signer = sg,
+                                    .kr = kr,
+                                    .cfg = cfg,
+                                    .trusted = head,
+                                    .checkpoint_path = checkpoint,
+                                    .checkpoint_every = CHECKPOINT_EVERY};
+        if (sequencer_start(&so, &seq, why, sizeof(why)) != SG_OK)
             goto fail;
         if ((keeper = anchor_keeper_start(an, sg, &anchor, &head)) == NULL) {
             snprintf(why, sizeof(why), "cannot start the anchor keeper");
@@ -262,6 +275,7 @@ out:
     }
     config_free(cfg);
     free(readmodel);
+    free(checkpoint);
     if (status == 0)
         sg_info("signetd: stopped");
     return status;

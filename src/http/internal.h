@@ -29,7 +29,7 @@ struct route {
     int device_self;  /* ROLE_DEVICE must be bound to the {} id */
     int json_body;    /* POST with a JSON body */
     route_fn fn;
-    const struct command_type *cmd; /* for command routes */
+    const struct wreq_type *cmd; /* for command routes */
 };
 
 /* The life of one request; see the hand-off comment in server.c.
@@ -60,7 +60,7 @@ struct req {
     int acted;   /* the handler answered or suspended in this call (MHD thread) */
     _Atomic enum req_state state;
     struct hdr_copy *hdrs;
-    struct command *cmd;
+    struct wreq *cmd;
     void *work;                /* a handler's own state across a suspension */
     void (*work_free)(void *); /* frees work when the request ends */
 };

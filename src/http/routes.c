@@ -23,7 +23,7 @@ const struct route routes[] = {
     {W | R, "GET", "/metrics", 0, 0, 0, route_metrics, NULL},
     {W | R, "GET", "/v1/keys", 0, 0, 0, route_keys, NULL},
 
-    {W, "POST", "/v1/devices", ROLE_OPERATOR, 0, 1, route_command, &cmd_register_device},
+    {W, "POST", "/v1/devices", ROLE_OPERATOR, 0, 1, route_command, &wreq_register_device},
     {W, "POST", "/v1/firmware", ROLE_BUILDER, 0, 0, route_not_implemented, NULL},
     {W, "POST", "/v1/rollouts", ROLE_OPERATOR, 0, 1, route_not_implemented, NULL},
     {W, "POST", "/v1/rollouts/{}/advance", ROLE_OPERATOR, 0, 0, route_not_implemented, NULL},
@@ -63,7 +63,7 @@ static int parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 
 /*** write side ***/
 
-static void command_done(struct command *c, void *ud)
+static void wreq_done(struct wreq *c, void *ud)
 {
     (void)c;
     http_resume(ud);
@@ -115,7 +115,7 @@ static int request_digest(struct req *r, char out[65])
 void route_command(struct req *r)
 {
     if (r->state == REQ_RESUMED) {
-        struct command *c = r->cmd;
+        struct wreq *c = r->cmd;
         if (c->err) {
             http_problem(r, c->err, "%s", c->detail);
         } else {
@@ -148,8 +148,8 @@ void route_command(struct req *r)
         http_problem(r, e, "%s", detail);
         return;
     }
-    /* On failure command_new() leaves input to us (main's command.h). */
-    r->cmd = command_new(r->route->cmd, r->who, input, r->param[0] ? r->param : NULL, idem);
+    /* On failure wreq_new() leaves input to us. */
+    r->cmd = wreq_new(r->route->cmd, r->who, input, r->param[0] ? r->param : NULL, idem);
     if (r->cmd == NULL) {
         json_decref(input);
         http_problem(r, SG_ENOMEM, "out of memory");
@@ -159,11 +159,11 @@ void route_command(struct req *r)
         http_problem(r, SG_ENOMEM, "out of memory");
         return;
     }
-    r->cmd->done = command_done;
+    r->cmd->done = wreq_done;
     r->cmd->ud = r;
     http_suspend(r);
     if (sequencer_submit(r->srv->app->seq, r->cmd) != SG_OK) {
-        command_fail(r->cmd, SG_EUNAVAILABLE, "shutting down");
+        wreq_fail(r->cmd, SG_EUNAVAILABLE, "shutting down");
         http_resume(r);
     }
 }

@@ -1,40 +1,43 @@
-/* devices.c - the devices aggregate: the RegisterDevice command and the
- * write state it is decided on (which device ids exist). */
+/* devices.c - the devices aggregate: the RegisterDevice request and the write
+ * state it is decided on (namespace "device": device_id -> {"hardware","group"?}). */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
-#include "../core/strmap.h"
-#include "command.h"
-#include "writestate.h"
+#include "../core/jcs.h"
+#include "wreq.h"
+
+#define NS "device"
 
 /*** state ***/
 
-static strmap *devices; /* device_id -> (void *)1; sequencer thread only */
-
-static void devices_reset(void)
+const char *devices_get(wstate *s, const char *device_id)
 {
-    strmap_free(devices, NULL);
-    devices = strmap_new();
+    return wstate_get(s, NS, device_id);
 }
 
-static sg_err devices_apply(const char *type, const json_t *event)
+static sg_err devices_apply(wstate *s, const char *type, const json_t *event)
 {
     if (strcmp(type, "DeviceRegistered") != 0)
         return SG_OK;
-    const char *id =
-        json_string_value(json_object_get(json_object_get(event, "data"), "device_id"));
-    if (id == NULL)
-        return SG_EINTERNAL;
-    if (devices == NULL && (devices = strmap_new()) == NULL)
-        return SG_ENOMEM;
-    return strmap_put(devices, id, (void *)1);
+    json_t *data = json_object_get(event, "data");
+    const char *id = json_string_value(json_object_get(data, "device_id"));
+    json_t *rec = json_deep_copy(data);
+    char *text = NULL;
+    size_t len;
+    sg_err e = SG_ENOMEM;
+    if (id == NULL) {
+        e = SG_EINTERNAL;
+    } else if (rec && json_object_del(rec, "device_id") == 0 &&
+               jcs_dump(rec, &text, &len) == SG_OK) {
+        e = wstate_set(s, NS, id, text);
+    }
+    free(text);
+    json_decref(rec);
+    return e;
 }
 
-int devices_exists(const char *device_id)
-{
-    return devices && strmap_get(devices, device_id) != NULL;
-}
-
-const struct aggregate devices_aggregate = {"devices", devices_reset, devices_apply};
+const struct aggregate devices_aggregate = {"devices", devices_apply};
 
 /*** POST /v1/devices ***/
 
@@ -63,18 +66,18 @@ static sg_err register_validate(const json_t *body, const char *path_id, json_t 
     return *input ? SG_OK : SG_ENOMEM;
 }
 
-static void register_decide(struct command *c, struct decision *d)
+static void register_decide(struct wreq *r, struct decision *d)
 {
-    const char *id = json_string_value(json_object_get(c->input, "device_id"));
-    if (devices_exists(id)) {
-        command_fail(c, SG_ECONFLICT, "device %s is already registered", id);
+    const char *id = json_string_value(json_object_get(r->input, "device_id"));
+    if (devices_get(decision_state(d), id)) {
+        wreq_fail(r, SG_ECONFLICT, "device %s is already registered", id);
         return;
     }
-    uint64_t pos = decision_emit(d, c, "DeviceRegistered", json_deep_copy(c->input));
+    uint64_t pos = decision_emit_new(d, "DeviceRegistered", json_deep_copy(r->input));
     if (pos)
-        command_respond(c, 201,
-                        json_pack("{s:s, s:I}", "device_id", id, "position", (json_int_t)pos));
+        wreq_respond_new(r, 201,
+                         json_pack("{s:s, s:I}", "device_id", id, "position", (json_int_t)pos));
 }
 
-const struct command_type cmd_register_device = {"RegisterDevice", register_validate,
-                                                 register_decide};
+const struct wreq_type wreq_register_device = {"RegisterDevice", register_validate,
+                                               register_decide};

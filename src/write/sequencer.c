@@ -1,12 +1,13 @@
-/* sequencer.c - decide, chain, sign in parallel, group-commit (see sequencer.h).
+/* sequencer.c - decide, chain, sign, group-commit (see sequencer.h).
  *
  * Threads: one sequencer (the only one that touches write state and the
- * chain head), one committer; signatures come from the signer's workers, a
- * batch at a time, with a deadline. Batch N is committed while
- * batch N+1 is decided and signed. If a batch fails (HSM or store), it and
- * every batch built on it fail, and write state is rebuilt from the store
- * before anything else is decided: nothing unsigned or undurable is ever
- * acknowledged, and no acknowledged command is lost. */
+ * chain head) and one committer. Batch N is committed while batch N+1 is
+ * decided and signed. Write state is layered (wstate.h): each request
+ * decides in its own layer, merged into its batch's layer when it succeeds;
+ * a batch's layer is folded into base when the committer reports it durable.
+ * If a batch fails (HSM or store), it and every batch built on it fail and
+ * their layers are dropped: nothing unsigned or undurable is ever
+ * acknowledged, no acknowledged request is lost, and nothing is replayed. */
 #include "sequencer.h"
 
 #include <pthread.h>
@@ -14,8 +15,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "../core/catalogue.h"
 #include "../core/integrity.h"
 #include "../core/jcs.h"
 #include "../core/log.h"
@@ -23,9 +26,10 @@
 #include "../core/strmap.h"
 #include "../store/chain.h"
 #include "../store/store.h"
-#include "writestate.h"
+#include "checkpoint.h"
 
-#define MAX_BATCH 1024 /* commands per batch */
+#define MAX_BATCH 1024     /* requests per batch */
+#define MAX_FOLLOWUPS 4096 /* system requests per batch, against runaway managers */
 
 struct pending {
     uint64_t position;
@@ -41,10 +45,12 @@ struct pending {
 struct batch {
     struct pending *evs;
     size_t nev, evcap;
-    struct command **cmds; /* commands waiting for this batch to be durable */
-    size_t ncmd;
+    struct wreq **reqs; /* requests waiting for this batch to be durable */
+    size_t nreq;
     struct idem_record *recs;
     size_t nrec;
+    uint64_t head0; /* chain head before the batch */
+    char prev0[SG_HEX256_LEN + 1];
     struct batch *next;
 };
 
@@ -52,34 +58,39 @@ struct decision {
     sequencer *q;
     struct batch *b;
     char command_id[37];
-    int broken; /* emit failed midway: state holds a partial command */
+    const char *actor;
+    uint64_t now_ms;
+    char now[32];
+    int broken;                         /* emit failed: the request fails */
+    struct wreq *follow, **follow_tail; /* system requests queued by managers */
+    size_t nfollow;
 };
 
 struct sequencer {
-    signer *signer;
-    const keyring *kr; /* events keys, to verify what the store holds */
-    store *rst;        /* sequencer thread: idempotency look-ups, rebuilds */
-    store *wst;        /* committer thread: appends */
+    struct sequencer_opts o;
+    store *rst; /* sequencer thread: idempotency look-ups, checks */
+    store *wst; /* committer thread: appends */
+    char *checkpoint_path;
 
     pthread_mutex_t mu;
     pthread_cond_t wake; /* queue non-empty, committer progress, stop */
-    struct command *qhead, *qtail;
+    struct wreq *qhead, *qtail;
     struct batch *chead, *ctail; /* committer queue */
     int committing;              /* committer busy with a batch */
-    int poisoned;                /* a commit failed: fail every later batch until rebuilt */
-    int need_rebuild;            /* sequencer thread: state holds events never stored */
+    int poisoned;                /* a commit failed: fail every later batch until recovered */
     int stopping, seq_done;
-    strmap *inflight; /* principal\x1fkey of commands not yet durable */
+    unsigned folds;           /* durable batches whose layers are not folded yet */
+    struct chain_pos durable; /* last durable point (set by the committer) */
+    strmap *inflight;         /* principal\x1fkey of requests not yet durable */
 
     /* sequencer thread only */
+    wstate *ws;
     uint64_t head;
     char prev[SG_HEX256_LEN + 1];
-
-    /* Last point known durable and verified: set at start from the verified
-     * store, then by the committer after each batch (under mu). Write state
-     * is rebuilt up to it, and the chain goes on from its hash, never from a
-     * hash column read back from the store. */
-    struct chain_pos durable;
+    struct chain_pos base_at; /* the point write state's base reflects */
+    uint64_t checkpointed;    /* position of the last checkpoint written */
+    uint64_t next_tick;       /* mono_ms of the next process-manager tick */
+    int has_ticks;
 
     void (*on_commit)(const struct chain_pos *, void *);
     void *on_commit_ud;
@@ -87,6 +98,8 @@ struct sequencer {
 
     pthread_t seq_thread, commit_thread;
 };
+
+static const struct wreq_type wreq_tick; /* below */
 
 /*** batches ***/
 
@@ -99,47 +112,133 @@ static void batch_free(struct batch *b)
         free(b->evs[i].json);
     }
     free(b->evs);
-    free(b->cmds);
+    free(b->reqs);
     free(b->recs);
     free(b);
 }
 
-static void inflight_key(char *out, size_t n, const struct command *c)
+/* A batch with room for n requests and their idempotency records, so that
+ * adding a request to it can never fail halfway. NULL when out of memory. */
+static struct batch *batch_new(size_t n)
 {
-    snprintf(out, n, "%s\x1f%s", c->who->name, c->idem_key);
+    struct batch *b = calloc(1, sizeof(*b));
+    if (b == NULL || (b->reqs = calloc(n, sizeof(*b->reqs))) == NULL ||
+        (b->recs = calloc(n, sizeof(*b->recs))) == NULL) {
+        batch_free(b);
+        return NULL;
+    }
+    return b;
 }
 
-/* Final answer for c: call done, release its idempotency slot. */
-static void finish(sequencer *q, struct command *c)
+static void inflight_key(char *out, size_t n, const struct wreq *r)
 {
-    if (c->idem_key) {
+    snprintf(out, n, "%s\x1f%s", r->who->name, r->idem_key);
+}
+
+/* Final answer for r: call done, release its idempotency slot. */
+static void finish(sequencer *q, struct wreq *r)
+{
+    if (r->idem_key) {
         char k[512];
-        inflight_key(k, sizeof(k), c);
+        inflight_key(k, sizeof(k), r);
         pthread_mutex_lock(&q->mu);
         strmap_del(q->inflight, k);
         pthread_mutex_unlock(&q->mu);
     }
-    c->done(c, c->ud);
+    r->done(r, r->ud);
 }
 
 static void fail_batch(sequencer *q, struct batch *b, sg_err err, const char *why)
 {
-    for (size_t i = 0; i < b->ncmd; i++) {
-        command_fail(b->cmds[i], err, "%s", why);
-        finish(q, b->cmds[i]);
+    for (size_t i = 0; i < b->nreq; i++) {
+        wreq_fail(b->reqs[i], err, "%s", why);
+        finish(q, b->reqs[i]);
     }
     batch_free(b);
 }
 
-/*** deciding ***/
+/* Add r to b, which has room for it (batch_new). */
+static void batch_add(struct batch *b, struct wreq *r)
+{
+    b->reqs[b->nreq++] = r;
+    if (r->idem_key) {
+        struct idem_record *rec = &b->recs[b->nrec++];
+        rec->principal = r->who->name;
+        rec->key = r->idem_key;
+        memcpy(rec->request_sha256, r->request_sha256, sizeof(rec->request_sha256));
+        rec->status = r->status;
+        rec->body = r->body;
+        rec->position = r->position;
+    }
+}
 
-uint64_t decision_emit(struct decision *d, struct command *c, const char *type, json_t *data)
+/* Drop the events b holds from index from on, and move the chain head back
+ * to head/prev. */
+static void batch_truncate(sequencer *q, struct batch *b, size_t from, uint64_t head,
+                           const char *prev)
+{
+    for (size_t i = from; i < b->nev; i++) {
+        json_decref(b->evs[i].ev);
+        free(b->evs[i].json);
+    }
+    b->nev = from;
+    q->head = head;
+    memcpy(q->prev, prev, sizeof(q->prev));
+}
+
+/*** folding events into write state ***/
+
+static sg_err apply_event(sequencer *q, wstate *s, const json_t *ev)
+{
+    const char *type = json_string_value(json_object_get(ev, "type"));
+    if (type == NULL)
+        return SG_EINTERNAL;
+    for (size_t i = 0; i < q->o.naggregates; i++) {
+        sg_err e = q->o.aggregates[i]->apply(s, type, ev);
+        if (e)
+            return e;
+    }
+    return SG_OK;
+}
+
+/*** the decision context ***/
+
+const sg_config *decision_config(const struct decision *d)
+{
+    return d->q->o.cfg;
+}
+
+uint64_t decision_now_ms(const struct decision *d)
+{
+    return d->now_ms;
+}
+
+const char *decision_now(const struct decision *d)
+{
+    return d->now;
+}
+
+const char *decision_actor(const struct decision *d)
+{
+    return d->actor;
+}
+
+wstate *decision_state(struct decision *d)
+{
+    return d->q->ws;
+}
+
+uint64_t decision_emit_new(struct decision *d, const char *type, json_t *data)
 {
     sequencer *q = d->q;
     struct batch *b = d->b;
-    char id[37], now[32];
+    char id[37], why[256];
     if (data == NULL)
         goto broken;
+    if (catalogue_check(type, data, why, sizeof(why)) != SG_OK) {
+        sg_error("write side: refusing to emit a malformed event: %s", why);
+        goto broken;
+    }
     if (b->nev == b->evcap) {
         size_t cap = b->evcap ? b->evcap * 2 : 64;
         struct pending *p = realloc(b->evs, cap * sizeof(*p));
@@ -149,10 +248,9 @@ uint64_t decision_emit(struct decision *d, struct command *c, const char *type, 
         b->evcap = cap;
     }
     uuid_v4(id);
-    rfc3339_now(now);
     uint64_t pos = q->head + 1;
     json_t *ev = json_pack("{s:I, s:s, s:s, s:s, s:s, s:s, s:o, s:s}", "position", (json_int_t)pos,
-                           "id", id, "type", type, "time", now, "actor", c->who->name, "command_id",
+                           "id", id, "type", type, "time", d->now, "actor", d->actor, "command_id",
                            d->command_id, "data", data, "prev", q->prev);
     data = NULL;
     if (ev == NULL)
@@ -161,7 +259,7 @@ uint64_t decision_emit(struct decision *d, struct command *c, const char *type, 
     memset(p, 0, sizeof(*p));
     char *bytes;
     size_t len;
-    if (signed_bytes(ev, &bytes, &len) != SG_OK || writestate_apply(ev) != SG_OK) {
+    if (signed_bytes(ev, &bytes, &len) != SG_OK || apply_event(q, q->ws, ev) != SG_OK) {
         json_decref(ev);
         goto broken;
     }
@@ -173,87 +271,145 @@ uint64_t decision_emit(struct decision *d, struct command *c, const char *type, 
     b->nev++;
     q->head = pos;
     memcpy(q->prev, p->hash, sizeof(q->prev));
+    for (size_t i = 0; i < q->o.nmanagers; i++)
+        if (q->o.managers[i]->on_event)
+            q->o.managers[i]->on_event(d, ev);
     return pos;
 broken:
     json_decref(data);
     d->broken = 1;
-    command_fail(c, SG_EINTERNAL, "cannot build the event");
     return 0;
 }
 
-/* Idempotency: SG_OK to go on deciding; otherwise c is answered already. */
-static int idem_check(sequencer *q, struct command *c)
+sg_err decision_sign(struct decision *d, enum key_purpose purpose, const json_t *doc,
+                     char sig_b64[DECISION_SIG_B64], char key_id[SG_HEX256_LEN + 1])
+{
+    char *bytes = NULL;
+    size_t len, siglen;
+    uint8_t digest[32], sig[SIGNER_MAX_SIG];
+    const char *kid = signer_key_id(d->q->o.signer, purpose);
+    if (kid == NULL)
+        return SG_EHSM;
+    sg_err e = doc_signed_bytes(doc, &bytes, &len);
+    if (e)
+        return e;
+    sha256(bytes, len, digest);
+    free(bytes);
+    if ((e = signer_sign_digest(d->q->o.signer, purpose, digest, sig, &siglen)) != SG_OK)
+        return e;
+    b64_encode(sig, siglen, sig_b64);
+    memcpy(key_id, kid, SG_HEX256_LEN + 1);
+    return SG_OK;
+}
+
+void decision_follow_new(struct decision *d, const struct wreq_type *type, json_t *input)
+{
+    struct wreq *r = d->nfollow < MAX_FOLLOWUPS ? wreq_new(type, NULL, input, NULL, NULL) : NULL;
+    if (r == NULL) {
+        sg_error("write side: a process manager's %s request was dropped (%s)", type->name,
+                 d->nfollow < MAX_FOLLOWUPS ? "out of memory" : "too many in one batch");
+        json_decref(input);
+        return;
+    }
+    d->nfollow++;
+    *d->follow_tail = r;
+    d->follow_tail = &r->next;
+}
+
+/*** deciding ***/
+
+/* Idempotency: 1 to go on deciding; 0 if r is answered already. */
+static int idem_check(sequencer *q, struct wreq *r)
 {
     char k[512], stored_req[SG_HEX256_LEN + 1];
     int status;
     char *body = NULL;
-    inflight_key(k, sizeof(k), c);
+    inflight_key(k, sizeof(k), r);
     pthread_mutex_lock(&q->mu);
     int busy = strmap_get(q->inflight, k) != NULL;
     pthread_mutex_unlock(&q->mu);
     if (busy) {
-        command_fail(c, SG_ECONFLICT, "a request with this Idempotency-Key is still in progress");
+        wreq_fail(r, SG_ECONFLICT, "a request with this Idempotency-Key is still in progress");
         return 0;
     }
-    sg_err e = store_idem_get(q->rst, c->who->name, c->idem_key, stored_req, &status, &body);
+    sg_err e = store_idem_get(q->rst, r->who->name, r->idem_key, stored_req, &status, &body);
     if (e == SG_ENOTFOUND)
         return 1;
     if (e)
-        command_fail(c, SG_ESTORE, "cannot read idempotency records");
-    else if (strcmp(stored_req, c->request_sha256) != 0)
-        command_fail(c, SG_EUNPROCESSABLE,
-                     "Idempotency-Key was already used for a different request");
+        wreq_fail(r, SG_ESTORE, "cannot read idempotency records");
+    else if (strcmp(stored_req, r->request_sha256) != 0)
+        wreq_fail(r, SG_EUNPROCESSABLE, "Idempotency-Key was already used for a different request");
     else {
-        c->err = SG_OK;
-        c->status = status;
-        free(c->body);
-        c->body = body;
+        r->err = SG_OK;
+        r->status = status;
+        free(r->body);
+        r->body = body;
         body = NULL;
     }
     free(body);
     return 0;
 }
 
-/* A batch with room for n commands and their idempotency records, so that
- * adding a command to it can never fail halfway. NULL when out of memory. */
-static struct batch *batch_new(size_t n)
+/* Decide one request in its own layer of write state. Returns 1 if it
+ * emitted events (its layer is merged into the batch's), 0 if it is
+ * answered already: it failed (its layer is dropped, with every event and
+ * follow-up it made) or it had nothing to append. */
+static int decide_one(sequencer *q, struct decision *d, struct wreq *r)
 {
-    struct batch *b = calloc(1, sizeof(*b));
-    if (b == NULL || (b->cmds = calloc(n, sizeof(*b->cmds))) == NULL ||
-        (b->recs = calloc(n, sizeof(*b->recs))) == NULL) {
-        batch_free(b);
-        return NULL;
+    struct batch *b = d->b;
+    size_t before = b->nev;
+    uint64_t head = q->head;
+    char prev[SG_HEX256_LEN + 1];
+    struct wreq **follow_mark = d->follow_tail;
+    memcpy(prev, q->prev, sizeof(prev));
+    d->actor = r->who ? r->who->name : "system";
+    d->broken = 0;
+    uuid_v4(d->command_id);
+    if (wstate_push(q->ws) != SG_OK) {
+        wreq_fail(r, SG_ENOMEM, "out of memory");
+        return 0;
     }
-    return b;
+    r->err = SG_OK;
+    r->type->decide(r, d);
+    if (d->broken && !r->err)
+        wreq_fail(r, SG_EINTERNAL, "cannot build the event");
+    if (r->err && b->nev > before && !d->broken)
+        sg_error("write side: %s failed after emitting %zu events; they are dropped", r->type->name,
+                 b->nev - before);
+    if (r->err) {
+        batch_truncate(q, b, before, head, prev);
+        wstate_drop(q->ws);
+        for (struct wreq *f = *follow_mark, *nx; f; f = nx) { /* its follow-ups go too */
+            nx = f->next;
+            wreq_free(f);
+            d->nfollow--;
+        }
+        *follow_mark = NULL;
+        d->follow_tail = follow_mark;
+        return 0;
+    }
+    wstate_merge(q->ws);
+    if (b->nev == before)
+        return 0; /* answered without an event (its follow-ups stay) */
+    r->position = q->head;
+    return 1;
 }
 
-/* Add c to b, which has room for it (batch_new). */
-static void batch_add_cmd(struct batch *b, struct command *c)
+/* Decide the system requests process managers queued, in order (each may
+ * queue more). They have no client: they are freed once decided. */
+static void decide_followups(sequencer *q, struct decision *d)
 {
-    b->cmds[b->ncmd++] = c;
-    if (c->idem_key) {
-        struct idem_record *r = &b->recs[b->nrec++];
-        r->principal = c->who->name;
-        r->key = c->idem_key;
-        memcpy(r->request_sha256, c->request_sha256, sizeof(r->request_sha256));
-        r->status = c->status;
-        r->body = c->body;
-        r->position = c->position;
+    while (d->follow) {
+        struct wreq *r = d->follow;
+        d->follow = r->next;
+        if (d->follow == NULL)
+            d->follow_tail = &d->follow;
+        r->next = NULL;
+        decide_one(q, d, r);
+        if (r->err)
+            sg_warn("write side: system request %s failed: %s", r->type->name, r->detail);
+        wreq_free(r);
     }
-}
-
-/* Drop the events b holds from index from on (a command that failed after
- * emitting), and move the chain head back to where it was before them. */
-static void batch_truncate(sequencer *q, struct batch *b, size_t from, uint64_t head,
-                           const char *prev)
-{
-    for (size_t i = from; i < b->nev; i++) {
-        json_decref(b->evs[i].ev);
-        free(b->evs[i].json);
-    }
-    b->nev = from;
-    q->head = head;
-    memcpy(q->prev, prev, sizeof(q->prev));
 }
 
 /*** signing ***/
@@ -269,7 +425,7 @@ static sg_err sign_batch(sequencer *q, struct batch *b)
         return SG_ENOMEM;
     for (size_t i = 0; i < b->nev; i++)
         memcpy(items[i].digest, b->evs[i].digest, sizeof(items[i].digest));
-    sg_err e = signer_sign_batch(q->signer, KEY_EVENTS, items, b->nev);
+    sg_err e = signer_sign_batch(q->o.signer, KEY_EVENTS, items, b->nev);
     if (e == SG_OK) {
         for (size_t i = 0; i < b->nev; i++) {
             memcpy(b->evs[i].sig, items[i].sig, items[i].siglen);
@@ -282,7 +438,7 @@ static sg_err sign_batch(sequencer *q, struct batch *b)
     if (e)
         return e;
 
-    const char *key_id = signer_key_id(q->signer, KEY_EVENTS);
+    const char *key_id = signer_key_id(q->o.signer, KEY_EVENTS);
     for (size_t i = 0; i < b->nev; i++) {
         struct pending *p = &b->evs[i];
         char sig64[128];
@@ -338,9 +494,11 @@ static void *committer_main(void *arg)
             memcpy(last.hash, b->evs[b->nev - 1].hash, sizeof(last.hash));
             pthread_mutex_lock(&q->mu);
             q->durable = last;
+            q->folds++; /* its layer can be folded into base */
+            pthread_cond_broadcast(&q->wake);
             pthread_mutex_unlock(&q->mu);
-            for (size_t i = 0; i < b->ncmd; i++)
-                finish(q, b->cmds[i]);
+            for (size_t i = 0; i < b->nreq; i++)
+                finish(q, b->reqs[i]);
             if (q->on_commit)
                 q->on_commit(&last, q->on_commit_ud);
             batch_free(b);
@@ -362,134 +520,180 @@ static void *committer_main(void *arg)
     return NULL;
 }
 
-/*** the sequencer thread ***/
+/*** replay, recovery and checkpoints (sequencer thread) ***/
 
-/* Rebuild write state from the store, then make sure the store still holds
- * exactly the chain this process made durable: the event at the durable
- * point must verify with the same hash (recomputed from its body), and
- * whatever follows it must verify too. The next event links to that
- * recomputed hash. A mismatch is an integrity failure: writes stop. */
-static sg_err rebuild(sequencer *q)
+struct replay {
+    sequencer *q;
+    const struct chain_pos *must; /* a point the chain must pass through (or NULL) */
+    struct chain_pos at;
+    sg_err err;
+    char why[384];
+};
+
+/* Fold one stored event into base after checking it continues the chain:
+ * its position, its prev, its hash recomputed from its body (and the
+ * store's hash column). Signatures are checked by whoever trusted `at`
+ * (start-up checks, the scrub); the hash chain ties every event to them. */
+static int replay_one(const struct store_event *se, void *ud)
 {
-    char why[512], ignored[SG_HEX256_LEN + 1];
-    struct chain_pos from, to;
-    uint64_t replayed;
-    pthread_mutex_lock(&q->mu);
-    from = q->durable;
-    pthread_mutex_unlock(&q->mu);
-    sg_err e =
-        chain_check_witness(q->rst, q->kr, "the last durable batch", &from, why, sizeof(why));
-    uint64_t bad_at = from.position;
-    if (e == SG_OK) {
-        e = chain_verify(q->rst, q->kr, &from, 0, &to, why, sizeof(why));
-        bad_at = to.position + 1;
+    struct replay *r = ud;
+    uint64_t pos = r->at.position + 1;
+    char *bytes = NULL, hash[SG_HEX256_LEN + 1];
+    size_t len;
+    uint8_t digest[32];
+    json_t *ev = json_loadb(se->json, se->json_len, JSON_REJECT_DUPLICATES, NULL);
+    json_t *p = json_object_get(ev, "position");
+    const char *prev = json_string_value(json_object_get(ev, "prev"));
+    if (ev == NULL || se->position != pos || !json_is_integer(p) ||
+        (uint64_t)json_integer_value(p) != pos || prev == NULL || strcmp(prev, r->at.hash) != 0 ||
+        signed_bytes(ev, &bytes, &len) != SG_OK) {
+        r->err = sg_say(r->why, sizeof(r->why), SG_EVERIFY,
+                        "event %llu does not continue the chain", (unsigned long long)pos);
+        goto out;
     }
-    if (e == SG_EVERIFY) {
-        integrity_fail(bad_at, "write side: %s", why);
-        return e;
+    sha256(bytes, len, digest);
+    hex_encode(digest, 32, hash);
+    if (strcmp(hash, se->hash) != 0 || !json_is_string(json_object_get(ev, "hash")) ||
+        strcmp(hash, json_string_value(json_object_get(ev, "hash"))) != 0) {
+        r->err = sg_say(r->why, sizeof(r->why), SG_EVERIFY,
+                        "event %llu: the hash of its body differs from its stored hash",
+                        (unsigned long long)pos);
+        goto out;
     }
-    if (e == SG_OK && (e = writestate_rebuild(q->rst, &replayed, ignored)) == SG_OK &&
-        replayed != to.position) {
-        integrity_fail(to.position, "write side: replayed %llu events but verified %llu",
-                       (unsigned long long)replayed, (unsigned long long)to.position);
-        e = SG_EVERIFY;
+    if (r->must && r->must->position == pos && strcmp(r->must->hash, hash) != 0) {
+        r->err = sg_say(r->why, sizeof(r->why), SG_EVERIFY,
+                        "event %llu differs from the verified point at that position",
+                        (unsigned long long)pos);
+        goto out;
     }
-    if (e) {
-        sg_error("write state: rebuild from the store failed: %s", why);
-        return e;
+    if (apply_event(r->q, r->q->ws, ev) != SG_OK) {
+        r->err = sg_say(r->why, sizeof(r->why), SG_EINTERNAL, "cannot fold event %llu",
+                        (unsigned long long)pos);
+        goto out;
     }
-    q->head = to.position;
-    memcpy(q->prev, to.hash, sizeof(q->prev));
-    pthread_mutex_lock(&q->mu);
-    q->durable = to;
-    pthread_mutex_unlock(&q->mu);
+    r->at.position = pos;
+    memcpy(r->at.hash, hash, sizeof(hash));
+out:
+    free(bytes);
+    json_decref(ev);
+    return r->err != SG_OK;
+}
+
+/* Fold the stored events after q->base_at into base, up to the head. */
+static sg_err replay(sequencer *q, const struct chain_pos *must, char *why, size_t whylen)
+{
+    struct replay r = {.q = q, .must = must, .at = q->base_at};
+    uint64_t before;
+    do {
+        before = r.at.position;
+        sg_err e = store_read_after(q->rst, r.at.position, 1000, replay_one, &r);
+        if (e)
+            return sg_say(why, whylen, e, "cannot read the event store after %llu",
+                          (unsigned long long)r.at.position);
+        if (r.err)
+            return sg_say(why, whylen, r.err, "%s", r.why);
+    } while (r.at.position != before);
+    q->base_at = r.at;
     return SG_OK;
 }
 
-/* Put the commands of list back at the front of the queue, to be decided in
- * the next batch (after write state is rebuilt). */
-static void requeue(sequencer *q, struct command *list)
+/* After a failed commit: every layer above base is gone; check that the
+ * store still holds the durable point, fold whatever the store has after it
+ * (a commit that reported failure may have landed), and go on from there. */
+static sg_err recover(sequencer *q)
 {
-    struct command *last = list;
-    while (last->next)
-        last = last->next;
-    pthread_mutex_lock(&q->mu);
-    last->next = q->qhead;
-    q->qhead = list;
-    if (q->qtail == NULL)
-        q->qtail = last;
-    pthread_mutex_unlock(&q->mu);
+    char why[512];
+    sg_err e = chain_check_witness(q->rst, q->o.kr, "the last durable batch", &q->base_at, why,
+                                   sizeof(why));
+    if (e == SG_OK)
+        e = replay(q, NULL, why, sizeof(why));
+    if (e == SG_EVERIFY) {
+        integrity_fail(q->base_at.position + 1, "write side: %s", why);
+        return e;
+    }
+    if (e) {
+        sg_error("write side: cannot recover from the failed batch: %s", why);
+        return e;
+    }
+    q->head = q->base_at.position;
+    memcpy(q->prev, q->base_at.hash, sizeof(q->prev));
+    return SG_OK;
 }
 
-static void run_batch(sequencer *q, struct command *list, size_t n)
+static void write_checkpoint(sequencer *q)
+{
+    char why[512];
+    if (q->checkpoint_path == NULL || q->base_at.position == q->checkpointed || !integrity_ok())
+        return;
+    uint64_t t0 = mono_ms();
+    if (checkpoint_save(q->checkpoint_path, q->ws, &q->base_at, q->o.signer, why, sizeof(why)) !=
+        SG_OK) {
+        sg_warn("write state: checkpoint not written: %s", why);
+        return;
+    }
+    q->checkpointed = q->base_at.position;
+    sg_info("write state: checkpoint at position %llu written in %llu ms",
+            (unsigned long long)q->base_at.position, (unsigned long long)(mono_ms() - t0));
+}
+
+/*** the sequencer thread ***/
+
+static void run_batch(sequencer *q, struct wreq *list, size_t n)
 {
     struct batch *b = batch_new(n);
     struct decision d = {.q = q, .b = b};
-    struct command *c, *next;
-    if (b == NULL) {
-        for (c = list; c; c = next) {
-            next = c->next;
-            command_fail(c, SG_ENOMEM, "out of memory");
-            c->done(c, c->ud);
+    struct wreq *r, *next;
+    d.follow_tail = &d.follow;
+    if (b == NULL || wstate_push(q->ws) != SG_OK) {
+        batch_free(b);
+        for (r = list; r; r = next) {
+            next = r->next;
+            wreq_fail(r, SG_ENOMEM, "out of memory");
+            r->done(r, r->ud);
         }
         return;
     }
-    for (c = list; c; c = next) {
-        next = c->next;
-        if (d.broken) {
-            command_fail(c, SG_EINTERNAL, "batch failed; retry");
-            c->done(c, c->ud);
+    d.now_ms = q->o.clock_ms();
+    rfc3339_from_ms(d.now_ms, d.now);
+    b->head0 = q->head;
+    memcpy(b->prev0, q->prev, sizeof(b->prev0));
+    for (r = list; r; r = next) {
+        next = r->next;
+        r->next = NULL;
+        if (r->idem_key && !idem_check(q, r)) {
+            r->done(r, r->ud);
             continue;
         }
-        if (c->idem_key && !idem_check(q, c)) {
-            c->done(c, c->ud);
-            continue;
+        if (!decide_one(q, &d, r)) {
+            r->done(r, r->ud);
+        } else {
+            if (r->idem_key) {
+                char k[512];
+                inflight_key(k, sizeof(k), r);
+                pthread_mutex_lock(&q->mu);
+                sg_err e = strmap_put(q->inflight, k, (void *)1);
+                pthread_mutex_unlock(&q->mu);
+                if (e)
+                    sg_warn("write side: cannot mark an Idempotency-Key in flight");
+            }
+            batch_add(b, r);
         }
-        uuid_v4(d.command_id);
-        size_t before = b->nev;
-        uint64_t head = q->head;
-        char prev[SG_HEX256_LEN + 1];
-        memcpy(prev, q->prev, sizeof(prev));
-        c->err = SG_OK;
-        c->type->decide(c, &d);
-        if (c->err && b->nev > before && !d.broken) {
-            /* decide() broke its contract: it failed after emitting. Its
-             * events must not be stored; write state already folded them,
-             * so decide the rest only after a rebuild. */
-            sg_error("command %s failed after emitting %zu events; they are dropped", c->type->name,
-                     b->nev - before);
-            batch_truncate(q, b, before, head, prev);
-            q->need_rebuild = 1;
-            c->done(c, c->ud);
-            if (next)
-                requeue(q, next);
-            break;
-        }
-        if (c->err || b->nev == before) {
-            c->done(c, c->ud);
-            continue;
-        }
-        c->position = q->head;
-        if (c->idem_key) {
-            char k[512];
-            inflight_key(k, sizeof(k), c);
-            pthread_mutex_lock(&q->mu);
-            if (strmap_put(q->inflight, k, (void *)1) != SG_OK)
-                d.broken = 1;
-            pthread_mutex_unlock(&q->mu);
-        }
-        batch_add_cmd(b, c);
+        decide_followups(q, &d);
     }
-    if (b->nev == 0) {
+    if (b->nev == 0) { /* nothing to append: nobody waits on b */
+        wstate_drop(q->ws);
         batch_free(b);
         return;
     }
-    sg_err e = d.broken ? SG_EINTERNAL : sign_batch(q, b);
+    sg_err e = sign_batch(q, b);
     if (e) {
+        /* Only this batch's layer goes; batches below it may still commit. */
+        wstate_drop(q->ws);
+        q->head = b->head0;
+        memcpy(q->prev, b->prev0, sizeof(q->prev));
         fail_batch(q, b, e,
                    e == SG_EHSM ? "the HSM did not sign; nothing was appended"
                                 : "internal error; nothing was appended");
-        q->need_rebuild = 1; /* state holds events that will never be stored */
         return;
     }
     pthread_mutex_lock(&q->mu);
@@ -504,64 +708,114 @@ static void run_batch(sequencer *q, struct command *list, size_t n)
     pthread_mutex_unlock(&q->mu);
 }
 
+/* Fold the layers of batches the committer made durable; after a failed
+ * commit, wait for the committer to drain and recover. Called with mu held;
+ * returns with it held. */
+static void settle(sequencer *q)
+{
+    int poisoned = q->poisoned;
+    if (poisoned)
+        while (q->chead != NULL || q->committing)
+            pthread_cond_wait(&q->wake, &q->mu);
+    unsigned folds = q->folds;
+    struct chain_pos durable = q->durable;
+    q->folds = 0;
+    pthread_mutex_unlock(&q->mu);
+    for (unsigned i = 0; i < folds; i++)
+        wstate_fold_oldest(q->ws);
+    if (folds)
+        q->base_at = durable;
+    sg_err e = SG_OK;
+    if (poisoned) {
+        /* Tried again at each new batch while the store is unavailable;
+         * never again once the chain is known broken. */
+        wstate_drop_all(q->ws);
+        e = integrity_ok() ? recover(q) : SG_EINTEGRITY;
+    }
+    if (q->o.checkpoint_every && q->base_at.position - q->checkpointed >= q->o.checkpoint_every &&
+        wstate_layers(q->ws) == 0)
+        write_checkpoint(q);
+    pthread_mutex_lock(&q->mu);
+    if (poisoned && e == SG_OK)
+        q->poisoned = 0;
+}
+
+/* Fail every request of list with err and detail. */
+static void fail_list(struct wreq *list, sg_err err, const char *detail)
+{
+    for (struct wreq *r = list, *nx; r; r = nx) {
+        nx = r->next;
+        wreq_fail(r, err, "%s", detail);
+        r->done(r, r->ud);
+    }
+}
+
+static void tick_done(struct wreq *r, void *ud)
+{
+    (void)ud;
+    wreq_free(r);
+}
+
 static void *sequencer_main(void *arg)
 {
     sequencer *q = arg;
     pthread_setname_np(pthread_self(), "sg-sequencer");
     pthread_mutex_lock(&q->mu);
     for (;;) {
-        while (q->qhead == NULL && !q->stopping)
-            pthread_cond_wait(&q->wake, &q->mu);
-        if (q->qhead == NULL)
-            break;
-        if (q->poisoned || q->need_rebuild) {
-            /* Let the committer drain (earlier batches are good), then rebuild
-             * write state from what is durable. */
-            while (q->chead != NULL || q->committing)
+        while (q->qhead == NULL && !q->stopping && !q->folds &&
+               !(q->has_ticks && mono_ms() >= q->next_tick)) {
+            if (!q->has_ticks) {
                 pthread_cond_wait(&q->wake, &q->mu);
-            pthread_mutex_unlock(&q->mu);
-            sg_err e = rebuild(q);
-            pthread_mutex_lock(&q->mu);
-            if (e == SG_OK)
-                q->poisoned = q->need_rebuild = 0;
+                continue;
+            }
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 50 * 1000000L;
+            if (ts.tv_nsec >= 1000000000L)
+                ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+            pthread_cond_timedwait(&q->wake, &q->mu, &ts);
         }
-        struct command *list = q->qhead, *last = list;
+        settle(q);
+        if (q->qhead == NULL && q->stopping)
+            break;
+        struct wreq *list = q->qhead, *last = list;
         size_t n = 1;
+        if (list == NULL) {
+            if (!(q->has_ticks && mono_ms() >= q->next_tick))
+                continue; /* only folded */
+            pthread_mutex_unlock(&q->mu);
+            q->next_tick = mono_ms() + q->o.tick_ms;
+            list = wreq_new(&wreq_tick, NULL, NULL, NULL, NULL);
+            if (list) {
+                list->done = tick_done;
+                run_batch(q, list, 1);
+            }
+            pthread_mutex_lock(&q->mu);
+            continue;
+        }
         while (last->next && n < MAX_BATCH)
             last = last->next, n++;
         q->qhead = last->next;
         if (q->qhead == NULL)
             q->qtail = NULL;
         last->next = NULL;
-        int poisoned = q->poisoned || q->need_rebuild;
+        int poisoned = q->poisoned;
         pthread_mutex_unlock(&q->mu);
         uint64_t bad_at = 0;
-        char bad_why[384];
+        char bad_why[384], detail[256];
         if (integrity_failure(&bad_at, bad_why, sizeof(bad_why))) {
-            for (struct command *c = list, *nx; c; c = nx) {
-                nx = c->next;
-                command_fail(c, SG_EINTEGRITY,
-                             "writes are stopped: the event store failed verification at "
-                             "position %llu (%.180s)",
-                             (unsigned long long)bad_at, bad_why);
-                c->done(c, c->ud);
-            }
-            pthread_mutex_lock(&q->mu);
-            continue;
-        }
-        /* While the HSM is known to be down, fail at once: deciding would only
-         * be undone (and write state rebuilt) when signing fails. The signer's
-         * prober brings it back up; signer_healthy() is an atomic read. */
-        int hsm_down = !poisoned && !signer_healthy(q->signer);
-        if (poisoned || hsm_down) {
-            for (struct command *c = list, *nx; c; c = nx) {
-                nx = c->next;
-                if (hsm_down)
-                    command_fail(c, SG_EHSM, "the HSM is unavailable; nothing was appended");
-                else
-                    command_fail(c, SG_ESTORE, "the event store cannot be read");
-                c->done(c, c->ud);
-            }
+            snprintf(detail, sizeof(detail),
+                     "writes are stopped: the event store failed verification at position %llu "
+                     "(%.180s)",
+                     (unsigned long long)bad_at, bad_why);
+            fail_list(list, SG_EINTEGRITY, detail);
+        } else if (poisoned) {
+            fail_list(list, SG_ESTORE, "the event store cannot be read");
+        } else if (!signer_healthy(q->o.signer)) {
+            /* While the HSM is known to be down, fail at once: deciding would
+             * only be undone when signing fails. The signer's prober brings
+             * it back. */
+            fail_list(list, SG_EHSM, "the HSM is unavailable; nothing was appended");
         } else {
             run_batch(q, list, n);
         }
@@ -573,40 +827,100 @@ static void *sequencer_main(void *arg)
     return NULL;
 }
 
+/*** the clock's tick ***/
+
+static void tick_decide(struct wreq *r, struct decision *d)
+{
+    sequencer *q = d->q;
+    (void)r;
+    for (size_t i = 0; i < q->o.nmanagers; i++)
+        if (q->o.managers[i]->on_tick)
+            q->o.managers[i]->on_tick(d);
+    wreq_respond_new(r, 200, json_object());
+}
+
+static const struct wreq_type wreq_tick = {"Tick", NULL, tick_decide};
+
 /*** public ***/
 
-sg_err sequencer_start(const char *store_uri, signer *s, const keyring *kr,
-                       const struct chain_pos *trusted, sequencer **out, char *why, size_t whylen)
+sg_err sequencer_start(const struct sequencer_opts *o, sequencer **out, char *why, size_t whylen)
 {
     sequencer *q = calloc(1, sizeof(*q));
     *out = NULL;
     if (q == NULL)
         return SG_ENOMEM;
-    q->signer = s;
-    q->kr = kr;
-    q->durable = *trusted;
+    q->o = *o;
+    if (q->o.aggregates == NULL) {
+        q->o.aggregates = sg_aggregates;
+        q->o.naggregates = sg_naggregates;
+    }
+    if (q->o.managers == NULL) {
+        q->o.managers = sg_managers;
+        q->o.nmanagers = sg_nmanagers;
+    }
+    if (q->o.clock_ms == NULL)
+        q->o.clock_ms = wall_ms;
+    if (q->o.tick_ms == 0)
+        q->o.tick_ms = 1000;
+    for (size_t i = 0; i < q->o.nmanagers; i++)
+        q->has_ticks |= q->o.managers[i]->on_tick != NULL;
+    q->next_tick = mono_ms() + q->o.tick_ms;
     pthread_mutex_init(&q->mu, NULL);
     pthread_cond_init(&q->wake, NULL);
     atomic_store(&q->store_ok, 1);
-    sg_err e = store_open(store_uri, &q->rst, why, whylen);
+    chain_genesis(&q->base_at);
+    sg_err e = SG_ENOMEM;
+    if ((!o->checkpoint_path || (q->checkpoint_path = strdup(o->checkpoint_path)) != NULL) &&
+        (q->inflight = strmap_new()) != NULL && (q->ws = wstate_new()) != NULL)
+        e = store_open(o->store_uri, &q->rst, why, whylen);
+    else
+        sg_say(why, whylen, e, "out of memory");
     if (e == SG_OK)
-        e = store_open(store_uri, &q->wst, why, whylen);
-    if (e == SG_OK && (q->inflight = strmap_new()) == NULL)
-        e = SG_ENOMEM;
-    if (e == SG_OK && (e = rebuild(q)) != SG_OK) {
-        uint64_t at = 0;
-        char r[384] = "";
-        integrity_failure(&at, r, sizeof(r));
-        snprintf(why, whylen, "event store %s: %s", store_uri,
-                 r[0] ? r : "cannot replay the event store");
+        e = store_open(o->store_uri, &q->wst, why, whylen);
+
+    /* The checkpoint, if it verifies and the store agrees with it. */
+    uint64_t t0 = mono_ms();
+    if (e == SG_OK && q->checkpoint_path) {
+        struct chain_pos at;
+        char r[384];
+        sg_err c = checkpoint_load(q->checkpoint_path, &q->ws, o->kr, &at, r, sizeof(r));
+        if (c == SG_OK && chain_check_witness(q->rst, o->kr, "the write-state checkpoint", &at, r,
+                                              sizeof(r)) == SG_OK) {
+            q->base_at = at;
+            q->checkpointed = at.position;
+        } else if (c == SG_OK || c == SG_EVERIFY) {
+            sg_warn("write state: checkpoint %s not used (%s); replaying the whole log",
+                    q->checkpoint_path, r);
+            wstate_free(q->ws);
+            if ((q->ws = wstate_new()) == NULL)
+                e = SG_ENOMEM;
+        } else if (c != SG_ENOTFOUND) {
+            e = c;
+            snprintf(why, whylen, "write-state checkpoint: %s", r);
+        }
+    }
+    /* The tail after it, through the trusted point. */
+    uint64_t from = q->base_at.position;
+    if (e == SG_OK && (e = replay(q, &o->trusted, why, whylen)) == SG_EVERIFY)
+        integrity_fail(q->base_at.position + 1, "write side: %s", why);
+    if (e == SG_OK && q->base_at.position < o->trusted.position) {
+        e = sg_say(why, whylen, SG_EVERIFY, "the event store ends at %llu, before %llu",
+                   (unsigned long long)q->base_at.position,
+                   (unsigned long long)o->trusted.position);
+        integrity_fail(q->base_at.position, "write side: %s", why);
     }
     if (e) {
         store_close(q->rst);
         store_close(q->wst);
         strmap_free(q->inflight, NULL);
+        wstate_free(q->ws);
+        free(q->checkpoint_path);
         free(q);
         return e;
     }
+    q->head = q->durable.position = q->base_at.position;
+    memcpy(q->prev, q->base_at.hash, sizeof(q->prev));
+    memcpy(q->durable.hash, q->base_at.hash, sizeof(q->durable.hash));
     int committer = pthread_create(&q->commit_thread, NULL, committer_main, q) == 0;
     if (!committer || pthread_create(&q->seq_thread, NULL, sequencer_main, q) != 0) {
         /* Nothing was queued yet. q is left allocated on purpose: a thread
@@ -620,24 +934,28 @@ sg_err sequencer_start(const char *store_uri, signer *s, const keyring *kr,
         snprintf(why, whylen, "cannot start the sequencer's threads");
         return SG_ENOMEM;
     }
-    sg_info("sequencer: head at position %llu", (unsigned long long)q->head);
+    sg_info("sequencer: head at position %llu; write state from %s at %llu plus %llu events "
+            "replayed in %llu ms",
+            (unsigned long long)q->head, from ? "a checkpoint" : "genesis",
+            (unsigned long long)from, (unsigned long long)(q->head - from),
+            (unsigned long long)(mono_ms() - t0));
     *out = q;
     return SG_OK;
 }
 
-sg_err sequencer_submit(sequencer *q, struct command *c)
+sg_err sequencer_submit(sequencer *q, struct wreq *r)
 {
-    c->next = NULL;
+    r->next = NULL;
     pthread_mutex_lock(&q->mu);
     if (q->stopping) {
         pthread_mutex_unlock(&q->mu);
         return SG_EUNAVAILABLE;
     }
     if (q->qtail)
-        q->qtail->next = c;
+        q->qtail->next = r;
     else
-        q->qhead = c;
-    q->qtail = c;
+        q->qhead = r;
+    q->qtail = r;
     pthread_cond_broadcast(&q->wake);
     pthread_mutex_unlock(&q->mu);
     return SG_OK;
@@ -664,6 +982,14 @@ void sequencer_stop(sequencer *q)
     pthread_mutex_unlock(&q->mu);
     pthread_join(q->seq_thread, NULL);
     pthread_join(q->commit_thread, NULL);
+    /* Both threads are gone: fold what became durable and checkpoint it. */
+    for (unsigned i = 0; i < q->folds; i++)
+        wstate_fold_oldest(q->ws);
+    if (q->folds)
+        q->base_at = q->durable;
+    q->folds = 0;
+    if (!q->poisoned && wstate_layers(q->ws) == 0)
+        write_checkpoint(q);
 }
 
 void sequencer_free(sequencer *q)
@@ -673,5 +999,7 @@ void sequencer_free(sequencer *q)
     store_close(q->rst);
     store_close(q->wst);
     strmap_free(q->inflight, NULL);
+    wstate_free(q->ws);
+    free(q->checkpoint_path);
     free(q);
 }

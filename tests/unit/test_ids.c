@@ -8,7 +8,7 @@
 
 #include <cmocka.h>
 
-#include "write/command.h"
+#include "write/wreq.h"
 
 static void test_valid_ids_accepted(void **state)
 {

@@ -1,0 +1,197 @@
+/* checkpoint.c - saving and loading the write-state checkpoint (see
+ * checkpoint.h). Streams: never holds the file in memory, only the state. */
+#include "checkpoint.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../core/codec.h"
+#include "../core/jcs.h"
+
+/* The signed header line for state at `at` whose lines hash to sha (hex). */
+static sg_err header(signer *sg, const struct chain_pos *at, const char *sha, size_t entries,
+                     char **out, size_t *len)
+{
+    char now[32], sig64[128], *bytes = NULL;
+    uint8_t digest[32], sig[SIGNER_MAX_SIG];
+    size_t blen, siglen;
+    const char *key_id = signer_key_id(sg, KEY_EVENTS);
+    rfc3339_now(now);
+    json_t *doc = json_pack("{s:s, s:I, s:s, s:s, s:I, s:s}", "type", "signet-writestate",
+                            "position", (json_int_t)at->position, "hash", at->hash, "sha256", sha,
+                            "entries", (json_int_t)entries, "time", now);
+    sg_err e = doc && key_id ? doc_signed_bytes(doc, &bytes, &blen) : SG_ENOMEM;
+    if (e == SG_OK) {
+        sha256(bytes, blen, digest);
+        e = signer_sign_digest(sg, KEY_EVENTS, digest, sig, &siglen);
+    }
+    if (e == SG_OK) {
+        b64_encode(sig, siglen, sig64);
+        if (json_object_set_new(doc, "key_id", json_string(key_id)) ||
+            json_object_set_new(doc, "sig", json_string(sig64)))
+            e = SG_ENOMEM;
+        else
+            e = jcs_dump(doc, out, len);
+    }
+    free(bytes);
+    json_decref(doc);
+    return e;
+}
+
+struct counting {
+    EVP_MD_CTX *md;
+    size_t lines;
+};
+
+static void count_line(const char *p, size_t n, void *ud)
+{
+    struct counting *c = ud;
+    EVP_DigestUpdate(c->md, p, n);
+    if (n == 1 && p[0] == '\n')
+        c->lines++;
+}
+
+sg_err checkpoint_save(const char *path, const wstate *s, const struct chain_pos *at, signer *sg,
+                       char *why, size_t whylen)
+{
+    char tmp[4096], sha[SG_HEX256_LEN + 1], *head = NULL;
+    uint8_t digest[32];
+    size_t hlen = 0;
+    struct counting c = {EVP_MD_CTX_new(), 0};
+    FILE *f = NULL;
+    sg_err e = SG_ESTORE;
+    if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
+        return sg_say(why, whylen, SG_ECONFIG, "checkpoint path too long");
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (c.md == NULL || fd < 0 || (f = fdopen(fd, "w")) == NULL) {
+        sg_say(why, whylen, SG_ESTORE, "cannot write %s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    fd = -1;
+    EVP_DigestInit_ex(c.md, EVP_sha256(), NULL);
+    if (wstate_dump_base(s, f, count_line, &c) != SG_OK) {
+        sg_say(why, whylen, SG_ESTORE, "cannot write %s", tmp);
+        goto out;
+    }
+    EVP_DigestFinal_ex(c.md, digest, NULL);
+    hex_encode(digest, 32, sha);
+    if ((e = header(sg, at, sha, c.lines, &head, &hlen)) != SG_OK) {
+        sg_say(why, whylen, e, "cannot sign the checkpoint at position %llu",
+               (unsigned long long)at->position);
+        goto out;
+    }
+    e = SG_ESTORE;
+    if (fwrite(head, 1, hlen, f) != hlen || fputc('\n', f) == EOF || fflush(f) != 0 ||
+        fsync(fileno(f)) != 0) {
+        sg_say(why, whylen, SG_ESTORE, "cannot write %s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    if (fclose(f) != 0) {
+        f = NULL;
+        sg_say(why, whylen, SG_ESTORE, "cannot write %s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    f = NULL;
+    if (rename(tmp, path) != 0) {
+        sg_say(why, whylen, SG_ESTORE, "cannot rename %s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    e = SG_OK;
+out:
+    if (fd >= 0)
+        close(fd);
+    if (f)
+        fclose(f);
+    if (e)
+        unlink(tmp);
+    free(head);
+    EVP_MD_CTX_free(c.md);
+    return e;
+}
+
+/* Verify the header line against the lines' hash and count. */
+static sg_err check_header(const char *line, const char *sha, size_t entries, const keyring *kr,
+                           struct chain_pos *at, char *why, size_t whylen)
+{
+    char r[256];
+    json_t *doc = json_loads(line, JSON_REJECT_DUPLICATES, NULL);
+    const char *type = json_string_value(json_object_get(doc, "type"));
+    const char *hash = json_string_value(json_object_get(doc, "hash"));
+    const char *dsha = json_string_value(json_object_get(doc, "sha256"));
+    json_t *pos = json_object_get(doc, "position"), *n = json_object_get(doc, "entries");
+    sg_err e = SG_EVERIFY;
+    uint8_t tmp[32];
+    if (type == NULL || strcmp(type, "signet-writestate") != 0 || !json_is_integer(pos) ||
+        json_integer_value(pos) < 0 || hash == NULL || hex_decode(hash, tmp, 32) != SG_OK ||
+        dsha == NULL || !json_is_integer(n))
+        sg_say(why, whylen, e, "its last line is not a checkpoint header");
+    else if (signed_doc_verify(doc, json_string_value(json_object_get(doc, "sig")),
+                               json_string_value(json_object_get(doc, "key_id")), kr, KEY_EVENTS, r,
+                               sizeof(r)) != SG_OK)
+        sg_say(why, whylen, e, "its header does not verify: %s", r);
+    else if (strcmp(dsha, sha) != 0 || (size_t)json_integer_value(n) != entries)
+        sg_say(why, whylen, e, "its state does not match its signed header");
+    else {
+        at->position = (uint64_t)json_integer_value(pos);
+        memcpy(at->hash, hash, sizeof(at->hash));
+        e = SG_OK;
+    }
+    json_decref(doc);
+    return e;
+}
+
+sg_err checkpoint_load(const char *path, wstate **s, const keyring *kr, struct chain_pos *at,
+                       char *why, size_t whylen)
+{
+    char *line = NULL, sha[SG_HEX256_LEN + 1];
+    size_t cap = 0, entries = 0;
+    uint8_t digest[32];
+    ssize_t n;
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT)
+        return SG_ENOTFOUND;
+    FILE *f = fd >= 0 ? fdopen(fd, "r") : NULL;
+    if (f == NULL) {
+        if (fd >= 0)
+            close(fd);
+        return sg_say(why, whylen, SG_ESTORE, "cannot read %s: %s", path, strerror(errno));
+    }
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    wstate *fresh = wstate_new();
+    sg_err e = md && fresh ? SG_EVERIFY : SG_ENOMEM;
+    if (e == SG_EVERIFY) {
+        sg_say(why, whylen, e, "it has no header");
+        EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+    }
+    while (md && fresh && (n = getline(&line, &cap, f)) > 0) {
+        if (line[0] == '{') { /* the header: must be the last line */
+            EVP_DigestFinal_ex(md, digest, NULL);
+            hex_encode(digest, 32, sha);
+            e = check_header(line, sha, entries, kr, at, why, whylen);
+            if (e == SG_OK && getline(&line, &cap, f) > 0)
+                e = sg_say(why, whylen, SG_EVERIFY, "it goes on after its header");
+            break;
+        }
+        EVP_DigestUpdate(md, line, (size_t)n);
+        entries++;
+        if (line[n - 1] != '\n' || wstate_load_line(fresh, line) != SG_OK) {
+            e = sg_say(why, whylen, SG_EVERIFY, "line %zu is malformed", entries);
+            break;
+        }
+    }
+    free(line);
+    fclose(f);
+    EVP_MD_CTX_free(md);
+    if (e) {
+        wstate_free(fresh);
+        return e;
+    }
+    wstate_free(*s);
+    *s = fresh;
+    return SG_OK;
+}

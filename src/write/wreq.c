@@ -1,0 +1,77 @@
+/* wreq.c - the life of a write request, shared by every request type. */
+#include "wreq.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../core/jcs.h"
+
+int valid_id(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > 64)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        int alnum =
+            (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9');
+        if (!alnum && (i == 0 || !strchr("._:-", ch)))
+            return 0;
+    }
+    return 1;
+}
+
+struct wreq *wreq_new(const struct wreq_type *type, const struct principal *who, json_t *input,
+                      const char *path_id, const char *idem_key)
+{
+    struct wreq *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return NULL;
+    r->type = type;
+    r->who = who;
+    r->path_id = path_id ? strdup(path_id) : NULL;
+    r->idem_key = idem_key ? strdup(idem_key) : NULL;
+    if ((path_id && !r->path_id) || (idem_key && !r->idem_key)) {
+        wreq_free(r); /* input was not taken: the caller keeps it */
+        return NULL;
+    }
+    r->input = input;
+    return r;
+}
+
+void wreq_free(struct wreq *r)
+{
+    if (r == NULL)
+        return;
+    json_decref(r->input);
+    free(r->path_id);
+    free(r->idem_key);
+    free(r->body);
+    free(r);
+}
+
+void wreq_respond_new(struct wreq *r, int status, json_t *body)
+{
+    char *s = NULL;
+    size_t len;
+    if (body == NULL || jcs_dump(body, &s, &len) != SG_OK) {
+        wreq_fail(r, SG_ENOMEM, "cannot build the response");
+    } else {
+        free(r->body);
+        r->body = s;
+        r->status = status;
+        r->err = SG_OK;
+    }
+    json_decref(body);
+}
+
+void wreq_fail(struct wreq *r, sg_err err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->detail, sizeof(r->detail), fmt, ap);
+    va_end(ap);
+    r->err = err;
+}

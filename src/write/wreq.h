@@ -1,0 +1,136 @@
+/* wreq.h - write requests, and the context the write side decides them in.
+ *
+ * A write request (wreq) is what the CQRS write side is asked to do: register
+ * a device, upload firmware, approve a device command. It is never called a
+ * "command", a word kept for the device commands of /v1/commands.
+ *
+ * Adding a request type: a `struct wreq_type` with validate() (pure, on the
+ * HTTP thread: shape and syntax of the input) and decide() (on the sequencer
+ * thread, the only place that sees write state: checks the rules, emits
+ * events, answers). Events change write state through the aggregates'
+ * apply(); process managers react to events and to the clock with follow-up
+ * requests of their own. docs/adding-a-command.md walks through all of it. */
+#ifndef SG_WREQ_H
+#define SG_WREQ_H
+
+#include <jansson.h>
+
+#include "../core/config.h"
+#include "../core/event.h"
+#include "../core/sg.h"
+#include "wstate.h"
+
+struct decision; /* the context of one decide() call; see the functions below */
+
+struct wreq {
+    const struct wreq_type *type;
+    const struct principal *who; /* NULL: the system (a process manager, the clock) */
+    json_t *input;               /* validated input (owned) */
+    char *path_id;               /* id from the path (owned, may be NULL) */
+    char *idem_key;              /* Idempotency-Key (owned, may be NULL) */
+    char request_sha256[65];
+
+    /* Result, set by decide() or by the sequencer. */
+    sg_err err;
+    char detail[256];
+    int status;        /* HTTP status on success */
+    char *body;        /* response JSON on success (owned) */
+    uint64_t position; /* of its last event */
+
+    /* Called once, from a sequencer thread, when the result is final. */
+    void (*done)(struct wreq *r, void *ud);
+    void *ud;
+    struct wreq *next; /* queue link (sequencer's) */
+};
+
+struct wreq_type {
+    const char *name;
+    /* Check and normalise the request body into *input (new reference).
+     * SG_EBADINPUT with a reason in detail. Must not touch write state. NULL
+     * for request types only the system makes. */
+    sg_err (*validate)(const json_t *body, const char *path_id, json_t **input, char *detail,
+                       size_t dlen);
+    /* Decide on the write state of d. On success emit events with
+     * decision_emit_new() and answer with wreq_respond_new(). On failure
+     * wreq_fail(); whatever was emitted is then dropped, with every change
+     * it made to write state. */
+    void (*decide)(struct wreq *r, struct decision *d);
+};
+
+/* A new request that owns input (path_id and idem_key are copied). NULL when
+ * out of memory; then input still belongs to the caller. */
+struct wreq *wreq_new(const struct wreq_type *type, const struct principal *who, json_t *input,
+                      const char *path_id, const char *idem_key);
+void wreq_free(struct wreq *r);
+/* Answer r with a JSON body (reference stolen). */
+void wreq_respond_new(struct wreq *r, int status, json_t *body);
+/* Fail r. */
+void wreq_fail(struct wreq *r, sg_err err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/*** the decision context (for decide(), aggregates and process managers) ***/
+
+const sg_config *decision_config(const struct decision *d);
+/* The batch's clock: one reading for the whole batch (injectable in tests). */
+uint64_t decision_now_ms(const struct decision *d);
+const char *decision_now(const struct decision *d); /* the same, RFC 3339 */
+/* The principal deciding ("system" for process managers and the clock). */
+const char *decision_actor(const struct decision *d);
+/* Write state as this decision sees it; decide() reads it, apply() changes it. */
+wstate *decision_state(struct decision *d);
+
+/* Emit one event (data reference stolen) checked against the event
+ * catalogue, and fold it into write state at once so that later decisions
+ * see it. Returns its position, or 0 if it cannot be built (then the request
+ * fails and everything it emitted is dropped). */
+uint64_t decision_emit_new(struct decision *d, const char *type, json_t *data);
+
+/* Have the HSM sign a document inside the decision (a firmware manifest, a
+ * device command envelope) with the purpose's key, so the signature is part
+ * of the event before the event is hashed. sig_b64 gets the base64 DER
+ * signature over the document's canonical bytes without sig and key_id;
+ * key_id the signing key's id. SG_EHSM (the request then fails with 503). */
+#define DECISION_SIG_B64 128
+sg_err decision_sign(struct decision *d, enum key_purpose purpose, const json_t *doc,
+                     char sig_b64[DECISION_SIG_B64], char key_id[SG_HEX256_LEN + 1]);
+
+/* From a process manager: have the system make a request (input reference
+ * stolen), decided later in the same batch. */
+void decision_follow_new(struct decision *d, const struct wreq_type *type, json_t *input);
+
+/*** aggregates and process managers ***/
+
+struct aggregate {
+    const char *name;
+    /* Fold one event into write state. A pure function of the event and the
+     * state: write state is rebuilt from a checkpoint and the log with it. */
+    sg_err (*apply)(wstate *s, const char *type, const json_t *event);
+};
+
+struct process_manager {
+    const char *name;
+    /* An event was just emitted (and applied): react with
+     * decision_follow_new(). May be NULL. */
+    void (*on_event)(struct decision *d, const json_t *event);
+    /* The clock ticked (about once a second): react to time, reading the
+     * batch clock, never the wall clock. May be NULL. */
+    void (*on_tick)(struct decision *d);
+};
+
+/* The aggregates, process managers and request types of this version
+ * (registry.c): a new one is one line there. */
+extern const struct aggregate *const sg_aggregates[];
+extern const size_t sg_naggregates;
+extern const struct process_manager *const sg_managers[];
+extern const size_t sg_nmanagers;
+
+/* devices (devices.c) */
+extern const struct wreq_type wreq_register_device;
+extern const struct aggregate devices_aggregate;
+/* The device's {"hardware","group"?} as canonical JSON, or NULL. */
+const char *devices_get(wstate *s, const char *device_id);
+
+/* Syntax shared by ids (device, hardware, group): ^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$ */
+int valid_id(const char *s);
+
+#endif
