@@ -14,6 +14,7 @@
 #include <openssl/evp.h>
 
 #include "../core/buf.h"
+#include "../core/catalogue.h"
 #include "../core/config.h"
 #include "../core/event.h"
 #include "../core/log.h"
@@ -29,7 +30,8 @@ static int usage(void)
                     "       signet token-hash TOKEN|-\n"
                     "       signet verify-log [--keys KEYS.json] EVENTS.json|URL\n"
                     "       signet verify-manifest --keys KEYS.json MANIFEST.json IMAGE\n"
-                    "       signet accept-store --config FILE\n");
+                    "       signet accept-store --config FILE\n"
+                    "       signet events-catalogue\n");
     return 2;
 }
 
@@ -73,7 +75,7 @@ static int cmd_init(int argc, char **argv)
         goto out;
     }
     if (strncmp(cfg->store, "sqlite:", 7) == 0) {
-        if (store_open(cfg->store, &st, why, sizeof(why)) != SG_OK) {
+        if (store_create(cfg->store, &st, why, sizeof(why)) != SG_OK) {
             fprintf(stderr, "signet: %s\n", why);
             goto out;
         }
@@ -426,6 +428,24 @@ out:
     return rc;
 }
 
+/*** events-catalogue ***/
+
+/* Every event type and its data fields, as JSON on stdout. */
+static int cmd_events_catalogue(int argc, char **argv)
+{
+    (void)argv;
+    if (argc != 1)
+        return usage();
+    json_t *doc = catalogue_json();
+    char *s = doc ? json_dumps(doc, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+    json_decref(doc);
+    if (s == NULL)
+        return 1;
+    printf("%s\n", s);
+    free(s);
+    return 0;
+}
+
 /*** verify-manifest ***/
 
 static int cmd_verify_manifest(int argc, char **argv)
@@ -499,6 +519,8 @@ int main(int argc, char **argv)
         rc = cmd_verify_log(argc - 1, argv + 1);
     else if (strcmp(argv[1], "verify-manifest") == 0)
         rc = cmd_verify_manifest(argc - 1, argv + 1);
+    else if (strcmp(argv[1], "events-catalogue") == 0)
+        rc = cmd_events_catalogue(argc - 1, argv + 1);
     else if (strcmp(argv[1], "accept-store") == 0)
         rc = cmd_accept_store(argc - 1, argv + 1);
     else

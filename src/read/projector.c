@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../core/catalogue.h"
 #include "../core/integrity.h"
 #include "../core/log.h"
 #include "../core/metrics.h"
@@ -72,6 +73,14 @@ static int apply_one(const struct store_event *se, void *ud)
     if (e == SG_OK && strcmp(hash, se->hash) != 0) {
         snprintf(b->why, sizeof(b->why), "stored hash column differs from the event's hash");
         e = SG_EVERIFY;
+    }
+    if (e == SG_OK) {
+        char r[200];
+        if (catalogue_check(json_string_value(json_object_get(ev, "type")),
+                            json_object_get(ev, "data"), r, sizeof(r)) != SG_OK) {
+            snprintf(b->why, sizeof(b->why), "does not match the event catalogue: %s", r);
+            e = SG_EVERIFY;
+        }
     }
     if (e == SG_OK && (e = readmodel_apply(b->p->db, ev)) != SG_OK)
         snprintf(b->why, sizeof(b->why), "cannot apply to the read models");

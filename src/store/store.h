@@ -32,8 +32,13 @@ struct idem_record {
 
 typedef struct store store;
 
-/* Open (creating if missing) the store named by uri ("sqlite:/path"). */
+/* Open the existing store named by uri ("sqlite:/path"). */
 sg_err store_open(const char *uri, store **out, char *why, size_t whylen);
+/* The same, creating the store if it is missing: only `signet init` (and
+ * tests) create stores, so a typo in "store" can never start a second chain
+ * under the same keys; store_open refuses a store that does not exist
+ * (SG_ECONFIG, why naming the path). */
+sg_err store_create(const char *uri, store **out, char *why, size_t whylen);
 void store_close(store *st);
 
 /* Append events (positions head+1 .. head+n, in order) and idempotency records

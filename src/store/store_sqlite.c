@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "../core/log.h"
@@ -105,7 +106,21 @@ static sg_err prepare(store *st, sqlite3_stmt **s, const char *sql)
                : SG_ESTORE;
 }
 
-sg_err store_open(const char *uri, store **out, char *why, size_t whylen)
+/* 1 if db holds signet's events table. */
+static int has_events_table(sqlite3 *db)
+{
+    sqlite3_stmt *s;
+    int found = 0;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'",
+                           -1, &s, NULL) != SQLITE_OK)
+        return 0;
+    found = sqlite3_step(s) == SQLITE_ROW;
+    sqlite3_finalize(s);
+    return found;
+}
+
+static sg_err open_store(const char *uri, int create, store **out, char *why, size_t whylen)
 {
     *out = NULL;
     if (strncmp(uri, "sqlite:", 7) != 0) {
@@ -116,8 +131,22 @@ sg_err store_open(const char *uri, store **out, char *why, size_t whylen)
     if (st == NULL)
         return SG_ENOMEM;
     const char *path = uri + 7;
+    if (!create && access(path, F_OK) != 0) {
+        free(st);
+        snprintf(why, whylen,
+                 "store %s does not exist (only signet init creates one: check \"store\" in the "
+                 "configuration)",
+                 path);
+        return SG_ECONFIG;
+    }
     int rc = sqlite3_open_v2(
-        path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+        path, &st->db,
+        SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc == SQLITE_OK && !create && !has_events_table(st->db)) {
+        snprintf(why, whylen, "%s is not a signet event store (no events table)", path);
+        store_close(st);
+        return SG_ECONFIG;
+    }
     if (rc == SQLITE_OK) {
         sqlite3_busy_timeout(st->db, 10000);
         rc = sqlite3_exec(st->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", NULL, NULL,
@@ -150,6 +179,16 @@ sg_err store_open(const char *uri, store **out, char *why, size_t whylen)
     }
     *out = st;
     return SG_OK;
+}
+
+sg_err store_open(const char *uri, store **out, char *why, size_t whylen)
+{
+    return open_store(uri, 0, out, why, whylen);
+}
+
+sg_err store_create(const char *uri, store **out, char *why, size_t whylen)
+{
+    return open_store(uri, 1, out, why, whylen);
 }
 
 void store_close(store *st)

@@ -167,8 +167,18 @@ class Rollback(H.E2ETestCase):
         self.assertEqual(stored_hashes(self.dep), {})
 
     def test_store_file_deleted_refused(self):
+        """Only `signet init` creates a store: a missing one, or an empty file
+        in its place, is refused before the anchor is even consulted."""
         self.write_and_stop(3)
         restore_store(self.dep, os.devnull)
+        out = run_refused(self, self.dep)
+        self.assertIn("is not a signet event store", out)
+        os.unlink(events_db(self.dep))
+        out = run_refused(self, self.dep)
+        self.assertIn("does not exist", out)
+        # Created afresh (signet init), it is behind the anchor.
+        p = self.dep.cli("init", "--config", self.dep.config_path)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
         out = run_refused(self, self.dep)
         self.assertRegex(out, r"behind the anchor")
 

@@ -74,7 +74,7 @@ static store *fresh_store(void)
     store *st;
     snprintf(dbpath, sizeof(dbpath), "%s/events-%d.db", tmpdir, ++case_no);
     snprintf(uri, sizeof(uri), "sqlite:%s", dbpath);
-    assert_int_equal(store_open(uri, &st, why, sizeof(why)), SG_OK);
+    assert_int_equal(store_create(uri, &st, why, sizeof(why)), SG_OK);
     memcpy(hashes[0], EVENT_GENESIS_PREV, 65);
     for (uint64_t p = 1; p <= N; p++) {
         struct store_event se = {.position = p};

@@ -267,6 +267,11 @@ static sequencer *start_on(int fresh)
         snprintf(uri, sizeof(uri), "sqlite:%s", dbpath);
         snprintf(ckpt, sizeof(ckpt), "%s/writestate-%d.ckpt", tmpdir, case_no);
     }
+    if (fresh) {
+        store *st;
+        assert_int_equal(store_create(uri, &st, why, sizeof(why)), SG_OK);
+        store_close(st);
+    }
     struct sequencer_opts o = {.store_uri = uri,
                                .signer = &fake,
                                .kr = kr,
