@@ -732,8 +732,8 @@ static void settle(sequencer *q)
         wstate_drop_all(q->ws);
         e = integrity_ok() ? recover(q) : SG_EINTEGRITY;
     }
-    if (q->o.checkpoint_every && q->base_at.position - q->checkpointed >= q->o.checkpoint_every &&
-        wstate_layers(q->ws) == 0)
+    /* Base is exactly the state at base_at, whatever layers lie above it. */
+    if (q->o.checkpoint_every && q->base_at.position - q->checkpointed >= q->o.checkpoint_every)
         write_checkpoint(q);
     pthread_mutex_lock(&q->mu);
     if (poisoned && e == SG_OK)
