@@ -200,6 +200,7 @@ static char uri[300], dbpath[256], ckpt[300];
 static keyring *kr;
 static struct principal ops = {.name = "ops", .roles = ROLE_OPERATOR};
 static int case_no;
+static uint64_t every; /* checkpoint_every of the next start */
 
 struct waitset {
     pthread_mutex_t mu;
@@ -276,6 +277,7 @@ static sequencer *start_on(int fresh)
                                .signer = &fake,
                                .kr = kr,
                                .checkpoint_path = ckpt,
+                               .checkpoint_every = every,
                                .managers = test_managers,
                                .nmanagers = SG_ARRAY_LEN(test_managers),
                                .clock_ms = clock_now,
@@ -464,16 +466,22 @@ static void test_sign_inside_the_decision(void **state)
 static void test_checkpoint(void **state)
 {
     (void)state;
+    wstate *ws = wstate_new();
+    struct chain_pos at;
+    char why[256];
+    every = 10;
     sequencer *q = start();
+    every = 0;
     for (int i = 0; i < 30; i++) {
         char id[16];
         snprintf(id, sizeof(id), "c-%d", i);
         run1(q, device_req(id, NULL), SG_OK);
     }
-    stop(q); /* writes the checkpoint at 30 */
-    wstate *ws = wstate_new();
-    struct chain_pos at;
-    char why[256];
+    /* Written every 10 events while running (at the next batch after). */
+    assert_int_equal(checkpoint_load(ckpt, &ws, kr, &at, why, sizeof(why)), SG_OK);
+    assert_true(at.position >= 10 && at.position <= 30);
+    assert_non_null(wstate_get(ws, "device", "c-5"));
+    stop(q); /* and at stop: at 30 */
     assert_int_equal(checkpoint_load(ckpt, &ws, kr, &at, why, sizeof(why)), SG_OK);
     assert_int_equal(at.position, 30);
     assert_non_null(wstate_get(ws, "device", "c-29"));
