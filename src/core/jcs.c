@@ -294,11 +294,22 @@ static sg_err put_value(buf *b, const json_t *v, const char *const *omit, size_t
     return SG_EBADINPUT;
 }
 
+/* Start b with room for n bytes, so that a typical document is written
+ * without growing it; if that fails, b grows as usual. */
+static void presize(buf *b, size_t n)
+{
+    if (b->data == NULL && (b->data = malloc(n)) != NULL) {
+        b->cap = n;
+        b->data[0] = '\0';
+    }
+}
+
 sg_err jcs_dump_without(const json_t *obj, const char *const *omit, size_t nomit, char **out,
                         size_t *len)
 {
     buf b = {0};
     *out = NULL;
+    presize(&b, 512);
     sg_err e = put_value(&b, obj, omit, nomit, 0);
     if (e) {
         buf_free(&b);
@@ -434,22 +445,33 @@ sg_err jcs_splice_strings(const char *obj, size_t len, const struct jcs_member *
     for (size_t i = 1; i < nadd; i++)
         if (strcmp(add[order[i - 1]].name, add[order[i]].name) == 0)
             return SG_EBADINPUT;
-    size_t next = 0; /* the first of order[] not written yet */
+    size_t next = 0, room = len + 1; /* the first of order[] not written yet */
     int first = 1;
+    for (size_t i = 0; i < nadd; i++)
+        room += strlen(add[i].name) + strlen(add[i].value) + 6;
+    presize(&b, room);
     buf_putc(&b, '{');
     size_t i = 1;
     while (i < len - 1) {
         /* one existing member: "key":value, then ',' or the final '}' */
         size_t kend = obj[i] == '"' ? skip_string(obj, len - 1, i) : 0;
-        if (kend == 0 || kend >= len - 1 || obj[kend] != ':' ||
-            !unescape(&key, obj + i + 1, kend - i - 2))
+        if (kend == 0 || kend >= len - 1 || obj[kend] != ':')
             goto out;
+        /* the key's text, or what its escapes stand for */
+        const char *k = obj + i + 1;
+        size_t klen = kend - i - 2;
+        if (memchr(k, '\\', klen) != NULL) {
+            if (!unescape(&key, k, klen))
+                goto out;
+            k = key.data;
+            klen = key.len;
+        }
         size_t vend = skip_value(obj, len, kend + 1);
         if (vend == 0 || vend == kend + 1 || (vend != len - 1 && obj[vend] != ','))
             goto out;
         for (; next < nadd; next++) {
             const struct jcs_member *m = &add[order[next]];
-            int c = key_order(m->name, strlen(m->name), key.data, key.len);
+            int c = key_order(m->name, strlen(m->name), k, klen);
             if (c == 0)
                 goto out; /* already there */
             if (c > 0)
