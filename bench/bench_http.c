@@ -1,11 +1,15 @@
 /* bench_http.c - closed-loop HTTP/1.1 load generator for signet's write listener.
  * N keep-alive connections over T threads (epoll) each POST /v1/devices with a
  * unique device id, one request in flight per connection; counts acknowledged
- * writes (201 only) in a fixed window after a warm-up, and their latency. */
+ * writes (201 only) in a fixed window after a warm-up, and their latency.
+ * With --server-pid, it also reads the server's CPU time (utime + stime of
+ * /proc/PID/stat, and of each thread) at both ends of that window and prints
+ * the server's CPU per acknowledged write. */
 
 #define _POSIX_C_SOURCE 200809L
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -353,6 +357,126 @@ static void *worker_run(void *arg)
     return NULL;
 }
 
+/*** the server's CPU time ***/
+
+#define MAX_TASKS 256
+
+/* CPU time of one process or thread: what its stat file says. */
+struct cpu_sample {
+    char comm[32];
+    int tid;
+    unsigned long long ticks; /* utime + stime, in clock ticks */
+};
+
+/* utime + stime (fields 14 and 15) of a /proc stat file, and its comm
+ * (field 2, in parentheses, may itself hold spaces or parentheses).
+ * Returns 0, or -1 if the file cannot be read. */
+static int read_stat(const char *path, struct cpu_sample *out)
+{
+    char buf[1024];
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *open = strchr(buf, '('), *close = strrchr(buf, ')');
+    if (!open || !close || close < open)
+        return -1;
+    size_t clen = (size_t)(close - open - 1);
+    if (clen >= sizeof(out->comm))
+        clen = sizeof(out->comm) - 1;
+    for (size_t i = 0; i < clen; i++) {
+        char ch = open[1 + i];
+        out->comm[i] = (ch == ' ' || ch == '\t') ? '_' : ch;
+    }
+    out->comm[clen] = '\0';
+    /* after ") ": field 3 (state) ... field 14 utime, field 15 stime */
+    unsigned long long ut = 0, st = 0;
+    char *p = close + 2;
+    for (int field = 3; field < 14 && p; field++) {
+        p = strchr(p, ' ');
+        if (p)
+            p++;
+    }
+    if (!p || sscanf(p, "%llu %llu", &ut, &st) != 2)
+        return -1;
+    out->ticks = ut + st;
+    return 0;
+}
+
+/* The process's total (tasks[0], tid 0) and each of its threads. Returns the
+ * number of entries filled, 0 if the process cannot be read. */
+static size_t sample_server(int pid, struct cpu_sample *tasks, size_t max)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+    if (max == 0 || read_stat(path, &tasks[0]) != 0)
+        return 0;
+    tasks[0].tid = 0;
+    size_t n = 1;
+    snprintf(path, sizeof(path), "/proc/%d/task", pid);
+    DIR *d = opendir(path);
+    struct dirent *de;
+    while (d && n < max && (de = readdir(d)) != NULL) {
+        int tid = atoi(de->d_name);
+        char tpath[96];
+        if (tid <= 0)
+            continue;
+        snprintf(tpath, sizeof(tpath), "/proc/%d/task/%d/stat", pid, tid);
+        if (read_stat(tpath, &tasks[n]) == 0)
+            tasks[n++].tid = tid;
+    }
+    if (d)
+        closedir(d);
+    return n;
+}
+
+static void sleep_until(double t)
+{
+    for (double left; (left = t - now_s()) > 0;) {
+        struct timespec ts = {.tv_sec = (time_t)left,
+                              .tv_nsec = (long)((left - (double)(time_t)left) * 1e9)};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Prints the server's CPU per acknowledged write over the window: in total,
+ * and by thread name (threads of the same name added up; a thread that
+ * started or ended inside the window counts only for what was seen). */
+static void print_server_cpu(const struct cpu_sample *a, size_t na, const struct cpu_sample *b,
+                             size_t nb, unsigned long ok, double duration)
+{
+    double tick = (double)sysconf(_SC_CLK_TCK);
+    double total = (double)(b[0].ticks - a[0].ticks) / tick;
+    printf("server_cpu_s %.3f\n", total);
+    printf("server_cpu_percent %.0f\n", 100.0 * total / duration);
+    printf("cpu_per_write_us %.1f\n", ok ? total * 1e6 / (double)ok : 0.0);
+    /* by thread name, in the order first seen */
+    char names[MAX_TASKS][32];
+    double secs[MAX_TASKS];
+    size_t nn = 0;
+    for (size_t i = 1; i < nb; i++) {
+        unsigned long long used = b[i].ticks; /* a thread new in the window: all of it */
+        for (size_t j = 1; j < na; j++)
+            if (a[j].tid == b[i].tid) {
+                used = b[i].ticks - a[j].ticks;
+                break;
+            }
+        size_t k = 0;
+        while (k < nn && strcmp(names[k], b[i].comm) != 0)
+            k++;
+        if (k == nn) {
+            snprintf(names[nn], sizeof(names[nn]), "%s", b[i].comm);
+            secs[nn++] = 0;
+        }
+        secs[k] += (double)used / tick;
+    }
+    for (size_t k = 0; k < nn; k++)
+        printf("cpu_per_write_us_thread_%s %.1f\n", names[k],
+               ok ? secs[k] * 1e6 / (double)ok : 0.0);
+}
+
 static int cmp_u32(const void *a, const void *b)
 {
     uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
@@ -375,12 +499,15 @@ static void usage(void)
     fprintf(stderr,
             "usage: bench_http --port PORT [--host 127.0.0.1] [--connections 64] [--threads 2]\n"
             "                  [--duration 5] [--warmup 1] [--path /v1/devices]\n"
+            "                  [--server-pid PID]\n"
             "env: BENCH_TOKEN, the bearer token of an operator (required)\n");
 }
 
 int main(int argc, char **argv)
 {
-    int port = 0, nconns = 64, nthreads = 2;
+    int port = 0, nconns = 64, nthreads = 2, server_pid = 0;
+    static struct cpu_sample cpu_from[MAX_TASKS], cpu_to[MAX_TASKS];
+    size_t ncpu_from = 0, ncpu_to = 0;
     double duration = 5, warmup = 1;
     struct worker workers[MAX_THREADS];
     pthread_t tid[MAX_THREADS];
@@ -408,6 +535,8 @@ int main(int argc, char **argv)
             warmup = atof(v);
         else if (!strcmp(a, "--path"))
             g_path = v;
+        else if (!strcmp(a, "--server-pid"))
+            server_pid = atoi(v);
         else {
             usage();
             return 2;
@@ -448,6 +577,15 @@ int main(int argc, char **argv)
         if (pthread_create(&tid[i], NULL, worker_run, &workers[i]) != 0)
             break;
         started++;
+    }
+
+    if (server_pid > 0 && started == nthreads) {
+        sleep_until(g_measure_from);
+        ncpu_from = sample_server(server_pid, cpu_from, MAX_TASKS);
+        sleep_until(g_measure_to);
+        ncpu_to = sample_server(server_pid, cpu_to, MAX_TASKS);
+        if (!ncpu_from || !ncpu_to)
+            fprintf(stderr, "bench_http: cannot read /proc/%d/stat\n", server_pid);
     }
 
     unsigned long ok = 0, errors = 0, reconnects = 0, by_status[600] = {0};
@@ -497,6 +635,8 @@ int main(int argc, char **argv)
                      (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
         printf("http_client_cpu_percent %.0f\n", 100.0 * cpu / (warmup + duration));
     }
+    if (ncpu_from && ncpu_to)
+        print_server_cpu(cpu_from, ncpu_from, cpu_to, ncpu_to, ok, duration);
     rc = (started == nthreads && ok > 0) ? 0 : 1;
     if (!ok)
         fprintf(stderr, "bench_http: no request was acknowledged with 201\n");

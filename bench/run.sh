@@ -6,7 +6,8 @@
 # usage: bench/run.sh [BUILD_DIR]      (default: build)
 # env:   BENCH_HSM_SECONDS (3), BENCH_HTTP_SECONDS (5), BENCH_HTTP_WARMUP (1),
 #        BENCH_CONNECTIONS (64), BENCH_HTTP_THREADS (2), BENCH_ROLE (all|write),
-#        SOFTHSM2_MODULE (/usr/lib/softhsm/libsofthsm2.so)
+#        SOFTHSM2_MODULE (/usr/lib/softhsm/libsofthsm2.so),
+#        BENCH_PERF (a file: record a perf profile of signetd over the window)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -126,11 +127,22 @@ until [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$HEALTH" || true
 done
 
 echo "== bench_http: POST /v1/devices, $CONNECTIONS connections, ${HTTP_WARMUP}s warm-up + ${HTTP_SECONDS}s"
+# BENCH_PERF=FILE: also record a call-graph profile of signetd over the
+# measured window into FILE (perf's own cost then shows in the figures)
+PERF_PID=
+if [[ -n ${BENCH_PERF:-} ]]; then
+    (sleep "$HTTP_WARMUP" && exec perf record -q ${BENCH_PERF_ARGS:--g} -o "$BENCH_PERF" -p "$SIGNETD_PID" \
+        -- sleep "$HTTP_SECONDS") > "$TMP/perf.log" 2>&1 &
+    PERF_PID=$!
+fi
 BENCH_TOKEN=$BENCH_TOKEN "$BUILD/bench/bench_http" --port "$WRITE_PORT" \
-    --connections "$CONNECTIONS" --threads "$HTTP_THREADS" \
+    --connections "$CONNECTIONS" --threads "$HTTP_THREADS" --server-pid "$SIGNETD_PID" \
     --duration "$HTTP_SECONDS" --warmup "$HTTP_WARMUP" | tee "$TMP/http.out" ||
     fail "bench_http failed"
 unset BENCH_TOKEN
+if [[ -n $PERF_PID ]]; then
+    wait "$PERF_PID" || echo "run.sh: perf record failed: $(tail -n 3 "$TMP/perf.log")" >&2
+fi
 
 # cross-check: every acknowledged write is an event, so head >= 201s counted
 HEAD=$(curl -s --max-time 2 "$HEALTH" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("head", "?"))' ||
@@ -165,6 +177,18 @@ CLIENT_CPU=$(value http_client_cpu_percent "$TMP/http.out")
 RATIO1=$(awk -v h="$HTTP" -v r="$RAW1" 'BEGIN { printf "%.2f", (r > 0 ? h / r : 0) }')
 RATIO2=$(awk -v h="$HTTP" -v r="$RAW2" 'BEGIN { printf "%.2f", (r > 0 ? h / r : 0) }')
 VERDICT=$(awk -v x="$RATIO1" 'BEGIN { print (x >= 0.6 ? "meets" : "below") }')
+# CPU per acknowledged write (signetd's utime+stime over the measured window,
+# divided by the 201s in it) against the raw single-thread cost of one
+# signature on the same token in this run (1 / raw_sign_1thread_per_s)
+CPU_PER_WRITE=$(value cpu_per_write_us "$TMP/http.out")
+SERVER_CPU=$(value server_cpu_percent "$TMP/http.out")
+RAW_SIGN_US=$(awk -v r="$RAW1" 'BEGIN { printf "%.1f", (r > 0 ? 1e6 / r : 0) }')
+CPU_RATIO=$(awk -v c="$CPU_PER_WRITE" -v s="$RAW_SIGN_US" 'BEGIN { printf "%.2f", (s > 0 ? c / s : 0) }')
+# the same against the CPU time bench_hsm spent per signature: on a busy
+# machine the raw rate falls with the CPU share it gets, its CPU cost does not
+RAW_SIGN_CPU_US=$(value raw_sign_1thread_cpu_us "$TMP/hsm.out")
+CPU_RATIO_CPU=$(awk -v c="$CPU_PER_WRITE" -v s="$RAW_SIGN_CPU_US" 'BEGIN { printf "%.2f", (s > 0 ? c / s : 0) }')
+CPU_VERDICT=$(awk -v x="$CPU_RATIO" 'BEGIN { print (x > 0 && x <= 1.5 ? "meets" : "above") }')
 
 cat <<EOF
 
@@ -182,8 +206,18 @@ store_head_after_run $HEAD
 signetd_exit_status $SIGNETD_RC
 ratio_http_over_raw_1thread $RATIO1
 ratio_http_over_raw_2thread $RATIO2
+server_cpu_percent $SERVER_CPU
+cpu_per_write_us $CPU_PER_WRITE
+raw_sign_us $RAW_SIGN_US
+cpu_per_write_over_raw_sign $CPU_RATIO
+raw_sign_cpu_us $RAW_SIGN_CPU_US
+cpu_per_write_over_raw_sign_cpu $CPU_RATIO_CPU
+role $ROLE
 acknowledged signed writes: $HTTP/s against $RAW1/s raw signing on 1 thread (ratio $RATIO1, $VERDICT the 0.6 target), $RAW2/s on 2 threads (ratio $RATIO2); latency p50 $P50 ms, p99 $P99 ms
+signetd CPU per acknowledged write: $CPU_PER_WRITE us against $RAW_SIGN_US us per raw signature (ratio $CPU_RATIO, $CPU_VERDICT the 1.5 target)
 EOF
+# where the CPU per write goes, by signetd thread name
+grep '^cpu_per_write_us_thread_' "$TMP/http.out" || true
 if [[ $HEAD =~ ^[0-9]+$ && $OK =~ ^[0-9]+$ ]] && ((HEAD < OK)); then
     echo "run.sh: WARNING: store head $HEAD is below the $OK writes acknowledged" >&2
 fi

@@ -40,6 +40,13 @@ sg_err doc_signed_bytes(const json_t *doc, char **out, size_t *len)
     return jcs_dump_without(doc, omit, 2, out, len);
 }
 
+sg_err event_stored_form(const char *signed_json, size_t len, const char *hash, const char *key_id,
+                         const char *sig_b64, char **out, size_t *outlen)
+{
+    const struct jcs_member m[] = {{"hash", hash}, {"key_id", key_id}, {"sig", sig_b64}};
+    return jcs_splice_strings(signed_json, len, m, SG_ARRAY_LEN(m), out, outlen);
+}
+
 /*** keys ***/
 
 struct keyring {

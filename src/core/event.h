@@ -32,6 +32,17 @@ sg_err signed_bytes(const json_t *doc, char **out, size_t *len);
  * envelope): the document without its signature fields sig and key_id. */
 sg_err doc_signed_bytes(const json_t *doc, char **out, size_t *len);
 
+/* The stored form of an event from its signed bytes: signed_json[0..len) is
+ * what signed_bytes() gave for it (canonical, without hash, key_id, sig);
+ * hash (64 hex), key_id (64 hex) and sig_b64 (base64 DER) are spliced in at
+ * their canonical places, so *out is byte-identical to jcs_dump() of the
+ * whole event, without canonicalizing it a second time. *out is malloc'd and
+ * NUL-terminated (*outlen excludes the NUL); the caller frees it. On error
+ * *out is NULL: SG_EBADINPUT if signed_json is not canonical object text or
+ * already holds one of the three; SG_ENOMEM. */
+sg_err event_stored_form(const char *signed_json, size_t len, const char *hash, const char *key_id,
+                         const char *sig_b64, char **out, size_t *outlen);
+
 /*** keyring: public keys by key_id ***/
 
 enum key_purpose { KEY_EVENTS = 0, KEY_DEVICES = 1, KEY_SNAPSHOTS = 2, KEY_PURPOSES = 3 };

@@ -19,4 +19,24 @@ sg_err jcs_dump(const json_t *v, char **out, size_t *len);
 sg_err jcs_dump_without(const json_t *obj, const char *const *omit, size_t nomit, char **out,
                         size_t *len);
 
+/* A string member to splice into canonical text: name and value are
+ * NUL-terminated UTF-8 (the value is written as a JSON string). */
+struct jcs_member {
+    const char *name;
+    const char *value;
+};
+
+#define JCS_SPLICE_MAX 8 /* members one splice can add */
+
+/* Splice string members into obj[0..len), the canonical text of an object
+ * (jcs_dump's output), each at its place in canonical key order, without
+ * parsing the rest: the result is byte-identical to jcs_dump of the object
+ * with those members set. *out gets a malloc'd NUL-terminated buffer the
+ * caller frees (*outlen excludes the NUL). On error *out is NULL:
+ * SG_EBADINPUT when obj is not canonical object text, a name is already
+ * there or given twice, a name or value is not UTF-8, or nadd exceeds
+ * JCS_SPLICE_MAX; SG_ENOMEM. */
+sg_err jcs_splice_strings(const char *obj, size_t len, const struct jcs_member *add, size_t nadd,
+                          char **out, size_t *outlen);
+
 #endif

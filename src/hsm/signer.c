@@ -584,6 +584,22 @@ static void *prober_main(void *arg)
 
 /*** open, close, status ***/
 
+/* How many workers sign in parallel: one per core, but one core fewer when
+ * this process also runs the read side (it holds the snapshots key beside
+ * the events key, as --role all does): there the projector verifies every
+ * event on a core of its own, and a second signing thread only takes CPU
+ * from it and from the HTTP threads. Measured on 2 cores (bench/README.md):
+ * --role all is cheaper per write with one worker, --role write keeps its
+ * throughput with two (the sequencer waits for each batch's signatures). */
+static unsigned pool_size(unsigned purposes, long cpus)
+{
+    unsigned both = 1u << KEY_EVENTS | 1u << KEY_SNAPSHOTS;
+    long n = cpus < 1 ? 1 : cpus;
+    if ((purposes & both) == both)
+        n--;
+    return n < 1 ? 1 : n > MAX_WORKERS ? MAX_WORKERS : (unsigned)n;
+}
+
 sg_err signer_open(const sg_config *cfg, unsigned purposes, signer **out, char *why, size_t whylen)
 {
     *out = NULL;
@@ -624,8 +640,7 @@ sg_err signer_open(const sg_config *cfg, unsigned purposes, signer **out, char *
     }
     atomic_store(&s->healthy, 1);
     s->last_progress_ms = mono_ms();
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    s->target = cpus < 2 ? 2 : cpus > MAX_WORKERS ? MAX_WORKERS : (unsigned)cpus;
+    s->target = pool_size(purposes, sysconf(_SC_NPROCESSORS_ONLN));
     pthread_mutex_lock(&s->mu);
     unsigned ready = ensure_workers(s);
     pthread_mutex_unlock(&s->mu);

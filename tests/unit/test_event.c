@@ -1,5 +1,6 @@
 /* test_event.c - unit tests of event.c: a 3-event chain signed by hand as DESIGN.md says,
- * every tamper refused with SG_EVERIFY, keyrings, key ids and signed documents. */
+ * every tamper refused with SG_EVERIFY, keyrings, key ids and signed documents, and
+ * the stored form spliced from the signed bytes (event_stored_form). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -760,6 +761,173 @@ static void test_signed_doc_verify(void **state)
     keyring_free(kr);
 }
 
+/*** event_stored_form ***/
+
+static uint64_t rng_state = 0x243f6a8885a308d3ULL;
+
+static uint32_t rnd(uint32_t n)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state % n);
+}
+
+/* A random string of plain runs, escapes and UTF-8 of every length
+ * (including U+E000..U+FFFF and astral code points, whose UTF-16 order and
+ * code point order differ), and names that sort around the spliced ones. */
+static void rnd_text(char *out, size_t cap, uint32_t maxparts)
+{
+    static const char *const pieces[] = {
+        "a",
+        "z",
+        "0",
+        " ",
+        "~",
+        "\x7f",
+        "text",
+        "\"",
+        "\\",
+        "\n",
+        "\t",
+        "\x01",
+        "\x1f",
+        "/",
+        "\xc3\xa9",
+        "\xdf\xbf",
+        "\xe2\x82\xac",
+        "\xe2\x80\xa8",
+        "\xee\x80\x80",
+        "\xef\xbf\xbf",
+        "\xf0\x9f\x98\x80",
+        "\xf4\x8f\xbf\xbf",
+        "has",
+        "hash",
+        "key",
+        "key_id",
+        "si",
+        "sig",
+        "sigs",
+    };
+    size_t n = 0;
+    out[0] = '\0';
+    for (uint32_t i = rnd(maxparts + 1); i > 0; i--) {
+        const char *p = pieces[rnd(sizeof(pieces) / sizeof(pieces[0]))];
+        size_t l = strlen(p);
+        if (n + l + 1 > cap)
+            break;
+        memcpy(out + n, p, l + 1);
+        n += l;
+    }
+}
+
+static json_t *rnd_data(int depth)
+{
+    char s[128];
+    json_t *o = json_object();
+    for (uint32_t i = rnd(depth ? 4 : 9); i > 0; i--) {
+        rnd_text(s, sizeof(s), 3);
+        json_t *v;
+        switch (rnd(depth < 3 ? 6 : 4)) {
+        case 0:
+            v = json_integer((json_int_t)rnd(4000000000u) - 2000000000);
+            break;
+        case 1:
+            v = rnd(2) ? json_true() : json_null();
+            break;
+        case 2:
+        case 3: {
+            char t[256];
+            rnd_text(t, sizeof(t), 10);
+            v = json_string(t);
+            break;
+        }
+        case 4:
+            v = json_pack("[o, i, s]", rnd_data(depth + 1), (int)rnd(100), "x\"y");
+            break;
+        default:
+            v = rnd_data(depth + 1);
+        }
+        json_object_set_new(o, s, v);
+    }
+    return o;
+}
+
+/* Splicing hash, key_id and sig into the signed bytes gives exactly
+ * jcs_dump() of the whole event, for many random events, and what it gives
+ * verifies as a chain. */
+static void test_stored_form_matches_dump(void **state)
+{
+    (void)state;
+    keyring *kr = events_ring();
+    char prev[65] = EVENT_GENESIS_PREV, kid[65];
+    my_key_id(k_events, kid);
+    for (int pos = 1; pos <= 600; pos++) {
+        char actor[96], type[64], cmd[96];
+        rnd_text(actor, sizeof(actor), 4);
+        rnd_text(type, sizeof(type), 2);
+        rnd_text(cmd, sizeof(cmd), 3);
+        json_t *ev = json_pack("{s:i, s:s, s:s, s:s, s:s, s:s, s:o, s:s}", "position", pos, "id",
+                               "6f1c2a7e-0b7d-4f0e-9c55-000000000001", "type", type, "time",
+                               "2026-01-02T03:04:05.678Z", "actor", actor, "command_id", cmd,
+                               "data", rnd_data(0), "prev", prev);
+        assert_non_null(ev);
+        char *bytes = NULL, *stored = NULL, *want = NULL, hash[65];
+        size_t len = 0, slen = 0, wlen = 0;
+        assert_int_equal(signed_bytes(ev, &bytes, &len), SG_OK);
+        uint8_t d[32];
+        unsigned int dl = 0;
+        assert_int_equal(EVP_Digest(bytes, len, d, &dl, EVP_sha256(), NULL), 1);
+        hex_of(d, 32, hash);
+        char *sig = my_sign(k_events, d);
+        assert_int_equal(event_stored_form(bytes, len, hash, kid, sig, &stored, &slen), SG_OK);
+        assert_int_equal(slen, strlen(stored));
+
+        json_object_set_new(ev, "hash", json_string(hash));
+        json_object_set_new(ev, "key_id", json_string(kid));
+        json_object_set_new(ev, "sig", json_string(sig));
+        assert_int_equal(jcs_dump(ev, &want, &wlen), SG_OK);
+        if (slen != wlen || memcmp(stored, want, wlen) != 0)
+            fail_msg("event %d:\n got %s\nwant %s", pos, stored, want);
+
+        json_error_t err;
+        json_t *back = json_loadb(stored, slen, 0, &err);
+        if (back == NULL)
+            fail_msg("the stored form does not parse: %s", err.text);
+        expect_ok(back, (uint64_t)pos, prev, kr);
+        memcpy(prev, hash, sizeof(prev));
+        json_decref(back);
+        json_decref(ev);
+        free(sig);
+        free(want);
+        free(stored);
+        free(bytes);
+    }
+    keyring_free(kr);
+}
+
+static void test_stored_form_refusals(void **state)
+{
+    (void)state;
+    json_t *chain[3];
+    make_chain(chain);
+    char *full = NULL, *out = (char *)1;
+    size_t len = 0, olen = 0;
+    assert_int_equal(jcs_dump(chain[0], &full, &len), SG_OK);
+    /* bytes that already hold hash, key_id and sig: the whole stored event */
+    assert_int_equal(event_stored_form(full, len, "h", "k", "s", &out, &olen), SG_EBADINPUT);
+    assert_null(out);
+    /* not object text */
+    out = (char *)1;
+    assert_int_equal(event_stored_form("[1]", 3, "h", "k", "s", &out, &olen), SG_EBADINPUT);
+    assert_null(out);
+    out = (char *)1;
+    assert_int_equal(event_stored_form(full, len - 1, "h", "k", "s", &out, &olen), SG_EBADINPUT);
+    assert_null(out);
+    free(full);
+    free_chain(chain);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -783,6 +951,8 @@ int main(void)
         cmocka_unit_test(test_keyring_load_json_refusals),
         cmocka_unit_test(test_keyring_add_refuses_non_p256),
         cmocka_unit_test(test_signed_doc_verify),
+        cmocka_unit_test(test_stored_form_matches_dump),
+        cmocka_unit_test(test_stored_form_refusals),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
