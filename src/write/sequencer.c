@@ -33,7 +33,8 @@
 
 struct pending {
     uint64_t position;
-    json_t *ev; /* the event being built; freed once serialised */
+    char *signed_json; /* canonical signed bytes (without hash, key_id, sig) */
+    size_t signed_len;
     uint8_t digest[32];
     char hash[SG_HEX256_LEN + 1];
     uint8_t sig[SIGNER_MAX_SIG];
@@ -108,7 +109,7 @@ static void batch_free(struct batch *b)
     if (b == NULL)
         return;
     for (size_t i = 0; i < b->nev; i++) {
-        json_decref(b->evs[i].ev);
+        free(b->evs[i].signed_json);
         free(b->evs[i].json);
     }
     free(b->evs);
@@ -178,7 +179,7 @@ static void batch_truncate(sequencer *q, struct batch *b, size_t from, uint64_t 
                            const char *prev)
 {
     for (size_t i = from; i < b->nev; i++) {
-        json_decref(b->evs[i].ev);
+        free(b->evs[i].signed_json);
         free(b->evs[i].json);
     }
     b->nev = from;
@@ -257,23 +258,22 @@ uint64_t decision_emit_new(struct decision *d, const char *type, json_t *data)
         goto broken;
     struct pending *p = &b->evs[b->nev];
     memset(p, 0, sizeof(*p));
-    char *bytes;
-    size_t len;
-    if (signed_bytes(ev, &bytes, &len) != SG_OK || apply_event(q, q->ws, ev) != SG_OK) {
+    if (signed_bytes(ev, &p->signed_json, &p->signed_len) != SG_OK ||
+        apply_event(q, q->ws, ev) != SG_OK) {
+        free(p->signed_json);
         json_decref(ev);
         goto broken;
     }
-    sha256(bytes, len, p->digest);
-    free(bytes);
+    sha256(p->signed_json, p->signed_len, p->digest);
     hex_encode(p->digest, 32, p->hash);
     p->position = pos;
-    p->ev = ev;
     b->nev++;
     q->head = pos;
     memcpy(q->prev, p->hash, sizeof(q->prev));
     for (size_t i = 0; i < q->o.nmanagers; i++)
         if (q->o.managers[i]->on_event)
             q->o.managers[i]->on_event(d, ev);
+    json_decref(ev);
     return pos;
 broken:
     json_decref(data);
@@ -438,18 +438,18 @@ static sg_err sign_batch(sequencer *q, struct batch *b)
     if (e)
         return e;
 
+    /* The stored form: hash, key_id and sig spliced into the signed bytes
+     * (canonicalized once, when the event was built). */
     const char *key_id = signer_key_id(q->o.signer, KEY_EVENTS);
     for (size_t i = 0; i < b->nev; i++) {
         struct pending *p = &b->evs[i];
         char sig64[128];
         b64_encode(p->sig, p->siglen, sig64);
-        if (json_object_set_new(p->ev, "hash", json_string(p->hash)) ||
-            json_object_set_new(p->ev, "key_id", json_string(key_id)) ||
-            json_object_set_new(p->ev, "sig", json_string(sig64)) ||
-            jcs_dump(p->ev, &p->json, &p->len) != SG_OK)
+        if (event_stored_form(p->signed_json, p->signed_len, p->hash, key_id, sig64, &p->json,
+                              &p->len) != SG_OK)
             return SG_ENOMEM;
-        json_decref(p->ev);
-        p->ev = NULL;
+        free(p->signed_json);
+        p->signed_json = NULL;
     }
     return SG_OK;
 }
