@@ -25,6 +25,7 @@ import http.client
 import itertools
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -58,13 +59,37 @@ PRINCIPALS = {
 }
 
 
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def free_ports(n):
+    """n distinct loopback ports free right now. Taken below the kernel's
+    ephemeral range when there is room (10000 up to it), so the outgoing
+    connections of other tests on the machine, which get ephemeral source
+    ports, cannot take one between now and signetd's bind; otherwise
+    whatever the kernel hands out."""
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
     socks, ports = [], []
     try:
+        attempts = 0
         while len(ports) < n:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
             socks.append(s)
+            if low is not None and low > 11000 and attempts < 200:
+                attempts += 1
+                port = rng.randrange(10000, low)
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            else:
+                s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
     finally:
         for s in socks:
