@@ -2,7 +2,7 @@
 """The suite's own verifiers must be able to fail.
 
 No signetd here: a log and a snapshot are signed locally, following the
-contract (DESIGN.md "Events"), and every verifier of harness.py must accept
+contract (DESIGN.md "Events"), and every verifier of verify.py must accept
 them and refuse each tampered copy. The same tamper functions are used
 against real logs in test_tamper.py and test_devices.py."""
 
