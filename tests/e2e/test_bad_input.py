@@ -6,38 +6,44 @@ Every case gets the right 4xx RFC 9457 problem, appends nothing (the head
 of GET /v1/events is unchanged) and the server keeps serving. The JSON limit
 is set to 1024 bytes in this configuration."""
 
+import itertools
 import os
 import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness as H  # noqa: E402
+from client import (  # noqa: E402
+    fetch_all_events, get_keys, head_of, raw_request, register, request, send_tolerant)
+from deploy import E2ETestCase  # noqa: E402
+from verify import verify_chain  # noqa: E402
 
 LIMIT = 1024
 JSON = {"Content-Type": "application/json"}
+
+AFTER = itertools.count(1)
 
 BAD_IDS = ["../x", "a/b", "..", ".", "", "a" * 65, "a b", "\u00e9", "caf\u00e9", "a\u0000b",
            "a\nb", "-abc", ".hidden", "_x", "a\\b", "a%2fb", "a?b", "a#b", "a\tb", " a", "a "]
 
 
-class BadInput(H.E2ETestCase):
+class BadInput(E2ETestCase):
     @classmethod
     def setUpClass(cls):
-        cls.dep = cls.deployment(max_json_bytes=LIMIT)
-        cls.dep.init()
-        cls.srv = cls.dep.start()
-        cls.ops = cls.dep.token("ops")
-        cls.audit = cls.dep.token("audit")
-        cls.wp, cls.rp = cls.dep.write_port, cls.dep.read_port
-        cls.n = 0
+        cls.start_deployment(max_json_bytes=LIMIT)
+
+    @classmethod
+    def tearDownClass(cls):
+        """After every bad request of the class, whatever their order, the
+        server still registers devices and its log verifies."""
+        cls.check_still_serving(cls("test_still_serving"))
 
     def head(self):
-        return H.head_of(self.rp, self.audit)
+        return head_of(self.rp, self.audit)
 
     def post_raw(self, body, headers=None, token=None):
         hdrs = dict(JSON)
         hdrs.update(headers or {})
-        return H.request("POST", self.wp, "/v1/devices", token=token or self.ops, body=body, headers=hdrs)
+        return request("POST", self.wp, "/v1/devices", token=token or self.ops, body=body, headers=hdrs)
 
     def check_refused(self, send, status, slug=None, msg=""):
         """send() must answer `status` problem+json, append nothing, and the
@@ -46,12 +52,11 @@ class BadInput(H.E2ETestCase):
         r = send()
         self.assertProblem(r, status, slug, msg)
         self.assertEqual(self.head(), h0, "%s: the log head moved after a refused request" % msg)
-        self.assertEqual(H.request("GET", self.wp, "/healthz").status, 200, msg)
+        self.assertEqual(request("GET", self.wp, "/healthz").status, 200, msg)
         return r
 
     def fresh_id(self):
-        BadInput.n += 1
-        return "bi-%d" % BadInput.n
+        return self.unique("bi")
 
     # ---- the body of POST /v1/devices ----
 
@@ -127,9 +132,9 @@ class BadInput(H.E2ETestCase):
                 self.assertEqual(r.body["device_id"], dev)
 
     def send_big(self, chunks, chunked=False):
-        r = H.send_tolerant(self.wp, "POST", "/v1/devices",
-                            {"Content-Type": "application/json", "Authorization": "Bearer " + self.ops},
-                            chunks, chunked=chunked)
+        r = send_tolerant(self.wp, "POST", "/v1/devices",
+                          {"Content-Type": "application/json", "Authorization": "Bearer " + self.ops},
+                          chunks, chunked=chunked)
         if r is None:
             self.fail("connection reset without an answer (want 413 problem)")
         return r
@@ -174,7 +179,7 @@ class BadInput(H.E2ETestCase):
                                    "unsupported-media-type", ctype)
         # No Content-Type at all.
         r = self.check_refused(
-            lambda: H.request("POST", self.wp, "/v1/devices", token=self.ops, body=body), 415,
+            lambda: request("POST", self.wp, "/v1/devices", token=self.ops, body=body), 415,
             "unsupported-media-type", "no Content-Type")
         # Parameters are allowed, the media type is case-insensitive.
         for i, ctype in enumerate(["application/json; charset=utf-8", "Application/JSON",
@@ -211,10 +216,10 @@ class BadInput(H.E2ETestCase):
             with self.subTest(path=path):
                 raw = ("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n"
                        "Connection: close\r\n\r\n" % (path, tok)).encode()
-                r = H.raw_request(self.rp, raw)
+                r = raw_request(self.rp, raw)
                 self.assertIn(r.status, (400, 404), r)
                 self.assertProblem(r, r.status, msg=path)
-        self.assertEqual(H.request("GET", self.rp, "/healthz").status, 200)
+        self.assertEqual(request("GET", self.rp, "/healthz").status, 200)
 
     def test_nul_in_url_path(self):
         """A %00 in the path must not cut the path short: /v1/devices%00junk
@@ -224,10 +229,10 @@ class BadInput(H.E2ETestCase):
         raw = ("POST /v1/devices%%00junk HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
                "Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
                % (self.ops, len(body))).encode() + body
-        self.check_refused(lambda: H.raw_request(self.wp, raw), 404, "not-found", "POST /v1/devices%00junk")
+        self.check_refused(lambda: raw_request(self.wp, raw), 404, "not-found", "POST /v1/devices%00junk")
         raw = ("GET /v1/events%%00junk HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
                "Connection: close\r\n\r\n" % self.audit).encode()
-        self.assertProblem(H.raw_request(self.rp, raw), 404, "not-found", "GET /v1/events%00junk")
+        self.assertProblem(raw_request(self.rp, raw), 404, "not-found", "GET /v1/events%00junk")
 
     # ---- query parameters ----
 
@@ -236,11 +241,11 @@ class BadInput(H.E2ETestCase):
                   "after=0x10", "after=1e3", "limit=0", "limit=1001", "limit=-5",
                   "limit=abc", "limit=", "limit=99999999999999999999"]:
             with self.subTest(query=q):
-                self.check_refused(lambda: H.request("GET", self.rp, "/v1/events?" + q, token=self.audit),
+                self.check_refused(lambda: request("GET", self.rp, "/v1/events?" + q, token=self.audit),
                                    400, "bad-input", q)
         for q in ["after=0&limit=1", "limit=1000", "after=0", ""]:
             with self.subTest(query=q):
-                r = H.request("GET", self.rp, "/v1/events?" + q, token=self.audit)
+                r = request("GET", self.rp, "/v1/events?" + q, token=self.audit)
                 self.assertStatus(r, 200)
 
     def test_min_position_and_wait_ms(self):
@@ -250,11 +255,11 @@ class BadInput(H.E2ETestCase):
                   "min_position=1&wait_ms=1.5", "wait_ms=20000"]:
             with self.subTest(query=q):
                 self.check_refused(
-                    lambda: H.request("GET", self.rp, "/v1/snapshots/devices?" + q, token=self.audit),
+                    lambda: request("GET", self.rp, "/v1/snapshots/devices?" + q, token=self.audit),
                     400, "bad-input", q)
         for q in ["min_position=0", "min_position=1&wait_ms=0", "min_position=0&wait_ms=10000"]:
             with self.subTest(query=q):
-                r = H.request("GET", self.rp, "/v1/snapshots/devices?" + q, token=self.audit)
+                r = request("GET", self.rp, "/v1/snapshots/devices?" + q, token=self.audit)
                 self.assertIn(r.status, (200, 503), r)
 
     # ---- broken HTTP and idle clients ----
@@ -282,14 +287,14 @@ class BadInput(H.E2ETestCase):
         for raw in cases:
             with self.subTest(request=raw[:40]):
                 try:
-                    r = H.raw_request(self.wp, raw, timeout=2)
+                    r = raw_request(self.wp, raw, timeout=2)
                     self.assertGreaterEqual(r.status, 400, r)
                     self.assertTrue(r.status < 500 or r.status == 505, r)
                 except (AssertionError, OSError) as e:
                     if isinstance(e, AssertionError) and "no HTTP answer" not in str(e):
                         raise
                     # dropping (or ignoring) the connection is a fine answer to garbage
-                self.assertEqual(H.request("GET", self.wp, "/healthz", timeout=5).status, 200)
+                self.assertEqual(request("GET", self.wp, "/healthz", timeout=5).status, 200)
         self.assertEqual(self.head(), h0)
 
     def test_idle_and_slow_clients_do_not_block(self):
@@ -307,10 +312,10 @@ class BadInput(H.E2ETestCase):
                            '{"device_id":"slow-%d",' % (self.ops, i)).encode())
                 socks.append(s)
             for port in (self.wp, self.rp):
-                r = H.request("GET", port, "/healthz", timeout=10)
+                r = request("GET", port, "/healthz", timeout=10)
                 self.assertStatus(r, 200)
                 self.assertLess(r.elapsed, 2.0, "a request waited behind idle connections")
-            r = H.register(self.wp, self.ops, self.fresh_id(), headers=None)
+            r = register(self.wp, self.ops, self.fresh_id(), headers=None)
             self.assertStatus(r, 201)
             self.assertLess(r.elapsed, 2.0)
         finally:
@@ -319,15 +324,23 @@ class BadInput(H.E2ETestCase):
 
     # ---- the server survives all of it ----
 
-    def test_zz_still_serving(self):
-        """After every bad request above the server still registers devices,
-        and its log verifies."""
-        r = self.post_raw({"device_id": "after-all", "hardware": "h"})
-        self.assertStatus(r, 201)
-        events, head = H.fetch_all_events(self.rp, self.audit)
-        H.verify_chain(events, H.get_keys(self.rp))
-        self.assertEqual(head, r.body["position"])
-        self.assertEqual(len(events), head)
+    @classmethod
+    def check_still_serving(cls, t):
+        """The server registers a new device and its log verifies (t: a
+        TestCase to assert with)."""
+        r = request("POST", cls.wp, "/v1/devices", token=cls.ops, headers=JSON,
+                    body={"device_id": "after-%d" % next(AFTER), "hardware": "h"})
+        t.assertEqual(r.status, 201, r)
+        events, head = fetch_all_events(cls.rp, cls.audit)
+        verify_chain(events, get_keys(cls.rp))
+        t.assertEqual(head, r.body["position"])
+        t.assertEqual(len(events), head)
+
+    def test_still_serving(self):
+        """Whenever it runs, after any of the bad requests here, the server
+        still registers devices and its log verifies (tearDownClass checks
+        the same after all of them)."""
+        self.check_still_serving(self)
 
 
 if __name__ == "__main__":

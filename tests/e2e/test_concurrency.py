@@ -12,43 +12,40 @@ import threading
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness as H  # noqa: E402
+from client import fetch_all_events, get_keys, head_of, in_threads, register, request  # noqa: E402
+from deploy import E2ETestCase  # noqa: E402
+from verify import (  # noqa: E402
+    METRIC_NAMES, http_requests, metric_value, parse_metrics, verify_chain, verify_snapshot)
 
 THREADS = 32
 PER_THREAD = 10
 
 
-class Concurrency(H.E2ETestCase):
+class Concurrency(E2ETestCase):
     @classmethod
     def setUpClass(cls):
-        cls.dep = cls.deployment()
-        cls.dep.init()
-        cls.srv = cls.dep.start()
-        cls.wp, cls.rp = cls.dep.write_port, cls.dep.read_port
-        cls.audit = cls.dep.token("audit")
-        cls.keys = H.get_keys(cls.rp)
+        cls.start_deployment()
+        cls.keys = get_keys(cls.rp)
         cls.acks, cls.failures = cls.write_concurrently()
-        cls.events, cls.head = H.fetch_all_events(cls.rp, cls.audit)
+        cls.events, cls.head = fetch_all_events(cls.rp, cls.audit)
 
     @classmethod
     def write_concurrently(cls):
         acks, failures = [], []
         lock = threading.Lock()
-        barrier = threading.Barrier(THREADS)
-        token = cls.dep.token("ops")
+        token = cls.ops
 
         def worker(t):
             conn = http.client.HTTPConnection("127.0.0.1", cls.wp, timeout=60)
-            barrier.wait()
             for i in range(PER_THREAD):
                 dev = "conc-%02d-%02d" % (t, i)
                 try:
-                    r = H.register(cls.wp, token, dev, hardware="hw-%d" % (t % 3), conn=conn)
+                    r = register(cls.wp, token, dev, hardware="hw-%d" % (t % 3), conn=conn)
                 except (OSError, http.client.HTTPException):
                     conn.close()  # the server closed a keep-alive connection: reconnect once
                     conn = http.client.HTTPConnection("127.0.0.1", cls.wp, timeout=60)
                     try:
-                        r = H.register(cls.wp, token, dev, hardware="hw-%d" % (t % 3), conn=conn)
+                        r = register(cls.wp, token, dev, hardware="hw-%d" % (t % 3), conn=conn)
                     except (OSError, http.client.HTTPException) as e:
                         with lock:
                             failures.append((dev, repr(e)))
@@ -60,11 +57,7 @@ class Concurrency(H.E2ETestCase):
                         failures.append((dev, r))
             conn.close()
 
-        ts = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(300)
+        in_threads(THREADS, worker, timeout=300, together=True)
         return acks, failures
 
     def test_all_writes_acknowledged_with_distinct_positions(self):
@@ -76,7 +69,7 @@ class Concurrency(H.E2ETestCase):
     def test_log_is_one_verified_chain(self):
         self.assertEqual(self.head, THREADS * PER_THREAD)
         self.assertEqual(len(self.events), self.head)
-        n, last = H.verify_chain(self.events, self.keys)
+        n, last = verify_chain(self.events, self.keys)
         self.assertEqual(n, self.head)
         by_pos = {e["position"]: e for e in self.events}
         for dev, pos in self.acks:
@@ -87,25 +80,25 @@ class Concurrency(H.E2ETestCase):
     def test_paging(self):
         for limit in (7, 100, 999):
             with self.subTest(limit=limit):
-                evs, head = H.fetch_all_events(self.rp, self.audit, limit=limit)
+                evs, head = fetch_all_events(self.rp, self.audit, limit=limit)
                 self.assertEqual((evs, head), (self.events, self.head))
         # Default limit is 100; after=head gives an empty page.
-        r = H.request("GET", self.rp, "/v1/events", token=self.audit)
+        r = request("GET", self.rp, "/v1/events", token=self.audit)
         self.assertEqual(len(r.body["events"]), 100)
         self.assertEqual(r.body["events"], self.events[:100])
-        r = H.request("GET", self.rp, "/v1/events?after=%d" % self.head, token=self.audit)
+        r = request("GET", self.rp, "/v1/events?after=%d" % self.head, token=self.audit)
         self.assertEqual(r.body, {"events": [], "head": self.head})
-        r = H.request("GET", self.rp, "/v1/events?after=%d&limit=5" % (self.head + 50), token=self.audit)
+        r = request("GET", self.rp, "/v1/events?after=%d&limit=5" % (self.head + 50), token=self.audit)
         self.assertStatus(r, 200)
         self.assertEqual(r.body["events"], [])
-        r = H.request("GET", self.rp, "/v1/events?after=300&limit=1000", token=self.audit)
+        r = request("GET", self.rp, "/v1/events?after=300&limit=1000", token=self.audit)
         self.assertEqual(r.body["events"], self.events[300:])
 
     def test_snapshot_has_every_device(self):
-        r = H.request("GET", self.rp, "/v1/snapshots/devices?min_position=%d&wait_ms=10000" % self.head,
-                      token=self.audit)
+        r = request("GET", self.rp, "/v1/snapshots/devices?min_position=%d&wait_ms=10000" % self.head,
+                    token=self.audit)
         self.assertStatus(r, 200)
-        H.verify_snapshot(r.body, self.keys)
+        verify_snapshot(r.body, self.keys)
         self.assertEqual(r.body["as_of"], {"position": self.head, "hash": self.events[-1]["hash"]})
         got = {(d["device_id"], d["position"]) for d in r.body["state"]["devices"]}
         self.assertEqual(got, set(self.acks))
@@ -115,13 +108,13 @@ class Concurrency(H.E2ETestCase):
         """All metric names of docs/behaviour.md on a --role all server, with
         values that match the log; group commit means fewer batches than events."""
         self.test_snapshot_has_every_device()  # the projector has caught up
-        r = H.request("GET", self.rp, "/metrics")
+        r = request("GET", self.rp, "/metrics")
         self.assertStatus(r, 200)
-        samples = H.parse_metrics(r.raw.decode())
+        samples = parse_metrics(r.raw.decode())
         names = {n for n, _, _ in samples}
-        for n in H.METRIC_NAMES:
+        for n in METRIC_NAMES:
             self.assertIn(n, names)
-        v = lambda n, **kw: H.metric_value(samples, n, **kw)  # noqa: E731
+        v = lambda n, **kw: metric_value(samples, n, **kw)  # noqa: E731
         self.assertEqual(v("signet_events_appended_total"), self.head)
         self.assertEqual(v("signet_store_head_position"), self.head)
         self.assertEqual(v("signet_projector_position"), self.head)
@@ -132,8 +125,8 @@ class Concurrency(H.E2ETestCase):
         batches = v("signet_commit_batches_total")
         self.assertGreaterEqual(batches, 1)
         self.assertLess(batches, self.head, "no group commit: one batch per event under 32 concurrent writers")
-        self.assertGreaterEqual(H.http_requests(samples, "write", 201), self.head)
-        self.assertEqual(H.request("GET", self.wp, "/metrics").status, 200)
+        self.assertGreaterEqual(http_requests(samples, "write", 201), self.head)
+        self.assertEqual(request("GET", self.wp, "/metrics").status, 200)
 
     # ---- signet verify-log ----
 
@@ -198,34 +191,33 @@ class Concurrency(H.E2ETestCase):
         p = self.verify_log("--keys", keys, bad)
         self.assertIn(p.returncode, (1, 2), p.stdout + p.stderr)
         self.assertFalse(re.search(r"^ok:", p.stdout, re.M), p.stdout)
-    def test_zz_concurrent_duplicates(self):
-        """16 requests for the same new device at once: exactly one 201, the
-        others 409, one event (the business rule holds inside a group commit).
-        Runs last: it appends to the log the other tests compare."""
-        token = self.dep.token("ops")
+
+
+class ConcurrentDuplicates(E2ETestCase):
+    """16 requests for the same new device at once: exactly one 201, the
+    others 409, one event (the business rule holds inside a group commit).
+    Its own deployment: it appends to a log Concurrency compares."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.start_deployment()
+        cls.keys = get_keys(cls.rp)
+
+    def test_concurrent_duplicates(self):
         for rnd in range(3):
             with self.subTest(round=rnd):
-                h0 = H.head_of(self.rp, self.audit)
-                results = []
-                barrier = threading.Barrier(16)
-
-                def go(i):
-                    barrier.wait()
-                    results.append(H.register(self.wp, token, "same-%d" % rnd, hardware="hw-%d" % i))
-                ts = [threading.Thread(target=go, args=(i,)) for i in range(16)]
-                for t in ts:
-                    t.start()
-                for t in ts:
-                    t.join(60)
+                h0 = head_of(self.rp, self.audit)
+                results = in_threads(16, lambda i: register(self.wp, self.ops, "same-%d" % rnd,
+                                                            hardware="hw-%d" % i), together=True)
                 self.assertEqual(len(results), 16)
                 ok = [r for r in results if r.status == 201]
                 self.assertEqual(len(ok), 1, results)
                 for r in results:
                     if r.status != 201:
                         self.assertProblem(r, 409, "conflict")
-                self.assertEqual(H.head_of(self.rp, self.audit), h0 + 1)
-        events, _ = H.fetch_all_events(self.rp, self.audit)
-        H.verify_chain(events, self.keys)
+                self.assertEqual(head_of(self.rp, self.audit), h0 + 1)
+        events, _ = fetch_all_events(self.rp, self.audit)
+        verify_chain(events, self.keys)
 
 
 if __name__ == "__main__":

@@ -13,21 +13,19 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness as H  # noqa: E402
+from client import fetch_all_events, get_keys, head_of, register, request  # noqa: E402
+from deploy import E2ETestCase  # noqa: E402
+from verify import metric_value, parse_metrics, verify_chain, verify_snapshot  # noqa: E402
 
 WRITERS = 16
 LOAD_SECONDS = 1.5
 ROUNDS = 2
 
 
-class CrashUnderLoad(H.E2ETestCase):
+class CrashUnderLoad(E2ETestCase):
     @classmethod
     def setUpClass(cls):
-        cls.dep = cls.deployment()
-        cls.dep.init()
-        cls.ops = cls.dep.token("ops")
-        cls.audit = cls.dep.token("audit")
-        cls.wp, cls.rp = cls.dep.write_port, cls.dep.read_port
+        cls.init_deployment()  # each test starts (and kills) signetd itself
 
     def load_and_kill(self, srv, tag, stop_server=None):
         """Writers post until the server dies; returns (acks, attempted):
@@ -47,8 +45,8 @@ class CrashUnderLoad(H.E2ETestCase):
                 with lock:
                     attempted.add(dev)
                 try:
-                    r = H.register(self.wp, self.ops, dev, hardware="hw-%d" % (w % 4),
-                                   headers={"Idempotency-Key": "idem-" + dev}, conn=conn)
+                    r = register(self.wp, self.ops, dev, hardware="hw-%d" % (w % 4),
+                                 headers={"Idempotency-Key": "idem-" + dev}, conn=conn)
                 except (OSError, http.client.HTTPException):
                     conn.close()
                     if stop.is_set():
@@ -82,17 +80,17 @@ class CrashUnderLoad(H.E2ETestCase):
             with self.subTest(round=rnd):
                 srv = self.dep.start()
                 if keys is None:
-                    keys = H.get_keys(self.rp)
+                    keys = get_keys(self.rp)
                 else:
-                    self.assertEqual(H.get_keys(self.rp), keys, "keys changed across a crash")
+                    self.assertEqual(get_keys(self.rp), keys, "keys changed across a crash")
                 acks, attempted = self.load_and_kill(srv, "r%d" % rnd)
                 self.assertEqual(srv.proc.returncode, -9)
                 all_acks.update(acks)
 
                 srv = self.dep.start()
-                events, head = H.fetch_all_events(self.rp, self.audit)
+                events, head = fetch_all_events(self.rp, self.audit)
                 self.assertEqual(len(events), head)
-                H.verify_chain(events, keys)
+                verify_chain(events, keys)
 
                 # Every acknowledged device is at its acknowledged position.
                 by_pos = {e["position"]: e for e in events}
@@ -108,35 +106,35 @@ class CrashUnderLoad(H.E2ETestCase):
 
                 # Idempotent replays of acknowledged requests: same answer, nothing appended.
                 for dev, (pos, body) in sorted(acks.items())[:25]:
-                    r = H.register(self.wp, self.ops, dev, hardware="hw-%d" % (int(dev.split("-")[2]) % 4),
-                                   headers={"Idempotency-Key": "idem-" + dev})
+                    r = register(self.wp, self.ops, dev, hardware="hw-%d" % (int(dev.split("-")[2]) % 4),
+                                 headers={"Idempotency-Key": "idem-" + dev})
                     self.assertEqual((r.status, r.body), (201, body), dev)
                 # Requests in flight at the kill: a retry with the same key
                 # either replays the durable answer or registers now; the
                 # device then exists exactly once.
                 unacked = sorted(attempted - set(acks))[:10]
                 for dev in unacked:
-                    r = H.register(self.wp, self.ops, dev, hardware="hw-%d" % (int(dev.split("-")[2]) % 4),
-                                   headers={"Idempotency-Key": "idem-" + dev})
+                    r = register(self.wp, self.ops, dev, hardware="hw-%d" % (int(dev.split("-")[2]) % 4),
+                                 headers={"Idempotency-Key": "idem-" + dev})
                     self.assertStatus(r, 201, dev)
                     all_acks[dev] = (r.body["position"], r.body)
-                self.assertEqual(H.head_of(self.rp, self.audit), head + sum(
+                self.assertEqual(head_of(self.rp, self.audit), head + sum(
                     1 for d in unacked if all_acks[d][0] > head))
 
                 # New writes continue the chain.
-                r = H.register(self.wp, self.ops, "after-crash-%d" % rnd)
+                r = register(self.wp, self.ops, "after-crash-%d" % rnd)
                 self.assertStatus(r, 201)
-                events2, head2 = H.fetch_all_events(self.rp, self.audit)
+                events2, head2 = fetch_all_events(self.rp, self.audit)
                 self.assertEqual(r.body["position"], head2)
                 self.assertEqual(events2[:len(events)], events)
-                H.verify_chain(events2, keys)
+                verify_chain(events2, keys)
                 all_acks["after-crash-%d" % rnd] = (r.body["position"], r.body)
 
                 # The read side catches up with everything.
-                s = H.request("GET", self.rp, "/v1/snapshots/devices?min_position=%d&wait_ms=10000" % head2,
-                              token=self.audit)
+                s = request("GET", self.rp, "/v1/snapshots/devices?min_position=%d&wait_ms=10000" % head2,
+                            token=self.audit)
                 self.assertStatus(s, 200)
-                H.verify_snapshot(s.body, keys)
+                verify_snapshot(s.body, keys)
                 self.assertEqual(s.body["as_of"], {"position": head2, "hash": events2[-1]["hash"]})
                 self.assertEqual(s.body["state"]["count"], len(events2))
                 got = {d["device_id"]: d["position"] for d in s.body["state"]["devices"]}
@@ -151,7 +149,7 @@ class CrashUnderLoad(H.E2ETestCase):
         for sig in ("TERM", "INT"):
             with self.subTest(signal=sig):
                 srv = self.dep.start()
-                keys = keys or H.get_keys(self.rp)
+                keys = keys or get_keys(self.rp)
                 import signal as _signal
 
                 def stop_server():
@@ -160,8 +158,8 @@ class CrashUnderLoad(H.E2ETestCase):
                 acks, _ = self.load_and_kill(srv, "s" + sig, stop_server=stop_server)
                 self.assertEqual(srv.stop(), 0, "exit status after SIG%s" % sig)
                 srv = self.dep.start()
-                events, head = H.fetch_all_events(self.rp, self.audit)
-                H.verify_chain(events, keys)
+                events, head = fetch_all_events(self.rp, self.audit)
+                verify_chain(events, keys)
                 by_pos = {e["position"]: e for e in events}
                 for dev, (pos, _) in acks.items():
                     self.assertIn(pos, by_pos, "acknowledged %s at %d lost after SIG%s" % (dev, pos, sig))
@@ -169,18 +167,15 @@ class CrashUnderLoad(H.E2ETestCase):
                 self.assertEqual(srv.stop(), 0)
 
 
-class ReaderCrash(H.E2ETestCase):
+class ReaderCrash(E2ETestCase):
     """kill -9 of a `--role read` process while a `--role write` process takes
     writes: after restarts the read models hold every event exactly once
     (checkpoint and read models move in one transaction)."""
 
     @classmethod
     def setUpClass(cls):
-        cls.dep = cls.deployment()
-        cls.dep.init()
-        cls.writer = cls.dep.start(role="write")
+        cls.writer = cls.start_deployment(role="write")
         cls.read_cfg = cls.dep.write_config("read.json")
-        cls.ops, cls.audit = cls.dep.token("ops"), cls.dep.token("audit")
 
     def test_kill9_reader_during_projection(self):
         wp = self.writer.write_port
@@ -195,7 +190,7 @@ class ReaderCrash(H.E2ETestCase):
             for i in range(100000):
                 if stop.is_set():
                     break
-                r = H.register(wp, self.ops, "rc-%d-%d" % (w, i), conn=conn)
+                r = register(wp, self.ops, "rc-%d-%d" % (w, i), conn=conn)
                 if r.status != 201:
                     with lock:
                         errors.append(r)
@@ -218,12 +213,12 @@ class ReaderCrash(H.E2ETestCase):
                 t.join(60)
         self.assertEqual(errors, [], "the write process refused writes while the reader crashed")
         self.assertGreater(len(acks), 0)
-        events, head = H.fetch_all_events(rp, self.audit)
-        keys = H.get_keys(rp)
-        H.verify_chain(events, keys)
-        r = H.request("GET", rp, "/v1/snapshots/devices?min_position=%d&wait_ms=10000" % head, token=self.audit)
+        events, head = fetch_all_events(rp, self.audit)
+        keys = get_keys(rp)
+        verify_chain(events, keys)
+        r = request("GET", rp, "/v1/snapshots/devices?min_position=%d&wait_ms=10000" % head, token=self.audit)
         self.assertStatus(r, 200)
-        H.verify_snapshot(r.body, keys)
+        verify_snapshot(r.body, keys)
         self.assertEqual(r.body["as_of"], {"position": head, "hash": events[-1]["hash"]})
         self.assertEqual(r.body["state"]["count"], head)
         got = {d["device_id"]: d["position"] for d in r.body["state"]["devices"]}
@@ -231,8 +226,8 @@ class ReaderCrash(H.E2ETestCase):
         self.assertEqual(got, {e["data"]["device_id"]: e["position"] for e in events})
         for dev, pos in acks.items():
             self.assertEqual(got.get(dev), pos, dev)
-        m = H.parse_metrics(H.request("GET", rp, "/metrics").raw.decode())
-        self.assertEqual(H.metric_value(m, "signet_projector_position"), head)
+        m = parse_metrics(request("GET", rp, "/metrics").raw.decode())
+        self.assertEqual(metric_value(m, "signet_projector_position"), head)
         self.assertEqual(reader.stop(), 0)
 
 

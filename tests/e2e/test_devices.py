@@ -11,12 +11,15 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness as H  # noqa: E402
+from client import fetch_all_events, get_keys, head_of, in_threads, register, request  # noqa: E402
+from deploy import E2ETestCase  # noqa: E402
+from verify import (  # noqa: E402
+    EVENT_FIELDS, ZERO_HASH, canonical, key_id_for, key_id_of_pem, load_pem, verify_chain,
+    verify_snapshot)
 
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
@@ -24,29 +27,25 @@ UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
-class Devices(H.E2ETestCase):
+class Devices(E2ETestCase):
     @classmethod
     def setUpClass(cls):
-        cls.dep = cls.deployment()
-        cls.dep.init()
-        cls.srv = cls.dep.start()
-        cls.wp, cls.rp = cls.dep.write_port, cls.dep.read_port
-        cls.ops, cls.adm, cls.audit = cls.dep.token("ops"), cls.dep.token("adm"), cls.dep.token("audit")
-        cls.keys = H.get_keys(cls.rp)
-        cls.empty = H.request("GET", cls.rp, "/v1/snapshots/devices", token=cls.audit)
+        cls.start_deployment()
+        cls.keys = get_keys(cls.rp)
+        cls.empty = request("GET", cls.rp, "/v1/snapshots/devices", token=cls.audit)
 
     def head(self):
-        return H.head_of(self.rp, self.audit)
+        return head_of(self.rp, self.audit)
 
     def event_at(self, pos):
-        r = H.request("GET", self.rp, "/v1/events?after=%d&limit=1" % (pos - 1), token=self.audit)
+        r = request("GET", self.rp, "/v1/events?after=%d&limit=1" % (pos - 1), token=self.audit)
         self.assertStatus(r, 200)
         self.assertEqual(len(r.body["events"]), 1, r)
         return r.body["events"][0]
 
     def snapshot(self, min_position=None, token=None):
         q = "" if min_position is None else "?min_position=%d&wait_ms=5000" % min_position
-        r = H.request("GET", self.rp, "/v1/snapshots/devices" + q, token=token or self.audit)
+        r = request("GET", self.rp, "/v1/snapshots/devices" + q, token=token or self.audit)
         self.assertStatus(r, 200)
         return r
 
@@ -57,14 +56,14 @@ class Devices(H.E2ETestCase):
         r = self.empty
         self.assertStatus(r, 200)
         self.assertEqual(r.headers.get("Signet-Position"), "0")
-        self.assertEqual(r.body["as_of"], {"position": 0, "hash": H.ZERO_HASH})
+        self.assertEqual(r.body["as_of"], {"position": 0, "hash": ZERO_HASH})
         self.assertEqual(r.body["state"], {"count": 0, "devices": []})
-        H.verify_snapshot(r.body, self.keys)
+        verify_snapshot(r.body, self.keys)
 
     def test_register_event_and_snapshot(self):
         body = {"device_id": "dev-a1", "hardware": "hw-a", "group": "canary"}
         t0 = time.time()
-        r = H.request("POST", self.wp, "/v1/devices", token=self.ops, body=body)
+        r = request("POST", self.wp, "/v1/devices", token=self.ops, body=body)
         self.assertStatus(r, 201)
         self.assertTrue((r.headers.get("Content-Type") or "").startswith("application/json"), r)
         self.assertEqual(set(r.body), {"device_id", "position"}, r)
@@ -75,7 +74,7 @@ class Devices(H.E2ETestCase):
 
         # The event.
         ev = self.event_at(pos)
-        self.assertEqual(set(ev), H.EVENT_FIELDS, ev)
+        self.assertEqual(set(ev), EVENT_FIELDS, ev)
         self.assertEqual(ev["position"], pos)
         self.assertEqual(ev["type"], "DeviceRegistered")
         self.assertEqual(ev["actor"], "ops")
@@ -86,9 +85,9 @@ class Devices(H.E2ETestCase):
         self.assertLess(abs(evt - t0), 120, "event time %s is not now (UTC)" % ev["time"])
         self.assertIsInstance(ev["command_id"], str)
         self.assertTrue(ev["command_id"])
-        self.assertEqual(ev["key_id"], H.key_id_for(self.keys, "events"))
-        events, head = H.fetch_all_events(self.rp, self.audit)
-        H.verify_chain(events, self.keys)
+        self.assertEqual(ev["key_id"], key_id_for(self.keys, "events"))
+        events, head = fetch_all_events(self.rp, self.audit)
+        verify_chain(events, self.keys)
         self.assertGreaterEqual(head, pos)
 
         # Read your write: the snapshot at min_position shows it.
@@ -98,8 +97,8 @@ class Devices(H.E2ETestCase):
         self.assertEqual(set(doc), {"name", "as_of", "state", "key_id", "sig"}, doc)
         self.assertEqual(doc["name"], "devices")
         self.assertGreaterEqual(doc["as_of"]["position"], pos)
-        H.verify_snapshot(doc, self.keys)
-        self.assertEqual(doc["key_id"], H.key_id_for(self.keys, "snapshots"))
+        verify_snapshot(doc, self.keys)
+        self.assertEqual(doc["key_id"], key_id_for(self.keys, "snapshots"))
         mine = [d for d in doc["state"]["devices"] if d["device_id"] == "dev-a1"]
         self.assertEqual(mine, [{"device_id": "dev-a1", "hardware": "hw-a", "group": "canary", "position": pos}])
 
@@ -112,11 +111,11 @@ class Devices(H.E2ETestCase):
         i = raw.index('"hw-a"') + 3
         tampered = json.loads(raw[:i] + ("b" if raw[i] != "b" else "c") + raw[i + 1:])
         self.assertNotEqual(tampered["state"], doc["state"])
-        self.assertRaises(AssertionError, H.verify_snapshot, tampered, self.keys)
+        self.assertRaises(AssertionError, verify_snapshot, tampered, self.keys)
 
     def test_register_without_group(self):
         body = {"device_id": "dev-nogroup", "hardware": "hw-b"}
-        r = H.request("POST", self.wp, "/v1/devices", token=self.adm, body=body)
+        r = request("POST", self.wp, "/v1/devices", token=self.adm, body=body)
         self.assertStatus(r, 201)
         ev = self.event_at(r.body["position"])
         self.assertEqual(ev["data"], body)
@@ -126,20 +125,20 @@ class Devices(H.E2ETestCase):
         self.assertEqual(mine, [{"device_id": "dev-nogroup", "hardware": "hw-b", "position": r.body["position"]}])
 
     def test_duplicate_is_409(self):
-        r = H.request("POST", self.wp, "/v1/devices", token=self.ops, body={"device_id": "dev-dup", "hardware": "h"})
+        r = request("POST", self.wp, "/v1/devices", token=self.ops, body={"device_id": "dev-dup", "hardware": "h"})
         self.assertStatus(r, 201)
         h0 = self.head()
         for who, body in (("ops", {"device_id": "dev-dup", "hardware": "h"}),
                           ("ops", {"device_id": "dev-dup", "hardware": "other", "group": "g"}),
                           ("adm", {"device_id": "dev-dup", "hardware": "h"})):
             with self.subTest(principal=who, body=body):
-                r = H.request("POST", self.wp, "/v1/devices", token=self.dep.token(who), body=body)
+                r = request("POST", self.wp, "/v1/devices", token=self.dep.token(who), body=body)
                 self.assertProblem(r, 409, "conflict")
         self.assertEqual(self.head(), h0)
 
     def test_snapshot_state_shape(self):
         for d in ("snap-c", "snap-a", "snap-b"):
-            r = H.register(self.wp, self.ops, d)
+            r = register(self.wp, self.ops, d)
             self.assertStatus(r, 201)
         s = self.snapshot(min_position=r.body["position"])
         state = s.body["state"]
@@ -149,15 +148,15 @@ class Devices(H.E2ETestCase):
         self.assertEqual(state["count"], len(ids))
         self.assertEqual(set(state), {"count", "devices"})
         # Every device in the snapshot is a DeviceRegistered event at its position.
-        events, _ = H.fetch_all_events(self.rp, self.audit)
+        events, _ = fetch_all_events(self.rp, self.audit)
         by_pos = {e["position"]: e for e in events}
         for d in state["devices"]:
             e = by_pos[d["position"]]
             self.assertEqual(e["type"], "DeviceRegistered")
             self.assertEqual(e["data"]["device_id"], d["device_id"])
         # Not re-signed while the position has not moved: same bytes twice.
-        a = H.request("GET", self.rp, "/v1/snapshots/devices", token=self.audit)
-        b = H.request("GET", self.rp, "/v1/snapshots/devices", token=self.ops)
+        a = request("GET", self.rp, "/v1/snapshots/devices", token=self.audit)
+        b = request("GET", self.rp, "/v1/snapshots/devices", token=self.ops)
         if a.body["as_of"] == b.body["as_of"]:
             self.assertEqual(a.body, b.body, "snapshot re-signed without a new position")
         self.assertIsNotNone(a.headers.get("Signet-Position"))
@@ -166,20 +165,20 @@ class Devices(H.E2ETestCase):
 
     def test_events_returned_as_stored(self):
         """Events come back in canonical JSON, exactly as stored."""
-        r = H.register(self.wp, self.ops, "canon-1", hardware="hw-c")
+        r = register(self.wp, self.ops, "canon-1", hardware="hw-c")
         self.assertStatus(r, 201)
-        page = H.request("GET", self.rp, "/v1/events?after=0&limit=1000", token=self.audit)
+        page = request("GET", self.rp, "/v1/events?after=0&limit=1000", token=self.audit)
         self.assertStatus(page, 200)
         self.assertIsNotNone(page.headers.get("Signet-Position"))
         for ev in page.body["events"]:
-            self.assertIn(H.canonical(ev, without=()), page.raw, "event %d is not canonical" % ev["position"])
+            self.assertIn(canonical(ev, without=()), page.raw, "event %d is not canonical" % ev["position"])
         self.assertEqual(page.body["head"], len(page.body["events"]))
 
     # ---- idempotency ----
 
     def post(self, body, key=None, token=None):
         hdrs = {"Idempotency-Key": key} if key is not None else None
-        return H.request("POST", self.wp, "/v1/devices", token=token or self.ops, body=body, headers=hdrs)
+        return request("POST", self.wp, "/v1/devices", token=token or self.ops, body=body, headers=hdrs)
 
     def test_idempotency_replay(self):
         body = {"device_id": "idem-a", "hardware": "hw-a"}
@@ -222,17 +221,7 @@ class Devices(H.E2ETestCase):
         stored 201 or a 409 (first request still in flight)."""
         body = {"device_id": "idem-conc", "hardware": "hw-a"}
         h0 = self.head()
-        results = []
-        barrier = threading.Barrier(8)
-
-        def go():
-            barrier.wait()
-            results.append(self.post(body, key="key-conc"))
-        ts = [threading.Thread(target=go) for _ in range(8)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(60)
+        results = in_threads(8, lambda i: self.post(body, key="key-conc"), together=True)
         self.assertEqual(len(results), 8)
         ok = [r for r in results if r.status == 201]
         self.assertTrue(ok, results)
@@ -253,21 +242,21 @@ class Devices(H.E2ETestCase):
         for k in keys:
             self.assertEqual(k["alg"], "ES256")
             self.assertIsInstance(k["status"], str)
-            self.assertEqual(k["key_id"], H.key_id_of_pem(k["public_key_pem"]))
-            pub = H.load_pem(k["public_key_pem"])
+            self.assertEqual(k["key_id"], key_id_of_pem(k["public_key_pem"]))
+            pub = load_pem(k["public_key_pem"])
             self.assertIsInstance(pub, ec.EllipticCurvePublicKey)
             self.assertEqual(pub.curve.name, "secp256r1")
         self.assertEqual(len({k["key_id"] for k in keys}), 3)
-        self.assertEqual(H.get_keys(self.wp), self.keys, "the write listener serves other keys")
+        self.assertEqual(get_keys(self.wp), self.keys, "the write listener serves other keys")
 
     def test_openssl_verifies_an_event(self):
-        r = H.register(self.wp, self.ops, "ossl-1", hardware="hw-o")
+        r = register(self.wp, self.ops, "ossl-1", hardware="hw-o")
         self.assertStatus(r, 201)
         ev = self.event_at(r.body["position"])
         pem = [k for k in self.keys["keys"] if k["key_id"] == ev["key_id"]][0]["public_key_pem"]
         d = self.dep.dir
         paths = {n: os.path.join(d, n) for n in ("pub.pem", "sig.der", "canonical.json", "tampered.json")}
-        canon = H.canonical(ev)
+        canon = canonical(ev)
         self.assertEqual(hashlib.sha256(canon).hexdigest(), ev["hash"])
         with open(paths["pub.pem"], "w") as f:
             f.write(pem)
@@ -291,7 +280,7 @@ class Devices(H.E2ETestCase):
         self.assertIn(b"Verification failure", bad.stdout)
 
     def test_healthz(self):
-        r = H.request("GET", self.rp, "/healthz")
+        r = request("GET", self.rp, "/healthz")
         self.assertStatus(r, 200)
         for f, v in (("status", "ok"), ("hsm", "ok"), ("store", "ok"), ("projector", "ok")):
             self.assertEqual(r.body.get(f), v, r)
@@ -299,28 +288,28 @@ class Devices(H.E2ETestCase):
         self.assertIsInstance(r.body.get("head"), int, r)
         self.assertLessEqual(r.body["position"], r.body["head"])
 
-    # ---- last: restart with signet init run again ----
+    # ---- restart with signet init run again ----
 
-    def test_zz_init_again_and_restart(self):
-        r = H.register(self.wp, self.ops, "before-restart")
+    def test_init_again_and_restart(self):
+        r = register(self.wp, self.ops, "before-restart")
         self.assertStatus(r, 201)
-        events0, head0 = H.fetch_all_events(self.rp, self.audit)
+        events0, head0 = fetch_all_events(self.rp, self.audit)
         rc = self.srv.stop()
         self.assertEqual(rc, 0, "signetd exit status after SIGTERM")
         self.assertLess(self.srv.stop_seconds, 10)
         p = self.dep.cli("init", "--config", self.dep.config_path)
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
         type(self).srv = self.dep.start()
-        self.assertEqual(H.get_keys(self.rp), self.keys, "keys changed after init + restart")
-        events1, head1 = H.fetch_all_events(self.rp, self.audit)
+        self.assertEqual(get_keys(self.rp), self.keys, "keys changed after init + restart")
+        events1, head1 = fetch_all_events(self.rp, self.audit)
         self.assertEqual((events1, head1), (events0, head0))
         # The write side remembers what the log holds.
-        self.assertProblem(H.register(self.wp, self.ops, "before-restart"), 409, "conflict")
-        r = H.register(self.wp, self.ops, "after-restart")
+        self.assertProblem(register(self.wp, self.ops, "before-restart"), 409, "conflict")
+        r = register(self.wp, self.ops, "after-restart")
         self.assertStatus(r, 201)
         self.assertEqual(r.body["position"], head0 + 1)
-        events, _ = H.fetch_all_events(self.rp, self.audit)
-        H.verify_chain(events, self.keys)
+        events, _ = fetch_all_events(self.rp, self.audit)
+        verify_chain(events, self.keys)
         s = self.snapshot(min_position=head0 + 1).body
         self.assertEqual(s["state"]["count"],
                          sum(1 for e in events if e["type"] == "DeviceRegistered"))

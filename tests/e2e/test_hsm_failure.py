@@ -19,101 +19,82 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness as H  # noqa: E402
+from client import fetch_all_events, get_keys, head_of, register, request, wait_until  # noqa: E402
+from deploy import SIGNETD, E2ETestCase, FaultyHsmTestCase  # noqa: E402
+from verify import metric_value, parse_metrics, verify_chain, verify_snapshot  # noqa: E402
 
 
-class HsmFailure(H.E2ETestCase):
+class HsmFailure(FaultyHsmTestCase):
     @classmethod
     def setUpClass(cls):
-        if not os.path.exists(H.FAULTY_MODULE):
-            raise AssertionError("%s is missing: the build must produce it (docs/behaviour.md)" % H.FAULTY_MODULE)
-        cls.ctl = None
-        cls.dep = cls.deployment(module=H.FAULTY_MODULE)
-        cls.ctl = os.path.join(cls.dep.dir, "ctl")
-        cls.dep.extra_env.update({"FAULTY_PKCS11_TARGET": H.SOFTHSM_MODULE, "FAULTY_PKCS11_CONTROL": cls.ctl})
-        cls.dep.init()
-        cls.srv = cls.dep.start()
-        cls.wp, cls.rp = cls.dep.write_port, cls.dep.read_port
-        cls.ops, cls.audit = cls.dep.token("ops"), cls.dep.token("audit")
-        cls.keys = H.get_keys(cls.rp)
-        cls.n = 0
-
-    def tearDown(self):
-        self.set_fault(None)
-
-    def set_fault(self, mode):
-        if mode is None:
-            if os.path.exists(self.ctl):
-                os.unlink(self.ctl)
-        else:
-            tmp = self.ctl + ".tmp"
-            with open(tmp, "w") as f:
-                f.write(mode + "\n")
-            os.rename(tmp, self.ctl)
+        cls.start_deployment(faulty=True)
+        cls.keys = get_keys(cls.rp)
 
     def dev(self):
-        HsmFailure.n += 1
-        return "hsm-%d" % HsmFailure.n
+        return self.unique("hsm")
 
     def store_head(self):
         """The head as the store has it (read straight from the events page)."""
-        return H.head_of(self.rp, self.audit)
+        return head_of(self.rp, self.audit)
 
     def fault_cycle(self, mode):
         # Healthy first.
-        r = H.register(self.wp, self.ops, self.dev())
+        r = register(self.wp, self.ops, self.dev())
         self.assertStatus(r, 201)
         h0 = self.store_head()
 
         self.set_fault(mode)
         failed = self.dev()
-        r = H.register(self.wp, self.ops, failed, headers={"Idempotency-Key": "k-" + failed})
+        r = register(self.wp, self.ops, failed, headers={"Idempotency-Key": "k-" + failed})
         self.assertProblem(r, 503, "hsm-unavailable", "write with HSM fault %r" % mode)
         self.assertEqual(r.headers.get("Retry-After"), "1", r)
         self.assertEqual(self.store_head(), h0, "an event was appended while the HSM failed")
         # More refused writes, all 503, nothing appended.
         for _ in range(3):
-            self.assertProblem(H.register(self.wp, self.ops, self.dev()), 503)
+            self.assertProblem(register(self.wp, self.ops, self.dev()), 503)
         self.assertEqual(self.store_head(), h0)
 
         def down():
-            h = H.request("GET", self.rp, "/healthz")
+            h = request("GET", self.rp, "/healthz")
             return h if h.status == 503 and isinstance(h.body, dict) and h.body.get("hsm") == "unavailable" else None
-        h = H.wait_until(down, 5, 0.1, "/healthz hsm unavailable (%s)" % mode)
+        h = wait_until(down, 5, 0.1, "/healthz hsm unavailable (%s)" % mode)
         self.assertEqual(h.body.get("status"), "unavailable", h)
-        m = H.parse_metrics(H.request("GET", self.rp, "/metrics").raw.decode())
+        m = parse_metrics(request("GET", self.rp, "/metrics").raw.decode())
         if mode == "removed":  # (with `sign`, a probe of the token may succeed again)
-            self.assertEqual(H.metric_value(m, "signet_hsm_up"), 0.0)
-        self.assertGreaterEqual(H.metric_value(m, "signet_sign_failures_total"), 1.0)
+            self.assertEqual(metric_value(m, "signet_hsm_up"), 0.0)
+        self.assertGreaterEqual(metric_value(m, "signet_sign_failures_total"), 1.0)
         # Reads that need no signing keep working.
-        self.assertStatus(H.request("GET", self.rp, "/v1/events", token=self.audit), 200)
+        self.assertStatus(request("GET", self.rp, "/v1/events", token=self.audit), 200)
 
         # The HSM comes back: writes succeed again by themselves (within 10 s).
         self.set_fault(None)
         t0 = time.monotonic()
 
         def write_ok():
-            r = H.register(self.wp, self.ops, self.dev())
+            r = register(self.wp, self.ops, self.dev())
             if r.status != 201:
                 self.assertProblem(r, 503)
             return r if r.status == 201 else None
-        r = H.wait_until(write_ok, 10, 0.25, "writes to succeed after the HSM came back (%s)" % mode)
+        r = wait_until(write_ok, 10, 0.25, "writes to succeed after the HSM came back (%s)" % mode)
         self.assertLess(time.monotonic() - t0, 10.5)
         self.assertEqual(r.body["position"], h0 + 1, "refused writes left a gap or events")
-        H.wait_until(lambda: H.request("GET", self.rp, "/healthz").status == 200, 5, 0.1, "/healthz 200 again")
+        wait_until(lambda: request("GET", self.rp, "/healthz").status == 200, 5, 0.1, "/healthz 200 again")
 
         # The refused request was not recorded: same key, same body -> registered now.
-        r = H.register(self.wp, self.ops, failed, headers={"Idempotency-Key": "k-" + failed})
+        r = register(self.wp, self.ops, failed, headers={"Idempotency-Key": "k-" + failed})
         self.assertStatus(r, 201)
-        events, head = H.fetch_all_events(self.rp, self.audit)
-        H.verify_chain(events, self.keys)
+        events, head = fetch_all_events(self.rp, self.audit)
+        verify_chain(events, self.keys)
         self.assertEqual(head, h0 + 2)
-        s = H.request("GET", self.rp, "/v1/snapshots/devices?min_position=%d&wait_ms=5000" % head, token=self.audit)
+        s = request("GET", self.rp, "/v1/snapshots/devices?min_position=%d&wait_ms=5000" % head, token=self.audit)
         self.assertStatus(s, 200)
-        H.verify_snapshot(s.body, self.keys)
+        verify_snapshot(s.body, self.keys)
 
-    def test_sign_failure(self):
-        self.fault_cycle("sign")
+    def test_sign_failure_and_again_after_recovery(self):
+        """The signer keeps recovering: a second failure after the first."""
+        for attempt in ("first", "again"):
+            with self.subTest(attempt=attempt):
+                self.fault_cycle("sign")
 
     def test_token_removed(self):
         self.fault_cycle("removed")
@@ -135,7 +116,7 @@ class HsmFailure(H.E2ETestCase):
                 dev = "flap-%d-%d" % (w, i)
                 i += 1
                 try:
-                    r = H.register(self.wp, self.ops, dev, conn=conn)
+                    r = register(self.wp, self.ops, dev, conn=conn)
                 except (OSError, http.client.HTTPException) as e:
                     conn.close()
                     conn = http.client.HTTPConnection("127.0.0.1", self.wp, timeout=30)
@@ -164,27 +145,22 @@ class HsmFailure(H.E2ETestCase):
         for d, r in answers:
             if not isinstance(r, Exception) and r.status == 503:
                 self.assertProblem(r, 503)
-        events, head = H.fetch_all_events(self.rp, self.audit)
-        H.verify_chain(events, self.keys)
+        events, head = fetch_all_events(self.rp, self.audit)
+        verify_chain(events, self.keys)
         logged = {e["data"]["device_id"]: e["position"] for e in events if e["type"] == "DeviceRegistered"}
         for d, pos in ok.items():
             self.assertEqual(logged.get(d), pos, d)
         self.assertEqual(sorted(refused & set(logged)), [], "refused writes were appended")
 
-    def test_zz_sign_failure_again_after_recovery(self):
-        """The signer keeps recovering: a second failure after the first ones."""
-        self.fault_cycle("sign")
 
-
-class StartupFailures(H.E2ETestCase):
+class StartupFailures(E2ETestCase):
     @classmethod
     def setUpClass(cls):
-        cls.dep = cls.deployment()
-        cls.dep.init()
+        cls.init_deployment()
 
     def run_signetd(self, config=None, env=None, timeout=15):
         t0 = time.monotonic()
-        p = subprocess.run([H.SIGNETD, "--config", config or self.dep.config_path],
+        p = subprocess.run([SIGNETD, "--config", config or self.dep.config_path],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or self.dep.env(),
                            cwd=self.dep.dir, timeout=timeout)
         out = (p.stdout + p.stderr).decode("utf-8", "replace")
@@ -270,10 +246,10 @@ class StartupFailures(H.E2ETestCase):
         cfg = self.dep.write_config("notjson.json", raw='{"data_dir": "var",')
         self.assert_fails(config=cfg, mentions=[r"notjson\.json"])
         self.assert_fails(config=os.path.join(self.dep.dir, "missing.json"), mentions=[r"missing\.json"])
-        p = subprocess.run([H.SIGNETD, "--config"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10,
+        p = subprocess.run([SIGNETD, "--config"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10,
                            env=self.dep.env())
         self.assertNotEqual(p.returncode, 0)
-        p = subprocess.run([H.SIGNETD, "--config", self.dep.config_path, "--role", "everything"],
+        p = subprocess.run([SIGNETD, "--config", self.dep.config_path, "--role", "everything"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10, env=self.dep.env())
         self.assertNotEqual(p.returncode, 0)
 
@@ -294,7 +270,7 @@ class StartupFailures(H.E2ETestCase):
     def test_good_config_still_starts(self):
         """Control: the same deployment starts with the right PIN."""
         srv = self.dep.start()
-        self.assertEqual(H.request("GET", self.dep.read_port, "/healthz").status, 200)
+        self.assertEqual(request("GET", self.dep.read_port, "/healthz").status, 200)
         self.assertEqual(srv.stop(), 0)
 
     def test_token_hash(self):
@@ -315,10 +291,10 @@ class StartupFailures(H.E2ETestCase):
 
     def test_init_with_wrong_so_pin_or_pin_refused(self):
         """signet init on an existing token with a wrong PIN fails and changes nothing."""
-        tree = self.dep._tree()
+        tree = self.dep.tree()
         p = self.dep.cli("init", "--config", self.dep.config_path, env=self.dep.env(SIGNET_PIN="bad-" + os.urandom(4).hex()))
         self.assertNotEqual(p.returncode, 0, p.stdout + p.stderr)
-        self.assertEqual(self.dep._tree(), tree)
+        self.assertEqual(self.dep.tree(), tree)
 
 
 if __name__ == "__main__":

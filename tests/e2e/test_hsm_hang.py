@@ -27,60 +27,26 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness as H  # noqa: E402
+from client import (  # noqa: E402
+    fetch_all_events, get_keys, in_threads, register, request, wait_until)
+from deploy import E2ETestCase, FaultyHsmTestCase  # noqa: E402
+from verify import metric_value, parse_metrics, verify_chain, verify_snapshot  # noqa: E402
 
 TIMEOUT_MS = 500
 PROMPT = 3.0  # seconds: an answer that needs no HSM (the old code hung for ever)
 BOUNDED = 5.0  # seconds: an answer that waits at most for the sign deadline
 
 
-class HsmHang(H.E2ETestCase):
+class HsmHang(FaultyHsmTestCase):
     @classmethod
     def setUpClass(cls):
-        if not os.path.exists(H.FAULTY_MODULE):
-            raise AssertionError("%s is missing: the build must produce it" % H.FAULTY_MODULE)
-
         def short_deadline(c):
             c["pkcs11"]["sign_timeout_ms"] = TIMEOUT_MS
-        cls.dep = cls.deployment(module=H.FAULTY_MODULE, mutate=short_deadline)
-        cls.ctl = os.path.join(cls.dep.dir, "ctl")
-        cls.dep.extra_env.update({"FAULTY_PKCS11_TARGET": H.SOFTHSM_MODULE, "FAULTY_PKCS11_CONTROL": cls.ctl})
-        cls.dep.init()
-        cls.srv = cls.dep.start()
-        cls.ops, cls.audit = cls.dep.token("ops"), cls.dep.token("audit")
-        cls.keys = H.get_keys(cls.dep.read_port)
-        cls.n = 0
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.set_fault(None)
-        super().tearDownClass()
-
-    def tearDown(self):
-        self.set_fault(None)
-
-    @classmethod
-    def set_fault(cls, mode):
-        if mode is None:
-            if os.path.exists(cls.ctl):
-                os.unlink(cls.ctl)
-        else:
-            tmp = cls.ctl + ".tmp"
-            with open(tmp, "w") as f:
-                f.write(mode + "\n")
-            os.rename(tmp, cls.ctl)
-
-    @property
-    def wp(self):
-        return self.srv.write_port
-
-    @property
-    def rp(self):
-        return self.srv.read_port
+        cls.start_deployment(faulty=True, mutate=short_deadline)
+        cls.keys = get_keys(cls.rp)
 
     def dev(self):
-        HsmHang.n += 1
-        return "hang-%d" % HsmHang.n
+        return self.unique("hang")
 
     def timed(self, bound, what, fn, *a, **kw):
         """fn(*a, **kw) must return within bound seconds (socket timeout 30)."""
@@ -94,10 +60,10 @@ class HsmHang(H.E2ETestCase):
         return r
 
     def get(self, port, path, token=None):
-        return H.request("GET", port, path, token=token, timeout=30)
+        return request("GET", port, path, token=token, timeout=30)
 
     def healthy_write(self):
-        r = self.timed(BOUNDED, "healthy write", H.register, self.wp, self.ops, self.dev())
+        r = self.timed(BOUNDED, "healthy write", register, self.wp, self.ops, self.dev())
         self.assertStatus(r, 201)
         pos = r.body["position"]
         # Let the read model catch up, so a later snapshot must be re-signed.
@@ -109,53 +75,46 @@ class HsmHang(H.E2ETestCase):
         """Unblock; /healthz turns 200 by itself; the next write lands at head + 1."""
         self.set_fault(None)
         for port in (self.wp, self.rp):
-            H.wait_until(lambda: self.get(port, "/healthz").status == 200, 15, 0.1,
-                         "/healthz 200 on port %d after unblocking" % port)
+            wait_until(lambda: self.get(port, "/healthz").status == 200, 15, 0.1,
+                       "/healthz 200 on port %d after unblocking" % port)
 
         def write_ok():
-            r = H.register(self.wp, self.ops, self.dev())
+            r = register(self.wp, self.ops, self.dev())
             if r.status != 201:
                 self.assertProblem(r, 503)
             return r if r.status == 201 else None
-        r = H.wait_until(write_ok, 10, 0.2, "a write to succeed after unblocking")
+        r = wait_until(write_ok, 10, 0.2, "a write to succeed after unblocking")
         self.assertEqual(r.body["position"], head + 1, "refused writes left events or a gap")
-        events, h = H.fetch_all_events(self.rp, self.audit)
-        H.verify_chain(events, self.keys)
+        events, h = fetch_all_events(self.rp, self.audit)
+        verify_chain(events, self.keys)
         self.assertEqual(h, head + 1)
         s = self.get(self.rp, "/v1/snapshots/devices?min_position=%d&wait_ms=5000" % h, self.audit)
         self.assertStatus(s, 200)
-        H.verify_snapshot(s.body, self.keys)
+        verify_snapshot(s.body, self.keys)
         self.assertEqual(s.body["as_of"]["position"], h)
         return events
 
-    def test_a_blocked_hsm(self):
+    def test_blocked_hsm(self):
         head = self.healthy_write()
         self.set_fault("block")
 
         # A write: 503 problem+json within a few seconds, nothing appended.
         failed = self.dev()
-        r = self.timed(BOUNDED, "write while the HSM hangs", H.register, self.wp, self.ops, failed,
+        r = self.timed(BOUNDED, "write while the HSM hangs", register, self.wp, self.ops, failed,
                        headers={"Idempotency-Key": "k-" + failed})
         self.assertProblem(r, 503, "hsm-unavailable", "write while the HSM hangs")
         self.assertEqual(r.headers.get("Retry-After"), "1", r)
 
         # Concurrent writes: every one answered 503 within the bound.
-        answers, lock = [], threading.Lock()
-
         def writer(i):
             dev = "%s-c%d" % (failed, i)
             t0 = time.monotonic()
             try:
-                a = H.register(self.wp, self.ops, dev)
+                a = register(self.wp, self.ops, dev)
             except (OSError, http.client.HTTPException) as e:
                 a = e
-            with lock:
-                answers.append((dev, a, time.monotonic() - t0))
-        ts = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(40)
+            return dev, a, time.monotonic() - t0
+        answers = in_threads(8, writer, timeout=40)
         self.assertEqual(len(answers), 8)
         for dev, a, secs in answers:
             self.assertNotIsInstance(a, Exception, "%s: %r" % (dev, a))
@@ -171,9 +130,9 @@ class HsmHang(H.E2ETestCase):
                 self.assertEqual(h.body.get("status"), "unavailable", h)
         m = self.timed(PROMPT, "/metrics", self.get, self.rp, "/metrics")
         self.assertStatus(m, 200)
-        samples = H.parse_metrics(m.raw.decode())
-        self.assertEqual(H.metric_value(samples, "signet_hsm_up"), 0.0)
-        self.assertGreaterEqual(H.metric_value(samples, "signet_hsm_sign_timeouts_total"), 1.0)
+        samples = parse_metrics(m.raw.decode())
+        self.assertEqual(metric_value(samples, "signet_hsm_up"), 0.0)
+        self.assertGreaterEqual(metric_value(samples, "signet_hsm_sign_timeouts_total"), 1.0)
 
         # Reads that need no HSM keep answering after all those probes.
         for i in range(5):
@@ -187,8 +146,8 @@ class HsmHang(H.E2ETestCase):
         # Stay blocked for a while: the prober keeps probing (each probe a
         # stuck call) and the service keeps answering.
         time.sleep(3)
-        m = H.parse_metrics(self.timed(PROMPT, "/metrics", self.get, self.wp, "/metrics").raw.decode())
-        self.assertGreaterEqual(H.metric_value(m, "signet_hsm_stuck_calls"), 1.0)
+        m = parse_metrics(self.timed(PROMPT, "/metrics", self.get, self.wp, "/metrics").raw.decode())
+        self.assertGreaterEqual(metric_value(m, "signet_hsm_stuck_calls"), 1.0)
         h = self.timed(PROMPT, "/healthz", self.get, self.rp, "/healthz")
         self.assertStatus(h, 503)
 
@@ -197,10 +156,10 @@ class HsmHang(H.E2ETestCase):
         self.assertNotIn(failed, logged)
         self.assertEqual(sorted(d for d, _, _ in answers if d in logged), [])
         # The refused request was not recorded: the same key registers it now.
-        r = H.register(self.wp, self.ops, failed, headers={"Idempotency-Key": "k-" + failed})
+        r = register(self.wp, self.ops, failed, headers={"Idempotency-Key": "k-" + failed})
         self.assertStatus(r, 201)
 
-    def test_b_snapshot_while_blocked(self):
+    def test_snapshot_while_blocked(self):
         """The first thing to meet the hung HSM is a snapshot that must be
         re-signed: 503 with Retry-After within the bound, not a hang; the
         HTTP threads stay free meanwhile."""
@@ -231,16 +190,16 @@ class HsmHang(H.E2ETestCase):
             self.assertEqual(s.headers.get("Retry-After"), "1", s)
         self.recover(head)
 
-    def test_z_sigterm_while_blocked(self):
+    def test_sigterm_while_blocked(self):
         """SIGTERM with a sign call stuck: the process exits within 5 s, says
         so in its log, and a restart finds every acknowledged write."""
         head = self.healthy_write()
         self.set_fault("block")
-        r = self.timed(BOUNDED, "write while the HSM hangs", H.register, self.wp, self.ops, self.dev())
+        r = self.timed(BOUNDED, "write while the HSM hangs", register, self.wp, self.ops, self.dev())
         self.assertProblem(r, 503, "hsm-unavailable")
         # That call is still inside C_Sign (the module keeps blocking).
-        m = H.parse_metrics(self.get(self.wp, "/metrics").raw.decode())
-        self.assertGreaterEqual(H.metric_value(m, "signet_hsm_stuck_calls"), 1.0)
+        m = parse_metrics(self.get(self.wp, "/metrics").raw.decode())
+        self.assertGreaterEqual(metric_value(m, "signet_hsm_stuck_calls"), 1.0)
         srv = self.srv
         status = srv.stop(timeout=20)
         self.assertLess(srv.stop_seconds, 5.0, "SIGTERM took %.1f s while the HSM hung" % srv.stop_seconds)
@@ -248,34 +207,31 @@ class HsmHang(H.E2ETestCase):
         self.assertIn("leaving a stuck PKCS#11 call behind", srv.output_text())
 
         self.set_fault(None)
-        HsmHang.srv = self.dep.start()
-        events, h = H.fetch_all_events(self.rp, self.audit)
-        H.verify_chain(events, self.keys)
+        type(self).srv = self.dep.start()
+        events, h = fetch_all_events(self.rp, self.audit)
+        verify_chain(events, self.keys)
         self.assertEqual(h, head, "acknowledged writes lost or refused ones appended")
-        r = H.register(self.wp, self.ops, self.dev())
+        r = register(self.wp, self.ops, self.dev())
         self.assertStatus(r, 201)
         self.assertEqual(r.body["position"], head + 1)
 
 
-class InitErrorPaths(H.E2ETestCase):
+class InitErrorPaths(E2ETestCase):
     """`signet init` on its error paths closes only sessions it opened: with
     C_OpenSession failing right after the token is created, init fails with
     a reason and the faulty module reports no close of a never-opened
     session."""
 
     def test_init_when_sessions_fail(self):
-        dep = self.deployment(module=H.FAULTY_MODULE)
-        ctl = os.path.join(dep.dir, "ctl")
-        dep.extra_env.update({"FAULTY_PKCS11_TARGET": H.SOFTHSM_MODULE, "FAULTY_PKCS11_CONTROL": ctl})
-        with open(ctl, "w") as f:
-            f.write("nosession\n")
+        dep = self.deployment(faulty=True)
+        dep.fault.set("nosession")
         p = dep.cli("init", "--config", dep.config_path)
         out = p.stdout + p.stderr
         self.assertNotEqual(p.returncode, 0, out)
         self.assertRegex(out, r"session", out)
         self.assertNotIn("never opened", out)
         # The control works: with sessions back, init completes the token.
-        os.unlink(ctl)
+        dep.fault.set(None)
         p = dep.cli("init", "--config", dep.config_path)
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
         self.assertNotIn("never opened", p.stdout + p.stderr)

@@ -15,33 +15,14 @@ requests."""
 import json
 import os
 import re
-import socket
 import sys
-import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness as H  # noqa: E402
+from client import exchange, head_of, make_response, parse_headers, request  # noqa: E402
+from deploy import E2ETestCase  # noqa: E402
 
 STATUS_LINE = re.compile(rb"(?:^|\r\n)HTTP/1\.[01] (\d{3}) ")
-
-
-def exchange(port, data, timeout=10):
-    """Send raw bytes, read until the server closes (or timeout). Returns
-    the raw bytes received."""
-    buf = b""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(data)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                c = s.recv(65536)
-            except (ConnectionResetError, socket.timeout):
-                break
-            if not c:
-                break
-            buf += c
-    return buf
 
 
 def parse_one(raw):
@@ -50,35 +31,24 @@ def parse_one(raw):
     if len(statuses) != 1:
         raise AssertionError("want exactly one status line, got %d: %r" % (len(statuses), raw[:600]))
     head, _, rest = raw.partition(b"\r\n\r\n")
-    import email.parser
-    import http.client
-    lines = head.split(b"\r\n")
-    msg = email.parser.BytesHeaderParser(_class=http.client.HTTPMessage).parsebytes(
-        b"\r\n".join(lines[1:]) + b"\r\n\r\n")
+    msg = parse_headers(head.split(b"\r\n")[1:])
     n = int(msg.get("Content-Length", len(rest)))
     if len(rest) != n:
         raise AssertionError("body of %d bytes after the response, Content-Length %d: %r"
                              % (len(rest), n, raw[:600]))
-    return H._make_response(int(statuses[0]), msg, rest, 0.0)
+    return make_response(int(statuses[0]), msg, rest, 0.0)
 
 
-class StrictHTTP(H.E2ETestCase):
+class StrictHTTP(E2ETestCase):
     @classmethod
     def setUpClass(cls):
-        cls.dep = cls.deployment()
-        cls.dep.init()
-        cls.srv = cls.dep.start()
-        cls.ops = cls.dep.token("ops")
-        cls.audit = cls.dep.token("audit")
-        cls.wp, cls.rp = cls.dep.write_port, cls.dep.read_port
-        cls.n = 0
+        cls.start_deployment()
 
     def fresh(self):
-        StrictHTTP.n += 1
-        return "strict-%d" % StrictHTTP.n
+        return self.unique("strict")
 
     def head(self):
-        return H.head_of(self.rp, self.audit)
+        return head_of(self.rp, self.audit)
 
     def post_bytes(self, headers, body, version="HTTP/1.1", target="/v1/devices"):
         lines = ["POST %s %s" % (target, version)] + headers
@@ -217,7 +187,7 @@ class StrictHTTP(H.E2ETestCase):
             (self.wp, "GET", "/v1/rollouts/r1/pause", "POST"),
         ]
         for port, method, path, allow in cases:
-            r = H.request(method, port, path, token=self.ops)
+            r = request(method, port, path, token=self.ops)
             self.assertProblem(r, 405, msg="%s %s" % (method, path))
             got = sorted(m.strip() for m in (r.headers.get("Allow") or "").split(","))
             self.assertEqual(got, sorted(allow.split(", ")), "Allow of %s %s" % (method, path))
@@ -228,16 +198,16 @@ class StrictHTTP(H.E2ETestCase):
         key = "strict-idem-" + self.fresh()
         body = {"device_id": self.fresh(), "hardware": "hw-a"}
         hdrs = {"Idempotency-Key": key}
-        r1 = H.request("POST", self.wp, "/v1/devices?a=1&b=2", token=self.ops, body=body, headers=hdrs)
+        r1 = request("POST", self.wp, "/v1/devices?a=1&b=2", token=self.ops, body=body, headers=hdrs)
         self.assertStatus(r1, 201)
         h1 = self.head()
-        again = H.request("POST", self.wp, "/v1/devices?a=1&b=2", token=self.ops, body=body, headers=hdrs)
+        again = request("POST", self.wp, "/v1/devices?a=1&b=2", token=self.ops, body=body, headers=hdrs)
         self.assertStatus(again, 201, "the same request again is a replay")
         self.assertEqual(again.body, r1.body)
-        r2 = H.request("POST", self.wp, "/v1/devices?a=1%26b%3D2", token=self.ops, body=body, headers=hdrs)
+        r2 = request("POST", self.wp, "/v1/devices?a=1%26b%3D2", token=self.ops, body=body, headers=hdrs)
         self.assertProblem(r2, 422, msg="?a=1%26b%3D2 is another request than ?a=1&b=2")
         for other in ("/v1/devices", "/v1/devices?", "/v1/devices?b=2&a=1", "/v1/devices?a=1&b=2&"):
-            r = H.request("POST", self.wp, other, token=self.ops, body=body, headers=hdrs)
+            r = request("POST", self.wp, other, token=self.ops, body=body, headers=hdrs)
             self.assertProblem(r, 422, msg="%s is another request than ?a=1&b=2" % other)
         self.assertEqual(self.head(), h1)
 

@@ -18,82 +18,16 @@ checkpoint is a second witness (docs/behaviour.md, "Integrity").
 """
 
 import os
-import re
 import shutil
-import sqlite3
 import subprocess
 import sys
-import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness as H  # noqa: E402
-
-
-def events_db(dep):
-    return os.path.join(dep.dir, "var", "events.db")
-
-
-def sql(dep, *statements):
-    """Run statements on the stopped service's events.db, with the
-    append-only triggers dropped first (as an attacker would)."""
-    db = sqlite3.connect(events_db(dep))
-    try:
-        db.execute("DROP TRIGGER IF EXISTS events_no_update")
-        db.execute("DROP TRIGGER IF EXISTS events_no_delete")
-        rows = None
-        for st in statements:
-            if isinstance(st, tuple):
-                rows = db.execute(*st).fetchall()
-            else:
-                rows = db.execute(st).fetchall()
-        db.commit()
-        return rows
-    finally:
-        db.close()
-
-
-def stored_hashes(dep):
-    db = sqlite3.connect(events_db(dep))
-    try:
-        return dict(db.execute("SELECT position, hash FROM events").fetchall())
-    finally:
-        db.close()
-
-
-def tamper_body(dep, position):
-    """Change the hardware of the device registered by the event at
-    position, in the stored JSON (one character)."""
-    db = sqlite3.connect(events_db(dep))
-    try:
-        db.execute("DROP TRIGGER IF EXISTS events_no_update")
-        (body,) = db.execute("SELECT body FROM events WHERE position = ?", (position,)).fetchone()
-        new = re.sub(r'"hardware":"h', '"hardware":"X', body, count=1)
-        assert new != body, body
-        db.execute("UPDATE events SET body = ? WHERE position = ?", (new, position))
-        db.commit()
-    finally:
-        db.close()
-
-
-def copy_store(dep, to):
-    """A consistent copy of events.db (a backup), made with SQLite's backup API."""
-    src = sqlite3.connect(events_db(dep))
-    dst = sqlite3.connect(to)
-    try:
-        src.backup(dst)
-    finally:
-        src.close()
-        dst.close()
-
-
-def restore_store(dep, backup):
-    for suffix in ("", "-wal", "-shm"):
-        try:
-            os.unlink(events_db(dep) + suffix)
-        except FileNotFoundError:
-            pass
-    shutil.copyfile(backup, events_db(dep))
+from client import fetch_all_events, get_keys, register, request, wait_until  # noqa: E402
+from deploy import E2ETestCase  # noqa: E402
+from tamper import copy_store, events_db, restore_store, sql, stored_hashes, tamper_body  # noqa: E402
+from verify import metric_value, parse_metrics, verify_chain  # noqa: E402
 
 
 def run_refused(test, dep, role="all", timeout=20):
@@ -112,30 +46,42 @@ def run_refused(test, dep, role="all", timeout=20):
     return out
 
 
-def register_n(dep, prefix, n, start_pos=None):
+def register_n(dep, prefix, n):
+    """Register devices prefix-0 .. prefix-(n-1); returns the last position."""
     ops = dep.token("ops")
     last = None
     for i in range(n):
-        r = H.register(dep.write_port, ops, "%s-%d" % (prefix, i), hardware="hw-%d" % i)
+        r = register(dep.write_port, ops, "%s-%d" % (prefix, i), hardware="hw-%d" % i)
         if r.status != 201:
             raise AssertionError(r)
         last = r.body["position"]
     return last
 
 
-class Rollback(H.E2ETestCase):
+def write_and_stop(dep, prefix, n, role="all"):
+    """Start signetd on dep, register n devices, stop it cleanly; returns
+    the last position."""
+    srv = dep.start(role=role)
+    last = register_n(dep, prefix, n)
+    rc = srv.stop()
+    if rc != 0:
+        raise AssertionError("signetd exited %r on SIGTERM" % rc)
+    return last
+
+
+def new_deployment(test):
+    """A deployment of test's class on which `signet init` ran."""
+    dep = test.deployment()
+    dep.init()
+    return dep
+
+
+class Rollback(E2ETestCase):
     """An older copy of the store (a backup put back, or rows deleted) is
     refused at start; the positions it would hand out again stay unused."""
 
     def setUp(self):
-        self.dep = self.deployment()
-        self.dep.init()
-
-    def write_and_stop(self, n, prefix="dev"):
-        srv = self.dep.start()
-        last = register_n(self.dep, prefix, n)
-        self.assertEqual(srv.stop(), 0)
-        return last
+        self.dep = new_deployment(self)
 
     def assert_names_both(self, out, store_pos, store_hash, anchor_pos, anchor_hash):
         last = [ln for ln in out.splitlines() if ln.startswith("signetd:")]
@@ -147,7 +93,7 @@ class Rollback(H.E2ETestCase):
         self.assertIn(anchor_hash, line)
 
     def test_deleted_rows_refused(self):
-        self.write_and_stop(10)
+        write_and_stop(self.dep, "dev", 10)
         hashes = stored_hashes(self.dep)
         sql(self.dep, "DELETE FROM events WHERE position > 7")
         out = run_refused(self, self.dep)
@@ -159,7 +105,7 @@ class Rollback(H.E2ETestCase):
         self.assertEqual(max(stored_hashes(self.dep)), 7, "a refused start wrote events")
 
     def test_every_row_deleted_refused(self):
-        self.write_and_stop(4)
+        write_and_stop(self.dep, "dev", 4)
         hashes = stored_hashes(self.dep)
         sql(self.dep, "DELETE FROM events")
         out = run_refused(self, self.dep)
@@ -169,7 +115,7 @@ class Rollback(H.E2ETestCase):
     def test_store_file_deleted_refused(self):
         """Only `signet init` creates a store: a missing one, or an empty file
         in its place, is refused before the anchor is even consulted."""
-        self.write_and_stop(3)
+        write_and_stop(self.dep, "dev", 3)
         restore_store(self.dep, os.devnull)
         out = run_refused(self, self.dep)
         self.assertIn("is not a signet event store", out)
@@ -183,10 +129,10 @@ class Rollback(H.E2ETestCase):
         self.assertRegex(out, r"behind the anchor")
 
     def test_backup_restored_refused_then_accepted(self):
-        self.write_and_stop(7, "a")
+        write_and_stop(self.dep, "a", 7)
         backup = os.path.join(self.dep.dir, "backup.db")
         copy_store(self.dep, backup)
-        self.write_and_stop(3, "b")
+        write_and_stop(self.dep, "b", 3)
         old = stored_hashes(self.dep)
         restore_store(self.dep, backup)
         out = run_refused(self, self.dep)
@@ -201,47 +147,44 @@ class Rollback(H.E2ETestCase):
         self.assertIn("moved aside", p.stdout)  # the read model was at 10
 
         srv = self.dep.start()
-        r = H.register(self.dep.write_port, self.dep.token("ops"), "after-accept")
+        r = register(self.dep.write_port, self.dep.token("ops"), "after-accept")
         self.assertStatus(r, 201)
         self.assertEqual(r.body["position"], 8)
         audit = self.dep.token("audit")
-        events, head = H.fetch_all_events(self.dep.read_port, audit)
+        events, head = fetch_all_events(self.dep.read_port, audit)
         self.assertEqual(head, 8)
-        H.verify_chain(events, H.get_keys(self.dep.read_port))
+        verify_chain(events, get_keys(self.dep.read_port))
         self.assertEqual(events[7]["prev"], old[7])
         self.assertNotEqual(events[7]["hash"], old[8])
         # The read model was rebuilt from the accepted store.
-        s = H.request("GET", self.dep.read_port, "/v1/snapshots/devices?min_position=8", token=audit)
+        s = request("GET", self.dep.read_port, "/v1/snapshots/devices?min_position=8", token=audit)
         self.assertStatus(s, 200)
         self.assertEqual(s.body["as_of"]["position"], 8)
         self.assertEqual(srv.stop(), 0)
 
     def test_accept_store_refuses_a_broken_chain(self):
-        self.write_and_stop(5)
+        write_and_stop(self.dep, "dev", 5)
         tamper_body(self.dep, 2)
         p = self.dep.cli("accept-store", "--config", self.dep.config_path)
         self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
         self.assertIn("event 2", p.stderr)
 
 
-class SecondWitness(H.E2ETestCase):
+class SecondWitness(E2ETestCase):
     """Token and store restored together from the same old backup: the
     anchor agrees with the store, but the read model's checkpoint (newer)
     does not, and start is refused."""
 
     def test_read_model_checkpoint_is_a_witness(self):
-        dep = self.deployment()
-        dep.init()
-        srv = dep.start()
-        register_n(dep, "w", 5)
-        self.assertEqual(srv.stop(), 0)
+        dep = new_deployment(self)
+        write_and_stop(dep, "w", 5)
         backup = os.path.join(dep.dir, "backup")
         copy_store(dep, backup + ".db")
         shutil.copytree(dep.token_dir, backup + ".tokens")
         srv = dep.start()
         register_n(dep, "x", 3)
-        r = H.request("GET", dep.read_port, "/v1/snapshots/devices?min_position=8",
-                      token=dep.token("audit"))
+        r = request("GET", dep.read_port, "/v1/snapshots/devices?min_position=8",
+                    token=dep.token("audit"))
         self.assertStatus(r, 200)
         self.assertEqual(srv.stop(), 0)
         hashes = stored_hashes(dep)
@@ -254,15 +197,12 @@ class SecondWitness(H.E2ETestCase):
         self.assertIn(hashes[5], out)
 
 
-class Fork(H.E2ETestCase):
+class Fork(E2ETestCase):
     """The event the anchor names changed (body or hash column): refused."""
 
     def setUp(self):
-        self.dep = self.deployment()
-        self.dep.init()
-        srv = self.dep.start(role="write")
-        register_n(self.dep, "f", 6)
-        self.assertEqual(srv.stop(), 0)
+        self.dep = new_deployment(self)
+        write_and_stop(self.dep, "f", 6, role="write")
         self.hashes = stored_hashes(self.dep)
 
     def test_head_body_edited(self):
@@ -299,26 +239,28 @@ class Fork(H.E2ETestCase):
         self.assertIn("does not verify", out)
 
 
-class DeepTamper(H.E2ETestCase):
+class DeepTamper(E2ETestCase):
     """An edit deep in the log (before the anchor, so start-up does not
     re-verify it) is found by the scrub within seconds: writes stop, /healthz
-    says why on every listener, /metrics shows the scrub's progress."""
+    says why on every listener, /metrics shows the scrub's progress. The
+    store is tampered once, in setUpClass; each test starts signetd on it."""
 
     N = 30
+    TAMPERED = 5
 
     @classmethod
     def setUpClass(cls):
-        cls.dep = cls.deployment()
-        cls.dep.init()
-        srv = cls.dep.start()
+        srv = cls.start_deployment()
         register_n(cls.dep, "d", cls.N)
-        r = H.request("GET", cls.dep.read_port, "/v1/snapshots/devices?min_position=%d" % cls.N,
-                      token=cls.dep.token("audit"))
-        assert r.status == 200, r
-        assert srv.stop() == 0
+        r = request("GET", cls.rp, "/v1/snapshots/devices?min_position=%d" % cls.N, token=cls.audit)
+        if r.status != 200:
+            raise AssertionError(r)
+        if srv.stop() != 0:
+            raise AssertionError("signetd exited %r on SIGTERM" % srv.proc.returncode)
+        tamper_body(cls.dep, cls.TAMPERED)
 
     def broken_health(self, port):
-        r = H.request("GET", port, "/healthz")
+        r = request("GET", port, "/healthz")
         if r.status == 503 and isinstance(r.body, dict) and r.body.get("integrity") == "failed":
             return r
         return None
@@ -326,73 +268,68 @@ class DeepTamper(H.E2ETestCase):
     def check_stopped(self, srv, position, write_listener=True, read_listener=True):
         ports = ([srv.write_port] if write_listener else []) + ([srv.read_port] if read_listener else [])
         for port in ports:
-            r = H.wait_until(lambda: self.broken_health(port), 20, what="/healthz integrity failed")
+            r = wait_until(lambda: self.broken_health(port), 20, what="/healthz integrity failed")
             self.assertEqual(r.body.get("status"), "unavailable", r)
             self.assertEqual(r.body.get("integrity_failed_at"), position, r)
             self.assertIn("event %d" % position, r.body.get("integrity_reason", ""), r)
         if write_listener:
-            w = H.register(srv.write_port, self.dep.token("ops"), "after-tamper")
+            w = register(srv.write_port, self.ops, "after-tamper")
             self.assertProblem(w, 503, slug="integrity-failure")
             self.assertIn(str(position), w.body["detail"])
         self.assertEqual(max(stored_hashes(self.dep)), self.N, "appended after the tamper was found")
 
-    def test_1_body_edit_found_by_scrub_all_roles(self):
-        tamper_body(self.dep, 5)
+    def test_body_edit_found_by_scrub_all_roles(self):
         srv = self.dep.start(healthy=False)
-        self.check_stopped(srv, 5)
-        m = H.request("GET", srv.read_port, "/metrics")
-        samples = H.parse_metrics(m.raw.decode())
-        self.assertEqual(H.metric_value(samples, "signet_integrity_ok"), 0.0)
+        self.check_stopped(srv, self.TAMPERED)
+        m = request("GET", srv.read_port, "/metrics")
+        samples = parse_metrics(m.raw.decode())
+        self.assertEqual(metric_value(samples, "signet_integrity_ok"), 0.0)
         self.assertEqual(srv.stop(), 0)
 
-    def test_2_found_in_write_role_and_read_role(self):
+    def test_body_edit_found_in_write_role_and_read_role(self):
         w = self.dep.start(role="write", healthy=False)
-        self.check_stopped(w, 5, read_listener=False)
+        self.check_stopped(w, self.TAMPERED, read_listener=False)
         self.assertEqual(w.stop(), 0)
         r = self.dep.start(role="read", healthy=False)
-        self.check_stopped(r, 5, write_listener=False)
+        self.check_stopped(r, self.TAMPERED, write_listener=False)
         self.assertEqual(r.stop(), 0)
 
 
-class ColumnTamperDeep(H.E2ETestCase):
+class ColumnTamperDeep(E2ETestCase):
     """A hash column changed deep in the log is found by the scrub."""
 
     def test_middle_hash_column(self):
-        dep = self.deployment()
-        dep.init()
-        srv = dep.start()
-        register_n(dep, "c", 12)
-        self.assertEqual(srv.stop(), 0)
+        dep = new_deployment(self)
+        write_and_stop(dep, "c", 12)
         sql(dep, ("UPDATE events SET hash = ? WHERE position = 4", ("cd" * 32,)))
         srv = dep.start(healthy=False)
 
         def broken():
-            r = H.request("GET", srv.read_port, "/healthz")
+            r = request("GET", srv.read_port, "/healthz")
             return r if r.body.get("integrity") == "failed" else None
-        r = H.wait_until(broken, 20, what="integrity failure")
+        r = wait_until(broken, 20, what="integrity failure")
         self.assertEqual(r.body["integrity_failed_at"], 4, r)
         self.assertIn("hash column", r.body["integrity_reason"])
         self.assertEqual(srv.stop(), 0)
 
 
-class ScrubProgress(H.E2ETestCase):
+class ScrubProgress(E2ETestCase):
     """On an untouched store the scrub completes passes and says so."""
 
     def test_scrub_passes(self):
-        dep = self.deployment()
-        dep.init()
+        dep = new_deployment(self)
         srv = dep.start()
         register_n(dep, "s", 20)
 
         def passes():
-            m = H.request("GET", srv.read_port, "/metrics")
-            s = H.parse_metrics(m.raw.decode())
-            v = H.metric_value(s, "signet_scrub_passes_total")
+            m = request("GET", srv.read_port, "/metrics")
+            s = parse_metrics(m.raw.decode())
+            v = metric_value(s, "signet_scrub_passes_total")
             return s if v and v >= 2 else None
-        samples = H.wait_until(passes, 30, interval=0.5, what="two scrub passes")
-        self.assertGreaterEqual(H.metric_value(samples, "signet_scrub_verified_events_total"), 20)
-        self.assertEqual(H.metric_value(samples, "signet_integrity_ok"), 1.0)
-        h = H.request("GET", srv.read_port, "/healthz")
+        samples = wait_until(passes, 30, interval=0.5, what="two scrub passes")
+        self.assertGreaterEqual(metric_value(samples, "signet_scrub_verified_events_total"), 20)
+        self.assertEqual(metric_value(samples, "signet_integrity_ok"), 1.0)
+        h = request("GET", srv.read_port, "/healthz")
         self.assertStatus(h, 200)
         self.assertEqual(h.body.get("integrity"), "ok", h)
         self.assertEqual(srv.stop(), 0)

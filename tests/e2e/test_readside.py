@@ -13,7 +13,10 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness as H  # noqa: E402
+from client import fetch_all_events, get_keys, head_of, register, request  # noqa: E402
+from deploy import E2ETestCase  # noqa: E402
+from verify import (  # noqa: E402
+    http_requests, metric_value, parse_metrics, verify_chain, verify_snapshot)
 
 READ_METRICS = ["signet_store_head_position", "signet_projector_position", "signet_projector_lag_events",
                 "signet_projector_halted", "signet_hsm_up", "signet_http_requests_total"]
@@ -21,34 +24,34 @@ WRITE_METRICS = ["signet_events_appended_total", "signet_store_head_position", "
                  "signet_sign_failures_total", "signet_commit_batches_total", "signet_http_requests_total"]
 
 
-class ReadSide(H.E2ETestCase):
+class ReadSide(E2ETestCase):
     @classmethod
     def setUpClass(cls):
-        cls.dep = cls.deployment()
-        cls.dep.init()
-        cls.writer = cls.dep.start(role="write")
+        cls.writer = cls.start_deployment(role="write")
         cls.read_cfg = cls.dep.write_config("read.json")
         cls.reader = cls.dep.start(role="read", config=cls.read_cfg)
         cls.wp = cls.writer.write_port   # the write process's write listener
         cls.rp = cls.reader.read_port    # the read process's read listener
-        cls.ops, cls.audit = cls.dep.token("ops"), cls.dep.token("audit")
-        cls.keys = H.get_keys(cls.rp)
-        cls.n = 0
+        cls.keys = get_keys(cls.rp)
+
+    def setUp(self):
+        """The read process runs (a test restarts it)."""
+        if not self.reader.running():
+            type(self).reader = self.dep.start(role="read", config=self.read_cfg)
 
     def dev(self):
-        ReadSide.n += 1
-        return "rs-%d" % ReadSide.n
+        return self.unique("rs")
 
     def write(self):
-        r = H.register(self.wp, self.ops, self.dev())
+        r = register(self.wp, self.ops, self.dev())
         self.assertStatus(r, 201)
         return r.body["position"]
 
     def snapshot(self, query="", token=None):
-        return H.request("GET", self.rp, "/v1/snapshots/devices" + query, token=token or self.audit)
+        return request("GET", self.rp, "/v1/snapshots/devices" + query, token=token or self.audit)
 
     def test_processes_have_the_same_keys(self):
-        self.assertEqual(H.get_keys(self.wp), self.keys)
+        self.assertEqual(get_keys(self.wp), self.keys)
 
     def test_read_your_write_across_processes(self):
         for _ in range(3):
@@ -57,15 +60,15 @@ class ReadSide(H.E2ETestCase):
             self.assertStatus(r, 200)
             self.assertGreaterEqual(int(r.headers["Signet-Position"]), pos)
             self.assertGreaterEqual(r.body["as_of"]["position"], pos)
-            H.verify_snapshot(r.body, self.keys)
+            verify_snapshot(r.body, self.keys)
             self.assertIn(pos, [d["position"] for d in r.body["state"]["devices"]])
-        events, head = H.fetch_all_events(self.rp, self.audit)
+        events, head = fetch_all_events(self.rp, self.audit)
         self.assertGreaterEqual(head, pos)
-        H.verify_chain(events, self.keys)
+        verify_chain(events, self.keys)
         self.assertEqual(r.body["as_of"]["hash"], events[r.body["as_of"]["position"] - 1]["hash"])
 
     def test_wait_is_woken_by_a_write(self):
-        head = H.head_of(self.rp, self.audit)
+        head = head_of(self.rp, self.audit)
         out = {}
 
         def reader():
@@ -84,7 +87,7 @@ class ReadSide(H.E2ETestCase):
         self.assertLess(out["t"] - t_write, 3.0, "the waiting read was answered late")
 
     def test_min_position_timeout(self):
-        far = H.head_of(self.rp, self.audit) + 100000
+        far = head_of(self.rp, self.audit) + 100000
         r = self.snapshot("?min_position=%d&wait_ms=200" % far)
         self.assertProblem(r, 503)
         self.assertEqual(r.headers.get("Retry-After"), "1", r)
@@ -103,14 +106,14 @@ class ReadSide(H.E2ETestCase):
 
     def test_many_waiting_reads_do_not_block_the_server(self):
         """Suspended waits hold no worker: other requests are answered meanwhile."""
-        far = H.head_of(self.rp, self.audit) + 100000
+        far = head_of(self.rp, self.audit) + 100000
         results = []
         ts = [threading.Thread(target=lambda: results.append(self.snapshot("?min_position=%d&wait_ms=1500" % far)))
               for _ in range(24)]
         for t in ts:
             t.start()
         time.sleep(0.2)
-        r = H.request("GET", self.rp, "/v1/keys")
+        r = request("GET", self.rp, "/v1/keys")
         self.assertStatus(r, 200)
         self.assertLess(r.elapsed, 1.0, "the read listener stalled behind waiting requests")
         for t in ts:
@@ -135,8 +138,8 @@ class ReadSide(H.E2ETestCase):
         ]
         for method, path, tok in cases:
             with self.subTest(method=method, path=path):
-                r = H.request(method, self.rp, path, token=tok,
-                              body={"device_id": "x-1", "hardware": "h"} if method == "POST" else None)
+                r = request(method, self.rp, path, token=tok,
+                            body={"device_id": "x-1", "hardware": "h"} if method == "POST" else None)
                 v = r.headers.get("Signet-Position")
                 self.assertIsNotNone(v, r)
                 self.assertRegex(v, r"^\d+$")
@@ -144,23 +147,23 @@ class ReadSide(H.E2ETestCase):
                     self.assertProblem(r, r.status)
 
     def test_read_process_does_not_write(self):
-        r = H.request("POST", self.rp, "/v1/devices", token=self.ops, body={"device_id": "rd-1", "hardware": "h"})
+        r = request("POST", self.rp, "/v1/devices", token=self.ops, body={"device_id": "rd-1", "hardware": "h"})
         self.assertIn(r.status, (404, 405), r)
         try:
-            r = H.request("POST", self.reader.write_port, "/v1/devices", token=self.ops,
-                          body={"device_id": "rd-2", "hardware": "h"}, timeout=5)
+            r = request("POST", self.reader.write_port, "/v1/devices", token=self.ops,
+                        body={"device_id": "rd-2", "hardware": "h"}, timeout=5)
             self.assertNotEqual(r.status, 201, "a --role read process accepted a write")
         except (ConnectionRefusedError, socket.timeout):
             pass  # no write listener at all
 
     def test_healthz(self):
-        r = H.request("GET", self.rp, "/healthz")
+        r = request("GET", self.rp, "/healthz")
         self.assertStatus(r, 200)
         self.assertEqual(r.body.get("status"), "ok")
         self.assertEqual(r.body.get("projector"), "ok")
         self.assertIsInstance(r.body.get("position"), int)
         pos = self.write()
-        w = H.request("GET", self.wp, "/healthz")
+        w = request("GET", self.wp, "/healthz")
         self.assertStatus(w, 200)
         self.assertEqual(w.body.get("position"), pos, "--role write: position is the store head")
         self.assertEqual(w.body.get("hsm"), "ok")
@@ -170,27 +173,27 @@ class ReadSide(H.E2ETestCase):
         self.assertStatus(self.snapshot("?min_position=%d&wait_ms=10000" % pos), 200)
         for port, names, who in ((self.rp, READ_METRICS, "read"), (self.wp, WRITE_METRICS, "write")):
             with self.subTest(process=who):
-                r = H.request("GET", port, "/metrics")
+                r = request("GET", port, "/metrics")
                 self.assertStatus(r, 200)
                 self.assertTrue((r.headers.get("Content-Type") or "").startswith("text/plain"), r)
-                samples = H.parse_metrics(r.raw.decode())
+                samples = parse_metrics(r.raw.decode())
                 present = {n for n, _, _ in samples}
                 for n in names:
                     self.assertIn(n, present, "%s missing on the %s process" % (n, who))
                 for n, labels, _ in samples:
                     if n == "signet_http_requests_total":
                         self.assertEqual(set(labels), {"listener", "code"}, labels)
-                self.assertGreaterEqual(H.metric_value(samples, "signet_store_head_position"), pos)
-                self.assertEqual(H.metric_value(samples, "signet_hsm_up"), 1.0)
-        samples = H.parse_metrics(H.request("GET", self.rp, "/metrics").raw.decode())
-        self.assertGreaterEqual(H.metric_value(samples, "signet_projector_position"), pos)
-        self.assertEqual(H.metric_value(samples, "signet_projector_halted"), 0.0)
-        self.assertGreater(H.http_requests(samples, "read", 200), 0)
-        samples = H.parse_metrics(H.request("GET", self.wp, "/metrics").raw.decode())
-        self.assertGreaterEqual(H.metric_value(samples, "signet_events_appended_total"), 1.0)
-        self.assertGreater(H.http_requests(samples, "write", 201), 0)
+                self.assertGreaterEqual(metric_value(samples, "signet_store_head_position"), pos)
+                self.assertEqual(metric_value(samples, "signet_hsm_up"), 1.0)
+        samples = parse_metrics(request("GET", self.rp, "/metrics").raw.decode())
+        self.assertGreaterEqual(metric_value(samples, "signet_projector_position"), pos)
+        self.assertEqual(metric_value(samples, "signet_projector_halted"), 0.0)
+        self.assertGreater(http_requests(samples, "read", 200), 0)
+        samples = parse_metrics(request("GET", self.wp, "/metrics").raw.decode())
+        self.assertGreaterEqual(metric_value(samples, "signet_events_appended_total"), 1.0)
+        self.assertGreater(http_requests(samples, "write", 201), 0)
 
-    def test_zz_reader_restart_catches_up(self):
+    def test_reader_restart_catches_up(self):
         """The read process restarts from its checkpoint and catches up with
         writes made while it was down."""
         self.assertEqual(self.reader.stop(), 0)
@@ -198,8 +201,8 @@ class ReadSide(H.E2ETestCase):
         type(self).reader = self.dep.start(role="read", config=self.read_cfg)
         r = self.snapshot("?min_position=%d&wait_ms=10000" % pos)
         self.assertStatus(r, 200)
-        H.verify_snapshot(r.body, self.keys)
-        events, head = H.fetch_all_events(self.rp, self.audit)
+        verify_snapshot(r.body, self.keys)
+        events, head = fetch_all_events(self.rp, self.audit)
         self.assertEqual(r.body["state"]["count"], sum(1 for e in events if e["type"] == "DeviceRegistered"))
         ids = [d["device_id"] for d in r.body["state"]["devices"]]
         self.assertEqual(len(ids), len(set(ids)), "an event was applied twice")

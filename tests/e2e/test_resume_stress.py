@@ -21,7 +21,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness as H  # noqa: E402
+from client import request  # noqa: E402
+from deploy import E2ETestCase  # noqa: E402
 
 STALL_S = 6.0
 BUDGET_S = float(os.environ.get("SIGNET_STRESS_SECONDS", "60"))
@@ -49,15 +50,10 @@ class Progress:
             self.done += 1
 
 
-class ResumeStress(H.E2ETestCase):
+class ResumeStress(E2ETestCase):
     @classmethod
     def setUpClass(cls):
-        cls.dep = cls.deployment()
-        cls.dep.init()
-        cls.srv = cls.dep.start()
-        cls.ops = cls.dep.token("ops")
-        cls.audit = cls.dep.token("audit")
-        cls.wp, cls.rp = cls.dep.write_port, cls.dep.read_port
+        cls.start_deployment()
 
     def run_once(self, run, nclients, ops, rng, prog, conns, errors):
         def client(ci, seed):
@@ -69,8 +65,8 @@ class ResumeStress(H.E2ETestCase):
             def call(what, port_conn, method, path, token, body=None, headers=None):
                 k = prog.begin(what)
                 try:
-                    return H.request(method, None, path, token=token, body=body,
-                                     headers=headers, conn=port_conn)
+                    return request(method, None, path, token=token, body=body,
+                                   headers=headers, conn=port_conn)
                 finally:
                     prog.end(k)
 
@@ -154,7 +150,7 @@ class ResumeStress(H.E2ETestCase):
         self.assertEqual(stalls, [], "lost wake-up (seed %d)" % seed)
         self.assertEqual(errors, [], "seed %d" % seed)
         self.assertGreater(runs, 10)
-        self.assertEqual(H.request("GET", self.wp, "/healthz").status, 200)
+        self.assertEqual(request("GET", self.wp, "/healthz").status, 200)
 
 
 if __name__ == "__main__":

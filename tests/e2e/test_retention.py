@@ -21,7 +21,9 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness as H  # noqa: E402
+from client import head_of, in_threads, register, wait_until  # noqa: E402
+from deploy import E2ETestCase  # noqa: E402
+from tamper import events_db  # noqa: E402
 
 TTL_HOURS = 2
 HOUR = 3600
@@ -36,15 +38,16 @@ def set_ttl(cfg):
     cfg["idempotency_ttl_hours"] = TTL_HOURS
 
 
-class Retention(H.E2ETestCase):
+class Retention(E2ETestCase):
     @classmethod
     def setUpClass(cls):
-        cls.dep = cls.deployment(mutate=set_ttl)
-        cls.dep.init()
-        cls.srv = cls.dep.start()
-        cls.wp, cls.rp = cls.dep.write_port, cls.dep.read_port
-        cls.ops, cls.audit = cls.dep.token("ops"), cls.dep.token("audit")
-        cls.db_path = os.path.join(cls.dep.dir, "var", "events.db")
+        cls.start_deployment(mutate=set_ttl)
+        cls.db_path = events_db(cls.dep)
+
+    def setUp(self):
+        """signetd runs (several tests stop it to edit the store)."""
+        if not self.srv.running():
+            type(self).srv = self.dep.start()
 
     # ---- helpers ----
 
@@ -61,11 +64,11 @@ class Retention(H.E2ETestCase):
             c.close()
 
     def post(self, device_id, key, hardware="hw-a", conn=None):
-        return H.register(self.wp, self.ops, device_id, hardware=hardware,
-                          headers={"Idempotency-Key": key}, conn=conn)
+        return register(self.wp, self.ops, device_id, hardware=hardware,
+                        headers={"Idempotency-Key": key}, conn=conn)
 
     def head(self):
-        return H.head_of(self.rp, self.audit)
+        return head_of(self.rp, self.audit)
 
     def restart(self):
         self.assertEqual(self.srv.stop(), 0, "signetd did not stop cleanly")
@@ -90,7 +93,7 @@ class Retention(H.E2ETestCase):
 
     # ------------------------------------------------------------------
 
-    def test_1_aged_keys_are_new_after_restart(self):
+    def test_aged_keys_are_new_after_restart(self):
         """Stop, age one record past the TTL and one within it, start: the
         aged row is deleted within seconds, its key serves a different
         request (201, not 422) and then replays that new request; the fresh
@@ -111,8 +114,8 @@ class Retention(H.E2ETestCase):
         self.age("r1-hour", HOUR)
         type(self).srv = self.dep.start()
 
-        H.wait_until(lambda: self.record("r1-aged") is None, 10,
-                     what="the expired record to be deleted")
+        wait_until(lambda: self.record("r1-aged") is None, 10,
+                   what="the expired record to be deleted")
         self.assertIsNotNone(self.record("r1-hour"), "a record within the TTL was deleted")
         self.assertIsNotNone(self.record("r1-fresh"))
 
@@ -134,7 +137,7 @@ class Retention(H.E2ETestCase):
             self.assertProblem(self.post("r1-other-" + key, key), 422)
             self.assertEqual(self.head(), h0, "a replay appended")
 
-    def test_2_expired_before_pruning(self):
+    def test_expired_before_pruning(self):
         """An expired record not yet deleted (aged while signetd runs; the
         next pruning pass is a minute away) is not honoured either, and the
         new request's record replaces it in the same commit."""
@@ -150,7 +153,7 @@ class Retention(H.E2ETestCase):
         self.assertLessEqual(abs(created - time.time()), 120)
         self.assertEqual(self.post("r2-b", "r2-key").body, r2.body)
 
-    def test_3_volume_pruned_in_background_without_stalling_writes(self):
+    def test_volume_pruned_in_background_without_stalling_writes(self):
         """Hundreds of real records and 150,000 synthetic ones, all expired
         while stopped: after a start the table is back to the fresh records
         within a bounded time, and writes with new keys made meanwhile are all
@@ -168,11 +171,7 @@ class Retention(H.E2ETestCase):
             finally:
                 conn.close()
 
-        ts = [threading.Thread(target=make, args=(w,)) for w in range(WRITERS)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(300)
+        in_threads(WRITERS, make, timeout=300)
         self.assertEqual(errors, [])
         self.srv.stop()
 
@@ -220,8 +219,8 @@ class Retention(H.E2ETestCase):
         for t in ws:
             t.start()
         try:
-            H.wait_until(lambda: self.expired_count() == 0, PRUNE_BOUND, interval=0.2,
-                         what="expired idempotency records to be pruned")
+            wait_until(lambda: self.expired_count() == 0, PRUNE_BOUND, interval=0.2,
+                       what="expired idempotency records to be pruned")
             pruned_after = time.monotonic() - t_start
         finally:
             done.set()
@@ -243,7 +242,7 @@ class Retention(H.E2ETestCase):
         # The expired keys are new requests again.
         self.assertStatus(self.post("r3-again-0001", "r3-key-0001"), 201)
 
-    def test_4_store_of_the_previous_version_opens(self):
+    def test_store_of_the_previous_version_opens(self):
         """An idempotency table without created_at (as the previous version
         made it): signetd starts, its records count as created at start
         (replay, 422 for another request), and the column and its index

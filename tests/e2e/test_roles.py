@@ -15,9 +15,11 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness as H  # noqa: E402
+from client import get_keys, head_of, request  # noqa: E402
+from deploy import PRINCIPALS, E2ETestCase  # noqa: E402
+from verify import sha256_hex, verify_snapshot  # noqa: E402
 
-ALL = set(H.PRINCIPALS)
+ALL = set(PRINCIPALS)
 FW = "sha256:" + "ab" * 32
 _seq = itertools.count(1)
 
@@ -75,13 +77,10 @@ DEVICE_BOUND_DENIED = [
 PUBLIC = ["/healthz", "/metrics", "/v1/keys"]
 
 
-class RoleMatrix(H.E2ETestCase):
+class RoleMatrix(E2ETestCase):
     @classmethod
     def setUpClass(cls):
-        cls.dep = cls.deployment()
-        cls.dep.init()
-        cls.srv = cls.dep.start()
-        cls.audit = cls.dep.token("audit")
+        cls.start_deployment()
 
     def port(self, listener):
         return self.dep.write_port if listener == "w" else self.dep.read_port
@@ -95,10 +94,10 @@ class RoleMatrix(H.E2ETestCase):
             hdrs["Authorization"] = auth_header
         if method == "POST" and body is None:
             hdrs.setdefault("Content-Length", "0")
-        return H.request(method, self.port(listener), path, token=token, body=body, headers=hdrs)
+        return request(method, self.port(listener), path, token=token, body=body, headers=hdrs)
 
     def head(self):
-        return H.head_of(self.dep.read_port, self.audit)
+        return head_of(self.dep.read_port, self.audit)
 
     def test_no_token_is_401(self):
         h0 = self.head()
@@ -112,7 +111,7 @@ class RoleMatrix(H.E2ETestCase):
         # A token whose hash is not configured; a configured token's hash used as
         # the token; other schemes; an empty bearer token.
         bad = ["Bearer tok_unknown_" + "x" * 20,
-               "Bearer " + H.sha256_hex(self.dep.token("adm")),
+               "Bearer " + sha256_hex(self.dep.token("adm")),
                "Bearer " + self.dep.token("adm") + "x",
                "Bearer " + self.dep.token("adm")[:-1],
                "Basic " + self.dep.token("adm"),
@@ -142,7 +141,7 @@ class RoleMatrix(H.E2ETestCase):
         h0 = self.head()
         for who, listener, method, path, body in DEVICE_BOUND_DENIED:
             with self.subTest(principal=who, path=path):
-                r = H.request(method, self.port(listener), path, token=self.dep.token(who), body=body)
+                r = request(method, self.port(listener), path, token=self.dep.token(who), body=body)
                 self.assertProblem(r, 403, "forbidden")
         self.assertEqual(self.head(), h0)
 
@@ -163,29 +162,29 @@ class RoleMatrix(H.E2ETestCase):
         for who in ("ops", "adm"):
             with self.subTest(principal=who):
                 body = device_body()
-                r = H.request("POST", self.dep.write_port, "/v1/devices", token=self.dep.token(who), body=body)
+                r = request("POST", self.dep.write_port, "/v1/devices", token=self.dep.token(who), body=body)
                 self.assertStatus(r, 201)
                 self.assertEqual(r.body["device_id"], body["device_id"])
         for who in ("audit", "adm"):
-            r = H.request("GET", self.dep.read_port, "/v1/events", token=self.dep.token(who))
+            r = request("GET", self.dep.read_port, "/v1/events", token=self.dep.token(who))
             self.assertStatus(r, 200)
             self.assertIsInstance(r.body["events"], list)
         for who in ("audit", "ops", "adm"):
-            r = H.request("GET", self.dep.read_port, "/v1/snapshots/devices", token=self.dep.token(who))
+            r = request("GET", self.dep.read_port, "/v1/snapshots/devices", token=self.dep.token(who))
             self.assertStatus(r, 200)
-            H.verify_snapshot(r.body, H.get_keys(self.dep.read_port))
+            verify_snapshot(r.body, get_keys(self.dep.read_port))
 
     def test_public_endpoints_without_token_on_both_listeners(self):
         for port, listener in ((self.dep.write_port, "write"), (self.dep.read_port, "read")):
             for path in PUBLIC:
                 with self.subTest(listener=listener, path=path):
-                    r = H.request("GET", port, path)
+                    r = request("GET", port, path)
                     self.assertStatus(r, 200)
-            r = H.request("GET", port, "/healthz")
+            r = request("GET", port, "/healthz")
             self.assertEqual(r.body.get("status"), "ok", r)
-            r = H.request("GET", port, "/v1/keys")
+            r = request("GET", port, "/v1/keys")
             self.assertEqual({k["purpose"] for k in r.body["keys"]}, {"events", "devices", "snapshots"})
-            r = H.request("GET", port, "/metrics")
+            r = request("GET", port, "/metrics")
             self.assertIn(b"signet_", r.raw)
 
     def test_unknown_paths_and_methods(self):
@@ -202,8 +201,8 @@ class RoleMatrix(H.E2ETestCase):
         ]
         for port, method, path in cases:
             with self.subTest(method=method, path=path, port=port):
-                r = H.request(method, port, path, token=tok,
-                              body={"device_id": "x-1", "hardware": "h"} if method == "POST" else None)
+                r = request(method, port, path, token=tok,
+                            body={"device_id": "x-1", "hardware": "h"} if method == "POST" else None)
                 self.assertIn(r.status, (404, 405), r)
                 self.assertProblem(r, r.status)
 

@@ -2,7 +2,7 @@
 """The suite's own verifiers must be able to fail.
 
 No signetd here: a log and a snapshot are signed locally, following the
-contract (DESIGN.md "Events"), and every verifier of harness.py must accept
+contract (DESIGN.md "Events"), and every verifier of verify.py must accept
 them and refuse each tampered copy. The same tamper functions are used
 against real logs in test_tamper.py and test_devices.py."""
 
@@ -14,7 +14,12 @@ import unittest
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness as H  # noqa: E402
+from client import assert_problem  # noqa: E402
+from tamper import (  # noqa: E402
+    deep_copy, remove_event, reorder, set_key_id, swap_sigs, tamper_data_byte)
+from verify import (  # noqa: E402
+    ZERO_HASH, canonical, ChainError, key_id_for, key_id_of_pem, keys_by_purpose,
+    make_foreign_keys_doc, metric_value, parse_metrics, verify_chain, verify_snapshot)
 
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
@@ -26,7 +31,7 @@ def make_keys():
     for p, k in priv.items():
         pem = k.public_key().public_bytes(serialization.Encoding.PEM,
                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-        doc["keys"].append({"key_id": H.key_id_of_pem(pem), "purpose": p, "alg": "ES256",
+        doc["keys"].append({"key_id": key_id_of_pem(pem), "purpose": p, "alg": "ES256",
                             "public_key_pem": pem, "status": "active"})
     return priv, doc
 
@@ -36,14 +41,14 @@ def sign(priv, data):
 
 
 def make_log(priv, doc, n):
-    kid = H.key_id_for(doc, "events")
-    prev = H.ZERO_HASH
+    kid = key_id_for(doc, "events")
+    prev = ZERO_HASH
     evs = []
     for pos in range(1, n + 1):
         ev = {"position": pos, "id": str(uuid.uuid4()), "type": "DeviceRegistered",
               "time": "2025-01-01T00:00:00.000Z", "actor": "ops", "command_id": str(uuid.uuid4()),
               "data": {"device_id": "d%d" % pos, "hardware": "hw-\u00e9"}, "prev": prev}
-        data = H.canonical(ev)
+        data = canonical(ev)
         ev["hash"] = hashlib.sha256(data).hexdigest()
         ev["key_id"] = kid
         ev["sig"] = sign(priv["events"], data)
@@ -59,58 +64,58 @@ class VerifierSelfTest(unittest.TestCase):
         cls.log = make_log(cls.priv, cls.keys, 6)
 
     def refused(self, events, keys=None, positions=None):
-        with self.assertRaises(H.ChainError) as cm:
-            H.verify_chain(events, keys or self.keys)
+        with self.assertRaises(ChainError) as cm:
+            verify_chain(events, keys or self.keys)
         if positions is not None:
             self.assertIn(cm.exception.position, positions, str(cm.exception))
 
     def test_canonical_form(self):
-        self.assertEqual(H.canonical({"b": 1, "a": {"d": [1, "\u00e9\n"], "c": None}, "hash": "x"}),
+        self.assertEqual(canonical({"b": 1, "a": {"d": [1, "\u00e9\n"], "c": None}, "hash": "x"}),
                          '{"a":{"c":null,"d":[1,"\u00e9\\n"]},"b":1}'.encode())
-        with self.assertRaises(H.ChainError):
-            H.canonical({"a": 1.5})
+        with self.assertRaises(ChainError):
+            canonical({"a": 1.5})
 
     def test_good_log(self):
-        self.assertEqual(H.verify_chain(self.log, self.keys), (6, self.log[-1]["hash"]))
+        self.assertEqual(verify_chain(self.log, self.keys), (6, self.log[-1]["hash"]))
 
     def test_tampered_logs_refused(self):
-        self.refused(H.tamper_data_byte(self.log, 3), positions={3})
-        self.refused(H.swap_sigs(self.log, 2, 5), positions={2})
-        self.refused(H.remove_event(self.log, 4), positions={4})
-        self.refused(H.remove_event(self.log, 1), positions={1})
-        self.refused(H.reorder(self.log, 3), positions={3})
-        self.refused(H.set_key_id(self.log, 2, H.key_id_for(self.keys, "devices")), positions={2})
-        self.refused(self.log, keys=H.make_foreign_keys_doc(), positions={1})
-        evs = H.deep_copy(self.log)
-        evs[2]["prev"] = H.ZERO_HASH
+        self.refused(tamper_data_byte(self.log, 3), positions={3})
+        self.refused(swap_sigs(self.log, 2, 5), positions={2})
+        self.refused(remove_event(self.log, 4), positions={4})
+        self.refused(remove_event(self.log, 1), positions={1})
+        self.refused(reorder(self.log, 3), positions={3})
+        self.refused(set_key_id(self.log, 2, key_id_for(self.keys, "devices")), positions={2})
+        self.refused(self.log, keys=make_foreign_keys_doc(), positions={1})
+        evs = deep_copy(self.log)
+        evs[2]["prev"] = ZERO_HASH
         self.refused(evs, positions={3})
-        evs = H.deep_copy(self.log)
+        evs = deep_copy(self.log)
         evs[1]["sig"] = "not base64!"
         self.refused(evs, positions={2})
-        evs = H.deep_copy(self.log)
+        evs = deep_copy(self.log)
         del evs[4]["command_id"]
         self.refused(evs, positions={5})
 
     def test_snapshot(self):
         doc = {"name": "devices", "as_of": {"position": 6, "hash": self.log[-1]["hash"]},
                "state": {"count": 1, "devices": [{"device_id": "d1", "hardware": "h", "position": 1}]}}
-        doc["key_id"] = H.key_id_for(self.keys, "snapshots")
-        doc["sig"] = sign(self.priv["snapshots"], H.canonical(doc, without=("key_id", "sig")))
-        self.assertTrue(H.verify_snapshot(doc, self.keys))
-        bad = H.deep_copy(doc)
+        doc["key_id"] = key_id_for(self.keys, "snapshots")
+        doc["sig"] = sign(self.priv["snapshots"], canonical(doc, without=("key_id", "sig")))
+        self.assertTrue(verify_snapshot(doc, self.keys))
+        bad = deep_copy(doc)
         bad["state"]["devices"][0]["hardware"] = "g"
-        self.assertRaises(AssertionError, H.verify_snapshot, bad, self.keys)
-        bad = H.deep_copy(doc)
+        self.assertRaises(AssertionError, verify_snapshot, bad, self.keys)
+        bad = deep_copy(doc)
         bad["as_of"]["position"] = 5
-        self.assertRaises(AssertionError, H.verify_snapshot, bad, self.keys)
-        bad = H.deep_copy(doc)
-        bad["key_id"] = H.key_id_for(self.keys, "events")
-        self.assertRaises(AssertionError, H.verify_snapshot, bad, self.keys)
+        self.assertRaises(AssertionError, verify_snapshot, bad, self.keys)
+        bad = deep_copy(doc)
+        bad["key_id"] = key_id_for(self.keys, "events")
+        self.assertRaises(AssertionError, verify_snapshot, bad, self.keys)
 
     def test_keys_doc_with_wrong_key_id_refused(self):
-        keys = H.deep_copy(self.keys)
+        keys = deep_copy(self.keys)
         keys["keys"][0]["key_id"] = "0" * 64
-        self.assertRaises(AssertionError, H.keys_by_purpose, keys, keys["keys"][0]["purpose"])
+        self.assertRaises(AssertionError, keys_by_purpose, keys, keys["keys"][0]["purpose"])
 
     def test_problem_checker(self):
         import http.client
@@ -122,19 +127,19 @@ class VerifierSelfTest(unittest.TestCase):
             return (status, msg, body)
         good = resp(401, {"Content-Type": "application/problem+json", "WWW-Authenticate": "Bearer"},
                     {"type": "urn:signet:problem:unauthorized", "title": "t", "status": 401, "detail": "d"})
-        H.assert_problem(good, 401)
-        self.assertRaises(AssertionError, H.assert_problem, good, 403)
+        assert_problem(good, 401)
+        self.assertRaises(AssertionError, assert_problem, good, 403)
         no_www = resp(401, {"Content-Type": "application/problem+json"}, good[2])
-        self.assertRaises(AssertionError, H.assert_problem, no_www, 401)
+        self.assertRaises(AssertionError, assert_problem, no_www, 401)
         json_ct = resp(401, {"Content-Type": "application/json", "WWW-Authenticate": "Bearer"}, good[2])
-        self.assertRaises(AssertionError, H.assert_problem, json_ct, 401)
+        self.assertRaises(AssertionError, assert_problem, json_ct, 401)
         no_detail = resp(401, good[1], {k: v for k, v in good[2].items() if k != "detail"})
-        self.assertRaises(AssertionError, H.assert_problem, no_detail, 401)
+        self.assertRaises(AssertionError, assert_problem, no_detail, 401)
 
     def test_metrics_parser(self):
-        s = H.parse_metrics('# HELP a x\n# TYPE a counter\na 1\nb{listener="read",code="200"} 3\n')
-        self.assertEqual(H.metric_value(s, "b", listener="read"), 3.0)
-        self.assertRaises(AssertionError, H.parse_metrics, "a b c\n")
+        s = parse_metrics('# HELP a x\n# TYPE a counter\na 1\nb{listener="read",code="200"} 3\n')
+        self.assertEqual(metric_value(s, "b", listener="read"), 3.0)
+        self.assertRaises(AssertionError, parse_metrics, "a b c\n")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness as H  # noqa: E402
+from client import head_of, register  # noqa: E402
+from deploy import E2ETestCase  # noqa: E402
 
 
 def raise_nofile():
@@ -179,7 +180,7 @@ class Trickler(threading.Thread):
         self.socks.clear()
 
 
-class Slowloris(H.E2ETestCase):
+class Slowloris(E2ETestCase):
     """Default limits: 10 s head deadline, 256 connections per address, 4000
     per listener."""
 
@@ -188,11 +189,7 @@ class Slowloris(H.E2ETestCase):
         cls.nofile = raise_nofile()
         if cls.nofile < 4500:
             raise unittest.SkipTest("RLIMIT_NOFILE %d is too small for 4000 connections" % cls.nofile)
-        cls.dep = cls.deployment()
-        cls.dep.init()
-        cls.srv = cls.dep.start()
-        cls.ops = cls.dep.token("ops")
-        cls.wp, cls.rp = cls.dep.write_port, cls.dep.read_port
+        cls.start_deployment()
 
     def test_slowloris_from_one_address_does_not_starve_another(self):
         attack = Trickler("127.0.0.1", self.wp, 4000)
@@ -235,7 +232,7 @@ class Slowloris(H.E2ETestCase):
             self.assertLess(lt, 10 + 4, "a trickling connection lived %.1f s (%d lines)" % (lt, lines))
 
 
-class Deadlines(H.E2ETestCase):
+class Deadlines(E2ETestCase):
     """header_timeout_ms 2000, idle_timeout_ms 30000, 4 connections per
     address."""
 
@@ -248,17 +245,10 @@ class Deadlines(H.E2ETestCase):
         def mutate(cfg):
             cfg["limits"].update({"header_timeout_ms": 2000, "idle_timeout_ms": 30000,
                                   "connections_per_address": 4, "connections_per_listener": 64})
-        cls.dep = cls.deployment(mutate=mutate)
-        cls.dep.init()
-        cls.srv = cls.dep.start()
-        cls.ops = cls.dep.token("ops")
-        cls.audit = cls.dep.token("audit")
-        cls.wp, cls.rp = cls.dep.write_port, cls.dep.read_port
-        cls.n = 0
+        cls.start_deployment(mutate=mutate)
 
     def fresh(self):
-        Deadlines.n += 1
-        return "dl-%d" % Deadlines.n
+        return self.unique("dl")
 
     def test_head_deadline_is_total(self):
         results = {}
@@ -298,7 +288,7 @@ class Deadlines(H.E2ETestCase):
             t.start()
         time.sleep(0.5)
         # meanwhile, others are served
-        r = H.register(self.wp, self.ops, self.fresh())
+        r = register(self.wp, self.ops, self.fresh())
         self.assertStatus(r, 201)
         for t in ths:
             t.join(30)
@@ -346,7 +336,7 @@ class Deadlines(H.E2ETestCase):
     def test_half_closed_posts_get_their_answers(self):
         """Each client sends a complete POST and shuts down its sending side
         at once. Each reads its whole 201 answer, then end-of-file."""
-        h0 = H.head_of(self.rp, self.audit)
+        h0 = head_of(self.rp, self.audit)
         n = 40
         out = [None] * n
 
@@ -371,12 +361,12 @@ class Deadlines(H.E2ETestCase):
             body = json.loads(raw.partition(b"\r\n\r\n")[2])
             self.assertEqual(body["device_id"], dev)
             self.assertTrue(eof, "the server did not close after answering %s" % dev)
-        self.assertEqual(H.head_of(self.rp, self.audit), h0 + n)
+        self.assertEqual(head_of(self.rp, self.audit), h0 + n)
 
     def test_half_closed_waiting_get_gets_its_answer(self):
         """A GET that waits for a position (suspended), then half-closed:
         its 503 comes when the wait ends."""
-        pos = H.head_of(self.rp, self.audit) + 1000
+        pos = head_of(self.rp, self.audit) + 1000
         with connect_from("127.0.0.7", self.rp) as s:
             s.sendall(b"GET /v1/events?min_position=%d&wait_ms=1000 HTTP/1.1\r\nHost: x\r\n"
                       b"Authorization: Bearer %s\r\n\r\n" % (pos, self.audit.encode()))
@@ -388,7 +378,7 @@ class Deadlines(H.E2ETestCase):
         self.assertTrue(eof)
 
 
-class ListenerLimit(H.E2ETestCase):
+class ListenerLimit(E2ETestCase):
     """connections_per_listener 8 (4 per address), head deadline 2 s: with
     the read listener full, a new client waits in the accept queue until the
     deadline frees a place, then is served."""
@@ -398,10 +388,7 @@ class ListenerLimit(H.E2ETestCase):
         def mutate(cfg):
             cfg["limits"].update({"header_timeout_ms": 2000, "connections_per_address": 4,
                                   "connections_per_listener": 8})
-        cls.dep = cls.deployment(mutate=mutate)
-        cls.dep.init()
-        cls.srv = cls.dep.start()
-        cls.rp = cls.dep.read_port
+        cls.start_deployment(mutate=mutate)
 
     def test_full_listener_recovers_by_the_deadline(self):
         held = [connect_from("127.0.0.%d" % (20 + i // 4), self.rp) for i in range(8)]

@@ -14,29 +14,31 @@ and writes stop (503 integrity-failure) with nothing more appended."""
 import json
 import os
 import re
-import sqlite3
 import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness as H  # noqa: E402
+from client import fetch_all_events, get_keys, head_of, register, request, wait_until  # noqa: E402
+from deploy import E2ETestCase  # noqa: E402
+from tamper import (  # noqa: E402
+    deep_copy, remove_event, reorder, set_key_id, swap_sigs, tamper_body, tamper_data_byte)
+from verify import (  # noqa: E402
+    ChainError, key_id_for, make_foreign_keys_doc, metric_value, parse_metrics, verify_chain,
+    verify_snapshot)
 
 N = 8
 
 
-class VerifyLogTamper(H.E2ETestCase):
+class VerifyLogTamper(E2ETestCase):
     @classmethod
     def setUpClass(cls):
-        cls.dep = cls.deployment()
-        cls.dep.init()
-        cls.srv = cls.dep.start()
-        ops = cls.dep.token("ops")
+        cls.start_deployment()
         for i in range(N):
-            r = H.register(cls.dep.write_port, ops, "tamper-%d" % i, hardware="hw-%d" % i)
+            r = register(cls.wp, cls.ops, "tamper-%d" % i, hardware="hw-%d" % i)
             if r.status != 201:
                 raise AssertionError(r)
-        cls.keys = H.get_keys(cls.dep.read_port)
-        cls.events, cls.head = H.fetch_all_events(cls.dep.read_port, cls.dep.token("audit"))
+        cls.keys = get_keys(cls.rp)
+        cls.events, cls.head = fetch_all_events(cls.rp, cls.audit)
         cls.keys_path = cls.write_json("keys.json", cls.keys)
         cls.n = 0
 
@@ -54,8 +56,8 @@ class VerifyLogTamper(H.E2ETestCase):
 
     def assert_refused(self, events, positions, keys=None, keys_path=None):
         """Both verifiers refuse; signet names one of `positions`."""
-        with self.assertRaises(H.ChainError) as cm:
-            H.verify_chain(events, keys or self.keys)
+        with self.assertRaises(ChainError) as cm:
+            verify_chain(events, keys or self.keys)
         self.assertIn(cm.exception.position, positions, str(cm.exception))
         p = self.verify_log(events, keys_path)
         out = p.stdout + p.stderr
@@ -66,71 +68,71 @@ class VerifyLogTamper(H.E2ETestCase):
         self.assertNotRegex(p.stdout, r"(?m)^ok:")
 
     def test_control_untampered(self):
-        self.assertEqual(H.verify_chain(self.events, self.keys)[0], N)
+        self.assertEqual(verify_chain(self.events, self.keys)[0], N)
         p = self.verify_log(self.events)
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
         self.assertIn("ok: %d events, head %d %s" % (N, N, self.events[-1]["hash"]), p.stdout)
 
     def test_one_byte_of_data(self):
-        self.assert_refused(H.tamper_data_byte(self.events, 4), {4})
+        self.assert_refused(tamper_data_byte(self.events, 4), {4})
 
     def test_type_or_actor_changed(self):
-        evs = H.deep_copy(self.events)
+        evs = deep_copy(self.events)
         evs[5]["actor"] = "adm"
         self.assert_refused(evs, {6})
-        evs = H.deep_copy(self.events)
+        evs = deep_copy(self.events)
         evs[1]["type"] = "DeviceRemoved"
         self.assert_refused(evs, {2})
 
     def test_field_added(self):
-        evs = H.deep_copy(self.events)
+        evs = deep_copy(self.events)
         evs[2]["note"] = "x"
         self.assert_refused(evs, {3})
 
     def test_signatures_swapped(self):
-        self.assert_refused(H.swap_sigs(self.events, 3, 6), {3})
+        self.assert_refused(swap_sigs(self.events, 3, 6), {3})
 
     def test_event_removed(self):
-        self.assert_refused(H.remove_event(self.events, 5), {5, 6})
+        self.assert_refused(remove_event(self.events, 5), {5, 6})
 
     def test_first_event_removed(self):
-        self.assert_refused(H.remove_event(self.events, 1), {1, 2})
+        self.assert_refused(remove_event(self.events, 1), {1, 2})
 
     def test_events_reordered(self):
-        self.assert_refused(H.reorder(self.events, 4), {4, 5})
+        self.assert_refused(reorder(self.events, 4), {4, 5})
 
     def test_event_duplicated(self):
-        evs = H.deep_copy(self.events)
-        evs.insert(3, H.deep_copy(evs[2]))
+        evs = deep_copy(self.events)
+        evs.insert(3, deep_copy(evs[2]))
         self.assert_refused(evs, {3, 4})
 
     def test_key_id_changed(self):
-        self.assert_refused(H.set_key_id(self.events, 2, H.key_id_for(self.keys, "devices")), {2})
-        self.assert_refused(H.set_key_id(self.events, 7, H.key_id_for(self.keys, "snapshots")), {7})
+        self.assert_refused(set_key_id(self.events, 2, key_id_for(self.keys, "devices")), {2})
+        self.assert_refused(set_key_id(self.events, 7, key_id_for(self.keys, "snapshots")), {7})
 
     def test_prev_changed(self):
-        evs = H.deep_copy(self.events)
+        evs = deep_copy(self.events)
         evs[6]["prev"] = evs[4]["hash"]
         self.assert_refused(evs, {7})
 
     def test_hash_changed(self):
-        evs = H.deep_copy(self.events)
+        evs = deep_copy(self.events)
         evs[2]["hash"] = ("f" if evs[2]["hash"][0] != "f" else "e") + evs[2]["hash"][1:]
         self.assert_refused(evs, {3, 4})
 
     def test_signature_corrupted(self):
-        evs = H.deep_copy(self.events)
+        evs = deep_copy(self.events)
         sig = evs[4]["sig"]
         evs[4]["sig"] = sig[:10] + ("A" if sig[10] != "A" else "B") + sig[11:]
         self.assert_refused(evs, {5})
 
     def test_wrong_keys_file(self):
-        foreign = H.make_foreign_keys_doc()
+        foreign = make_foreign_keys_doc()
         path = self.write_json("foreign-keys.json", foreign)
         self.assert_refused(self.events, {1}, keys=foreign, keys_path=path)
 
     def test_tampered_jsonl(self):
-        evs = H.tamper_data_byte(self.events, 8)
+        evs = tamper_data_byte(self.events, 8)
         path = os.path.join(self.dep.dir, "tampered.jsonl")
         with open(path, "w") as f:
             for e in evs:
@@ -141,7 +143,7 @@ class VerifyLogTamper(H.E2ETestCase):
 
     def test_keys_file_with_mismatched_key_id(self):
         """A keys file whose key_id does not match its PEM is not trusted."""
-        keys = H.deep_copy(self.keys)
+        keys = deep_copy(self.keys)
         ids = [k["key_id"] for k in keys["keys"]]
         for k, other in zip(keys["keys"], ids[1:] + ids[:1]):
             k["key_id"] = other  # every PEM now carries another key's id
@@ -151,86 +153,32 @@ class VerifyLogTamper(H.E2ETestCase):
         self.assertNotRegex(p.stdout, r"(?m)^ok:")
 
 
-def tamper_store(db_path, position):
-    """Change the JSON body of the event at `position` in signet's SQLite
-    store, discovering the layout at run time: drop the triggers on the
-    events table, find the column holding event JSON and the column holding
-    the position. Returns (table, column) changed."""
-    db = sqlite3.connect(db_path)
-    try:
-        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        table = "events" if "events" in tables else None
-        if table is None:
-            raise AssertionError("no events table in %s: %r" % (db_path, tables))
-        for (trig,) in db.execute("SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name=?",
-                                  (table,)).fetchall():
-            db.execute('DROP TRIGGER "%s"' % trig.replace('"', '""'))
-        cols = [r[1] for r in db.execute('PRAGMA table_info("%s")' % table)]
-        rows = db.execute('SELECT rowid, * FROM "%s"' % table).fetchall()
-        json_col = pos_col = None
-        for row in rows:
-            for c, v in zip(cols, row[1:]):
-                if isinstance(v, bytes):
-                    try:
-                        v = v.decode()
-                    except UnicodeDecodeError:
-                        continue
-                if isinstance(v, str) and v.startswith("{") and '"position":' in v:
-                    json_col = c
-                    doc = json.loads(v)
-                    for c2, v2 in zip(cols, row[1:]):
-                        if c2 != c and v2 == doc["position"]:
-                            pos_col = c2
-        if json_col is None:
-            raise AssertionError("no event JSON column in %s(%s)" % (table, cols))
-        where = '"%s" = ?' % pos_col if pos_col else "rowid = ?"
-        (body,) = db.execute('SELECT "%s" FROM "%s" WHERE %s' % (json_col, table, where), (position,)).fetchone()
-        is_bytes = isinstance(body, bytes)
-        text = body.decode() if is_bytes else body
-        doc = json.loads(text)
-        old = '"hardware":"%s"' % doc["data"]["hardware"]
-        if old not in text:
-            raise AssertionError("unexpected stored form %r" % text)
-        new_text = text.replace(old, '"hardware":"%s"' % ("X" + doc["data"]["hardware"][1:]))
-        db.execute('UPDATE "%s" SET "%s" = ? WHERE %s' % (table, json_col, where),
-                   (new_text.encode() if is_bytes else new_text, position))
-        db.commit()
-        return table, json_col
-    finally:
-        db.close()
-
-
-class ProjectorTamper(H.E2ETestCase):
+class ProjectorTamper(E2ETestCase):
     TAMPERED = 3
 
     @classmethod
     def setUpClass(cls):
-        cls.dep = cls.deployment()
-        cls.dep.init()
-        w = cls.dep.start(role="write")
-        ops = cls.dep.token("ops")
+        w = cls.start_deployment(role="write")
         for i in range(1, 6):
-            r = H.register(cls.dep.write_port, ops, "proj-%d" % i, hardware="hw-%d" % i)
+            r = register(cls.wp, cls.ops, "proj-%d" % i, hardware="hw-%d" % i)
             if r.status != 201 or r.body["position"] != i:
                 raise AssertionError(r)
         rc = w.stop()
         if rc != 0:
             raise AssertionError("signetd --role write exited %r on SIGTERM" % rc)
-        cls.table = tamper_store(os.path.join(cls.dep.dir, "var", "events.db"), cls.TAMPERED)
+        tamper_body(cls.dep, cls.TAMPERED)
         cls.srv = cls.dep.start(role="all", healthy=False)
-        cls.audit = cls.dep.token("audit")
-        cls.rp = cls.dep.read_port
 
         def halted():
-            r = H.request("GET", cls.rp, "/healthz")
+            r = request("GET", cls.rp, "/healthz")
             return r if r.status == 503 and isinstance(r.body, dict) and r.body.get("projector") == "halted" else None
         try:
-            cls.health = H.wait_until(halted, 10, what="/healthz projector halted")
+            cls.health = wait_until(halted, 10, what="/healthz projector halted")
         except AssertionError:
             cls.health = None
 
     def test_healthz_reports_halted(self):
-        self.assertIsNotNone(self.health, H.request("GET", self.rp, "/healthz"))
+        self.assertIsNotNone(self.health, request("GET", self.rp, "/healthz"))
         r = self.health
         self.assertEqual(r.body.get("status"), "unavailable", r)
         self.assertEqual(r.body.get("projector"), "halted", r)
@@ -243,25 +191,25 @@ class ProjectorTamper(H.E2ETestCase):
         self.assertLess(r.body.get("position", 0), self.TAMPERED, r)
 
     def test_metrics_show_halted(self):
-        r = H.request("GET", self.rp, "/metrics")
+        r = request("GET", self.rp, "/metrics")
         self.assertStatus(r, 200)
-        samples = H.parse_metrics(r.raw.decode())
-        self.assertEqual(H.metric_value(samples, "signet_projector_halted"), 1.0, r.raw.decode())
-        self.assertLess(H.metric_value(samples, "signet_projector_position"), self.TAMPERED)
+        samples = parse_metrics(r.raw.decode())
+        self.assertEqual(metric_value(samples, "signet_projector_halted"), 1.0, r.raw.decode())
+        self.assertLess(metric_value(samples, "signet_projector_position"), self.TAMPERED)
 
     def test_snapshot_stops_before_tampered_event(self):
-        keys = H.get_keys(self.rp)
-        r = H.request("GET", self.rp, "/v1/snapshots/devices", token=self.audit)
+        keys = get_keys(self.rp)
+        r = request("GET", self.rp, "/v1/snapshots/devices", token=self.audit)
         self.assertStatus(r, 200)
-        H.verify_snapshot(r.body, keys)
+        verify_snapshot(r.body, keys)
         self.assertLess(r.body["as_of"]["position"], self.TAMPERED)
         self.assertLess(int(r.headers["Signet-Position"]), self.TAMPERED)
         for d in r.body["state"]["devices"]:
             self.assertLess(d["position"], self.TAMPERED)
             self.assertNotEqual(d["hardware"][0], "X")
         # Asking for the tampered position never succeeds.
-        r = H.request("GET", self.rp, "/v1/snapshots/devices?min_position=%d&wait_ms=300" % self.TAMPERED,
-                      token=self.audit)
+        r = request("GET", self.rp, "/v1/snapshots/devices?min_position=%d&wait_ms=300" % self.TAMPERED,
+                    token=self.audit)
         self.assertProblem(r, 503)
 
     def test_verify_log_names_the_tampered_event(self):
@@ -269,19 +217,19 @@ class ProjectorTamper(H.E2ETestCase):
                          env=self.dep.env(SIGNET_TOKEN=self.audit))
         self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
         self.assertIn("FAIL: position %d:" % self.TAMPERED, p.stdout + p.stderr)
-        events, _ = H.fetch_all_events(self.rp, self.audit)
-        with self.assertRaises(H.ChainError) as cm:
-            H.verify_chain(events, H.get_keys(self.rp))
+        events, _ = fetch_all_events(self.rp, self.audit)
+        with self.assertRaises(ChainError) as cm:
+            verify_chain(events, get_keys(self.rp))
         self.assertEqual(cm.exception.position, self.TAMPERED)
 
     def test_halt_stops_writes(self):
         """The writer never appends onto a chain its own projector rejected."""
-        head = H.head_of(self.rp, self.audit)
-        r = H.register(self.dep.write_port, self.dep.token("ops"), "proj-late")
+        head = head_of(self.rp, self.audit)
+        r = register(self.wp, self.ops, "proj-late")
         self.assertProblem(r, 503, slug="integrity-failure")
         self.assertIn("position %d" % self.TAMPERED, r.body["detail"])
-        self.assertEqual(H.head_of(self.rp, self.audit), head)
-        h = H.request("GET", self.rp, "/healthz")
+        self.assertEqual(head_of(self.rp, self.audit), head)
+        h = request("GET", self.rp, "/healthz")
         self.assertEqual(h.status, 503, h)
         self.assertEqual(h.body.get("projector"), "halted", h)
 
