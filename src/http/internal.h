@@ -33,7 +33,10 @@ typedef void (*route_fn)(struct req *r);
  *   sent "Expect: 100-continue" is never told to send it. To accept, return
  *   without answering, with the sink's state in r->work / r->work_free.
  * write: the next len > 0 bytes of the body (chunked framing removed). To
- *   refuse, answer; the rest of the body is read and discarded.
+ *   refuse (too long, disk full...), call http_refuse_body(), never
+ *   http_problem(): write is not called again, the rest of the body is read
+ *   and discarded, and the request is answered with that problem once the
+ *   body has ended (libmicrohttpd 0.9.75 cannot answer mid-body).
  * abort: the body will never be finished: the client went away or timed out
  *   mid-body, the server stopped, or write refused. Called once, from the
  *   completion callback before r->work_free, with libmicrohttpd's termination
@@ -88,11 +91,13 @@ struct req {
     const struct principal *who;
     buf body;
     int too_big;
-    int sink_open; /* the route's sink accepted the body (abort is due unless finished) */
-    int finished;  /* the route's fn ran (MHD thread) */
-    int failed;    /* no response could be queued: close the connection */
-    int counted;   /* in srv->inflight */
-    int acted;     /* the handler answered or suspended in this call (MHD thread) */
+    sg_err refused; /* http_refuse_body() was called */
+    char *refusal;  /* its detail (may be NULL) */
+    int sink_open;  /* the route's sink accepted the body (abort is due unless finished) */
+    int finished;   /* the route's fn ran (MHD thread) */
+    int failed;     /* no response could be queued: close the connection */
+    int counted;    /* in srv->inflight */
+    int acted;      /* the handler answered or suspended in this call (MHD thread) */
     _Atomic enum req_state state;
     struct hdr_copy *hdrs;
     struct command *cmd;
@@ -129,6 +134,10 @@ void http_queue_response(struct req *r, int status, struct MHD_Response *resp);
 void http_reply(struct req *r, int status, const char *content_type, char *body, size_t len);
 void http_reply_json(struct req *r, int status, json_t *body); /* steals body */
 void http_problem(struct req *r, sg_err e, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* From a sink's write (struct body_sink): refuse the body with problem e;
+ * the first refusal counts. */
+void http_refuse_body(struct req *r, sg_err e, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Park r (from its handler, on the MHD thread) before handing it to another
  * thread; that thread calls http_resume() exactly once when done. */

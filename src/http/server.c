@@ -128,6 +128,21 @@ void http_problem(struct req *r, sg_err e, const char *fmt, ...)
     }
 }
 
+/* libmicrohttpd 0.9.75 takes an answer only right after the head or once
+ * the whole body has arrived, so a refusal mid-body is kept until then. */
+void http_refuse_body(struct req *r, sg_err e, const char *fmt, ...)
+{
+    char detail[512];
+    va_list ap;
+    if (r->refused)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof(detail), fmt, ap);
+    va_end(ap);
+    r->refused = e ? e : SG_EINTERNAL;
+    r->refusal = strdup(detail); /* NULL: a generic detail */
+}
+
 /*** request accessors ***/
 
 static int hexdigit(char c)
@@ -536,9 +551,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (*upload_data_size && r->sink_open) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
-        r->acted = 0;
-        r->route->sink->write(r, upload_data, n);
-        return r->failed ? MHD_NO : MHD_YES;
+        if (r->refused == SG_OK) /* once refused, the rest is discarded */
+            r->route->sink->write(r, upload_data, n);
+        return MHD_YES;
     }
     if (*upload_data_size) {
         uint64_t limit = r->srv->app->cfg->max_json_bytes;
@@ -551,7 +566,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     switch (st) {
     case REQ_BODY:
-        if (r->too_big)
+        if (r->refused)
+            http_problem(r, r->refused, "%s", r->refusal ? r->refusal : "the body was refused");
+        else if (r->too_big)
             http_problem(r, (r->route->flags & ROUTE_JSON_BODY) ? SG_ETOOBIG : SG_EBADINPUT,
                          (r->route->flags & ROUTE_JSON_BODY)
                              ? "body is larger than the configured limit"
@@ -593,6 +610,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (r->work_free)
         r->work_free(r->work);
     buf_free(&r->body);
+    free(r->refusal);
     for (struct hdr_copy *h = r->hdrs, *nx; h; h = nx) {
         nx = h->next;
         free(h);
