@@ -1,7 +1,9 @@
 /* server.c - libmicrohttpd plumbing: listeners, connection limits and the
  * deadline for a request's head, per-request state, strict head checks, body
- * limits, bearer authentication, routing, problem+json, suspend/resume.
- * Route handlers live in routes.c; nothing here knows a business rule. */
+ * limits and streamed bodies (a route's sink), problem+json, suspend/resume.
+ * Route lookup and the role rules are in route_match.c, file answers in
+ * reply_file.c, route handlers in routes.c; nothing here knows a business
+ * rule. */
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <stdarg.h>
@@ -324,8 +326,10 @@ static int check_head(struct req *r, const char *version)
     return 1;
 }
 
-/* First call for a request: check the head, route, authenticate. Returns 1
- * if it answered already. */
+/* First call for a request: check the head, route, authenticate, check a
+ * JSON body's head, and let a streaming route's sink see the head (it may
+ * refuse here, before any body byte is read, so no 100 Continue is sent).
+ * Returns 1 if it answered already. */
 static int begin(struct req *r, const char *version)
 {
     if (check_head(r, version))
