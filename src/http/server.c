@@ -271,7 +271,7 @@ void http_resume(struct req *r)
     }
 }
 
-/*** routing and authentication ***/
+/*** the head: strict checks, routing, authorization, body checks ***/
 
 static int is_json(const char *ct)
 {
@@ -803,7 +803,10 @@ sg_err http_start(struct http_app *app, int write_listener, int read_listener, h
     s->nroutes = app->routes ? app->nroutes : nroutes;
     pthread_mutex_init(&s->conns_mu, NULL);
     sg_err e = SG_OK;
-    if ((s->keys_json = keys_document(app->signer)) == NULL) {
+    if (app->routes == NULL && app->events == NULL) {
+        snprintf(why, whylen, "no event log for /v1/events and /healthz");
+        e = SG_ECONFIG;
+    } else if ((s->keys_json = keys_document(app->signer)) == NULL) {
         snprintf(why, whylen, "cannot build the public keys document");
         e = SG_ENOMEM;
     }
