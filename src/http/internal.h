@@ -1,5 +1,7 @@
-/* internal.h - what server.c shares with the route handlers in routes.c.
- * Private to src/http. */
+/* internal.h - what server.c shares with the route table and handlers
+ * (routes.c), route lookup (route_match.c) and file answers (reply_file.c):
+ * the route and body-sink contracts, per-request state, the reply functions.
+ * Private to src/http (and its unit tests). */
 #ifndef SG_HTTP_INTERNAL_H
 #define SG_HTTP_INTERNAL_H
 
