@@ -159,6 +159,7 @@ int main(int argc, char **argv)
     struct committed committed = {0};
     struct chain_pos anchor, head;
     http_server *http = NULL;
+    eventlog *events = NULL;
     struct http_app app = {0};
     int status = 1;
     char *readmodel = NULL, *checkpoint = NULL;
@@ -238,7 +239,9 @@ int main(int argc, char **argv)
         }
         committed.proj = proj;
     }
-    app = (struct http_app){cfg, sg, seq, proj, snaps, cfg->store};
+    if (eventlog_open(cfg->store, &events, why, sizeof(why)) != SG_OK)
+        goto fail;
+    app = (struct http_app){cfg, sg, seq, proj, snaps, events, NULL, 0};
     if (http_start(&app, do_write, do_read, &http, why, sizeof(why)) != SG_OK)
         goto fail;
     sg_info("signetd: running, role %s", role);
@@ -259,6 +262,7 @@ out:
     scrub_stop(scr);
     projector_stop(proj);
     http_stop(http);
+    eventlog_close(events);
     snapshots_free(snaps);
     projector_free(proj);
     sequencer_free(seq);

@@ -8,9 +8,12 @@
 
 #include "../core/config.h"
 #include "../hsm/signer.h"
+#include "../read/eventlog.h"
 #include "../read/projector.h"
 #include "../read/snapshot.h"
 #include "../write/sequencer.h"
+
+struct route; /* src/http/internal.h */
 
 struct http_app {
     const sg_config *cfg;
@@ -18,12 +21,17 @@ struct http_app {
     sequencer *seq;   /* NULL in --role read */
     projector *proj;  /* NULL in --role write */
     snapshots *snaps; /* NULL in --role write */
-    const char *store_uri;
+    eventlog *events; /* the raw log and the store's head; the caller closes it */
+    /* The route table; NULL: the API's (routes.c). Unit tests give their own. */
+    const struct route *routes;
+    size_t nroutes;
 };
 
 typedef struct http_server http_server;
 
-/* Start the listeners the app has parts for. */
+/* Start the listeners the app has parts for. app must outlive the server.
+ * signer may be NULL only when no route serves keys, health or metrics (unit
+ * tests). */
 sg_err http_start(struct http_app *app, int write_listener, int read_listener, http_server **out,
                   char *why, size_t whylen);
 /* Stop accepting connections; requests from here on answer 503. */

@@ -1,5 +1,7 @@
-/* internal.h - what server.c shares with the route handlers in routes.c.
- * Private to src/http. */
+/* internal.h - what server.c shares with the route table and handlers
+ * (routes.c), route lookup (route_match.c) and file answers (reply_file.c):
+ * the route and body-sink contracts, per-request state, the reply functions.
+ * Private to src/http (and its unit tests). */
 #ifndef SG_HTTP_INTERNAL_H
 #define SG_HTTP_INTERNAL_H
 
@@ -8,7 +10,6 @@
 #include <stdatomic.h>
 
 #include "../core/buf.h"
-#include "../store/store.h"
 #include "http.h"
 
 enum listener { LISTEN_WRITE = 1, LISTEN_READ = 2 };
@@ -21,15 +22,52 @@ struct req;
  * and is answered 500. */
 typedef void (*route_fn)(struct req *r);
 
+/* A streamed request body (routes flagged ROUTE_STREAM_BODY). The body is
+ * handed over chunk by chunk as it arrives and never held by http/; the
+ * route's fn is the finish: it runs once the whole body has arrived, like any
+ * handler (it answers or suspends). Every callback runs on the MHD thread
+ * serving the connection, so none may block on the HSM or the network.
+ *
+ * open: the head is accepted, routed and authorized; no body byte has been
+ *   read. To refuse (413 for a Content-Length over the limit, 400 for a bad
+ *   query, 415...), answer with http_problem(): the body is then never read,
+ *   libmicrohttpd closes the connection after the answer, and a client that
+ *   sent "Expect: 100-continue" is never told to send it. To accept, return
+ *   without answering, with the sink's state in r->work / r->work_free.
+ * write: the next len > 0 bytes of the body (chunked framing removed). To
+ *   refuse (too long, disk full...), call http_refuse_body(), never
+ *   http_problem(): write is not called again, the rest of the body is read
+ *   and discarded, and the request is answered with that problem once the
+ *   body has ended (libmicrohttpd 0.9.75 cannot answer mid-body).
+ * abort: the body will never be finished: the client went away or timed out
+ *   mid-body, the server stopped, or write refused. Called once, from the
+ *   completion callback before r->work_free, with libmicrohttpd's termination
+ *   code (MHD_REQUEST_TERMINATED_COMPLETED_OK when write refused), and only
+ *   for a sink that open accepted and whose finish never ran; once finish
+ *   ran, the finish owns the outcome. May be NULL. */
+struct body_sink {
+    void (*open)(struct req *r);
+    void (*write)(struct req *r, const char *data, size_t len);
+    void (*abort)(struct req *r, enum MHD_RequestTerminationCode why);
+};
+
+enum route_flag {
+    ROUTE_JSON_BODY = 1u << 0,       /* POST with a JSON body, at most max_json_bytes */
+    ROUTE_STREAM_BODY = 1u << 1,     /* the body goes to route.sink as it arrives */
+    ROUTE_DEVICE_SELF = 1u << 2,     /* ROLE_DEVICE must be bound to the {} id */
+    ROUTE_HEAD = 1u << 3,            /* a GET route that also answers HEAD */
+    ROUTE_NOT_IMPLEMENTED = 1u << 4, /* authenticates and authorizes, then 501 */
+};
+
 struct route {
     unsigned listeners; /* enum listener bits */
     const char *method;
-    const char *path; /* "{}" matches one segment */
-    unsigned roles;   /* 0: public */
-    int device_self;  /* ROLE_DEVICE must be bound to the {} id */
-    int json_body;    /* POST with a JSON body */
-    route_fn fn;
+    const char *path;               /* "{}" matches one segment */
+    unsigned roles;                 /* 0: public */
+    unsigned flags;                 /* enum route_flag bits */
+    route_fn fn;                    /* NULL for ROUTE_NOT_IMPLEMENTED */
     const struct wreq_type *cmd; /* for command routes */
+    const struct body_sink *sink;   /* for ROUTE_STREAM_BODY */
 };
 
 /* The life of one request; see the hand-off comment in server.c.
@@ -55,9 +93,13 @@ struct req {
     const struct principal *who;
     buf body;
     int too_big;
-    int failed;  /* no response could be queued: close the connection */
-    int counted; /* in srv->inflight */
-    int acted;   /* the handler answered or suspended in this call (MHD thread) */
+    sg_err refused; /* http_refuse_body() was called */
+    char *refusal;  /* its detail (may be NULL) */
+    int sink_open;  /* the route's sink accepted the body (abort is due unless finished) */
+    int finished;   /* the route's fn ran (MHD thread) */
+    int failed;     /* no response could be queued: close the connection */
+    int counted;    /* in srv->inflight */
+    int acted;      /* the handler answered or suspended in this call (MHD thread) */
     _Atomic enum req_state state;
     struct hdr_copy *hdrs;
     struct wreq *cmd;
@@ -70,8 +112,8 @@ struct http_server {
     struct MHD_Daemon *daemons[2];
     atomic_int stopping;
     atomic_int inflight;
-    store *events; /* /v1/events and /healthz reads, under events_mu */
-    pthread_mutex_t events_mu;
+    const struct route *routes; /* app->routes, or the API's table */
+    size_t nroutes;
     char *keys_json;
     atomic_uint_fast64_t requests[2][6]; /* [listener][status / 100] */
     /* open connections, for the header deadline (server.c) */
@@ -87,9 +129,17 @@ struct http_server {
 extern const struct route routes[];
 extern const size_t nroutes;
 
+/* Queue resp with the headers every answer carries (Signet-Position,
+ * WWW-Authenticate, Retry-After, Allow) and drop the caller's reference, in
+ * every case; resp NULL (out of memory) closes the connection. */
+void http_queue_response(struct req *r, int status, struct MHD_Response *resp);
 void http_reply(struct req *r, int status, const char *content_type, char *body, size_t len);
 void http_reply_json(struct req *r, int status, json_t *body); /* steals body */
 void http_problem(struct req *r, sg_err e, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* From a sink's write (struct body_sink): refuse the body with problem e;
+ * the first refusal counts. */
+void http_refuse_body(struct req *r, sg_err e, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Park r (from its handler, on the MHD thread) before handing it to another
  * thread; that thread calls http_resume() exactly once when done. */
@@ -104,9 +154,20 @@ const char *http_query(struct req *r, const char *name);
 /* A request header's value with surrounding spaces and tabs removed, or NULL. */
 const char *http_header(struct req *r, const char *name);
 
+/* Answer from the open file fd (taken: closed in every case), size bytes,
+ * for GET or HEAD: ETag (etag, quoted, e.g. "\"<sha256>\"", may be NULL),
+ * Accept-Ranges: bytes, If-None-Match (304), a single Range "bytes=a-b",
+ * "bytes=a-" or "bytes=-n" (206 with Content-Range; 416, with a Content-Range
+ * naming only the size, when unsatisfiable; a list of ranges, or a Range that does not
+ * parse, gets the whole file, 200), If-Range (the range only if it equals
+ * etag; otherwise the whole file). HEAD gets the headers and Content-Length
+ * only. libmicrohttpd sends the bytes straight from fd (sendfile(2) on plain
+ * TCP), reading at absolute offsets: fd's own offset is not used. */
+void http_reply_file(struct req *r, int fd, uint64_t size, const char *content_type,
+                     const char *etag);
+
 /* Route handlers (routes.c). */
 void route_command(struct req *r);
-void route_not_implemented(struct req *r);
 void route_healthz(struct req *r);
 void route_metrics(struct req *r);
 void route_keys(struct req *r);

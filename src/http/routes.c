@@ -16,32 +16,37 @@
 #define ANY_ROLE                                                                                   \
     (ROLE_ADMIN | ROLE_BUILDER | ROLE_OPERATOR | ROLE_APPROVER | ROLE_AUDITOR | ROLE_DEVICE)
 
-/* Command routes carry their command type; a route with route_not_implemented
- * still authenticates and authorizes, so the role matrix holds from day one. */
+#define JSON ROUTE_JSON_BODY
+#define SELF ROUTE_DEVICE_SELF
+#define NOTIMPL ROUTE_NOT_IMPLEMENTED
+
+/* Command routes carry their command type; a ROUTE_NOT_IMPLEMENTED route
+ * still authenticates and authorizes, so the role matrix holds from day one.
+ * Columns: listeners, method, path, roles, flags, handler, command type. */
 const struct route routes[] = {
-    {W | R, "GET", "/healthz", 0, 0, 0, route_healthz, NULL},
-    {W | R, "GET", "/metrics", 0, 0, 0, route_metrics, NULL},
-    {W | R, "GET", "/v1/keys", 0, 0, 0, route_keys, NULL},
+    {W | R, "GET", "/healthz", 0, 0, route_healthz, NULL, NULL},
+    {W | R, "GET", "/metrics", 0, 0, route_metrics, NULL, NULL},
+    {W | R, "GET", "/v1/keys", 0, 0, route_keys, NULL, NULL},
 
-    {W, "POST", "/v1/devices", ROLE_OPERATOR, 0, 1, route_command, &wreq_register_device},
-    {W, "POST", "/v1/firmware", ROLE_BUILDER, 0, 0, route_not_implemented, NULL},
-    {W, "POST", "/v1/rollouts", ROLE_OPERATOR, 0, 1, route_not_implemented, NULL},
-    {W, "POST", "/v1/rollouts/{}/advance", ROLE_OPERATOR, 0, 0, route_not_implemented, NULL},
-    {W, "POST", "/v1/rollouts/{}/pause", ROLE_OPERATOR, 0, 0, route_not_implemented, NULL},
-    {W, "POST", "/v1/rollouts/{}/resume", ROLE_OPERATOR, 0, 0, route_not_implemented, NULL},
-    {W, "POST", "/v1/rollouts/{}/rollback", ROLE_OPERATOR, 0, 0, route_not_implemented, NULL},
-    {W, "POST", "/v1/devices/{}/reports", ROLE_DEVICE, 1, 1, route_not_implemented, NULL},
-    {W, "POST", "/v1/commands", ROLE_OPERATOR, 0, 1, route_not_implemented, NULL},
-    {W, "POST", "/v1/commands/{}/approve", ROLE_APPROVER, 0, 1, route_not_implemented, NULL},
-    {W, "POST", "/v1/commands/{}/reject", ROLE_APPROVER, 0, 1, route_not_implemented, NULL},
+    {W, "POST", "/v1/devices", ROLE_OPERATOR, JSON, route_command, &wreq_register_device, NULL},
+    {W, "POST", "/v1/firmware", ROLE_BUILDER, NOTIMPL, NULL, NULL, NULL},
+    {W, "POST", "/v1/rollouts", ROLE_OPERATOR, JSON | NOTIMPL, NULL, NULL, NULL},
+    {W, "POST", "/v1/rollouts/{}/advance", ROLE_OPERATOR, NOTIMPL, NULL, NULL, NULL},
+    {W, "POST", "/v1/rollouts/{}/pause", ROLE_OPERATOR, NOTIMPL, NULL, NULL, NULL},
+    {W, "POST", "/v1/rollouts/{}/resume", ROLE_OPERATOR, NOTIMPL, NULL, NULL, NULL},
+    {W, "POST", "/v1/rollouts/{}/rollback", ROLE_OPERATOR, NOTIMPL, NULL, NULL, NULL},
+    {W, "POST", "/v1/devices/{}/reports", ROLE_DEVICE, SELF | JSON | NOTIMPL, NULL, NULL, NULL},
+    {W, "POST", "/v1/commands", ROLE_OPERATOR, JSON | NOTIMPL, NULL, NULL, NULL},
+    {W, "POST", "/v1/commands/{}/approve", ROLE_APPROVER, JSON | NOTIMPL, NULL, NULL, NULL},
+    {W, "POST", "/v1/commands/{}/reject", ROLE_APPROVER, JSON | NOTIMPL, NULL, NULL, NULL},
 
-    {R, "GET", "/v1/events", ROLE_AUDITOR, 0, 0, route_events, NULL},
-    {R, "GET", "/v1/snapshots/{}", ROLE_AUDITOR | ROLE_OPERATOR, 0, 0, route_snapshot, NULL},
-    {R, "GET", "/v1/firmware/{}", ANY_ROLE, 0, 0, route_not_implemented, NULL},
-    {R, "GET", "/v1/firmware/{}/image", ANY_ROLE, 0, 0, route_not_implemented, NULL},
-    {R, "GET", "/v1/devices/{}/update", ROLE_DEVICE | ROLE_OPERATOR, 1, 0, route_not_implemented,
+    {R, "GET", "/v1/events", ROLE_AUDITOR, 0, route_events, NULL, NULL},
+    {R, "GET", "/v1/snapshots/{}", ROLE_AUDITOR | ROLE_OPERATOR, 0, route_snapshot, NULL, NULL},
+    {R, "GET", "/v1/firmware/{}", ANY_ROLE, NOTIMPL, NULL, NULL, NULL},
+    {R, "GET", "/v1/firmware/{}/image", ANY_ROLE, ROUTE_HEAD | NOTIMPL, NULL, NULL, NULL},
+    {R, "GET", "/v1/devices/{}/update", ROLE_DEVICE | ROLE_OPERATOR, SELF | NOTIMPL, NULL, NULL,
      NULL},
-    {R, "GET", "/v1/devices/{}/commands", ROLE_DEVICE | ROLE_OPERATOR, 1, 0, route_not_implemented,
+    {R, "GET", "/v1/devices/{}/commands", ROLE_DEVICE | ROLE_OPERATOR, SELF | NOTIMPL, NULL, NULL,
      NULL},
 };
 const size_t nroutes = sizeof(routes) / sizeof(routes[0]);
@@ -168,12 +173,6 @@ void route_command(struct req *r)
     }
 }
 
-void route_not_implemented(struct req *r)
-{
-    http_problem(r, SG_ENOTIMPL, "%s %s arrives in a later version of signet", r->method,
-                 r->route->path);
-}
-
 /*** read side ***/
 
 static void wait_done(void *ud)
@@ -209,25 +208,10 @@ static int wait_for_position(struct req *r)
     return 1;
 }
 
-struct events_page {
-    buf out;
-    size_t n;
-};
-
-static int add_event(const struct store_event *ev, void *ud)
-{
-    struct events_page *pg = ud;
-    if (pg->n++)
-        buf_putc(&pg->out, ',');
-    buf_append(&pg->out, ev->json, ev->json_len);
-    return 0;
-}
-
 void route_events(struct req *r)
 {
-    uint64_t after = 0, limit = 100, head = 0;
+    uint64_t after = 0, limit = 100;
     const char *a = http_query(r, "after"), *l = http_query(r, "limit");
-    char hash[65];
     if ((a && !parse_uint(a, 0, (uint64_t)1 << 53, &after)) ||
         (l && !parse_uint(l, 1, 1000, &limit))) {
         http_problem(r, SG_EBADINPUT, "after must be a non-negative integer, limit 1 to 1000");
@@ -235,26 +219,15 @@ void route_events(struct req *r)
     }
     if (wait_for_position(r))
         return;
-    struct events_page pg = {0};
-    buf_puts(&pg.out, "{\"events\":[");
-    pthread_mutex_lock(&r->srv->events_mu);
-    sg_err e = store_head(r->srv->events, &head, hash);
-    if (e == SG_OK)
-        e = store_read_after(r->srv->events, after, limit, add_event, &pg);
-    pthread_mutex_unlock(&r->srv->events_mu);
-    if (e) {
-        buf_free(&pg.out);
-        http_problem(r, e, "cannot read the event store");
-        return;
-    }
-    buf_printf(&pg.out, "],\"head\":%llu}", (unsigned long long)head);
+    char *body;
     size_t len;
-    char *body = buf_steal(&pg.out, &len);
-    if (body == NULL) {
-        http_problem(r, SG_ENOMEM, "out of memory");
-        return;
-    }
-    http_reply(r, 200, "application/json", body, len);
+    sg_err e = eventlog_page(r->srv->app->events, after, (size_t)limit, &body, &len);
+    if (e == SG_ENOMEM)
+        http_problem(r, e, "out of memory");
+    else if (e)
+        http_problem(r, e, "cannot read the event store");
+    else
+        http_reply(r, 200, "application/json", body, len);
 }
 
 static void snapshot_done(void *ud)
@@ -323,13 +296,10 @@ struct health {
 static void health(struct req *r, struct health *h)
 {
     struct http_app *app = r->srv->app;
-    char hash[65];
     memset(h, 0, sizeof(*h));
     signer_stats(app->signer, &h->hsm_stats);
     h->hsm = h->hsm_stats.healthy;
-    pthread_mutex_lock(&r->srv->events_mu);
-    h->store = store_head(r->srv->events, &h->head, hash) == SG_OK;
-    pthread_mutex_unlock(&r->srv->events_mu);
+    h->store = eventlog_head(app->events, &h->head) == SG_OK;
     if (app->seq && !sequencer_store_ok(app->seq))
         h->store = 0;
     if (app->proj && !projector_store_ok(app->proj))
