@@ -54,9 +54,9 @@ static sg_err gen_batch(struct gen *g, size_t n, char *why, size_t whylen)
     for (size_t i = 0; i < n; i++) {
         char id[37], cmd[37], now[32], dev[64];
         uint64_t pos = g->head + 1 + i;
-        uuid_v4(id);
-        uuid_v4(cmd);
-        rfc3339_now(now);
+        sg_uuid_v4(id);
+        sg_uuid_v4(cmd);
+        sg_rfc3339_now(now);
         snprintf(dev, sizeof(dev), "%s-%llu", g->prefix, (unsigned long long)pos);
         json_t *ev = json_pack("{s:I, s:s, s:s, s:s, s:s, s:s, s:{s:s, s:s}, s:s}", "position",
                                (json_int_t)pos, "id", id, "type", "DeviceRegistered", "time", now,
@@ -66,8 +66,8 @@ static sg_err gen_batch(struct gen *g, size_t n, char *why, size_t whylen)
         json_decref(ev);
         if (e)
             goto out;
-        sha256(body[i], blen[i], items[i].digest);
-        hex_encode(items[i].digest, 32, se[i].hash);
+        sg_sha256(body[i], blen[i], items[i].digest);
+        sg_hex_encode(items[i].digest, 32, se[i].hash);
         se[i].position = pos;
     }
     if ((e = signer_sign_batch(g->sg, KEY_EVENTS, items, n)) != SG_OK) {
@@ -77,7 +77,7 @@ static sg_err gen_batch(struct gen *g, size_t n, char *why, size_t whylen)
     for (size_t i = 0; i < n; i++) {
         char sig64[128], *json = NULL;
         size_t len = 0;
-        b64_encode(items[i].sig, items[i].siglen, sig64);
+        sg_b64_encode(items[i].sig, items[i].siglen, sig64);
         if ((e = event_stored_form(body[i], blen[i], se[i].hash, g->key_id, sig64, &json, &len)) !=
             SG_OK)
             goto out;
@@ -152,14 +152,14 @@ int main(int argc, char **argv)
         snprintf(why, sizeof(why), "cannot read the store's head");
         goto out;
     }
-    uint64_t from = g.head, t0 = mono_ms(), shown = t0;
+    uint64_t from = g.head, t0 = sg_mono_ms(), shown = t0;
     for (unsigned long long done = 0; done < events;) {
         size_t n = (size_t)(events - done < batch ? events - done : batch);
         if (gen_batch(&g, n, why, sizeof(why)) != SG_OK)
             goto out;
         done += n;
-        if (mono_ms() - shown >= 5000 || done == events) {
-            shown = mono_ms();
+        if (sg_mono_ms() - shown >= 5000 || done == events) {
+            shown = sg_mono_ms();
             fprintf(stderr, "gen_store: %llu of %llu events (head %llu), %.0f/s\n", done, events,
                     (unsigned long long)g.head, 1000.0 * (double)done / (double)(shown - t0 + 1));
         }
@@ -172,7 +172,7 @@ int main(int argc, char **argv)
             goto out;
     }
     printf("gen_store_from %llu\ngen_store_head %llu\ngen_store_seconds %.1f\n",
-           (unsigned long long)from, (unsigned long long)g.head, (double)(mono_ms() - t0) / 1e3);
+           (unsigned long long)from, (unsigned long long)g.head, (double)(sg_mono_ms() - t0) / 1e3);
     rc = 0;
 out:
     if (rc)

@@ -115,7 +115,7 @@ static int cmd_token_hash(int argc, char **argv)
         fprintf(stderr, "signet: empty token\n");
         return 2;
     }
-    sha256_hex(tok, strlen(tok), hex);
+    sg_sha256_hex(tok, strlen(tok), hex);
     OPENSSL_cleanse(line, sizeof(line));
     printf("%s\n", hex);
     return 0;
@@ -486,7 +486,7 @@ static int cmd_verify_manifest(int argc, char **argv)
     }
     EVP_DigestFinal_ex(md, digest, NULL);
     EVP_MD_CTX_free(md);
-    hex_encode(digest, 32, hex);
+    sg_hex_encode(digest, 32, hex);
     const char *want = json_string_value(json_object_get(m, "sha256"));
     json_int_t want_size = json_integer_value(json_object_get(m, "size"));
     if (want == NULL || strcmp(want, hex) != 0 || want_size != (json_int_t)size) {

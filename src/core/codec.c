@@ -12,7 +12,7 @@
 
 /*** hex ***/
 
-void hex_encode(const uint8_t *in, size_t len, char *out)
+void sg_hex_encode(const uint8_t *in, size_t len, char *out)
 {
     static const char digits[] = "0123456789abcdef";
     for (size_t i = 0; i < len; i++) {
@@ -33,7 +33,7 @@ static int hexval(char c)
     return -1;
 }
 
-sg_err hex_decode(const char *in, uint8_t *out, size_t outlen)
+sg_err sg_hex_decode(const char *in, uint8_t *out, size_t outlen)
 {
     if (strlen(in) != 2 * outlen)
         return SG_EBADINPUT;
@@ -50,12 +50,12 @@ sg_err hex_decode(const char *in, uint8_t *out, size_t outlen)
 
 static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-size_t b64_encoded_len(size_t len)
+size_t sg_b64_encoded_len(size_t len)
 {
     return (len + 2) / 3 * 4 + 1;
 }
 
-void b64_encode(const uint8_t *in, size_t len, char *out)
+void sg_b64_encode(const uint8_t *in, size_t len, char *out)
 {
     size_t o = 0, i = 0;
     for (; i + 2 < len; i += 3) {
@@ -81,7 +81,7 @@ static int b64val(char c)
     return p ? (int)(p - b64) : -1;
 }
 
-sg_err b64_decode(const char *in, uint8_t **out, size_t *outlen)
+sg_err sg_b64_decode(const char *in, uint8_t **out, size_t *outlen)
 {
     size_t n = strlen(in);
     *out = NULL;
@@ -119,20 +119,20 @@ bad:
 
 /*** hashing, comparison, ids, time ***/
 
-void sha256(const void *data, size_t len, uint8_t out[SG_SHA256_LEN])
+void sg_sha256(const void *data, size_t len, uint8_t out[SG_SHA256_LEN])
 {
     unsigned int n = 0;
     EVP_Digest(data, len, out, &n, EVP_sha256(), NULL);
 }
 
-void sha256_hex(const void *data, size_t len, char out[SG_HEX256_LEN + 1])
+void sg_sha256_hex(const void *data, size_t len, char out[SG_HEX256_LEN + 1])
 {
     uint8_t d[SG_SHA256_LEN];
-    sha256(data, len, d);
-    hex_encode(d, sizeof(d), out);
+    sg_sha256(data, len, d);
+    sg_hex_encode(d, sizeof(d), out);
 }
 
-int ct_equal(const void *a, const void *b, size_t len)
+int sg_ct_equal(const void *a, const void *b, size_t len)
 {
     return CRYPTO_memcmp(a, b, len) == 0;
 }
@@ -154,7 +154,7 @@ static void id_random(uint8_t out[16])
     left -= 16;
 }
 
-void uuid_v4(char out[37])
+void sg_uuid_v4(char out[37])
 {
     static const char hex[] = "0123456789abcdef";
     uint8_t r[16];
@@ -171,12 +171,12 @@ void uuid_v4(char out[37])
     *o = '\0';
 }
 
-void rfc3339_now(char out[32])
+void sg_rfc3339_now(char out[32])
 {
-    rfc3339_from_ms(wall_ms(), out);
+    sg_rfc3339_from_ms(sg_wall_ms(), out);
 }
 
-void rfc3339_from_ms(uint64_t ms, char out[32])
+void sg_rfc3339_from_ms(uint64_t ms, char out[32])
 {
     struct tm tm;
     time_t secs = (time_t)(ms / 1000);
@@ -185,21 +185,21 @@ void rfc3339_from_ms(uint64_t ms, char out[32])
     snprintf(out + n, 32 - n, ".%03uZ", (unsigned)(ms % 1000));
 }
 
-uint64_t wall_ms(void)
+uint64_t sg_wall_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-uint64_t mono_ns(void)
+uint64_t sg_mono_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-uint64_t mono_ms(void)
+uint64_t sg_mono_ms(void)
 {
-    return mono_ns() / 1000000u;
+    return sg_mono_ns() / 1000000u;
 }

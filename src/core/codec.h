@@ -12,38 +12,38 @@
 #define SG_HEX256_LEN 64 /* hex digits of a SHA-256, without the NUL */
 
 /* Lowercase hex of len bytes into out (2*len+1 bytes, NUL-terminated). */
-void hex_encode(const uint8_t *in, size_t len, char *out);
+void sg_hex_encode(const uint8_t *in, size_t len, char *out);
 /* Decode exactly outlen bytes from 2*outlen hex digits (either case).
  * Returns SG_EBADINPUT if in is not exactly that. */
-sg_err hex_decode(const char *in, uint8_t *out, size_t outlen);
+sg_err sg_hex_decode(const char *in, uint8_t *out, size_t outlen);
 
-/* Standard base64 with padding. out must hold b64_encoded_len(len) bytes
+/* Standard base64 with padding. out must hold sg_b64_encoded_len(len) bytes
  * (NUL included). */
-size_t b64_encoded_len(size_t len);
-void b64_encode(const uint8_t *in, size_t len, char *out);
+size_t sg_b64_encoded_len(size_t len);
+void sg_b64_encode(const uint8_t *in, size_t len, char *out);
 /* Strict standard base64 decode into a malloc'd buffer the caller frees.
  * Returns SG_EBADINPUT on any invalid character or padding. */
-sg_err b64_decode(const char *in, uint8_t **out, size_t *outlen);
+sg_err sg_b64_decode(const char *in, uint8_t **out, size_t *outlen);
 
-void sha256(const void *data, size_t len, uint8_t out[SG_SHA256_LEN]);
+void sg_sha256(const void *data, size_t len, uint8_t out[SG_SHA256_LEN]);
 /* SHA-256 as 64 lowercase hex digits plus NUL. */
-void sha256_hex(const void *data, size_t len, char out[SG_HEX256_LEN + 1]);
+void sg_sha256_hex(const void *data, size_t len, char out[SG_HEX256_LEN + 1]);
 
 /* 1 if equal, 0 otherwise, in time independent of the contents. */
-int ct_equal(const void *a, const void *b, size_t len);
+int sg_ct_equal(const void *a, const void *b, size_t len);
 
 /* Random UUID version 4, 36 chars plus NUL. */
-void uuid_v4(char out[37]);
+void sg_uuid_v4(char out[37]);
 
 /* Now as RFC 3339 UTC with milliseconds: "2026-11-26T12:00:00.000Z" (24 chars). */
-void rfc3339_now(char out[32]);
+void sg_rfc3339_now(char out[32]);
 /* The wall-clock time ms (milliseconds since 1970) in the same form. */
-void rfc3339_from_ms(uint64_t ms, char out[32]);
+void sg_rfc3339_from_ms(uint64_t ms, char out[32]);
 /* Wall clock in milliseconds since 1970. */
-uint64_t wall_ms(void);
+uint64_t sg_wall_ms(void);
 
 /* Monotonic clock in milliseconds / nanoseconds. */
-uint64_t mono_ms(void);
-uint64_t mono_ns(void);
+uint64_t sg_mono_ms(void);
+uint64_t sg_mono_ns(void);
 
 #endif

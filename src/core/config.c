@@ -181,7 +181,7 @@ static sg_err load_principal(struct ctx *c, struct principal *pr, json_t *p, siz
         (e = get_str(c, p, where, "token_sha256", 1, &hex)) ||
         (e = get_str(c, p, where, "device_id", 0, &pr->device_id)))
         goto out;
-    if (hex_decode(hex, pr->token_sha256, 32) != SG_OK) {
+    if (sg_hex_decode(hex, pr->token_sha256, 32) != SG_OK) {
         e = bad(c, "%s.token_sha256 must be 64 hex digits (signet token-hash TOKEN)", where);
         goto out;
     }
@@ -228,7 +228,7 @@ static sg_err load_principals(struct ctx *c, sg_config *cfg, json_t *arr)
         for (size_t j = 0; j < i; j++) {
             if (strcmp(cfg->principals[j].name, cfg->principals[i].name) == 0)
                 return bad(c, "principal name \"%s\" is used twice", cfg->principals[i].name);
-            if (ct_equal(cfg->principals[j].token_sha256, cfg->principals[i].token_sha256, 32))
+            if (sg_ct_equal(cfg->principals[j].token_sha256, cfg->principals[i].token_sha256, 32))
                 return bad(c, "principals \"%s\" and \"%s\" share a token", cfg->principals[j].name,
                            cfg->principals[i].name);
         }

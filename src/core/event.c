@@ -78,7 +78,7 @@ sg_err key_id_of(EVP_PKEY *pk, char out[SG_HEX256_LEN + 1])
     int n = i2d_PUBKEY(pk, &der);
     if (n <= 0)
         return SG_EBADINPUT;
-    sha256_hex(der, (size_t)n, out);
+    sg_sha256_hex(der, (size_t)n, out);
     OPENSSL_free(der);
     return SG_OK;
 }
@@ -189,7 +189,7 @@ sg_err ecdsa_verify_digest(EVP_PKEY *pk, const uint8_t digest[SG_SHA256_LEN], co
 static int is_hex64(const char *s)
 {
     uint8_t tmp[32];
-    return s && hex_decode(s, tmp, 32) == SG_OK;
+    return s && sg_hex_decode(s, tmp, 32) == SG_OK;
 }
 
 /* Verify sig_b64 over digest with the key (key_id, purpose) of kr. */
@@ -204,7 +204,7 @@ static sg_err verify_sig(const uint8_t digest[32], const char *sig_b64, const ch
                     key_purpose_name[purpose]);
     uint8_t *sig = NULL;
     size_t siglen = 0;
-    if (sig_b64 == NULL || b64_decode(sig_b64, &sig, &siglen) != SG_OK)
+    if (sig_b64 == NULL || sg_b64_decode(sig_b64, &sig, &siglen) != SG_OK)
         return fail(why, whylen, "signature is not base64");
     sg_err e = ecdsa_verify_digest(pk, digest, sig, siglen);
     free(sig);
@@ -221,7 +221,7 @@ sg_err signed_doc_verify(const json_t *doc, const char *sig_b64, const char *key
     if (!json_is_object(doc) || doc_signed_bytes(doc, &bytes, &len) != SG_OK)
         return fail(why, whylen, "document is not a canonicalizable JSON object");
     uint8_t digest[32];
-    sha256(bytes, len, digest);
+    sg_sha256(bytes, len, digest);
     free(bytes);
     return verify_sig(digest, sig_b64, key_id, kr, purpose, why, whylen);
 }
@@ -265,9 +265,9 @@ sg_err event_verify(const json_t *ev, uint64_t expect_pos, const char *expect_pr
         return fail(why, whylen, "event cannot be canonicalized (real number?)");
     uint8_t digest[32];
     char hex[SG_HEX256_LEN + 1];
-    sha256(bytes, len, digest);
+    sg_sha256(bytes, len, digest);
     free(bytes);
-    hex_encode(digest, 32, hex);
+    sg_hex_encode(digest, 32, hex);
     if (strcmp(hex, json_string_value(json_object_get(ev, "hash"))) != 0)
         return fail(why, whylen, "hash does not match the event's canonical bytes");
 

@@ -26,7 +26,7 @@ void sg_log(int level, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    rfc3339_now(ts);
+    sg_rfc3339_now(ts);
 
     int n = snprintf(line, sizeof(line), "{\"time\":\"%s\",\"level\":\"%s\",\"msg\":\"", ts,
                      names[level < 0   ? 0

@@ -155,7 +155,7 @@ static sg_err anchor_parse(const char *buf, size_t len, const keyring *kr, struc
     if (!json_is_object(doc) || json_object_size(doc) != SG_ARRAY_LEN(fields) || type == NULL ||
         strcmp(type, "signet-anchor") != 0 || !json_is_integer(pos) ||
         json_integer_value(pos) < 0 || hash == NULL || strlen(hash) != SG_HEX256_LEN ||
-        hex_decode(hash, tmp, 32) != SG_OK) {
+        sg_hex_decode(hash, tmp, 32) != SG_OK) {
         sg_say(why, whylen, e, "an anchor object in the token is malformed");
         goto out;
     }
@@ -217,16 +217,16 @@ static sg_err anchor_document(signer *s, const struct chain_pos *p, char **out, 
     uint8_t digest[32], sig[SIGNER_MAX_SIG];
     size_t blen, siglen;
     const char *key_id = signer_key_id(s, KEY_EVENTS);
-    rfc3339_now(now);
+    sg_rfc3339_now(now);
     json_t *doc = json_pack("{s:s, s:I, s:s, s:s}", "type", "signet-anchor", "position",
                             (json_int_t)p->position, "hash", p->hash, "time", now);
     sg_err e = doc && key_id ? doc_signed_bytes(doc, &bytes, &blen) : SG_ENOMEM;
     if (e)
         goto out;
-    sha256(bytes, blen, digest);
+    sg_sha256(bytes, blen, digest);
     if ((e = signer_sign_digest(s, KEY_EVENTS, digest, sig, &siglen)) != SG_OK)
         goto out;
-    b64_encode(sig, siglen, sig64);
+    sg_b64_encode(sig, siglen, sig64);
     if (json_object_set_new(doc, "key_id", json_string(key_id)) ||
         json_object_set_new(doc, "sig", json_string(sig64)))
         e = SG_ENOMEM;

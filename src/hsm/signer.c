@@ -301,7 +301,7 @@ static void *worker_main(void *arg)
         if (s->stopping)
             break;
         /* Replaced while stuck, and back: retire if there are enough others. */
-        if (s->running - count_stuck(s, mono_ms()) > s->target)
+        if (s->running - count_stuck(s, sg_mono_ms()) > s->target)
             break;
         size_t i;
         struct job *j = take_item(s, &i);
@@ -309,7 +309,7 @@ static void *worker_main(void *arg)
             pthread_cond_wait(&s->work, &s->mu);
             continue;
         }
-        atomic_store(&w->busy_since, mono_ms());
+        atomic_store(&w->busy_since, sg_mono_ms());
         w->job = j;
         pthread_mutex_unlock(&s->mu);
         int ok = sign_one(s, j->purpose, &j->items[i]);
@@ -317,7 +317,7 @@ static void *worker_main(void *arg)
         atomic_store(&w->busy_since, 0);
         w->job = NULL;
         j->done++;
-        s->last_progress_ms = mono_ms();
+        s->last_progress_ms = sg_mono_ms();
         if (!ok)
             j->failed = 1;
         if (!ok || j->done == j->n)
@@ -335,7 +335,7 @@ static void *worker_main(void *arg)
  * Returns the number of workers able to take work. */
 static unsigned ensure_workers(signer *s)
 {
-    unsigned stuck = count_stuck(s, mono_ms());
+    unsigned stuck = count_stuck(s, sg_mono_ms());
     for (size_t i = 0; i < SG_ARRAY_LEN(s->workers) && !s->stopping; i++) {
         if (s->running - stuck >= s->target)
             break;
@@ -394,7 +394,7 @@ static uint64_t job_deadline(signer *s, const struct job *j)
         if (from + s->timeout_ms < d)
             d = from + s->timeout_ms;
     }
-    return d == UINT64_MAX ? mono_ms() + s->timeout_ms : d;
+    return d == UINT64_MAX ? sg_mono_ms() + s->timeout_ms : d;
 }
 
 /* Queue j (the caller's reference) and wait for it under the deadline rule;
@@ -410,7 +410,7 @@ static enum run run_job(signer *s, struct job *j)
         job_unref(j);
         return r;
     }
-    j->submit_ms = mono_ms();
+    j->submit_ms = sg_mono_ms();
     j->refs++; /* the queue's */
     if (s->qtail)
         s->qtail->next = j;
@@ -432,7 +432,7 @@ static enum run run_job(signer *s, struct job *j)
             break;
         }
         uint64_t deadline = job_deadline(s, j);
-        if (mono_ms() >= deadline) {
+        if (sg_mono_ms() >= deadline) {
             r = RUN_TIMEOUT;
             break;
         }
@@ -522,7 +522,7 @@ sg_err signer_sign_digest(signer *s, enum key_purpose p, const uint8_t digest[32
 static void reconnect(signer *s, char *last_why, size_t whylen)
 {
     char why[256] = "";
-    struct timespec ts = mono_at(mono_ms() + s->timeout_ms);
+    struct timespec ts = mono_at(sg_mono_ms() + s->timeout_ms);
     if (pthread_rwlock_clockwrlock(&s->lock, CLOCK_MONOTONIC, &ts) != 0) {
         snprintf(why, sizeof(why), "a PKCS#11 call is still stuck; reconnect postponed");
     } else {
@@ -547,7 +547,7 @@ static void *prober_main(void *arg)
     for (;;) {
         pthread_mutex_lock(&s->mu);
         struct timespec ts =
-            mono_at(mono_ms() + (atomic_load(&s->healthy) ? PROBE_UP_MS : PROBE_DOWN_MS));
+            mono_at(sg_mono_ms() + (atomic_load(&s->healthy) ? PROBE_UP_MS : PROBE_DOWN_MS));
         while (!s->stopping && pthread_cond_timedwait(&s->tick, &s->mu, &ts) != ETIMEDOUT)
             ;
         int stop = s->stopping;
@@ -639,7 +639,7 @@ sg_err signer_open(const sg_config *cfg, unsigned purposes, signer **out, char *
         return e;
     }
     atomic_store(&s->healthy, 1);
-    s->last_progress_ms = mono_ms();
+    s->last_progress_ms = sg_mono_ms();
     s->target = pool_size(purposes, sysconf(_SC_NPROCESSORS_ONLN));
     pthread_mutex_lock(&s->mu);
     unsigned ready = ensure_workers(s);
@@ -660,7 +660,7 @@ int signer_close(signer *s)
         return 0;
     /* Wait, with a deadline, for the threads to leave: one inside PKCS#11
      * may never come back. Join only those that left. */
-    struct timespec ts = mono_at(mono_ms() + CLOSE_WAIT_MS);
+    struct timespec ts = mono_at(sg_mono_ms() + CLOSE_WAIT_MS);
     pthread_mutex_lock(&s->mu);
     s->stopping = 1;
     pthread_cond_broadcast(&s->work);
@@ -730,7 +730,7 @@ int signer_healthy(const signer *s)
 void signer_stats(signer *s, struct signer_stats *out)
 {
     pthread_mutex_lock(&s->mu);
-    out->stuck = count_stuck(s, mono_ms());
+    out->stuck = count_stuck(s, sg_mono_ms());
     out->workers = s->running;
     pthread_mutex_unlock(&s->mu);
     out->healthy = atomic_load(&s->healthy);

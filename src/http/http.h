@@ -1,6 +1,6 @@
 /* http.h - the two listeners. The only module that touches libmicrohttpd.
  *
- * The write listener turns requests into commands for the sequencer; the read
+ * The write listener turns requests into write requests for the sequencer; the read
  * listener serves read models, snapshots, the raw log and keys. Both answer
  * /healthz, /metrics and /v1/keys. Every error is RFC 9457 problem+json. */
 #ifndef SG_HTTP_H

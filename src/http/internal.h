@@ -62,12 +62,12 @@ enum route_flag {
 struct route {
     unsigned listeners; /* enum listener bits */
     const char *method;
-    const char *path;               /* "{}" matches one segment */
-    unsigned roles;                 /* 0: public */
-    unsigned flags;                 /* enum route_flag bits */
-    route_fn fn;                    /* NULL for ROUTE_NOT_IMPLEMENTED */
-    const struct wreq_type *cmd; /* for command routes */
-    const struct body_sink *sink;   /* for ROUTE_STREAM_BODY */
+    const char *path;                  /* "{}" matches one segment */
+    unsigned roles;                    /* 0: public */
+    unsigned flags;                    /* enum route_flag bits */
+    route_fn fn;                       /* NULL for ROUTE_NOT_IMPLEMENTED */
+    const struct wreq_type *wreq_type; /* for write-request routes */
+    const struct body_sink *sink;      /* for ROUTE_STREAM_BODY */
 };
 
 /* The life of one request; see the hand-off comment in server.c.
@@ -102,7 +102,7 @@ struct req {
     int acted;      /* the handler answered or suspended in this call (MHD thread) */
     _Atomic enum req_state state;
     struct hdr_copy *hdrs;
-    struct wreq *cmd;
+    struct wreq *wreq;
     void *work;                /* a handler's own state across a suspension */
     void (*work_free)(void *); /* frees work when the request ends */
 };
@@ -167,7 +167,7 @@ void http_reply_file(struct req *r, int fd, uint64_t size, const char *content_t
                      const char *etag);
 
 /* Route handlers (routes.c). */
-void route_command(struct req *r);
+void route_write_request(struct req *r);
 void route_healthz(struct req *r);
 void route_metrics(struct req *r);
 void route_keys(struct req *r);

@@ -102,11 +102,11 @@ const struct principal *route_authenticate(const sg_config *cfg, const char *aut
     if (*tok == '\0')
         return NULL;
     uint8_t digest[32];
-    sha256(tok, strlen(tok), digest);
+    sg_sha256(tok, strlen(tok), digest);
     const struct principal *found = NULL;
     for (size_t i = 0; i < cfg->nprincipals; i++) {
         const struct principal *p = &cfg->principals[i];
-        if (ct_equal(p->token_sha256, digest, 32))
+        if (sg_ct_equal(p->token_sha256, digest, 32))
             found = p;
     }
     OPENSSL_cleanse(digest, sizeof(digest));

@@ -1,5 +1,5 @@
 /* routes.c - the HTTP contract of API.md: the route table and its handlers.
- * Handlers parse and answer; write-side decisions belong to the command
+ * Handlers parse and answer; write-side decisions belong to the write-request
  * types (src/write), read-side state to the read models (src/read). */
 #include <ctype.h>
 #include <stdio.h>
@@ -20,15 +20,17 @@
 #define SELF ROUTE_DEVICE_SELF
 #define NOTIMPL ROUTE_NOT_IMPLEMENTED
 
-/* Command routes carry their command type; a ROUTE_NOT_IMPLEMENTED route
+/* Write-request routes carry their request type; a ROUTE_NOT_IMPLEMENTED route
  * still authenticates and authorizes, so the role matrix holds from day one.
- * Columns: listeners, method, path, roles, flags, handler, command type. */
+ * Columns: listeners, method, path, roles, flags, handler, write-request type,
+ * body sink. */
 const struct route routes[] = {
     {W | R, "GET", "/healthz", 0, 0, route_healthz, NULL, NULL},
     {W | R, "GET", "/metrics", 0, 0, route_metrics, NULL, NULL},
     {W | R, "GET", "/v1/keys", 0, 0, route_keys, NULL, NULL},
 
-    {W, "POST", "/v1/devices", ROLE_OPERATOR, JSON, route_command, &wreq_register_device, NULL},
+    {W, "POST", "/v1/devices", ROLE_OPERATOR, JSON, route_write_request, &wreq_register_device,
+     NULL},
     {W, "POST", "/v1/firmware", ROLE_BUILDER, NOTIMPL, NULL, NULL, NULL},
     {W, "POST", "/v1/rollouts", ROLE_OPERATOR, JSON | NOTIMPL, NULL, NULL, NULL},
     {W, "POST", "/v1/rollouts/{}/advance", ROLE_OPERATOR, NOTIMPL, NULL, NULL, NULL},
@@ -68,9 +70,9 @@ static int parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 
 /*** write side ***/
 
-static void wreq_done(struct wreq *c, void *ud)
+static void wreq_done(struct wreq *w, void *ud)
 {
-    (void)c;
+    (void)w;
     http_resume(ud);
 }
 
@@ -112,21 +114,21 @@ static int request_digest(struct req *r, char out[65])
     put_field(&b, r->body.data ? r->body.data : "", r->body.len);
     int ok = !b.oom;
     if (ok)
-        sha256_hex(b.data, b.len, out);
+        sg_sha256_hex(b.data, b.len, out);
     buf_free(&b);
     return ok;
 }
 
-void route_command(struct req *r)
+void route_write_request(struct req *r)
 {
     if (r->state == REQ_RESUMED) {
-        struct wreq *c = r->cmd;
-        if (c->err) {
-            http_problem(r, c->err, "%s", c->detail);
+        struct wreq *w = r->wreq;
+        if (w->err) {
+            http_problem(r, w->err, "%s", w->detail);
         } else {
-            char *body = c->body;
-            c->body = NULL;
-            http_reply(r, c->status, "application/json", body, strlen(body));
+            char *body = w->body;
+            w->body = NULL;
+            http_reply(r, w->status, "application/json", body, strlen(body));
         }
         return;
     }
@@ -146,29 +148,29 @@ void route_command(struct req *r)
     }
     json_t *input = NULL;
     char detail[256] = "";
-    sg_err e = r->route->cmd->validate(body, r->param[0] ? r->param : NULL, &input, detail,
-                                       sizeof(detail));
+    sg_err e = r->route->wreq_type->validate(body, r->param[0] ? r->param : NULL, &input, detail,
+                                             sizeof(detail));
     json_decref(body);
     if (e) {
         http_problem(r, e, "%s", detail);
         return;
     }
     /* On failure wreq_new() leaves input to us. */
-    r->cmd = wreq_new(r->route->cmd, r->who, input, r->param[0] ? r->param : NULL, idem);
-    if (r->cmd == NULL) {
+    r->wreq = wreq_new(r->route->wreq_type, r->who, input, r->param[0] ? r->param : NULL, idem);
+    if (r->wreq == NULL) {
         json_decref(input);
         http_problem(r, SG_ENOMEM, "out of memory");
         return;
     }
-    if (idem && !request_digest(r, r->cmd->request_sha256)) {
+    if (idem && !request_digest(r, r->wreq->request_sha256)) {
         http_problem(r, SG_ENOMEM, "out of memory");
         return;
     }
-    r->cmd->done = wreq_done;
-    r->cmd->ud = r;
+    r->wreq->done = wreq_done;
+    r->wreq->ud = r;
     http_suspend(r);
-    if (sequencer_submit(r->srv->app->seq, r->cmd) != SG_OK) {
-        wreq_fail(r->cmd, SG_EUNAVAILABLE, "shutting down");
+    if (sequencer_submit(r->srv->app->seq, r->wreq) != SG_OK) {
+        wreq_fail(r->wreq, SG_EUNAVAILABLE, "shutting down");
         http_resume(r);
     }
 }
@@ -203,7 +205,7 @@ static int wait_for_position(struct req *r)
         return 1;
     }
     http_suspend(r);
-    if (projector_wait(p, min, mono_ms() + wait, wait_done, r) != SG_OK)
+    if (projector_wait(p, min, sg_mono_ms() + wait, wait_done, r) != SG_OK)
         http_resume(r);
     return 1;
 }

@@ -443,7 +443,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
         t->fd = ci->connect_fd;
         t->conn = conn;
         t->owner = pthread_self();
-        atomic_store(&t->deadline, mono_ms() + s->app->cfg->header_timeout_ms);
+        atomic_store(&t->deadline, sg_mono_ms() + s->app->cfg->header_timeout_ms);
         pthread_mutex_lock(&s->conns_mu);
         t->next = s->conns;
         if (s->conns)
@@ -470,7 +470,7 @@ static void *reaper(void *arg)
     struct http_server *s = arg;
     while (!atomic_load(&s->reaper_stop)) {
         usleep(100000);
-        uint64_t now = mono_ms();
+        uint64_t now = sg_mono_ms();
         unsigned cut = 0;
         pthread_mutex_lock(&s->conns_mu);
         for (struct conn_track *t = s->conns; t; t = t->next) {
@@ -499,7 +499,7 @@ static void *on_request_line(void *cls, const char *uri, struct MHD_Connection *
     struct req *proto = cls;
     struct conn_track *t = track_of(conn);
     if (t && t->requests++ > 0)
-        atomic_store(&t->deadline, mono_ms() + proto->srv->app->cfg->header_timeout_ms);
+        atomic_store(&t->deadline, sg_mono_ms() + proto->srv->app->cfg->header_timeout_ms);
     struct req *r = calloc(1, sizeof(*r));
     if (r == NULL)
         return NULL; /* on_request() closes the connection */
@@ -603,12 +603,13 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     struct req *r = *con_cls;
     struct conn_track *t = track_of(conn);
     if (t) /* the next request line is due within the idle timeout */
-        atomic_store(&t->deadline, mono_ms() + ((struct req *)cls)->srv->app->cfg->idle_timeout_ms);
+        atomic_store(&t->deadline,
+                     sg_mono_ms() + ((struct req *)cls)->srv->app->cfg->idle_timeout_ms);
     if (r == NULL)
         return;
     if (r->counted)
         atomic_fetch_sub(&r->srv->inflight, 1);
-    wreq_free(r->cmd);
+    wreq_free(r->wreq);
     if (r->sink_open && !r->finished && r->route->sink->abort)
         r->route->sink->abort(r, toe);
     if (r->work_free)

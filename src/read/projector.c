@@ -139,7 +139,7 @@ static long project_batch(projector *p)
 /* Call the waiters that are satisfied or expired (outside the lock). */
 static void wake_waiters(projector *p)
 {
-    uint64_t now = mono_ms();
+    uint64_t now = sg_mono_ms();
     struct waiter *ready = NULL, **w;
     pthread_mutex_lock(&p->mu);
     for (w = &p->waiters; *w;) {

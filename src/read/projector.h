@@ -31,7 +31,7 @@ int projector_halted(projector *p, uint64_t *at, char *why, size_t whylen);
 int projector_store_ok(projector *p);
 
 /* Call fn(ud) once, from the projector thread, when the position reaches min
- * or at deadline_ms (mono_ms clock), whichever is first. */
+ * or at deadline_ms (sg_mono_ms clock), whichever is first. */
 sg_err projector_wait(projector *p, uint64_t min, uint64_t deadline_ms, void (*fn)(void *),
                       void *ud);
 

@@ -26,12 +26,12 @@ struct scrub {
     int stop;
 };
 
-/* Sleep until mono_ms() reaches until, or stop. Returns 1 if stopping. */
+/* Sleep until sg_mono_ms() reaches until, or stop. Returns 1 if stopping. */
 static int rest_until(scrub *s, uint64_t until)
 {
     pthread_mutex_lock(&s->mu);
     while (!s->stop) {
-        uint64_t now = mono_ms();
+        uint64_t now = sg_mono_ms();
         if (now >= until)
             break;
         uint64_t ms = until - now > 100 ? 100 : until - now;
@@ -54,7 +54,7 @@ static void *scrub_main(void *arg)
     char why[384];
     pthread_setname_np(pthread_self(), "sg-scrub");
     chain_genesis(&at);
-    uint64_t started = mono_ms(), done_this_pass = 0;
+    uint64_t started = sg_mono_ms(), done_this_pass = 0;
     for (;;) {
         sg_err e = chain_verify(s->st, s->kr, &at, CHUNK, &to, why, sizeof(why));
         uint64_t n = to.position - at.position;
@@ -69,12 +69,12 @@ static void *scrub_main(void *arg)
         uint64_t next = started + done_this_pass * 1000 / s->rate; /* keep to the rate */
         if (e) {
             sg_warn("scrub: %s; retrying", why);
-            next = mono_ms() + 1000;
+            next = sg_mono_ms() + 1000;
         } else if (n < CHUNK) {
             /* At the head: the whole log verified. Rest, then start over. */
             atomic_fetch_add(&sg_metrics.scrub_passes, 1);
             chain_genesis(&at);
-            next = mono_ms() + PASS_PAUSE_MS;
+            next = sg_mono_ms() + PASS_PAUSE_MS;
             started = next;
             done_this_pass = 0;
         }

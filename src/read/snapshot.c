@@ -85,10 +85,10 @@ static sg_err build(snapshots *ss, const struct projection *proj, struct cached 
         return SG_ENOMEM;
     if ((e = doc_signed_bytes(doc, &bytes, &len)) != SG_OK)
         goto out;
-    sha256(bytes, len, digest);
+    sg_sha256(bytes, len, digest);
     if ((e = signer_sign_digest(ss->s, KEY_SNAPSHOTS, digest, sig, &siglen)) != SG_OK)
         goto out;
-    b64_encode(sig, siglen, sig64);
+    sg_b64_encode(sig, siglen, sig64);
     json_object_set_new(doc, "key_id", json_string(signer_key_id(ss->s, KEY_SNAPSHOTS)));
     json_object_set_new(doc, "sig", json_string(sig64));
     out->pos = r.pos;

@@ -21,17 +21,17 @@ static sg_err header(signer *sg, const struct chain_pos *at, const char *sha, si
     uint8_t digest[32], sig[SIGNER_MAX_SIG];
     size_t blen, siglen;
     const char *key_id = signer_key_id(sg, KEY_EVENTS);
-    rfc3339_now(now);
+    sg_rfc3339_now(now);
     json_t *doc = json_pack("{s:s, s:I, s:s, s:s, s:I, s:s}", "type", "signet-writestate",
                             "position", (json_int_t)at->position, "hash", at->hash, "sha256", sha,
                             "entries", (json_int_t)entries, "time", now);
     sg_err e = doc && key_id ? doc_signed_bytes(doc, &bytes, &blen) : SG_ENOMEM;
     if (e == SG_OK) {
-        sha256(bytes, blen, digest);
+        sg_sha256(bytes, blen, digest);
         e = signer_sign_digest(sg, KEY_EVENTS, digest, sig, &siglen);
     }
     if (e == SG_OK) {
-        b64_encode(sig, siglen, sig64);
+        sg_b64_encode(sig, siglen, sig64);
         if (json_object_set_new(doc, "key_id", json_string(key_id)) ||
             json_object_set_new(doc, "sig", json_string(sig64)))
             e = SG_ENOMEM;
@@ -79,7 +79,7 @@ sg_err checkpoint_save(const char *path, const wstate *s, const struct chain_pos
         goto out;
     }
     EVP_DigestFinal_ex(c.md, digest, NULL);
-    hex_encode(digest, 32, sha);
+    sg_hex_encode(digest, 32, sha);
     if ((e = header(sg, at, sha, c.lines, &head, &hlen)) != SG_OK) {
         sg_say(why, whylen, e, "cannot sign the checkpoint at position %llu",
                (unsigned long long)at->position);
@@ -127,7 +127,7 @@ static sg_err check_header(const char *line, const char *sha, size_t entries, co
     sg_err e = SG_EVERIFY;
     uint8_t tmp[32];
     if (type == NULL || strcmp(type, "signet-writestate") != 0 || !json_is_integer(pos) ||
-        json_integer_value(pos) < 0 || hash == NULL || hex_decode(hash, tmp, 32) != SG_OK ||
+        json_integer_value(pos) < 0 || hash == NULL || sg_hex_decode(hash, tmp, 32) != SG_OK ||
         dsha == NULL || !json_is_integer(n))
         sg_say(why, whylen, e, "its last line is not a checkpoint header");
     else if (signed_doc_verify(doc, json_string_value(json_object_get(doc, "sig")),
@@ -171,7 +171,7 @@ sg_err checkpoint_load(const char *path, wstate **s, const keyring *kr, struct c
     while (md && fresh && (n = getline(&line, &cap, f)) > 0) {
         if (line[0] == '{') { /* the header: must be the last line */
             EVP_DigestFinal_ex(md, digest, NULL);
-            hex_encode(digest, 32, sha);
+            sg_hex_encode(digest, 32, sha);
             e = check_header(line, sha, entries, kr, at, why, whylen);
             if (e == SG_OK && getline(&line, &cap, f) > 0)
                 e = sg_say(why, whylen, SG_EVERIFY, "it goes on after its header");

@@ -52,10 +52,10 @@ static sg_err register_validate(const json_t *body, const char *path_id, json_t 
         snprintf(detail, dlen, "%s", err.text);
         return SG_EBADINPUT;
     }
-    const char *bad = !valid_id(id)               ? "device_id"
-                      : !valid_id(hw)             ? "hardware"
-                      : group && !valid_id(group) ? "group"
-                                                  : NULL;
+    const char *bad = !sg_valid_id(id)               ? "device_id"
+                      : !sg_valid_id(hw)             ? "hardware"
+                      : group && !sg_valid_id(group) ? "group"
+                                                     : NULL;
     if (bad) {
         snprintf(detail, dlen, "%s must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$", bad);
         return SG_EBADINPUT;

@@ -90,7 +90,7 @@ struct sequencer {
     char prev[SG_HEX256_LEN + 1];
     struct chain_pos base_at; /* the point write state's base reflects */
     uint64_t checkpointed;    /* position of the last checkpoint written */
-    uint64_t next_tick;       /* mono_ms of the next process-manager tick */
+    uint64_t next_tick;       /* sg_mono_ms of the next process-manager tick */
     int has_ticks;
 
     void (*on_commit)(const struct chain_pos *, void *);
@@ -248,7 +248,7 @@ uint64_t decision_emit_new(struct decision *d, const char *type, json_t *data)
         b->evs = p;
         b->evcap = cap;
     }
-    uuid_v4(id);
+    sg_uuid_v4(id);
     uint64_t pos = q->head + 1;
     json_t *ev = json_pack("{s:I, s:s, s:s, s:s, s:s, s:s, s:o, s:s}", "position", (json_int_t)pos,
                            "id", id, "type", type, "time", d->now, "actor", d->actor, "command_id",
@@ -264,8 +264,8 @@ uint64_t decision_emit_new(struct decision *d, const char *type, json_t *data)
         json_decref(ev);
         goto broken;
     }
-    sha256(p->signed_json, p->signed_len, p->digest);
-    hex_encode(p->digest, 32, p->hash);
+    sg_sha256(p->signed_json, p->signed_len, p->digest);
+    sg_hex_encode(p->digest, 32, p->hash);
     p->position = pos;
     b->nev++;
     q->head = pos;
@@ -293,11 +293,11 @@ sg_err decision_sign(struct decision *d, enum key_purpose purpose, const json_t 
     sg_err e = doc_signed_bytes(doc, &bytes, &len);
     if (e)
         return e;
-    sha256(bytes, len, digest);
+    sg_sha256(bytes, len, digest);
     free(bytes);
     if ((e = signer_sign_digest(d->q->o.signer, purpose, digest, sig, &siglen)) != SG_OK)
         return e;
-    b64_encode(sig, siglen, sig_b64);
+    sg_b64_encode(sig, siglen, sig_b64);
     memcpy(key_id, kid, SG_HEX256_LEN + 1);
     return SG_OK;
 }
@@ -364,7 +364,7 @@ static int decide_one(sequencer *q, struct decision *d, struct wreq *r)
     memcpy(prev, q->prev, sizeof(prev));
     d->actor = r->who ? r->who->name : "system";
     d->broken = 0;
-    uuid_v4(d->command_id);
+    sg_uuid_v4(d->command_id);
     if (wstate_push(q->ws) != SG_OK) {
         wreq_fail(r, SG_ENOMEM, "out of memory");
         return 0;
@@ -444,7 +444,7 @@ static sg_err sign_batch(sequencer *q, struct batch *b)
     for (size_t i = 0; i < b->nev; i++) {
         struct pending *p = &b->evs[i];
         char sig64[128];
-        b64_encode(p->sig, p->siglen, sig64);
+        sg_b64_encode(p->sig, p->siglen, sig64);
         if (event_stored_form(p->signed_json, p->signed_len, p->hash, key_id, sig64, &p->json,
                               &p->len) != SG_OK)
             return SG_ENOMEM;
@@ -551,8 +551,8 @@ static int replay_one(const struct store_event *se, void *ud)
                         "event %llu does not continue the chain", (unsigned long long)pos);
         goto out;
     }
-    sha256(bytes, len, digest);
-    hex_encode(digest, 32, hash);
+    sg_sha256(bytes, len, digest);
+    sg_hex_encode(digest, 32, hash);
     if (strcmp(hash, se->hash) != 0 || !json_is_string(json_object_get(ev, "hash")) ||
         strcmp(hash, json_string_value(json_object_get(ev, "hash"))) != 0) {
         r->err = sg_say(r->why, sizeof(r->why), SG_EVERIFY,
@@ -625,7 +625,7 @@ static void write_checkpoint(sequencer *q)
     char why[512];
     if (q->checkpoint_path == NULL || q->base_at.position == q->checkpointed || !integrity_ok())
         return;
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = sg_mono_ms();
     if (checkpoint_save(q->checkpoint_path, q->ws, &q->base_at, q->o.signer, why, sizeof(why)) !=
         SG_OK) {
         sg_warn("write state: checkpoint not written: %s", why);
@@ -633,7 +633,7 @@ static void write_checkpoint(sequencer *q)
     }
     q->checkpointed = q->base_at.position;
     sg_info("write state: checkpoint at position %llu written in %llu ms",
-            (unsigned long long)q->base_at.position, (unsigned long long)(mono_ms() - t0));
+            (unsigned long long)q->base_at.position, (unsigned long long)(sg_mono_ms() - t0));
 }
 
 /*** the sequencer thread ***/
@@ -654,7 +654,7 @@ static void run_batch(sequencer *q, struct wreq *list, size_t n)
         return;
     }
     d.now_ms = q->o.clock_ms();
-    rfc3339_from_ms(d.now_ms, d.now);
+    sg_rfc3339_from_ms(d.now_ms, d.now);
     b->head0 = q->head;
     memcpy(b->prev0, q->prev, sizeof(b->prev0));
     for (r = list; r; r = next) {
@@ -763,7 +763,7 @@ static void *sequencer_main(void *arg)
     pthread_mutex_lock(&q->mu);
     for (;;) {
         while (q->qhead == NULL && !q->stopping && !q->folds &&
-               !(q->has_ticks && mono_ms() >= q->next_tick)) {
+               !(q->has_ticks && sg_mono_ms() >= q->next_tick)) {
             if (!q->has_ticks) {
                 pthread_cond_wait(&q->wake, &q->mu);
                 continue;
@@ -781,10 +781,10 @@ static void *sequencer_main(void *arg)
         struct wreq *list = q->qhead, *last = list;
         size_t n = 1;
         if (list == NULL) {
-            if (!(q->has_ticks && mono_ms() >= q->next_tick))
+            if (!(q->has_ticks && sg_mono_ms() >= q->next_tick))
                 continue; /* only folded */
             pthread_mutex_unlock(&q->mu);
-            q->next_tick = mono_ms() + q->o.tick_ms;
+            q->next_tick = sg_mono_ms() + q->o.tick_ms;
             list = wreq_new(&wreq_tick, NULL, NULL, NULL, NULL);
             if (list) {
                 list->done = tick_done;
@@ -859,12 +859,12 @@ sg_err sequencer_start(const struct sequencer_opts *o, sequencer **out, char *wh
         q->o.nmanagers = sg_nmanagers;
     }
     if (q->o.clock_ms == NULL)
-        q->o.clock_ms = wall_ms;
+        q->o.clock_ms = sg_wall_ms;
     if (q->o.tick_ms == 0)
         q->o.tick_ms = 1000;
     for (size_t i = 0; i < q->o.nmanagers; i++)
         q->has_ticks |= q->o.managers[i]->on_tick != NULL;
-    q->next_tick = mono_ms() + q->o.tick_ms;
+    q->next_tick = sg_mono_ms() + q->o.tick_ms;
     pthread_mutex_init(&q->mu, NULL);
     pthread_cond_init(&q->wake, NULL);
     atomic_store(&q->store_ok, 1);
@@ -879,7 +879,7 @@ sg_err sequencer_start(const struct sequencer_opts *o, sequencer **out, char *wh
         e = store_open(o->store_uri, &q->wst, why, whylen);
 
     /* The checkpoint, if it verifies and the store agrees with it. */
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = sg_mono_ms();
     if (e == SG_OK && q->checkpoint_path) {
         struct chain_pos at;
         char r[384];
@@ -938,7 +938,7 @@ sg_err sequencer_start(const struct sequencer_opts *o, sequencer **out, char *wh
             "replayed in %llu ms",
             (unsigned long long)q->head, from ? "a checkpoint" : "genesis",
             (unsigned long long)from, (unsigned long long)(q->head - from),
-            (unsigned long long)(mono_ms() - t0));
+            (unsigned long long)(sg_mono_ms() - t0));
     *out = q;
     return SG_OK;
 }

@@ -32,7 +32,7 @@ struct sequencer_opts {
     size_t naggregates;
     const struct process_manager *const *managers; /* NULL: sg_managers */
     size_t nmanagers;
-    uint64_t (*clock_ms)(void); /* the batch clock; NULL: wall_ms */
+    uint64_t (*clock_ms)(void); /* the batch clock; NULL: sg_wall_ms */
     unsigned tick_ms;           /* process managers' tick; 0: 1000 */
 };
 

@@ -8,7 +8,7 @@
 
 #include "../core/jcs.h"
 
-int valid_id(const char *s)
+int sg_valid_id(const char *s)
 {
     size_t n = s ? strlen(s) : 0;
     if (n == 0 || n > 64)

@@ -131,6 +131,6 @@ extern const struct aggregate devices_aggregate;
 const char *devices_get(wstate *s, const char *device_id);
 
 /* Syntax shared by ids (device, hardware, group): ^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$ */
-int valid_id(const char *s);
+int sg_valid_id(const char *s);
 
 #endif

@@ -43,21 +43,21 @@ static char *make_event(uint64_t pos, const char *prev, EVP_PKEY *pk, char hash[
     size_t len, outlen;
     uint8_t digest[32], sig[80];
     size_t siglen = sizeof(sig);
-    uuid_v4(id);
+    sg_uuid_v4(id);
     json_t *ev = json_pack("{s:I, s:s, s:s, s:s, s:s, s:s, s:{s:s, s:s}, s:s}", "position",
                            (json_int_t)pos, "id", id, "type", "DeviceRegistered", "time",
                            "2026-11-27T00:00:00.000Z", "actor", "ops", "command_id", id, "data",
                            "device_id", "dev", "hardware", "hw-a", "prev", prev);
     assert_int_equal(signed_bytes(ev, &bytes, &len), SG_OK);
-    sha256(bytes, len, digest);
+    sg_sha256(bytes, len, digest);
     free(bytes);
-    hex_encode(digest, 32, hash);
+    sg_hex_encode(digest, 32, hash);
     EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(pk, NULL);
     assert_int_equal(EVP_PKEY_sign_init(ctx), 1);
     assert_int_equal(EVP_PKEY_sign(ctx, sig, &siglen, digest, 32), 1);
     EVP_PKEY_CTX_free(ctx);
     char sig64[128];
-    b64_encode(sig, siglen, sig64);
+    sg_b64_encode(sig, siglen, sig64);
     assert_int_equal(key_id_of(pk, kid), SG_OK);
     json_object_set_new(ev, "hash", json_string(hash));
     json_object_set_new(ev, "key_id", json_string(kid));

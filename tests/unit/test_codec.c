@@ -20,37 +20,37 @@ static void test_hex_round_trip(void **state)
     char hex[513];
     for (int i = 0; i < 256; i++)
         all[i] = (uint8_t)i;
-    hex_encode(all, sizeof(all), hex);
+    sg_hex_encode(all, sizeof(all), hex);
     assert_int_equal(strlen(hex), 512);
     assert_memory_equal(hex, "000102030405060708090a0b0c0d0e0f", 32);
     assert_string_equal(hex + 480, "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff");
-    assert_int_equal(hex_decode(hex, back, sizeof(back)), SG_OK);
+    assert_int_equal(sg_hex_decode(hex, back, sizeof(back)), SG_OK);
     assert_memory_equal(all, back, sizeof(all));
 
     /* Uppercase decodes too; encoding is always lowercase. */
     uint8_t two[2];
-    assert_int_equal(hex_decode("AbCd", two, 2), SG_OK);
+    assert_int_equal(sg_hex_decode("AbCd", two, 2), SG_OK);
     assert_int_equal(two[0], 0xab);
     assert_int_equal(two[1], 0xcd);
 
     char empty[1] = {'x'};
-    hex_encode(NULL, 0, empty);
+    sg_hex_encode(NULL, 0, empty);
     assert_string_equal(empty, "");
-    assert_int_equal(hex_decode("", two, 0), SG_OK);
+    assert_int_equal(sg_hex_decode("", two, 0), SG_OK);
 }
 
 static void test_hex_bad_input(void **state)
 {
     (void)state;
     uint8_t out[4];
-    assert_int_equal(hex_decode("0011223", out, 4), SG_EBADINPUT);   /* short */
-    assert_int_equal(hex_decode("001122334", out, 4), SG_EBADINPUT); /* long */
-    assert_int_equal(hex_decode("0011223g", out, 4), SG_EBADINPUT);  /* not hex */
-    assert_int_equal(hex_decode("00 11223", out, 4), SG_EBADINPUT);
-    assert_int_equal(hex_decode("0x112233", out, 4), SG_EBADINPUT);
-    assert_int_equal(hex_decode("-0112233", out, 4), SG_EBADINPUT);
-    assert_int_equal(hex_decode("", out, 4), SG_EBADINPUT);
-    assert_int_equal(hex_decode("00", out, 0), SG_EBADINPUT);
+    assert_int_equal(sg_hex_decode("0011223", out, 4), SG_EBADINPUT);   /* short */
+    assert_int_equal(sg_hex_decode("001122334", out, 4), SG_EBADINPUT); /* long */
+    assert_int_equal(sg_hex_decode("0011223g", out, 4), SG_EBADINPUT);  /* not hex */
+    assert_int_equal(sg_hex_decode("00 11223", out, 4), SG_EBADINPUT);
+    assert_int_equal(sg_hex_decode("0x112233", out, 4), SG_EBADINPUT);
+    assert_int_equal(sg_hex_decode("-0112233", out, 4), SG_EBADINPUT);
+    assert_int_equal(sg_hex_decode("", out, 4), SG_EBADINPUT);
+    assert_int_equal(sg_hex_decode("00", out, 0), SG_EBADINPUT);
 }
 
 /*** base64 ***/
@@ -73,15 +73,15 @@ static void test_b64_rfc4648_vectors(void **state)
     for (size_t i = 0; i < sizeof(rfc4648) / sizeof(rfc4648[0]); i++) {
         size_t n = strlen(rfc4648[i].plain);
         char enc[16];
-        assert_true(b64_encoded_len(n) <= sizeof(enc));
-        assert_int_equal(b64_encoded_len(n), strlen(rfc4648[i].b64) + 1);
-        b64_encode((const uint8_t *)rfc4648[i].plain, n, enc);
+        assert_true(sg_b64_encoded_len(n) <= sizeof(enc));
+        assert_int_equal(sg_b64_encoded_len(n), strlen(rfc4648[i].b64) + 1);
+        sg_b64_encode((const uint8_t *)rfc4648[i].plain, n, enc);
         assert_string_equal(enc, rfc4648[i].b64);
         if (n == 0)
             continue; /* RFC 4648 leaves decoding "" to the decoder; not pinned here */
         uint8_t *dec = NULL;
         size_t declen = 0;
-        assert_int_equal(b64_decode(rfc4648[i].b64, &dec, &declen), SG_OK);
+        assert_int_equal(sg_b64_decode(rfc4648[i].b64, &dec, &declen), SG_OK);
         assert_int_equal(declen, n);
         assert_memory_equal(dec, rfc4648[i].plain, n);
         free(dec);
@@ -96,11 +96,11 @@ static void test_b64_round_trip_binary(void **state)
         all[i] = (uint8_t)(255 - i);
     for (size_t n = 1; n <= sizeof(all); n++) {
         char enc[400];
-        b64_encode(all, n, enc);
-        assert_int_equal(strlen(enc) + 1, b64_encoded_len(n));
+        sg_b64_encode(all, n, enc);
+        assert_int_equal(strlen(enc) + 1, sg_b64_encoded_len(n));
         uint8_t *dec = NULL;
         size_t declen = 0;
-        assert_int_equal(b64_decode(enc, &dec, &declen), SG_OK);
+        assert_int_equal(sg_b64_decode(enc, &dec, &declen), SG_OK);
         assert_int_equal(declen, n);
         assert_memory_equal(dec, all, n);
         free(dec);
@@ -108,7 +108,7 @@ static void test_b64_round_trip_binary(void **state)
     /* Both of the last two alphabet characters. */
     const uint8_t fb[] = {0xfb, 0xff, 0xbf};
     char enc[8];
-    b64_encode(fb, 3, enc);
+    sg_b64_encode(fb, 3, enc);
     assert_string_equal(enc, "+/+/");
 }
 
@@ -116,7 +116,7 @@ static void expect_b64_bad(const char *in)
 {
     uint8_t *out = (uint8_t *)1;
     size_t len = 12345;
-    if (b64_decode(in, &out, &len) != SG_EBADINPUT)
+    if (sg_b64_decode(in, &out, &len) != SG_EBADINPUT)
         fail_msg("b64_decode accepted \"%s\"", in);
     assert_null(out);
 }
@@ -157,7 +157,7 @@ static void test_b64_non_canonical_bits(void **state)
     /* The canonical spellings of the same bytes are accepted. */
     uint8_t *out = NULL;
     size_t len = 0;
-    assert_int_equal(b64_decode("Zg==", &out, &len), SG_OK);
+    assert_int_equal(sg_b64_decode("Zg==", &out, &len), SG_OK);
     assert_int_equal(len, 1);
     free(out);
 }
@@ -178,16 +178,16 @@ static void test_sha256(void **state)
 {
     (void)state;
     char hex[SG_HEX256_LEN + 1];
-    sha256_hex("abc", 3, hex);
+    sg_sha256_hex("abc", 3, hex);
     assert_string_equal(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-    sha256_hex("", 0, hex);
+    sg_sha256_hex("", 0, hex);
     assert_string_equal(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     uint8_t raw[SG_SHA256_LEN];
-    sha256("abc", 3, raw);
+    sg_sha256("abc", 3, raw);
     assert_int_equal(raw[0], 0xba);
     assert_int_equal(raw[31], 0xad);
     const char *two = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
-    sha256_hex(two, strlen(two), hex);
+    sg_sha256_hex(two, strlen(two), hex);
     assert_string_equal(hex, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
 }
 
@@ -199,16 +199,16 @@ static void test_ct_equal(void **state)
     uint8_t a[32], b[32];
     memset(a, 0x5a, sizeof(a));
     memcpy(b, a, sizeof(b));
-    assert_int_equal(ct_equal(a, b, 32), 1);
-    assert_int_equal(ct_equal(a, b, 0), 1);
+    assert_int_equal(sg_ct_equal(a, b, 32), 1);
+    assert_int_equal(sg_ct_equal(a, b, 0), 1);
     for (size_t i = 0; i < 32; i++) {
         b[i] ^= 0x01;
-        assert_int_equal(ct_equal(a, b, 32), 0);
+        assert_int_equal(sg_ct_equal(a, b, 32), 0);
         b[i] ^= 0x01;
     }
     b[31] ^= 0x80;
-    assert_int_equal(ct_equal(a, b, 32), 0);
-    assert_int_equal(ct_equal(a, b, 31), 1);
+    assert_int_equal(sg_ct_equal(a, b, 32), 0);
+    assert_int_equal(sg_ct_equal(a, b, 31), 1);
 }
 
 /*** uuid_v4, rfc3339_now ***/
@@ -225,7 +225,7 @@ static void test_uuid_v4_format(void **state)
     for (int n = 0; n < 200; n++) {
         char u[37];
         memset(u, 'X', sizeof(u));
-        uuid_v4(u);
+        sg_uuid_v4(u);
         assert_int_equal(strlen(u), 36);
         for (int i = 0; i < 36; i++) {
             if (i == 8 || i == 13 || i == 18 || i == 23)
@@ -247,7 +247,7 @@ static void test_rfc3339_now_format(void **state)
     static const char shape[] = "dddd-dd-ddTdd:dd:dd.dddZ";
     char t[32];
     memset(t, 'X', sizeof(t));
-    rfc3339_now(t);
+    sg_rfc3339_now(t);
     assert_int_equal(strlen(t), 24);
     for (size_t i = 0; i < 24; i++) {
         if (shape[i] == 'd') {

@@ -206,7 +206,7 @@ static void test_signed_bytes_are_canonical(void **state)
     /* openssl dgst -sha256 -verify pub.pem -signature sig.der canonical.json */
     uint8_t *der = NULL;
     size_t derlen = 0;
-    assert_int_equal(b64_decode(json_string_value(json_object_get(ev, "sig")), &der, &derlen),
+    assert_int_equal(sg_b64_decode(json_string_value(json_object_get(ev, "sig")), &der, &derlen),
                      SG_OK);
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     assert_int_equal(EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, k_events), 1);
@@ -370,11 +370,11 @@ static void test_tamper_signature_other_key(void **state)
     /* One byte of the DER signature flipped. */
     uint8_t *der = NULL;
     size_t derlen = 0;
-    assert_int_equal(b64_decode(json_string_value(json_object_get(chain[0], "sig")), &der, &derlen),
-                     SG_OK);
+    assert_int_equal(
+        sg_b64_decode(json_string_value(json_object_get(chain[0], "sig")), &der, &derlen), SG_OK);
     der[derlen - 1] ^= 0x01;
     char b64[160];
-    b64_encode(der, derlen, b64);
+    sg_b64_encode(der, derlen, b64);
     free(der);
     json_object_set_new(ev, "sig", json_string(b64));
     expect_refused(ev, 1, EVENT_GENESIS_PREV, kr);
@@ -548,7 +548,7 @@ static void test_ecdsa_verify_digest(void **state)
     char *b64 = my_sign(k_devices, digest);
     uint8_t *der = NULL;
     size_t derlen = 0;
-    assert_int_equal(b64_decode(b64, &der, &derlen), SG_OK);
+    assert_int_equal(sg_b64_decode(b64, &der, &derlen), SG_OK);
     free(b64);
     assert_int_equal(ecdsa_verify_digest(k_devices, digest, der, derlen), SG_OK);
     assert_int_equal(ecdsa_verify_digest(k_other, digest, der, derlen), SG_EVERIFY);

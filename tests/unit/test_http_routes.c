@@ -137,7 +137,7 @@ static void test_table_matches_api(void **state)
         if ((rt->flags & ROUTE_STREAM_BODY) && rt->sink == NULL)
             fail_msg("%s %s streams its body but has no sink", w->method, w->path);
         if (strcmp(w->method, "POST") == 0 && (rt->flags & ROUTE_JSON_BODY) && rt->fn &&
-            rt->cmd == NULL)
+            rt->wreq_type == NULL)
             fail_msg("%s %s: a JSON command route without its command type", w->method, w->path);
     }
     /* every route found again by lookup, with a parameter where it has one */
@@ -244,7 +244,7 @@ static int setup_people(void **state)
     for (size_t i = 0; i < SG_ARRAY_LEN(people); i++) {
         char tok[64];
         snprintf(tok, sizeof(tok), "token-of-%s", people[i].name);
-        sha256(tok, strlen(tok), people[i].token_sha256);
+        sg_sha256(tok, strlen(tok), people[i].token_sha256);
     }
     return 0;
 }

@@ -205,7 +205,7 @@ static int start(void **state)
     if ((port = free_port()) < 0)
         return -1;
     snprintf(listen_addr, sizeof(listen_addr), "127.0.0.1:%d", port);
-    sha256(TOKEN, strlen(TOKEN), builder.token_sha256);
+    sg_sha256(TOKEN, strlen(TOKEN), builder.token_sha256);
     cfg.write_listen = cfg.read_listen = listen_addr;
     cfg.principals = &builder;
     cfg.nprincipals = 1;
