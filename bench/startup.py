@@ -273,6 +273,10 @@ def measure(size_dir, n, build, roles, repeat, out):
         # 3. recovery from one failed sign batch, per role
         for role in roles:
             recover(d, n, role, out)
+        # what signetd said of its write state (checkpoint times, replays)
+        for line in d.tail_log().splitlines():
+            if "write state" in line or "sequencer: head" in line:
+                log(f"n={n} signetd: {line}")
     except Exception:
         log(f"signetd's log:\n{d.tail_log()}" if "d" in locals() else "set-up failed")
         raise
