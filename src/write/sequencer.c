@@ -88,9 +88,10 @@ struct sequencer {
     wstate *ws;
     uint64_t head;
     char prev[SG_HEX256_LEN + 1];
-    struct chain_pos base_at; /* the point write state's base reflects */
-    uint64_t checkpointed;    /* position of the last checkpoint written */
-    uint64_t next_tick;       /* sg_mono_ms of the next process-manager tick */
+    struct chain_pos base_at;  /* the point write state's base reflects */
+    uint64_t checkpointed;     /* position of the last checkpoint written */
+    uint64_t checkpoint_retry; /* sg_mono_ms before which a failed checkpoint is not retried */
+    uint64_t next_tick;        /* sg_mono_ms of the next process-manager tick */
     int has_ticks;
 
     void (*on_commit)(const struct chain_pos *, void *);
@@ -623,12 +624,14 @@ static sg_err recover(sequencer *q)
 static void write_checkpoint(sequencer *q)
 {
     char why[512];
-    if (q->checkpoint_path == NULL || q->base_at.position == q->checkpointed || !integrity_ok())
+    if (q->checkpoint_path == NULL || q->base_at.position == q->checkpointed || !integrity_ok() ||
+        sg_mono_ms() < q->checkpoint_retry || !signer_healthy(q->o.signer))
         return;
     uint64_t t0 = sg_mono_ms();
     if (checkpoint_save(q->checkpoint_path, q->ws, &q->base_at, q->o.signer, why, sizeof(why)) !=
         SG_OK) {
-        sg_warn("write state: checkpoint not written: %s", why);
+        sg_warn("write state: checkpoint not written: %s; next try in a minute", why);
+        q->checkpoint_retry = sg_mono_ms() + 60000;
         return;
     }
     q->checkpointed = q->base_at.position;
@@ -988,6 +991,7 @@ void sequencer_stop(sequencer *q)
     if (q->folds)
         q->base_at = q->durable;
     q->folds = 0;
+    q->checkpoint_retry = 0; /* stopping: try now whatever failed before */
     if (!q->poisoned && wstate_layers(q->ws) == 0)
         write_checkpoint(q);
 }
