@@ -213,27 +213,13 @@ unlock:
 /* The signed anchor document for p (malloc'd canonical JSON). */
 static sg_err anchor_document(signer *s, const struct chain_pos *p, char **out, size_t *len)
 {
-    char now[32], sig64[128], *bytes = NULL;
-    uint8_t digest[32], sig[SIGNER_MAX_SIG];
-    size_t blen, siglen;
-    const char *key_id = signer_key_id(s, KEY_EVENTS);
+    char now[32];
     sg_rfc3339_now(now);
     json_t *doc = json_pack("{s:s, s:I, s:s, s:s}", "type", "signet-anchor", "position",
                             (json_int_t)p->position, "hash", p->hash, "time", now);
-    sg_err e = doc && key_id ? doc_signed_bytes(doc, &bytes, &blen) : SG_ENOMEM;
-    if (e)
-        goto out;
-    sg_sha256(bytes, blen, digest);
-    if ((e = signer_sign_digest(s, KEY_EVENTS, digest, sig, &siglen)) != SG_OK)
-        goto out;
-    sg_b64_encode(sig, siglen, sig64);
-    if (json_object_set_new(doc, "key_id", json_string(key_id)) ||
-        json_object_set_new(doc, "sig", json_string(sig64)))
-        e = SG_ENOMEM;
-    else
+    sg_err e = doc ? signer_sign_doc(s, KEY_EVENTS, doc) : SG_ENOMEM;
+    if (e == SG_OK)
         e = jcs_dump(doc, out, len);
-out:
-    free(bytes);
     json_decref(doc);
     return e;
 }

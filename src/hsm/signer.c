@@ -515,6 +515,28 @@ sg_err signer_sign_digest(signer *s, enum key_purpose p, const uint8_t digest[32
     return e;
 }
 
+sg_err signer_sign_doc(signer *s, enum key_purpose p, json_t *doc)
+{
+    char *bytes = NULL, sig64[128];
+    size_t len, siglen;
+    uint8_t digest[32], sig[SIGNER_MAX_SIG];
+    const char *key_id = signer_key_id(s, p);
+    if (key_id == NULL)
+        return SG_EHSM;
+    sg_err e = doc_signed_bytes(doc, &bytes, &len);
+    if (e)
+        return e;
+    sg_sha256(bytes, len, digest);
+    free(bytes);
+    if ((e = signer_sign_digest(s, p, digest, sig, &siglen)) != SG_OK)
+        return e;
+    sg_b64_encode(sig, siglen, sig64);
+    if (json_object_set_new(doc, "key_id", json_string(key_id)) ||
+        json_object_set_new(doc, "sig", json_string(sig64)))
+        return SG_ENOMEM;
+    return SG_OK;
+}
+
 /*** the prober ***/
 
 /* Reconnect, waiting for the write lock no longer than the deadline: a call

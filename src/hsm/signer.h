@@ -57,6 +57,12 @@ sg_err signer_sign_batch(signer *s, enum key_purpose purpose, struct signer_item
 sg_err signer_sign_digest(signer *s, enum key_purpose purpose, const uint8_t digest[32],
                           uint8_t *sig, size_t *siglen);
 
+/* Sign a signed document (DESIGN.md: the canonical bytes of doc without
+ * its sig and key_id, ECDSA P-256/SHA-256) with the purpose's key, and add
+ * "key_id" and "sig" (base64 DER) to doc. SG_EHSM, SG_EBADINPUT (doc cannot
+ * be canonicalized), SG_ENOMEM; doc may then hold neither. */
+sg_err signer_sign_doc(signer *s, enum key_purpose purpose, json_t *doc);
+
 /* key_id (hex) of the purpose's key, or NULL if the token has none. Fixed at
  * open: safe from any thread without a lock. */
 const char *signer_key_id(const signer *s, enum key_purpose purpose);

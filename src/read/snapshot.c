@@ -71,11 +71,6 @@ static sg_err read_state(sqlite3 *db, void *ud)
 static sg_err build(snapshots *ss, const struct projection *proj, struct cached *out)
 {
     struct read_state r = {.proj = proj};
-    char *bytes = NULL;
-    size_t len;
-    uint8_t digest[32], sig[SIGNER_MAX_SIG];
-    size_t siglen;
-    char sig64[128];
     sg_err e = projector_read(ss->p, read_state, &r);
     if (e)
         return e;
@@ -83,18 +78,10 @@ static sg_err build(snapshots *ss, const struct projection *proj, struct cached 
                             (json_int_t)r.pos, "hash", r.hash, "state", r.state);
     if (doc == NULL)
         return SG_ENOMEM;
-    if ((e = doc_signed_bytes(doc, &bytes, &len)) != SG_OK)
-        goto out;
-    sg_sha256(bytes, len, digest);
-    if ((e = signer_sign_digest(ss->s, KEY_SNAPSHOTS, digest, sig, &siglen)) != SG_OK)
-        goto out;
-    sg_b64_encode(sig, siglen, sig64);
-    json_object_set_new(doc, "key_id", json_string(signer_key_id(ss->s, KEY_SNAPSHOTS)));
-    json_object_set_new(doc, "sig", json_string(sig64));
-    out->pos = r.pos;
-    e = jcs_dump(doc, &out->body, &out->len);
-out:
-    free(bytes);
+    if ((e = signer_sign_doc(ss->s, KEY_SNAPSHOTS, doc)) == SG_OK) {
+        out->pos = r.pos;
+        e = jcs_dump(doc, &out->body, &out->len);
+    }
     json_decref(doc);
     return e;
 }

@@ -17,28 +17,14 @@
 static sg_err header(signer *sg, const struct chain_pos *at, const char *sha, size_t entries,
                      char **out, size_t *len)
 {
-    char now[32], sig64[128], *bytes = NULL;
-    uint8_t digest[32], sig[SIGNER_MAX_SIG];
-    size_t blen, siglen;
-    const char *key_id = signer_key_id(sg, KEY_EVENTS);
+    char now[32];
     sg_rfc3339_now(now);
     json_t *doc = json_pack("{s:s, s:I, s:s, s:s, s:I, s:s}", "type", "signet-writestate",
                             "position", (json_int_t)at->position, "hash", at->hash, "sha256", sha,
                             "entries", (json_int_t)entries, "time", now);
-    sg_err e = doc && key_id ? doc_signed_bytes(doc, &bytes, &blen) : SG_ENOMEM;
-    if (e == SG_OK) {
-        sg_sha256(bytes, blen, digest);
-        e = signer_sign_digest(sg, KEY_EVENTS, digest, sig, &siglen);
-    }
-    if (e == SG_OK) {
-        sg_b64_encode(sig, siglen, sig64);
-        if (json_object_set_new(doc, "key_id", json_string(key_id)) ||
-            json_object_set_new(doc, "sig", json_string(sig64)))
-            e = SG_ENOMEM;
-        else
-            e = jcs_dump(doc, out, len);
-    }
-    free(bytes);
+    sg_err e = doc ? signer_sign_doc(sg, KEY_EVENTS, doc) : SG_ENOMEM;
+    if (e == SG_OK)
+        e = jcs_dump(doc, out, len);
     json_decref(doc);
     return e;
 }

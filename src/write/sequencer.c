@@ -285,22 +285,15 @@ broken:
 sg_err decision_sign(struct decision *d, enum key_purpose purpose, const json_t *doc,
                      char sig_b64[DECISION_SIG_B64], char key_id[SG_HEX256_LEN + 1])
 {
-    char *bytes = NULL;
-    size_t len, siglen;
-    uint8_t digest[32], sig[SIGNER_MAX_SIG];
-    const char *kid = signer_key_id(d->q->o.signer, purpose);
-    if (kid == NULL)
-        return SG_EHSM;
-    sg_err e = doc_signed_bytes(doc, &bytes, &len);
-    if (e)
-        return e;
-    sg_sha256(bytes, len, digest);
-    free(bytes);
-    if ((e = signer_sign_digest(d->q->o.signer, purpose, digest, sig, &siglen)) != SG_OK)
-        return e;
-    sg_b64_encode(sig, siglen, sig_b64);
-    memcpy(key_id, kid, SG_HEX256_LEN + 1);
-    return SG_OK;
+    json_t *copy = json_copy((json_t *)doc); /* shallow: only sig and key_id are added */
+    sg_err e = copy ? signer_sign_doc(d->q->o.signer, purpose, copy) : SG_ENOMEM;
+    if (e == SG_OK) {
+        snprintf(sig_b64, DECISION_SIG_B64, "%s", json_string_value(json_object_get(copy, "sig")));
+        snprintf(key_id, SG_HEX256_LEN + 1, "%s",
+                 json_string_value(json_object_get(copy, "key_id")));
+    }
+    json_decref(copy);
+    return e;
 }
 
 void decision_follow_new(struct decision *d, const struct wreq_type *type, json_t *input)

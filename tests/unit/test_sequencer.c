@@ -74,6 +74,24 @@ sg_err signer_sign_digest(signer *s, enum key_purpose p, const uint8_t digest[32
     return e;
 }
 
+sg_err signer_sign_doc(signer *s, enum key_purpose p, json_t *doc)
+{
+    char *bytes, sig64[128];
+    size_t len, siglen;
+    uint8_t digest[32], sig[SIGNER_MAX_SIG];
+    if (doc_signed_bytes(doc, &bytes, &len) != SG_OK)
+        return SG_EBADINPUT;
+    sg_sha256(bytes, len, digest);
+    free(bytes);
+    sg_err e = signer_sign_digest(s, p, digest, sig, &siglen);
+    if (e)
+        return e;
+    sg_b64_encode(sig, siglen, sig64);
+    json_object_set_new(doc, "key_id", json_string(s->key_id));
+    json_object_set_new(doc, "sig", json_string(sig64));
+    return SG_OK;
+}
+
 const char *signer_key_id(const signer *s, enum key_purpose p)
 {
     (void)p;
