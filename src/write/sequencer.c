@@ -501,12 +501,15 @@ static void *committer_main(void *arg)
                 atomic_store(&q->store_ok, 0);
                 atomic_fetch_add(&sg_metrics.store_failures, 1);
             }
+            /* Poisoned before anyone is answered: a request sent after this
+             * answer finds the sequencer recovering, never deciding on top. */
+            pthread_mutex_lock(&q->mu);
+            q->poisoned = 1;
+            pthread_mutex_unlock(&q->mu);
             fail_batch(q, b, SG_ESTORE,
                        poisoned ? "an earlier batch failed; retry" : "the event store failed");
         }
         pthread_mutex_lock(&q->mu);
-        if (e != SG_OK)
-            q->poisoned = 1;
         q->committing = 0;
         pthread_cond_broadcast(&q->wake);
     }
