@@ -606,20 +606,18 @@ static void *prober_main(void *arg)
 
 /*** open, close, status ***/
 
-/* How many workers sign in parallel: one per core, but one core fewer when
- * this process also runs the read side (it holds the snapshots key beside
- * the events key, as --role all does): there the projector verifies every
- * event on a core of its own, and a second signing thread only takes CPU
- * from it and from the HTTP threads. Measured on 2 cores (bench/README.md):
- * --role all is cheaper per write with one worker, --role write keeps its
- * throughput with two (the sequencer waits for each batch's signatures). */
+/* How many workers sign in parallel: half the cores, at least one. With
+ * SoftHSM2 a second signing thread on 2 cores costs about 1.3 times the CPU
+ * per signature (contention inside the module: bench/README.md, 84 against
+ * 100-112 us of signetd CPU per acknowledged write in --role write) for at
+ * most 10% more throughput, and the rest of the write path needs the other
+ * core. A network HSM, whose calls wait rather than compute, would want more:
+ * that is a configuration key to add when one is used. */
 static unsigned pool_size(unsigned purposes, long cpus)
 {
-    unsigned both = 1u << KEY_EVENTS | 1u << KEY_SNAPSHOTS;
-    long n = cpus < 1 ? 1 : cpus;
-    if ((purposes & both) == both)
-        n--;
-    return n < 1 ? 1 : n > MAX_WORKERS ? MAX_WORKERS : (unsigned)n;
+    (void)purposes;
+    long n = cpus < 2 ? 1 : cpus / 2;
+    return n > MAX_WORKERS ? MAX_WORKERS : (unsigned)n;
 }
 
 sg_err signer_open(const sg_config *cfg, unsigned purposes, signer **out, char *why, size_t whylen)
