@@ -423,6 +423,18 @@ static int unescape(buf *d, const char *s, size_t n)
     return !d->oom;
 }
 
+/* Write one spliced member "name":"value", after a ',' unless it is the first. */
+static int put_member(buf *b, const struct jcs_member *m, int *first)
+{
+    if (!*first)
+        buf_putc(b, ',');
+    *first = 0;
+    if (!put_string(b, m->name, strlen(m->name)))
+        return 0;
+    buf_putc(b, ':');
+    return put_string(b, m->value, strlen(m->value));
+}
+
 sg_err jcs_splice_strings(const char *obj, size_t len, const struct jcs_member *add, size_t nadd,
                           char **out, size_t *outlen)
 {
@@ -476,13 +488,7 @@ sg_err jcs_splice_strings(const char *obj, size_t len, const struct jcs_member *
                 goto out; /* already there */
             if (c > 0)
                 break;
-            if (!first)
-                buf_putc(&b, ',');
-            first = 0;
-            if (!put_string(&b, m->name, strlen(m->name)))
-                goto out;
-            buf_putc(&b, ':');
-            if (!put_string(&b, m->value, strlen(m->value)))
+            if (!put_member(&b, m, &first))
                 goto out;
         }
         if (!first)
@@ -493,17 +499,9 @@ sg_err jcs_splice_strings(const char *obj, size_t len, const struct jcs_member *
         if (vend != len - 1 && i == len - 1)
             goto out; /* a ',' before '}' */
     }
-    for (; next < nadd; next++) {
-        const struct jcs_member *m = &add[order[next]];
-        if (!first)
-            buf_putc(&b, ',');
-        first = 0;
-        if (!put_string(&b, m->name, strlen(m->name)))
+    for (; next < nadd; next++)
+        if (!put_member(&b, &add[order[next]], &first))
             goto out;
-        buf_putc(&b, ':');
-        if (!put_string(&b, m->value, strlen(m->value)))
-            goto out;
-    }
     buf_putc(&b, '}');
     e = SG_OK;
 out:
