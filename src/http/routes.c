@@ -391,6 +391,10 @@ void route_metrics(struct req *r)
                "# HELP signet_idempotency_pruned_total Expired Idempotency-Key records deleted.\n"
                "# TYPE signet_idempotency_pruned_total counter\n"
                "signet_idempotency_pruned_total %llu\n"
+               "# HELP signet_http_heads_cut_total Connections closed because their request head "
+               "came too slowly (limits.header_timeout_ms).\n"
+               "# TYPE signet_http_heads_cut_total counter\n"
+               "signet_http_heads_cut_total %llu\n"
                "# HELP signet_http_requests_total Answered requests by listener and status class.\n"
                "# TYPE signet_http_requests_total counter\n",
                (unsigned long long)atomic_load(&sg_metrics.events_appended),
@@ -403,7 +407,8 @@ void route_metrics(struct req *r)
                (unsigned long long)atomic_load(&sg_metrics.scrub_passes),
                (unsigned long long)atomic_load(&sg_metrics.scrub_verified), h.hsm,
                h.hsm_stats.stuck, (unsigned long long)h.hsm_stats.timeouts,
-               (unsigned long long)atomic_load(&sg_metrics.idempotency_pruned));
+               (unsigned long long)atomic_load(&sg_metrics.idempotency_pruned),
+               (unsigned long long)atomic_load(&r->srv->heads_late));
     static const char *const listeners[] = {"write", "read"};
     for (int l = 0; l < 2; l++)
         for (int c = 1; c <= 5; c++)

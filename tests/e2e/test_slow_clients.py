@@ -30,8 +30,9 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from client import head_of, register  # noqa: E402
+from client import head_of, register, request  # noqa: E402
 from deploy import E2ETestCase  # noqa: E402
+from verify import metric_value, parse_metrics  # noqa: E402
 
 
 def raise_nofile():
@@ -297,6 +298,11 @@ class Deadlines(E2ETestCase):
             self.assertIsNotNone(took, "%s: never closed" % what)
             self.assertGreater(took, self.HEADER_S - 0.7, "%s closed too early" % what)
             self.assertLess(took, self.HEADER_S + 4, "%s closed after %.1f s" % (what, took))
+        # /metrics counts the connections cut for a late head.
+        m = request("GET", self.rp, "/metrics")
+        cut = metric_value(parse_metrics(m.raw.decode()), "signet_http_heads_cut_total")
+        self.assertIsNotNone(cut, m.raw[:2000])
+        self.assertGreaterEqual(cut, 3)
 
     def test_keepalive_may_idle_longer_than_the_head_deadline(self):
         with connect_from("127.0.0.4", self.rp) as s:
