@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "sg.h"
 
@@ -44,6 +45,9 @@ uint64_t sg_wall_ms(void);
 
 /* Monotonic clock in milliseconds / nanoseconds. */
 uint64_t sg_mono_ms(void);
+/* The wall-clock time ms milliseconds from now, as the absolute deadline
+ * pthread_cond_timedwait() takes for a condition variable on CLOCK_REALTIME. */
+struct timespec sg_realtime_in(uint64_t ms);
 uint64_t sg_mono_ns(void);
 
 #endif

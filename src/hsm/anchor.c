@@ -279,15 +279,6 @@ struct anchor_keeper {
     unsigned failing; /* saves failed in a row */
 };
 
-static void deadline_in(struct timespec *ts, unsigned ms)
-{
-    clock_gettime(CLOCK_REALTIME, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L)
-        ts->tv_sec++, ts->tv_nsec -= 1000000000L;
-}
-
 static void *keeper_main(void *arg)
 {
     anchor_keeper *k = arg;
@@ -313,8 +304,7 @@ static void *keeper_main(void *arg)
         }
         if (stop)
             break;
-        struct timespec ts;
-        deadline_in(&ts, 1000);
+        struct timespec ts = sg_realtime_in(1000);
         while (!k->stop && pthread_cond_timedwait(&k->cond, &k->mu, &ts) == 0)
             ;
     }
@@ -359,8 +349,7 @@ int anchor_keeper_stop(anchor_keeper *k, unsigned timeout_ms)
 {
     if (k == NULL)
         return 0;
-    struct timespec ts;
-    deadline_in(&ts, timeout_ms);
+    struct timespec ts = sg_realtime_in(timeout_ms);
     pthread_mutex_lock(&k->mu);
     k->stop = 1;
     pthread_cond_broadcast(&k->cond);

@@ -177,11 +177,7 @@ static void *projector_main(void *arg)
             continue; /* more may be waiting */
         pthread_mutex_lock(&p->mu);
         if (!p->kicked && !p->stop) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += POLL_MS * 1000000L;
-            if (ts.tv_nsec >= 1000000000L)
-                ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+            struct timespec ts = sg_realtime_in(POLL_MS);
             pthread_cond_timedwait(&p->cond, &p->mu, &ts);
         }
         p->kicked = 0;

@@ -35,11 +35,7 @@ static int rest_until(scrub *s, uint64_t until)
         if (now >= until)
             break;
         uint64_t ms = until - now > 100 ? 100 : until - now;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += (long)ms * 1000000L;
-        if (ts.tv_nsec >= 1000000000L)
-            ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        struct timespec ts = sg_realtime_in(ms);
         pthread_cond_timedwait(&s->cond, &s->mu, &ts);
     }
     int stop = s->stop;

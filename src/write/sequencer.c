@@ -767,11 +767,7 @@ static void *sequencer_main(void *arg)
                 pthread_cond_wait(&q->wake, &q->mu);
                 continue;
             }
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += 50 * 1000000L;
-            if (ts.tv_nsec >= 1000000000L)
-                ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+            struct timespec ts = sg_realtime_in(50);
             pthread_cond_timedwait(&q->wake, &q->mu, &ts);
         }
         settle(q);
