@@ -7,7 +7,8 @@ PACKAGES=(
   libssl-dev openssl
   libp11-dev libp11-kit-dev softhsm2 opensc
   libmicrohttpd-dev libjansson-dev libsqlite3-dev sqlite3 libcurl4-openssl-dev
-  libcmocka-dev
+  libcmocka-dev libconfig-dev
+  swupdate cpio
   python3 python3-cryptography curl
 )
 SUDO=""
