@@ -11,6 +11,7 @@ struct strmap {
     size_t cap, len, used; /* used counts tombstones too */
     char **keys;
     void **vals;
+    uint64_t *hashes; /* of keys[i], compared before the strings */
 };
 
 static uint64_t hash(const char *s)
@@ -29,7 +30,8 @@ strmap *strmap_new(void)
     m->cap = 64;
     m->keys = calloc(m->cap, sizeof(*m->keys));
     m->vals = calloc(m->cap, sizeof(*m->vals));
-    if (!m->keys || !m->vals) {
+    m->hashes = calloc(m->cap, sizeof(*m->hashes));
+    if (!m->keys || !m->vals || !m->hashes) {
         strmap_free(m, NULL);
         return NULL;
     }
@@ -48,13 +50,15 @@ void strmap_free(strmap *m, void (*free_value)(void *))
         }
     free(m->keys);
     free(m->vals);
+    free(m->hashes);
     free(m);
 }
 
-/* Slot of key, or of the first free/tombstone slot where it would go. */
-static size_t find(const strmap *m, const char *key, int *found)
+/* Slot of key (whose hash is h), or of the first free/tombstone slot where
+ * it would go. */
+static size_t find(const strmap *m, const char *key, uint64_t h, int *found)
 {
-    size_t mask = m->cap - 1, i = hash(key) & mask, first_free = (size_t)-1;
+    size_t mask = m->cap - 1, i = h & mask, first_free = (size_t)-1;
     for (;; i = (i + 1) & mask) {
         char *k = m->keys[i];
         if (k == NULL) {
@@ -64,7 +68,7 @@ static size_t find(const strmap *m, const char *key, int *found)
         if (k == &tombstone) {
             if (first_free == (size_t)-1)
                 first_free = i;
-        } else if (strcmp(k, key) == 0) {
+        } else if (m->hashes[i] == h && strcmp(k, key) == 0) {
             *found = 1;
             return i;
         }
@@ -78,21 +82,29 @@ static sg_err grow(strmap *m)
     strmap bigger = {.cap = (m->len + 1) * 2 > m->cap / 2 ? m->cap * 2 : m->cap};
     bigger.keys = calloc(bigger.cap, sizeof(*bigger.keys));
     bigger.vals = calloc(bigger.cap, sizeof(*bigger.vals));
-    if (!bigger.keys || !bigger.vals) {
+    bigger.hashes = calloc(bigger.cap, sizeof(*bigger.hashes));
+    if (!bigger.keys || !bigger.vals || !bigger.hashes) {
         free(bigger.keys);
         free(bigger.vals);
+        free(bigger.hashes);
         return SG_ENOMEM;
     }
+    /* The keys are distinct and the new table has no tombstones: each goes
+     * to the first empty slot from its hash, with no string compared. */
+    size_t mask = bigger.cap - 1;
     for (size_t i = 0; i < m->cap; i++)
         if (m->keys[i] && m->keys[i] != &tombstone) {
-            int found;
-            size_t j = find(&bigger, m->keys[i], &found);
+            size_t j = m->hashes[i] & mask;
+            while (bigger.keys[j])
+                j = (j + 1) & mask;
             bigger.keys[j] = m->keys[i];
             bigger.vals[j] = m->vals[i];
+            bigger.hashes[j] = m->hashes[i];
             bigger.len++;
         }
     free(m->keys);
     free(m->vals);
+    free(m->hashes);
     bigger.used = bigger.len;
     *m = bigger;
     return SG_OK;
@@ -101,7 +113,7 @@ static sg_err grow(strmap *m)
 void *strmap_get(const strmap *m, const char *key)
 {
     int found;
-    size_t i = find(m, key, &found);
+    size_t i = find(m, key, hash(key), &found);
     return found ? m->vals[i] : NULL;
 }
 
@@ -110,7 +122,8 @@ sg_err strmap_put(strmap *m, const char *key, void *value)
     if ((m->used + 1) * 4 > m->cap * 3 && grow(m) != SG_OK)
         return SG_ENOMEM;
     int found;
-    size_t i = find(m, key, &found);
+    uint64_t h = hash(key);
+    size_t i = find(m, key, h, &found);
     if (!found) {
         char *k = strdup(key);
         if (k == NULL)
@@ -118,6 +131,7 @@ sg_err strmap_put(strmap *m, const char *key, void *value)
         if (m->keys[i] == NULL)
             m->used++;
         m->keys[i] = k;
+        m->hashes[i] = h;
         m->len++;
     }
     m->vals[i] = value;
@@ -127,7 +141,7 @@ sg_err strmap_put(strmap *m, const char *key, void *value)
 void *strmap_del(strmap *m, const char *key)
 {
     int found;
-    size_t i = find(m, key, &found);
+    size_t i = find(m, key, hash(key), &found);
     if (!found)
         return NULL;
     void *v = m->vals[i];

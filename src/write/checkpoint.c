@@ -1,13 +1,17 @@
 /* checkpoint.c - saving and loading the write-state checkpoint (see
- * checkpoint.h). Streams: never holds the file in memory, only the state. */
+ * checkpoint.h). Saving streams the state out; loading reads the file once
+ * and hands its lines to wstate as they are, which keeps them as its frozen
+ * base (one buffer for the whole state, no allocation per entry). */
 #include "checkpoint.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../core/codec.h"
@@ -131,53 +135,72 @@ static sg_err check_header(const char *line, const char *sha, size_t entries, co
     return e;
 }
 
-sg_err checkpoint_load(const char *path, wstate **s, const keyring *kr, struct chain_pos *at,
-                       char *why, size_t whylen)
+sg_err checkpoint_load(const char *path, wstate *s, const keyring *kr, const struct chain_pos *want,
+                       struct chain_pos *at, char *why, size_t whylen)
 {
-    char *line = NULL, sha[SG_HEX256_LEN + 1];
-    size_t cap = 0, entries = 0;
+    char sha[SG_HEX256_LEN + 1], *buf = NULL;
     uint8_t digest[32];
-    ssize_t n;
+    struct stat st;
+    size_t got = 0;
+    sg_err e = SG_ESTORE;
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0 && errno == ENOENT)
         return SG_ENOTFOUND;
-    FILE *f = fd >= 0 ? fdopen(fd, "r") : NULL;
-    if (f == NULL) {
-        if (fd >= 0)
-            close(fd);
-        return sg_say(why, whylen, SG_ESTORE, "cannot read %s: %s", path, strerror(errno));
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        sg_say(why, whylen, e, "cannot read %s: %s", path, strerror(errno));
+        goto out;
     }
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    wstate *fresh = wstate_new();
-    sg_err e = md && fresh ? SG_EVERIFY : SG_ENOMEM;
-    if (e == SG_EVERIFY) {
+    if ((buf = malloc((size_t)st.st_size + 1)) == NULL) {
+        e = sg_say(why, whylen, SG_ENOMEM, "out of memory for %s", path);
+        goto out;
+    }
+    while (got < (size_t)st.st_size) {
+        ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
+        if (n <= 0) {
+            sg_say(why, whylen, e, "cannot read %s: %s", path, n ? strerror(errno) : "it shrank");
+            goto out;
+        }
+        got += (size_t)n;
+    }
+    /* The lines, then the header as the last line. */
+    e = SG_EVERIFY;
+    if (got == 0 || buf[got - 1] != '\n') {
         sg_say(why, whylen, e, "it has no header");
-        EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+        goto out;
     }
-    while (md && fresh && (n = getline(&line, &cap, f)) > 0) {
-        if (line[0] == '{') { /* the header: must be the last line */
-            EVP_DigestFinal_ex(md, digest, NULL);
-            sg_hex_encode(digest, 32, sha);
-            e = check_header(line, sha, entries, kr, at, why, whylen);
-            if (e == SG_OK && getline(&line, &cap, f) > 0)
-                e = sg_say(why, whylen, SG_EVERIFY, "it goes on after its header");
-            break;
-        }
-        EVP_DigestUpdate(md, line, (size_t)n);
+    buf[got - 1] = '\0';
+    char *nl = memrchr(buf, '\n', got - 1), *head = nl ? nl + 1 : buf;
+    size_t lines_len = (size_t)(head - buf), entries = 0;
+    for (char *p = buf; (p = memchr(p, '\n', (size_t)(head - p))) != NULL; p++)
         entries++;
-        if (line[n - 1] != '\n' || wstate_load_line(fresh, line) != SG_OK) {
-            e = sg_say(why, whylen, SG_EVERIFY, "line %zu is malformed", entries);
-            break;
-        }
+    if (SHA256((const unsigned char *)buf, lines_len, digest) == NULL) {
+        e = sg_say(why, whylen, SG_ENOMEM, "cannot hash %s", path);
+        goto out;
     }
-    free(line);
-    fclose(f);
-    EVP_MD_CTX_free(md);
-    if (e) {
-        wstate_free(fresh);
-        return e;
+    sg_hex_encode(digest, 32, sha);
+    if (*head != '{') {
+        sg_say(why, whylen, e, "its last line is not a checkpoint header");
+        goto out;
     }
-    wstate_free(*s);
-    *s = fresh;
-    return SG_OK;
+    struct chain_pos pos;
+    if ((e = check_header(head, sha, entries, kr, &pos, why, whylen)) != SG_OK)
+        goto out;
+    if (want && (pos.position != want->position || strcmp(pos.hash, want->hash) != 0)) {
+        e = sg_say(why, whylen, SG_EVERIFY, "it is at position %llu, not at %llu",
+                   (unsigned long long)pos.position, (unsigned long long)want->position);
+        goto out;
+    }
+    e = wstate_rebase_new(s, buf, lines_len);
+    buf = NULL; /* taken */
+    if (e == SG_EBADINPUT)
+        e = sg_say(why, whylen, SG_EVERIFY, "its lines are malformed or out of order");
+    else if (e)
+        sg_say(why, whylen, e, "out of memory for %s", path);
+    else
+        *at = pos;
+out:
+    if (fd >= 0)
+        close(fd);
+    free(buf);
+    return e;
 }

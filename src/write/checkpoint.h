@@ -19,10 +19,12 @@
 sg_err checkpoint_save(const char *path, const wstate *s, const struct chain_pos *at, signer *sg,
                        char *why, size_t whylen);
 
-/* Load path into a new state that replaces *s (freed) on success, and set
- * *at. SG_ENOTFOUND when there is no file; SG_EVERIFY when it does not
- * verify (why says why; *s is left as it was); SG_ESTORE, SG_ENOMEM. */
-sg_err checkpoint_load(const char *path, wstate **s, const keyring *kr, struct chain_pos *at,
-                       char *why, size_t whylen);
+/* Make path's state the base of s (wstate_rebase_new: the layers above base
+ * stay) and set *at. With want, only a checkpoint at exactly that position
+ * and hash is taken. SG_ENOTFOUND when there is no file; SG_EVERIFY when it
+ * does not verify (why says why; s is left as it was); SG_ESTORE, SG_ENOMEM.
+ * The lines are kept in memory as read, so memory is the file's size. */
+sg_err checkpoint_load(const char *path, wstate *s, const keyring *kr, const struct chain_pos *want,
+                       struct chain_pos *at, char *why, size_t whylen);
 
 #endif

@@ -631,6 +631,12 @@ static void write_checkpoint(sequencer *q)
         return;
     }
     q->checkpointed = q->base_at.position;
+    /* Base becomes the file just written, kept as it is on disk (one
+     * buffer): the changes since the last checkpoint leave their maps. */
+    struct chain_pos at;
+    if (checkpoint_load(q->checkpoint_path, q->ws, q->o.kr, &q->base_at, &at, why, sizeof(why)) !=
+        SG_OK)
+        sg_warn("write state: checkpoint written but not re-read (%s); going on as before", why);
     sg_info("write state: checkpoint at position %llu written in %llu ms",
             (unsigned long long)q->base_at.position, (unsigned long long)(sg_mono_ms() - t0));
 }
@@ -878,7 +884,7 @@ sg_err sequencer_start(const struct sequencer_opts *o, sequencer **out, char *wh
     if (e == SG_OK && q->checkpoint_path) {
         struct chain_pos at;
         char r[384];
-        sg_err c = checkpoint_load(q->checkpoint_path, &q->ws, o->kr, &at, r, sizeof(r));
+        sg_err c = checkpoint_load(q->checkpoint_path, q->ws, o->kr, NULL, &at, r, sizeof(r));
         if (c == SG_OK && chain_check_witness(q->rst, o->kr, "the write-state checkpoint", &at, r,
                                               sizeof(r)) == SG_OK) {
             q->base_at = at;

@@ -1,6 +1,10 @@
 /* wstate.c - layered write state (see wstate.h). Each layer is a map of
  * namespaces, each namespace a map of key -> value copy; a deletion in a
- * layer is a tombstone that hides what lies below. */
+ * layer is a tombstone that hides what lies below. Under base lies the
+ * frozen state: the last checkpoint's lines, kept as they were read (one
+ * buffer, sorted, searched in place), so that loading a checkpoint of a
+ * million entries costs one read and one pass instead of a million
+ * allocations. Base is then the changes since that checkpoint. */
 #include "wstate.h"
 
 #include <stdlib.h>
@@ -16,8 +20,24 @@ struct layer {
     strmap *ns; /* ns -> strmap (key -> char * or tombstone) */
 };
 
+/* The entries of one namespace in the frozen state: keys sorted (strcmp),
+ * each key's value right after its NUL. */
+struct frozen_ns {
+    const char *name;
+    char **keys;
+    size_t n;
+};
+
+struct frozen {
+    char *buf;            /* the checkpoint's lines, tabs and newlines turned into NULs */
+    char **keys;          /* every entry's key, ordered by (ns, key) */
+    struct frozen_ns *ns; /* ordered by name */
+    size_t nns;
+};
+
 struct wstate {
-    struct layer base;
+    struct frozen fz;
+    struct layer base;               /* over fz: a tombstone here hides a frozen entry */
     struct layer layers[MAX_LAYERS]; /* [0] oldest */
     size_t n;
 };
@@ -49,13 +69,52 @@ wstate *wstate_new(void)
     return s;
 }
 
+static void frozen_clear(struct frozen *fz)
+{
+    free(fz->buf);
+    free(fz->keys);
+    free(fz->ns);
+    memset(fz, 0, sizeof(*fz));
+}
+
 void wstate_free(wstate *s)
 {
     if (s == NULL)
         return;
     wstate_drop_all(s);
     layer_clear(&s->base);
+    frozen_clear(&s->fz);
     free(s);
+}
+
+static const struct frozen_ns *frozen_ns(const struct frozen *fz, const char *ns)
+{
+    for (size_t i = 0; i < fz->nns; i++)
+        if (strcmp(fz->ns[i].name, ns) == 0)
+            return &fz->ns[i];
+    return NULL;
+}
+
+static const char *value_of(const char *key)
+{
+    return key + strlen(key) + 1;
+}
+
+static const char *frozen_get(const struct frozen *fz, const char *ns, const char *key)
+{
+    const struct frozen_ns *f = frozen_ns(fz, ns);
+    size_t lo = 0, hi = f ? f->n : 0;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(f->keys[mid], key);
+        if (c == 0)
+            return value_of(f->keys[mid]);
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
 }
 
 static struct layer *top(wstate *s)
@@ -63,13 +122,18 @@ static struct layer *top(wstate *s)
     return s->n ? &s->layers[s->n - 1] : &s->base;
 }
 
-/* Put value (owned: a malloc'd copy or tombstone) for ns/key into l; in base a
- * tombstone removes the key. */
-static sg_err layer_put(struct layer *l, int is_base, const char *ns, const char *key, char *value)
+/* Put value (owned: a malloc'd copy or tombstone) for ns/key into l; in base
+ * (fz is then the frozen state under it, else NULL) a tombstone removes the
+ * key, and is kept only to hide a frozen entry. */
+static sg_err layer_put(struct layer *l, const struct frozen *fz, const char *ns, const char *key,
+                        char *value)
 {
+    int is_base = fz != NULL;
+    if (is_base && value == tombstone && frozen_get(fz, ns, key) == NULL)
+        fz = NULL; /* nothing frozen to hide: a plain removal */
     strmap *m = strmap_get(l->ns, ns);
     if (m == NULL) {
-        if (is_base && value == tombstone)
+        if (is_base && value == tombstone && fz == NULL)
             return SG_OK;
         if ((m = strmap_new()) == NULL || strmap_put(l->ns, ns, m) != SG_OK) {
             strmap_free(m, NULL);
@@ -77,7 +141,7 @@ static sg_err layer_put(struct layer *l, int is_base, const char *ns, const char
             return SG_ENOMEM;
         }
     }
-    if (is_base && value == tombstone) {
+    if (is_base && value == tombstone && fz == NULL) {
         free_value(strmap_del(m, key));
         return SG_OK;
     }
@@ -100,7 +164,10 @@ const char *wstate_get(const wstate *s, const char *ns, const char *key)
             return v == tombstone ? NULL : v;
     }
     strmap *m = strmap_get(s->base.ns, ns);
-    return m ? strmap_get(m, key) : NULL;
+    char *v = m ? strmap_get(m, key) : NULL;
+    if (v)
+        return v == tombstone ? NULL : v;
+    return frozen_get(&s->fz, ns, key);
 }
 
 sg_err wstate_set(wstate *s, const char *ns, const char *key, const char *value)
@@ -108,19 +175,19 @@ sg_err wstate_set(wstate *s, const char *ns, const char *key, const char *value)
     char *copy = strdup(value);
     if (copy == NULL)
         return SG_ENOMEM;
-    return layer_put(top(s), s->n == 0, ns, key, copy);
+    return layer_put(top(s), s->n == 0 ? &s->fz : NULL, ns, key, copy);
 }
 
 sg_err wstate_del(wstate *s, const char *ns, const char *key)
 {
-    return layer_put(top(s), s->n == 0, ns, key, tombstone);
+    return layer_put(top(s), s->n == 0 ? &s->fz : NULL, ns, key, tombstone);
 }
 
 /*** iteration ***/
 
 struct each {
     const wstate *s;
-    size_t level; /* the layer being walked: 0 base, i layers[i-1] */
+    size_t level; /* the layer being walked: 0 base, i layers[i-1]; see frozen below */
     const char *ns;
     void (*fn)(const char *, const char *, void *);
     void *ud;
@@ -143,6 +210,11 @@ void wstate_each(const wstate *s, const char *ns,
                  void (*fn)(const char *key, const char *value, void *ud), void *ud)
 {
     struct each e = {s, 0, ns, fn, ud};
+    const struct frozen_ns *f = frozen_ns(&s->fz, ns);
+    strmap *bm = strmap_get(s->base.ns, ns);
+    for (size_t i = 0; f && i < f->n; i++)
+        if (bm == NULL || strmap_get(bm, f->keys[i]) == NULL) /* base hides it */
+            each_entry(f->keys[i], (void *)value_of(f->keys[i]), &e);
     for (e.level = 0; e.level <= s->n; e.level++) {
         const struct layer *l = e.level == 0 ? &s->base : &s->layers[e.level - 1];
         strmap *m = strmap_get(l->ns, ns);
@@ -151,10 +223,30 @@ void wstate_each(const wstate *s, const char *ns,
     }
 }
 
+struct count {
+    const struct frozen *fz;
+    const char *ns;
+    size_t n;
+};
+
+static void count_entry(const char *key, void *value, void *ud)
+{
+    struct count *c = ud;
+    int frozen = frozen_get(c->fz, c->ns, key) != NULL;
+    if (value == tombstone)
+        c->n--; /* hides a frozen entry */
+    else if (!frozen)
+        c->n++;
+}
+
 size_t wstate_base_count(const wstate *s, const char *ns)
 {
+    const struct frozen_ns *f = frozen_ns(&s->fz, ns);
+    struct count c = {&s->fz, ns, f ? f->n : 0};
     strmap *m = strmap_get(s->base.ns, ns);
-    return m ? strmap_len(m) : 0;
+    if (m)
+        strmap_each(m, count_entry, &c);
+    return c.n;
 }
 
 /*** layers ***/
@@ -169,7 +261,7 @@ sg_err wstate_push(wstate *s)
 
 struct fold {
     struct layer *into;
-    int is_base;
+    const struct frozen *fz; /* into is base: the frozen state under it */
     const char *ns;
     sg_err err;
 };
@@ -178,7 +270,7 @@ static void fold_entry(const char *key, void *value, void *ud)
 {
     struct fold *f = ud;
     char *v = value == tombstone ? tombstone : strdup(value);
-    if (v == NULL || layer_put(f->into, f->is_base, f->ns, key, v) != SG_OK)
+    if (v == NULL || layer_put(f->into, f->fz, f->ns, key, v) != SG_OK)
         f->err = SG_ENOMEM;
 }
 
@@ -189,11 +281,12 @@ static void fold_ns(const char *ns, void *m, void *ud)
     strmap_each(m, fold_entry, f);
 }
 
-/* Fold layer l into into (which is base if is_base). On SG_ENOMEM the
- * process has no consistent state left: abort rather than decide on it. */
-static void fold(struct layer *l, struct layer *into, int is_base)
+/* Fold layer l into into (base when fz is the frozen state, else NULL). On
+ * SG_ENOMEM the process has no consistent state left: abort rather than
+ * decide on it. */
+static void fold(struct layer *l, struct layer *into, const struct frozen *fz)
 {
-    struct fold f = {into, is_base, NULL, SG_OK};
+    struct fold f = {into, fz, NULL, SG_OK};
     strmap_each(l->ns, fold_ns, &f);
     if (f.err)
         abort();
@@ -204,7 +297,8 @@ void wstate_merge(wstate *s)
 {
     if (s->n == 0)
         return;
-    fold(&s->layers[s->n - 1], s->n >= 2 ? &s->layers[s->n - 2] : &s->base, s->n == 1);
+    fold(&s->layers[s->n - 1], s->n >= 2 ? &s->layers[s->n - 2] : &s->base,
+         s->n == 1 ? &s->fz : NULL);
     s->n--;
 }
 
@@ -219,7 +313,7 @@ void wstate_fold_oldest(wstate *s)
 {
     if (s->n == 0)
         return;
-    fold(&s->layers[0], &s->base, 1);
+    fold(&s->layers[0], &s->base, &s->fz);
     memmove(&s->layers[0], &s->layers[1], (s->n - 1) * sizeof(s->layers[0]));
     s->n--;
     s->layers[s->n].ns = NULL;
@@ -238,9 +332,49 @@ size_t wstate_layers(const wstate *s)
 
 /*** dump and load ***/
 
+/* One entry of base or the frozen state, for the ordered dump. */
+struct entry {
+    const char *ns, *key, *value; /* value: NULL for a tombstone */
+};
+
+static int entry_cmp(const struct entry *a, const struct entry *b)
+{
+    int c = strcmp(a->ns, b->ns);
+    return c ? c : strcmp(a->key, b->key);
+}
+
+static int entry_qsort(const void *a, const void *b)
+{
+    return entry_cmp(a, b);
+}
+
+struct collect {
+    struct entry *v;
+    size_t n;
+    const char *ns;
+};
+
+static void collect_entry(const char *key, void *value, void *ud)
+{
+    struct collect *c = ud;
+    c->v[c->n++] = (struct entry){c->ns, key, value == tombstone ? NULL : value};
+}
+
+static void collect_ns(const char *ns, void *m, void *ud)
+{
+    struct collect *c = ud;
+    c->ns = ns;
+    strmap_each(m, collect_entry, c);
+}
+
+static void count_ns(const char *ns, void *m, void *ud)
+{
+    (void)ns;
+    *(size_t *)ud += strmap_len(m);
+}
+
 struct dump {
     FILE *f;
-    const char *ns;
     void (*line)(const char *, size_t, void *);
     void *ud;
     int err;
@@ -255,43 +389,109 @@ static void put(struct dump *d, const char *p, size_t n)
         d->line(p, n, d->ud);
 }
 
-static void dump_entry(const char *key, void *value, void *ud)
+static void put_entry(struct dump *d, const struct entry *e)
 {
-    struct dump *d = ud;
-    put(d, d->ns, strlen(d->ns));
+    put(d, e->ns, strlen(e->ns));
     put(d, "\t", 1);
-    put(d, key, strlen(key));
+    put(d, e->key, strlen(e->key));
     put(d, "\t", 1);
-    put(d, value, strlen(value));
+    put(d, e->value, strlen(e->value));
     put(d, "\n", 1);
-}
-
-static void dump_ns(const char *ns, void *m, void *ud)
-{
-    struct dump *d = ud;
-    d->ns = ns;
-    strmap_each(m, dump_entry, d);
 }
 
 sg_err wstate_dump_base(const wstate *s, FILE *f, void (*line)(const char *, size_t, void *),
                         void *ud)
 {
-    struct dump d = {f, NULL, line, ud, 0};
-    strmap_each(s->base.ns, dump_ns, &d);
+    /* Base's entries, sorted, merged with the frozen ones (already sorted):
+     * base wins, and its tombstones drop what they hide. */
+    size_t nb = 0;
+    strmap_each(s->base.ns, count_ns, &nb);
+    struct collect c = {malloc((nb ? nb : 1) * sizeof(*c.v)), 0, NULL};
+    if (c.v == NULL)
+        return SG_ENOMEM;
+    strmap_each(s->base.ns, collect_ns, &c);
+    qsort(c.v, c.n, sizeof(*c.v), entry_qsort);
+
+    struct dump d = {f, line, ud, 0};
+    size_t b = 0, fi = 0, fk = 0;
+    for (;;) {
+        while (fi < s->fz.nns && fk == s->fz.ns[fi].n)
+            fi++, fk = 0;
+        struct entry fe = {0};
+        int have_f = fi < s->fz.nns;
+        if (have_f)
+            fe = (struct entry){s->fz.ns[fi].name, s->fz.ns[fi].keys[fk],
+                                value_of(s->fz.ns[fi].keys[fk])};
+        if (!have_f && b == c.n)
+            break;
+        int cmp = !have_f ? 1 : b == c.n ? -1 : entry_cmp(&fe, &c.v[b]);
+        if (cmp < 0) {
+            put_entry(&d, &fe);
+            fk++;
+            continue;
+        }
+        if (cmp == 0)
+            fk++; /* base's version of it wins */
+        if (c.v[b].value)
+            put_entry(&d, &c.v[b]);
+        b++;
+    }
+    free(c.v);
     return d.err ? SG_ESTORE : SG_OK;
 }
 
-sg_err wstate_load_line(wstate *s, char *line)
+/* The next line of buf[*at, len): its three fields NUL-terminated in place.
+ * 0 when it is malformed. */
+static int split_line(char *buf, size_t len, size_t *at, char **ns, char **key)
 {
-    char *ns = line, *key = strchr(ns, '\t'), *value, *end;
-    if (key == NULL || (value = strchr(++key, '\t')) == NULL)
-        return SG_EBADINPUT;
-    key[-1] = '\0';
-    *value++ = '\0';
-    if ((end = strchr(value, '\n')) != NULL)
-        *end = '\0';
-    if (*ns == '\0' || *key == '\0')
-        return SG_EBADINPUT;
-    char *copy = strdup(value);
-    return copy ? layer_put(&s->base, 1, ns, key, copy) : SG_ENOMEM;
+    char *p = buf + *at, *end = memchr(p, '\n', len - *at);
+    char *t1 = end ? memchr(p, '\t', (size_t)(end - p)) : NULL;
+    char *t2 = t1 ? memchr(t1 + 1, '\t', (size_t)(end - t1 - 1)) : NULL;
+    if (t2 == NULL || t1 == p || t2 == t1 + 1)
+        return 0;
+    *t1 = *t2 = *end = '\0';
+    *ns = p;
+    *key = t1 + 1;
+    *at = (size_t)(end - buf) + 1;
+    return 1;
+}
+
+sg_err wstate_rebase_new(wstate *s, char *buf, size_t len)
+{
+    struct frozen fz = {buf, NULL, NULL, 0};
+    size_t lines = 0, nns = 0, at = 0;
+    for (char *p = buf; (p = memchr(p, '\n', len - (size_t)(p - buf))) != NULL; p++)
+        lines++;
+    if (len && buf[len - 1] != '\n')
+        goto bad;
+    fz.keys = malloc((lines ? lines : 1) * sizeof(*fz.keys));
+    fz.ns = malloc((lines ? lines : 1) * sizeof(*fz.ns));
+    if (fz.keys == NULL || fz.ns == NULL) {
+        frozen_clear(&fz);
+        return SG_ENOMEM;
+    }
+    /* Each line must come strictly after the one before it: sorted, and no
+     * key twice. */
+    for (size_t i = 0; i < lines; i++) {
+        char *ns, *key;
+        if (!split_line(buf, len, &at, &ns, &key))
+            goto bad;
+        int c = nns ? strcmp(ns, fz.ns[nns - 1].name) : 1;
+        if (c < 0 || (c == 0 && strcmp(key, fz.keys[i - 1]) <= 0))
+            goto bad;
+        if (c > 0)
+            fz.ns[nns++] = (struct frozen_ns){ns, &fz.keys[i], 0};
+        fz.keys[i] = key;
+        fz.ns[nns - 1].n++;
+    }
+    fz.nns = nns;
+    layer_clear(&s->base);
+    if ((s->base.ns = strmap_new()) == NULL)
+        abort(); /* base is gone: no consistent state left to decide on */
+    frozen_clear(&s->fz);
+    s->fz = fz;
+    return SG_OK;
+bad:
+    frozen_clear(&fz);
+    return SG_EBADINPUT;
 }

@@ -49,12 +49,16 @@ void wstate_fold_oldest(wstate *s);
 void wstate_drop_all(wstate *s);
 size_t wstate_layers(const wstate *s);
 
-/* Base as lines of text, one entry a line: ns \t key \t value \n (no tab or
- * newline may appear in ns or key; values are JSON, which escapes them).
+/* Base as lines of text, one entry a line: ns \t key \t value \n (no tab,
+ * newline or NUL may appear in ns or key, nor newline or NUL in a value;
+ * values are JSON, which escapes them), ordered by ns and then key (strcmp).
  * dump writes every base entry, showing every byte written to line (for a
- * running hash); load adds one line's entry to base. */
+ * running hash). rebase_new makes base exactly the lines of buf[0, len),
+ * which it takes in every case and searches in place (no copy per entry);
+ * the layers above base stay. SG_EBADINPUT (s unchanged) when a line is
+ * malformed or out of order; SG_ENOMEM. */
 sg_err wstate_dump_base(const wstate *s, FILE *f, void (*line)(const char *, size_t, void *),
                         void *ud);
-sg_err wstate_load_line(wstate *s, char *line);
+sg_err wstate_rebase_new(wstate *s, char *buf, size_t len);
 
 #endif

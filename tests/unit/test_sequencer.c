@@ -496,11 +496,11 @@ static void test_checkpoint(void **state)
         run1(q, device_req(id, NULL), SG_OK);
     }
     /* Written every 10 events while running (at the next batch after). */
-    assert_int_equal(checkpoint_load(ckpt, &ws, kr, &at, why, sizeof(why)), SG_OK);
+    assert_int_equal(checkpoint_load(ckpt, ws, kr, NULL, &at, why, sizeof(why)), SG_OK);
     assert_true(at.position >= 10 && at.position <= 30);
     assert_non_null(wstate_get(ws, "device", "c-5"));
     stop(q); /* and at stop: at 30 */
-    assert_int_equal(checkpoint_load(ckpt, &ws, kr, &at, why, sizeof(why)), SG_OK);
+    assert_int_equal(checkpoint_load(ckpt, ws, kr, NULL, &at, why, sizeof(why)), SG_OK);
     assert_int_equal(at.position, 30);
     assert_non_null(wstate_get(ws, "device", "c-29"));
     wstate_free(ws);
@@ -518,7 +518,7 @@ static void test_checkpoint(void **state)
     assert_int_equal(fputc('X', f), 'X');
     fclose(f);
     ws = wstate_new();
-    assert_int_equal(checkpoint_load(ckpt, &ws, kr, &at, why, sizeof(why)), SG_EVERIFY);
+    assert_int_equal(checkpoint_load(ckpt, ws, kr, NULL, &at, why, sizeof(why)), SG_EVERIFY);
     wstate_free(ws);
     q = start_on(0);
     run1(q, device_req("c-3", NULL), SG_ECONFLICT);

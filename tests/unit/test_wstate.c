@@ -70,37 +70,122 @@ static void test_layers(void **state)
     wstate_free(s);
 }
 
+/* The file f's whole content, as a malloc'd buffer. */
+static char *slurp(FILE *f, size_t *len)
+{
+    fflush(f);
+    long n = ftell(f);
+    char *buf = malloc((size_t)n + 1);
+    rewind(f);
+    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+    *len = (size_t)n;
+    return buf;
+}
+
+static char *dump(const wstate *s, size_t *len)
+{
+    FILE *f = tmpfile();
+    assert_non_null(f);
+    assert_int_equal(wstate_dump_base(s, f, NULL, NULL), SG_OK);
+    char *buf = slurp(f, len);
+    fclose(f);
+    return buf;
+}
+
+static char *dup_str(const char *s)
+{
+    char *p = malloc(strlen(s) + 1);
+    strcpy(p, s);
+    return p;
+}
+
 static void test_dump_and_load(void **state)
 {
     (void)state;
     wstate *s = wstate_new(), *t = wstate_new();
-    char path[] = "/tmp/signet-wstate-XXXXXX", line[256];
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    FILE *f = fdopen(fd, "w+");
-    for (int i = 0; i < 100; i++) {
+    for (int i = 99; i >= 0; i--) {
         char k[16], v[32];
         snprintf(k, sizeof(k), "k%d", i);
         snprintf(v, sizeof(v), "{\"n\":%d,\"s\":\"a\\tb\"}", i);
         assert_int_equal(wstate_set(s, i % 2 ? "odd" : "even", k, v), SG_OK);
     }
-    assert_int_equal(wstate_dump_base(s, f, NULL, NULL), SG_OK);
-    rewind(f);
-    int n = 0;
-    while (fgets(line, sizeof(line), f)) {
-        assert_int_equal(wstate_load_line(t, line), SG_OK);
-        n++;
-    }
-    fclose(f);
-    unlink(path);
-    assert_int_equal(n, 100);
+    size_t len;
+    char *buf = dump(s, &len);
+    /* Sorted by namespace, then key. */
+    assert_memory_equal(buf, "even\tk0\t", 8);
+    assert_non_null(strstr(buf, "even\tk98\t{\"n\":98,\"s\":\"a\\tb\"}\nodd\tk1\t"));
+    char *again = dump(s, &len);
+    assert_memory_equal(buf, again, len); /* the same state, the same bytes */
+    free(again);
+    assert_int_equal(wstate_rebase_new(t, buf, len), SG_OK);
     assert_int_equal(wstate_base_count(t, "odd"), 50);
+    assert_int_equal(live(t, "even"), 50);
     assert_string_equal(wstate_get(t, "even", "k42"), "{\"n\":42,\"s\":\"a\\tb\"}");
-    char bad[] = "no tabs here\n", empty_key[] = "ns\t\tv\n";
-    assert_int_equal(wstate_load_line(t, bad), SG_EBADINPUT);
-    assert_int_equal(wstate_load_line(t, empty_key), SG_EBADINPUT);
+    assert_null(wstate_get(t, "even", "k43"));
+
+    /* Malformed or unordered lines are refused, and leave t as it was. */
+    const char *bad[] = {"no tabs here\n",    "ns\t\tv\n",          "\tk\tv\n",
+                         "a\tk\tv",           "b\tk\tv\na\tk\tv\n", "a\tk2\tv\na\tk1\tv\n",
+                         "a\tk\tv\na\tk\tw\n"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(wstate_rebase_new(t, dup_str(bad[i]), strlen(bad[i])), SG_EBADINPUT);
+    assert_int_equal(wstate_base_count(t, "odd"), 50);
     wstate_free(s);
     wstate_free(t);
+}
+
+/* Base over a frozen state: changes and deletions hide frozen entries,
+ * layers still work, and a dump is their exact merge. */
+static void test_frozen(void **state)
+{
+    (void)state;
+    wstate *s = wstate_new();
+    const char *lines = "d\ta\t1\nd\tb\t2\nd\tc\t3\ne\tx\t9\n";
+    assert_int_equal(wstate_rebase_new(s, dup_str(lines), strlen(lines)), SG_OK);
+    assert_string_equal(wstate_get(s, "d", "b"), "2");
+    assert_int_equal(live(s, "d"), 3);
+
+    assert_int_equal(wstate_set(s, "d", "b", "2b"), SG_OK); /* in base, over frozen */
+    assert_int_equal(wstate_del(s, "d", "c"), SG_OK);
+    assert_int_equal(wstate_del(s, "d", "zz"), SG_OK); /* nothing to delete */
+    assert_int_equal(wstate_set(s, "d", "aa", "11"), SG_OK);
+    assert_int_equal(wstate_set(s, "f", "q", "7"), SG_OK);
+    assert_string_equal(wstate_get(s, "d", "b"), "2b");
+    assert_null(wstate_get(s, "d", "c"));
+    assert_int_equal(live(s, "d"), 3); /* a, aa, b */
+    assert_int_equal(wstate_base_count(s, "d"), 3);
+
+    assert_int_equal(wstate_push(s), SG_OK); /* a batch on top */
+    assert_int_equal(wstate_del(s, "d", "a"), SG_OK);
+    assert_int_equal(wstate_set(s, "d", "c", "3c"), SG_OK);
+    assert_int_equal(live(s, "d"), 3); /* aa, b, c */
+    assert_null(wstate_get(s, "d", "a"));
+    wstate_drop(s); /* it failed */
+    assert_string_equal(wstate_get(s, "d", "a"), "1");
+    assert_null(wstate_get(s, "d", "c"));
+
+    assert_int_equal(wstate_push(s), SG_OK); /* again, durable this time */
+    assert_int_equal(wstate_del(s, "d", "a"), SG_OK);
+    assert_int_equal(wstate_set(s, "d", "c", "3c"), SG_OK);
+    wstate_fold_oldest(s);
+    assert_int_equal(wstate_base_count(s, "d"), 3);
+
+    size_t len;
+    char *buf = dump(s, &len);
+    const char *want = "d\taa\t11\nd\tb\t2b\nd\tc\t3c\ne\tx\t9\nf\tq\t7\n";
+    assert_int_equal(len, strlen(want));
+    assert_memory_equal(buf, want, len);
+
+    /* Rebasing on the dump keeps the layers above base. */
+    assert_int_equal(wstate_push(s), SG_OK);
+    assert_int_equal(wstate_set(s, "d", "new", "n"), SG_OK);
+    assert_int_equal(wstate_rebase_new(s, buf, len), SG_OK);
+    assert_string_equal(wstate_get(s, "d", "new"), "n");
+    assert_string_equal(wstate_get(s, "d", "c"), "3c");
+    assert_int_equal(live(s, "d"), 4);
+    wstate_drop_all(s);
+    assert_int_equal(live(s, "d"), 3);
+    wstate_free(s);
 }
 
 int main(void)
@@ -108,6 +193,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_layers),
         cmocka_unit_test(test_dump_and_load),
+        cmocka_unit_test(test_frozen),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
