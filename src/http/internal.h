@@ -173,5 +173,11 @@ void route_metrics(struct req *r);
 void route_keys(struct req *r);
 void route_events(struct req *r);
 void route_snapshot(struct req *r);
+/* min_position / wait_ms of a read request (routes.c): 1 if it answered r
+ * (400, or 503 when the wait ran out) or suspended it until the read model
+ * is there; 0 to go on answering. */
+int wait_for_position(struct req *r);
+/* GET /v1/devices/{id}/commands (routes_commands.c) */
+void route_device_commands(struct req *r);
 
 #endif
