@@ -57,6 +57,8 @@ enum route_flag {
     ROUTE_DEVICE_SELF = 1u << 2,     /* ROLE_DEVICE must be bound to the {} id */
     ROUTE_HEAD = 1u << 3,            /* a GET route that also answers HEAD */
     ROUTE_NOT_IMPLEMENTED = 1u << 4, /* authenticates and authorizes, then 501 */
+    ROUTE_JSON_OPTIONAL = 1u << 5,   /* with JSON_BODY: no body at all (and then no
+                                        Content-Type) is taken as {} */
 };
 
 struct route {

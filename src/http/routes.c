@@ -40,10 +40,10 @@ const struct route routes[] = {
     {W, "POST", "/v1/devices/{}/reports", ROLE_DEVICE, SELF | JSON | NOTIMPL, NULL, NULL, NULL},
     {W, "POST", "/v1/commands", ROLE_OPERATOR, JSON, route_write_request, &wreq_request_command,
      NULL},
-    {W, "POST", "/v1/commands/{}/approve", ROLE_APPROVER, JSON, route_write_request,
-     &wreq_approve_command, NULL},
-    {W, "POST", "/v1/commands/{}/reject", ROLE_APPROVER, JSON, route_write_request,
-     &wreq_reject_command, NULL},
+    {W, "POST", "/v1/commands/{}/approve", ROLE_APPROVER, JSON | ROUTE_JSON_OPTIONAL,
+     route_write_request, &wreq_approve_command, NULL},
+    {W, "POST", "/v1/commands/{}/reject", ROLE_APPROVER, JSON | ROUTE_JSON_OPTIONAL,
+     route_write_request, &wreq_reject_command, NULL},
 
     {R, "GET", "/v1/events", ROLE_AUDITOR, 0, route_events, NULL, NULL},
     {R, "GET", "/v1/snapshots/{}", ROLE_AUDITOR | ROLE_OPERATOR, 0, route_snapshot, NULL, NULL},
@@ -143,8 +143,10 @@ void route_write_request(struct req *r)
         return;
     }
     json_error_t jerr;
-    json_t *body =
-        json_loadb(r->body.data ? r->body.data : "", r->body.len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *body = r->body.len == 0 && (r->route->flags & ROUTE_JSON_OPTIONAL)
+                       ? json_object()
+                       : json_loadb(r->body.data ? r->body.data : "", r->body.len,
+                                    JSON_REJECT_DUPLICATES, &jerr);
     if (body == NULL) {
         http_problem(r, SG_EBADINPUT, "malformed JSON: %s", jerr.text);
         return;

@@ -244,6 +244,25 @@ class Commands(E2ETestCase):
         self.assertStatus(self.verdict(cid, "alice"), 200)
         self.assertEqual(self.verdict(cid, "bob").body["state"], "authorized")
 
+    def test_verdict_without_body(self):
+        """The body of approve and reject is optional: no body at all (no
+        Content-Type either) is {}; a body needs application/json."""
+        cid = self.asked("dev-cmd", "set-point")
+        r = request("POST", self.wp, "/v1/commands/%s/approve" % cid, token=self.tok("alice"),
+                    headers={"Content-Length": "0"})
+        self.assertEqual((r.status, r.body.get("approvals")), (200, 1), r)
+        r = request("POST", self.wp, "/v1/commands/%s/approve" % cid, token=self.tok("bob"),
+                    body=b"", headers={"Content-Type": "application/json"})
+        self.assertEqual((r.status, r.body.get("state")), (200, "authorized"), r)
+        cid = self.asked("dev-cmd", "set-point")
+        h0 = self.head()
+        r = request("POST", self.wp, "/v1/commands/%s/reject" % cid, token=self.tok("bob"),
+                    body=b'{"comment":"x"}', headers={"Content-Type": "text/plain"})
+        self.assertProblem(r, 415)
+        self.assertEqual(self.head(), h0)
+        r = request("POST", self.wp, "/v1/commands/%s/reject" % cid, token=self.tok("bob"))
+        self.assertEqual((r.status, r.body.get("state")), (200, "rejected"), r)
+
     def test_unknown_command_404(self):
         h0 = self.head()
         for what in ("approve", "reject"):
