@@ -23,7 +23,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from client import fetch_all_events, get_keys, head_of, in_threads, register, request, wait_until  # noqa: E402
-from deploy import SIGNETD, E2ETestCase  # noqa: E402
+from deploy import SIGNETD, E2ETestCase, FaultyHsmTestCase  # noqa: E402
 from verify import canonical, key_id_for, keys_by_purpose, sha256_hex, verify_snapshot  # noqa: E402
 
 from cryptography.exceptions import InvalidSignature  # noqa: E402
@@ -623,6 +623,47 @@ class Commands(E2ETestCase):
         self.assertEqual(r.body["state"], "authorized")
         envs = [e["envelope"] for e in self.device_commands(dev, min_position=r.body["position"]).body["commands"]]
         self.assertEqual([(e["command_id"], e["counter"]) for e in envs], [(done, 1), (half, 2)])
+
+
+class CommandsHsmFailure(FaultyHsmTestCase):
+    """The envelope is signed inside the decision: when the HSM does not
+    sign, the deciding approval is refused with 503 and nothing is appended
+    (not even the approval); once the HSM is back the same approval goes
+    through, with counter 1."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.start_deployment(faulty=True)
+        cls.keys = get_keys(cls.rp)
+
+    def test_final_approval_without_hsm(self):
+        dev = self.unique("hsm-cmd")
+        self.assertStatus(register(self.wp, self.ops, dev), 201)
+        r = request("POST", self.wp, "/v1/commands", token=self.ops,
+                    body={"device_id": dev, "action": "reboot", "params": {}, "ttl_seconds": 600})
+        self.assertStatus(r, 202)
+        cid = r.body["command_id"]
+        h0 = head_of(self.rp, self.audit)
+        self.set_fault("sign")
+        alice = self.dep.token("alice")
+
+        def approve():
+            return request("POST", self.wp, "/v1/commands/%s/approve" % cid, token=alice, body={})
+        for _ in range(2):
+            self.assertProblem(approve(), 503, "hsm-unavailable")
+        self.assertEqual(head_of(self.rp, self.audit), h0, "appended while the HSM failed")
+        self.set_fault(None)
+        r = wait_until(lambda: (lambda x: x if x.status != 503 else None)(approve()), timeout=30,
+                       what="the approval once the HSM is back")
+        self.assertStatus(r, 200)
+        self.assertEqual((r.body["state"], r.body["approvals"]), ("authorized", 1))
+        evs, _ = fetch_all_events(self.rp, self.audit)
+        mine = [e["type"] for e in evs if e["type"].startswith("Command") and e["data"]["command_id"] == cid]
+        self.assertEqual(mine, ["CommandRequested", "CommandApproved", "CommandAuthorized"])
+        page = request("GET", self.rp, "/v1/devices/%s/commands?min_position=%d" % (dev, r.body["position"]),
+                       token=self.ops)
+        self.assertEqual([e["envelope"]["counter"] for e in page.body["commands"]], [1])
+        verify_entry(page.body["commands"][0], self.keys)
 
 
 class ApprovalsConfiguration(E2ETestCase):
