@@ -263,6 +263,24 @@ class Commands(E2ETestCase):
         r = request("POST", self.wp, "/v1/commands/%s/reject" % cid, token=self.tok("bob"))
         self.assertEqual((r.status, r.body.get("state")), (200, "rejected"), r)
 
+    def test_approval_may_name_the_exact_command(self):
+        """An approver may name what they approve by its request_sha256 (from
+        the event log or the snapshot): another hash is 409, nothing counted."""
+        cid = self.asked("dev-cmd", "set-point", {"v": 1})
+        sha = self.command_events(cid)[0]["data"]["request_sha256"]
+        other = self.asked("dev-cmd", "set-point", {"v": 2})
+        h0 = self.head()
+        r = request("POST", self.wp, "/v1/commands/%s/approve" % other, token=self.tok("alice"),
+                    body={"request_sha256": sha})
+        self.assertProblem(r, 409, "conflict")
+        r = request("POST", self.wp, "/v1/commands/%s/approve" % cid, token=self.tok("alice"),
+                    body={"request_sha256": sha.upper()})
+        self.assertProblem(r, 400, "bad-input")
+        self.assertEqual(self.head(), h0)
+        r = request("POST", self.wp, "/v1/commands/%s/approve" % cid, token=self.tok("alice"),
+                    body={"request_sha256": sha, "comment": "v=1 it is"})
+        self.assertEqual((r.status, r.body.get("approvals")), (200, 1), r)
+
     def test_unknown_command_404(self):
         h0 = self.head()
         for what in ("approve", "reject"):

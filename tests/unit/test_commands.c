@@ -377,6 +377,7 @@ static void test_validate(void **state)
         assert_int_equal(validate(t, "c-1", "{\"other\":\"x\"}"), SG_EBADINPUT);
         assert_int_equal(validate(t, "../c", "{}"), SG_EBADINPUT);
         assert_int_equal(validate(t, "c-1", "[]"), SG_EBADINPUT);
+        assert_int_equal(validate(t, "c-1", "{\"request_sha256\":\"abc\"}"), SG_EBADINPUT);
     }
     assert_true(config_valid_action("unlock-debug"));
     assert_false(config_valid_action("unlock debug"));
