@@ -99,8 +99,11 @@ static int approved_by(const json_t *cmd, const char *who)
 {
     size_t i;
     json_t *v;
-    json_array_foreach(json_object_get(cmd, "approvers"), i,
-                       v) if (strcmp(json_string_value(v), who) == 0) return 1;
+    json_array_foreach(json_object_get(cmd, "approvers"), i, v)
+    {
+        if (strcmp(json_string_value(v), who) == 0)
+            return 1;
+    }
     return 0;
 }
 
@@ -203,9 +206,17 @@ static int params_ok(const json_t *v, int depth)
     size_t i;
     json_t *m;
     if (json_is_object(v)) {
-        json_object_foreach((json_t *)v, k, m) if (!params_ok(m, depth + 1)) return 0;
+        json_object_foreach((json_t *)v, k, m)
+        {
+            if (!params_ok(m, depth + 1))
+                return 0;
+        }
     } else if (json_is_array(v)) {
-        json_array_foreach(v, i, m) if (!params_ok(m, depth + 1)) return 0;
+        json_array_foreach(v, i, m)
+        {
+            if (!params_ok(m, depth + 1))
+                return 0;
+        }
     }
     return 1;
 }
