@@ -542,6 +542,65 @@ class Commands(E2ETestCase):
         self.assertEqual([e["counter"] for e in envs], list(range(1, len(envs) + 1)))
         self.assertEqual(len(envs), 5 + (1 if "CommandAuthorized" in types else 0))
 
+    # ---- roles ----
+
+    def test_role_matrix(self):
+        """Every principal on every new endpoint: the allowed ones succeed
+        (not merely pass authorization), the others get 403 (401 without a
+        token) and append nothing."""
+        everyone = ["ci", "ops", "alice", "bob", "audit", "adm", "dev-0001"] + list(EXTRA)
+        can_request = {"ops", "adm", "both"}
+        can_decide = {"alice", "bob", "adm", "carol", "dave", "erin", "both"}
+        for who in everyone:
+            with self.subTest(endpoint="request", who=who):
+                r = self.ask("dev-0002", "set-point", who=who)
+                if who in can_request:
+                    self.assertStatus(r, 202)
+                else:
+                    h0 = self.head()
+                    self.assertProblem(r, 403, "forbidden")
+                    self.assertEqual(self.head(), h0)
+        for what in ("approve", "reject"):
+            for who in everyone:
+                with self.subTest(endpoint=what, who=who):
+                    cid = self.asked("dev-0002", "unlock-debug")
+                    h0 = self.head()
+                    r = self.verdict(cid, who, what)
+                    if who in can_decide:
+                        self.assertStatus(r, 200)
+                        self.assertEqual(r.body["state"], "pending" if what == "approve" else "rejected")
+                    else:
+                        self.assertProblem(r, 403, "forbidden")
+                        self.assertEqual(self.head(), h0)
+        cid = self.asked("dev-0001", "reboot")
+        pos = self.verdict(cid, "alice").body["position"]
+        for who in everyone:
+            for dev in ("dev-0001", "dev-0002"):
+                with self.subTest(endpoint="device commands", who=who, device=dev):
+                    r = self.device_commands(dev, who=who, min_position=pos)
+                    if who in ("ops", "adm", "both") or (who == "dev-0001" and dev == "dev-0001"):
+                        self.assertStatus(r, 200)
+                    else:
+                        self.assertProblem(r, 403, "forbidden")
+            with self.subTest(endpoint="commands snapshot", who=who):
+                r = request("GET", self.rp, "/v1/snapshots/commands", token=self.tok(who))
+                if who in ("audit", "ops", "adm", "both"):
+                    self.assertStatus(r, 200)
+                else:
+                    self.assertProblem(r, 403, "forbidden")
+        h0 = self.head()
+        for method, port, path in (("POST", self.wp, "/v1/commands"), ("POST", self.wp, "/v1/commands/%s/approve" % cid),
+                                   ("POST", self.wp, "/v1/commands/%s/reject" % cid),
+                                   ("GET", self.rp, "/v1/devices/dev-0001/commands"),
+                                   ("GET", self.rp, "/v1/snapshots/commands")):
+            with self.subTest(endpoint=path, who=None):
+                r = request(method, port, path, body={} if method == "POST" else None)
+                self.assertProblem(r, 401, "unauthorized")
+        # Write routes are not on the read listener, nor the reads on the write listener.
+        self.assertIn(request("POST", self.rp, "/v1/commands", token=self.ops, body={}).status, (404, 405))
+        self.assertIn(request("GET", self.wp, "/v1/devices/dev-0001/commands", token=self.ops).status, (404, 405))
+        self.assertEqual(self.head(), h0)
+
     # ---- snapshot ----
 
     def test_commands_snapshot(self):
