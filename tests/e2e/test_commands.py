@@ -187,6 +187,7 @@ class Commands(E2ETestCase):
             (dict(good, params="x"), "params a string"),
             (dict(good, params={"v": 1.5}), "a float in params"),
             (dict(good, params={"v": [1e3]}), "an exponent in params"),
+            (dict(good, params={"v": 2 ** 53}), "an integer beyond 2^53-1 in params"),
             (dict(good, params={"v": "x" * 5000}), "params too big"),
             (dict(good, params={"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {}}}}}}}}}), "too deep"),
             (dict(good, ttl_seconds=59), "ttl below 60"),
