@@ -578,6 +578,11 @@ class FirmwareCli(FirmwareBase):
     def setUpClass(cls):
         cls.setup_firmware()
 
+    @staticmethod
+    def dep_signet():
+        from deploy import SIGNET
+        return SIGNET
+
     def push(self, path, *args, token=None, url=True):
         env = self.dep.env(SIGNET_TOKEN=token if token is not None else self.ci)
         if token == "":
@@ -621,6 +626,33 @@ class FirmwareCli(FirmwareBase):
             self.assertNotEqual(p.returncode, 0)
             p = self.dep.cli("push", img, "--name", "x")
             self.assertNotEqual(p.returncode, 0)
+
+            # On a terminal, a progress bar on stderr; the id still alone on stdout.
+            import pty
+            img2 = img + ".tty"
+            with open(img2, "wb") as f:
+                f.write(data + b"tty")
+            master, slave = pty.openpty()
+            env = self.dep.env(SIGNET_TOKEN=self.ci)
+            proc = subprocess.Popen(
+                [self.dep_signet(), "push", img2, "--name", "tty", "--version", "1", "--hardware",
+                 "hw-c", "--security-version", "0", "--url", "http://127.0.0.1:%d" % self.wp],
+                stdout=subprocess.PIPE, stderr=slave, env=env, cwd=self.dep.dir)
+            os.close(slave)
+            out, _ = proc.communicate(timeout=60)
+            tty = b""
+            while True:
+                try:
+                    c = os.read(master, 65536)
+                except OSError:
+                    break
+                if not c:
+                    break
+                tty += c
+            os.close(master)
+            self.assertEqual(proc.returncode, 0, tty)
+            self.assertIn(b"100.0%", tty)
+            self.assertRegex(out.decode().strip(), FW_ID)
 
             # verify-manifest: the read side's document, the keys, the image.
             g = self.get_fw("sha256:" + sha, ev["position"])
