@@ -464,6 +464,43 @@ class FirmwareUpload(FirmwareBase):
                                  "size": 777, "format": "raw", "position": r.body["position"]}])
         self.assertNotIn("next_after", st)
 
+    def test_snapshot_pages(self):
+        """The firmware snapshot is paged in upload order: every page is a
+        signed snapshot of at most `limit` entries, next_after leads on."""
+        pos = 0
+        for i in range(5):
+            r = upload(self.wp, self.ci, os.urandom(100 + i), "page", "%d" % i)
+            self.assertStatus(r, 201)
+            pos = r.body["position"]
+        seen, after, pages = [], 0, 0
+        while True:
+            s = request("GET", self.rp, "/v1/snapshots/firmware?after=%d&limit=2&min_position=%d"
+                        % (after, pos), token=self.audit)
+            self.assertStatus(s, 200)
+            verify_snapshot(s.body, self.keys)
+            st = s.body["state"]
+            self.assertEqual(st["after"], after)
+            self.assertLessEqual(len(st["firmware"]), 2)
+            self.assertTrue(all(f["position"] > after for f in st["firmware"]))
+            seen += st["firmware"]
+            pages += 1
+            if "next_after" not in st:
+                break
+            self.assertEqual(st["next_after"], st["firmware"][-1]["position"])
+            after = st["next_after"]
+        self.assertEqual(len(seen), st["count"])
+        self.assertEqual([f["position"] for f in seen], sorted(f["position"] for f in seen))
+        self.assertGreaterEqual(pages, 3)
+        whole = request("GET", self.rp, "/v1/snapshots/firmware?min_position=%d" % pos,
+                        token=self.audit)
+        self.assertEqual(whole.body["state"]["firmware"], seen)
+        for q in ("after=-1", "limit=0", "limit=1001", "after=x"):
+            assert_problem(request("GET", self.rp, "/v1/snapshots/firmware?" + q,
+                                   token=self.audit), 400, msg=q)
+        # A snapshot that is not paged says so.
+        assert_problem(request("GET", self.rp, "/v1/snapshots/devices?after=3", token=self.audit),
+                       400)
+
     def test_peak_rss_256mib(self):
         """signetd takes a 256 MiB image with a peak RSS under 96 MiB, and
         serves it back whole."""
