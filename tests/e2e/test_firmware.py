@@ -385,6 +385,32 @@ class FirmwareUpload(FirmwareBase):
                if hashlib.sha256(d).hexdigest() in self.blobs() - blobs]
         self.assertEqual(len(win), 1)
 
+    def test_refused_twin_keeps_blob_of_accepted_twin(self):
+        """The same bytes at once, one upload refused for its name (409) and
+        one accepted: the refused one never deletes the blob the accepted
+        one's event names."""
+        r = upload(self.wp, self.ci, os.urandom(100), "taken", "1")
+        self.assertStatus(r, 201)
+        datas = [os.urandom(128 * 1024) for _ in range(16)]
+
+        def pair(i):
+            d = datas[i // 2]
+            if i % 2:
+                return upload(self.wp, self.ci, d, "taken", "1")
+            return upload(self.wp, self.ci, d, "fresh-%d" % (i // 2), "1")
+        rs = in_threads(2 * len(datas), pair, together=True)
+        self.assertEqual(len(rs), 2 * len(datas))
+        events, _ = fetch_all_events(self.rp, self.audit)
+        named = {e["data"]["sha256"] if "sha256" in e["data"] else e["data"]["manifest"]["sha256"]
+                 for e in events if e["type"] == "FirmwareUploaded"}
+        for d in datas:
+            h = hashlib.sha256(d).hexdigest()
+            self.assertIn(h, named)
+            path = os.path.join(self.var, "blobs", "sha256", h)
+            self.assertTrue(os.path.exists(path), "the blob of an uploaded image is gone")
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(), d)
+
     def test_idempotent_upload(self):
         data = os.urandom(10000)
         hdr = {"Idempotency-Key": "fw-" + os.urandom(6).hex()}
@@ -562,6 +588,40 @@ class FirmwareLimits(FirmwareBase):
         r = send_tolerant(self.wp, "POST", fw_path("limc", "2"), hdrs,
                           [os.urandom(256 * 1024) for _ in range(2)], chunked=True)
         self.assertStatus(r, 201)
+
+
+class FirmwareDiskFull(FirmwareBase):
+    """data_dir on a 16 MiB tmpfs: an image that does not fit is 507 and
+    leaves nothing; the next one that fits is stored. Needs mount(2)
+    (root); skipped otherwise."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.mnt = tempfile.mkdtemp(prefix="signet-fw-full-")
+        p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", cls.mnt],
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            os.rmdir(cls.mnt)
+            raise unittest.SkipTest("cannot mount a tmpfs: %s" % p.stderr.strip())
+        cls.addClassCleanup(lambda: (subprocess.run(["umount", "-l", cls.mnt]), os.rmdir(cls.mnt)))
+        store = tempfile.mkdtemp(prefix="signet-fw-store-")
+        cls.addClassCleanup(lambda: subprocess.run(["rm", "-rf", store]))
+
+        def small_disk(cfg):
+            cfg["data_dir"] = cls.mnt
+            cfg["store"] = "sqlite:" + os.path.join(store, "events.db")
+            return cfg
+        cls.setup_firmware(mutate=small_disk)
+        cls.var = cls.mnt
+
+    def test_disk_full(self):
+        head, blobs = self.head(), self.blobs()
+        r = upload(self.wp, self.ci, os.urandom(24 * MiB), "full", "1")
+        assert_problem(r, 507, slug="insufficient-storage")
+        self.assertNothingKept(head, blobs, "507")
+        r = upload(self.wp, self.ci, os.urandom(2 * MiB), "full", "1")
+        self.assertStatus(r, 201)
+        self.assertIn(r.body["sha256"], self.blobs())
 
 
 class FirmwareCrash(FirmwareBase):
