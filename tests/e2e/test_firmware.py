@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from client import (  # noqa: E402
     assert_problem, fetch_all_events, send_tolerant, get_keys, head_of, in_threads, make_response, request,
     wait_until)
-from deploy import E2ETestCase  # noqa: E402
+from deploy import E2ETestCase, FaultyHsmTestCase  # noqa: E402
 from verify import canonical, key_id_for, verify_chain, verify_signed_doc, verify_snapshot  # noqa: E402
 
 MiB = 1 << 20
@@ -622,6 +622,34 @@ class FirmwareDiskFull(FirmwareBase):
         r = upload(self.wp, self.ci, os.urandom(2 * MiB), "full", "1")
         self.assertStatus(r, 201)
         self.assertIn(r.body["sha256"], self.blobs())
+
+
+class FirmwareHsmFailure(FaultyHsmTestCase, FirmwareBase):
+    """The HSM fails to sign the manifest: 503, no event, and the blob the
+    upload had made durable is removed; once the HSM is back the same image
+    is accepted."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.setup_firmware(faulty=True)
+
+    def test_sign_failure_leaves_nothing(self):
+        head, blobs = self.head(), self.blobs()
+        data = os.urandom(2 * MiB)
+        self.set_fault("sign")
+        r = upload(self.wp, self.ci, data, "hsm", "1")
+        assert_problem(r, 503, slug="hsm-unavailable")
+        self.assertNothingKept(head, blobs, "an upload the HSM did not sign")
+        self.set_fault(None)
+
+        def accepted():
+            r = upload(self.wp, self.ci, data, "hsm", "1")
+            if r.status != 201:
+                assert_problem(r, 503)
+            return r if r.status == 201 else None
+        r = wait_until(accepted, 15, 0.25, "the upload to succeed after the HSM came back")
+        self.assertEqual(r.body["position"], head + 1)
+        self.assertEqual(self.blobs(), blobs | {hashlib.sha256(data).hexdigest()})
 
 
 class FirmwareCrash(FirmwareBase):
