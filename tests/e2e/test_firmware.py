@@ -712,7 +712,7 @@ class FirmwareCli(FirmwareBase):
         env = self.dep.env(SIGNET_TOKEN=token if token is not None else self.ci)
         if token == "":
             env = self.dep.env(SIGNET_TOKEN=None)
-        extra = ["--url", "http://127.0.0.1:%d" % self.wp] if url else []
+        extra = ["--url", "http://127.0.0.1:%d/" % self.wp] if url else []
         return self.dep.cli("push", path, *args, *extra, env=env)
 
     def test_push_and_verify_manifest(self):
@@ -750,7 +750,18 @@ class FirmwareCli(FirmwareBase):
                           "--hardware", "h", "--security-version", "1")
             self.assertNotEqual(p.returncode, 0)
             p = self.dep.cli("push", img, "--name", "x")
-            self.assertNotEqual(p.returncode, 0)
+            self.assertEqual(p.returncode, 2)
+            from deploy import free_ports
+            closed = free_ports(1)[0]
+            p = self.dep.cli("push", img, "--name", "x", "--version", "1", "--hardware", "h",
+                             "--security-version", "1", "--url", "http://127.0.0.1:%d" % closed,
+                             env=self.dep.env(SIGNET_TOKEN=self.ci))
+            self.assertEqual(p.returncode, 2, p.stderr)
+            self.assertIn("127.0.0.1:%d" % closed, p.stderr)
+            p = self.push(img, "--name", "x", "--version", "1", "--hardware", "h",
+                          "--security-version", "1", token="")
+            self.assertEqual(p.returncode, 2)
+            self.assertIn("SIGNET_TOKEN", p.stderr)
 
             # On a terminal, a progress bar on stderr; the id still alone on stdout.
             import pty
