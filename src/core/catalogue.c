@@ -42,6 +42,10 @@ static const struct event_field command_authorized[] = {
     {"command_id", JSON_STRING, 1}, {"device_id", JSON_STRING, 1}, {"envelope", JSON_OBJECT, 1},
     {"signature", JSON_STRING, 1},  {"key_id", JSON_STRING, 1},
 };
+static const struct event_field firmware_uploaded[] = {
+    {"firmware_id", JSON_STRING, 1}, {"manifest", JSON_OBJECT, 1}, {"signature", JSON_STRING, 1},
+    {"key_id", JSON_STRING, 1},      {"format", JSON_STRING, 1},
+};
 
 static const struct event_def catalogue[] = {
     {"DeviceRegistered", FIELDS(device_registered)},
@@ -50,6 +54,7 @@ static const struct event_def catalogue[] = {
     {"CommandRejected", FIELDS(command_rejected)},
     {"CommandExpired", FIELDS(command_expired)},
     {"CommandAuthorized", FIELDS(command_authorized)},
+    {"FirmwareUploaded", FIELDS(firmware_uploaded)},
 };
 
 const struct event_def *catalogue_find(const char *type)

@@ -182,4 +182,10 @@ int wait_for_position(struct req *r);
 /* GET /v1/devices/{id}/commands (routes_commands.c) */
 void route_device_commands(struct req *r);
 
+/* Firmware (routes_firmware.c). */
+extern const struct body_sink firmware_upload_sink;
+void route_firmware_upload(struct req *r);
+void route_firmware_get(struct req *r);
+void route_firmware_image(struct req *r);
+
 #endif

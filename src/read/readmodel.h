@@ -21,6 +21,19 @@ struct projection {
     sg_err (*state)(sqlite3 *db, json_t **out);
 };
 
+/* A read model that can grow without bound serves its snapshot in pages:
+ * page() renders the entries after `after` (a position), at most limit
+ * (1..SNAPSHOT_PAGE_MAX), with "next_after" when more follow; its
+ * projection's state() is the first page, and
+ * GET /v1/snapshots/{name}?after=&limit= serves the others. A new one is
+ * one line in readmodel.c's pagers[]. */
+struct projection_pager {
+    const char *name; /* the projection's */
+    sg_err (*page)(sqlite3 *db, uint64_t after, unsigned limit, json_t **out);
+};
+
+#define SNAPSHOT_PAGE_MAX 1000
+
 extern const struct projection devices_projection;
 extern const struct projection commands_projection;
 
@@ -31,9 +44,13 @@ extern const struct projection commands_projection;
  * does not know; SG_ESTORE, SG_ENOMEM. Inside projector_read(). */
 sg_err commands_page(sqlite3 *db, const char *device_id, uint64_t after, size_t limit,
                      json_t **out);
+extern const struct projection firmware_projection;  /* view_firmware.c */
+extern const struct projection_pager firmware_pager; /* view_firmware.c */
 
 /* The projection with this name, or NULL. */
 const struct projection *projection_find(const char *name);
+/* The pager of the snapshot with this name, or NULL (it is not paged). */
+const struct projection_pager *projection_pager_find(const char *name);
 
 /* Open (creating) the read-model file with every projection's schema. */
 sg_err readmodel_open(const char *path, sqlite3 **out, char *why, size_t whylen);

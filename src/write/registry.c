@@ -2,7 +2,8 @@
  * one is one line here (and its file). */
 #include "wreq.h"
 
-const struct aggregate *const sg_aggregates[] = {&devices_aggregate, &commands_aggregate};
+const struct aggregate *const sg_aggregates[] = {&devices_aggregate, &commands_aggregate,
+                                                 &firmware_aggregate};
 const size_t sg_naggregates = SG_ARRAY_LEN(sg_aggregates);
 
 /* The device-command expiry (commands.c); the rollout halt arrives with its
