@@ -173,5 +173,9 @@ void route_metrics(struct req *r);
 void route_keys(struct req *r);
 void route_events(struct req *r);
 void route_snapshot(struct req *r);
+/* min_position / wait_ms of a read request: 1 if it answered or suspended r. */
+int wait_for_position(struct req *r);
+/* GET /v1/devices/{id}/update (routes_rollouts.c). */
+void route_device_update(struct req *r);
 
 #endif

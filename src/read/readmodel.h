@@ -22,6 +22,7 @@ struct projection {
 };
 
 extern const struct projection devices_projection;
+extern const struct projection rollouts_projection; /* view_rollouts.c; after devices */
 
 /* The projection with this name, or NULL. */
 const struct projection *projection_find(const char *name);
