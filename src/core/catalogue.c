@@ -12,6 +12,11 @@ static const struct event_field device_registered[] = {
     {"group", JSON_STRING, 0},
 };
 
+static const struct event_field firmware_uploaded[] = {
+    {"firmware_id", JSON_STRING, 1}, {"manifest", JSON_OBJECT, 1}, {"signature", JSON_STRING, 1},
+    {"key_id", JSON_STRING, 1},      {"format", JSON_STRING, 1},
+};
+
 /* rollouts and device reports (src/write/rollouts.c) */
 static const struct event_field rollout_started[] = {
     {"rollout_id", JSON_STRING, 1},   {"firmware_id", JSON_STRING, 1},
@@ -50,6 +55,7 @@ static const struct event_field device_reported[] = {
 };
 static const struct event_def catalogue[] = {
     {"DeviceRegistered", FIELDS(device_registered)},
+    {"FirmwareUploaded", FIELDS(firmware_uploaded)},
     /* rollouts (RO) */
     {"RolloutStarted", FIELDS(rollout_started)},
     {"RolloutSuperseded", FIELDS(rollout_superseded)},

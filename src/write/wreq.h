@@ -145,7 +145,11 @@ extern const struct process_manager rollout_halter;
  * failed / (installed + failed) > threshold_ppm / 1e6 (integer arithmetic). */
 int rollout_should_halt(json_int_t installed, json_int_t failed, json_int_t min_reports,
                         json_int_t threshold_ppm);
-/* firmware (FW's firmware.c): the firmware's canonical JSON, or NULL. */
+/* firmware (firmware.c; the upload route and the sweep: firmware.h) */
+extern const struct wreq_type wreq_upload_firmware;
+extern const struct aggregate firmware_aggregate;
+/* The firmware's {"name","version","hardware","security_version","size",
+ * "sha256","format"} as canonical JSON, or NULL. firmware_id: sha256:<hex>. */
 const char *firmware_get(wstate *s, const char *firmware_id);
 
 /* Syntax shared by ids (device, hardware, group): ^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$ */

@@ -117,13 +117,22 @@ class Rollouts(E2ETestCase):
         return r.body.get("position") if expect == 202 else r
 
     def snapshot_rollout(self, rid, pos):
-        r = request("GET", self.rp, "/v1/snapshots/rollouts?min_position=%d&wait_ms=5000" % pos,
-                    token=self.audit)
-        self.assertStatus(r, 200)
-        verify_snapshot(r.body, self.keys)
-        mine = [x for x in r.body["state"]["rollouts"] if x["rollout_id"] == rid]
-        self.assertEqual(len(mine), 1, r.body)
-        return mine[0]
+        """The rollout's summary in the paged rollouts snapshot (each page
+        signed on its own)."""
+        after, found = 0, []
+        while True:
+            q = "min_position=%d&wait_ms=5000&after=%d&limit=2" % (pos, after)
+            r = request("GET", self.rp, "/v1/snapshots/rollouts?" + q, token=self.audit)
+            self.assertStatus(r, 200)
+            verify_snapshot(r.body, self.keys)
+            st = r.body["state"]
+            self.assertLessEqual(len(st["rollouts"]), 2)
+            found += [x for x in st["rollouts"] if x["rollout_id"] == rid]
+            if "next_after" not in st:
+                break
+            after = st["next_after"]
+        self.assertEqual(len(found), 1)
+        return found[0]
 
     def events_of(self, after, types=None):
         events, _ = fetch_all_events(self.rp, self.audit)
