@@ -46,6 +46,7 @@ sg_err commands_page(sqlite3 *db, const char *device_id, uint64_t after, size_t 
                      json_t **out);
 extern const struct projection firmware_projection;  /* view_firmware.c */
 extern const struct projection_pager firmware_pager; /* view_firmware.c */
+extern const struct projection rollouts_projection;  /* view_rollouts.c; after devices */
 
 /* The projection with this name, or NULL. */
 const struct projection *projection_find(const char *name);

@@ -3,10 +3,9 @@
 #include "wreq.h"
 
 const struct aggregate *const sg_aggregates[] = {&devices_aggregate, &commands_aggregate,
-                                                 &firmware_aggregate};
+                                                 &firmware_aggregate, &rollouts_aggregate};
 const size_t sg_naggregates = SG_ARRAY_LEN(sg_aggregates);
 
-/* The device-command expiry (commands.c); the rollout halt arrives with its
- * aggregate. */
-const struct process_manager *const sg_managers[] = {&command_expirer};
+/* The device-command expiry (commands.c) and the rollout halt (rollouts.c). */
+const struct process_manager *const sg_managers[] = {&command_expirer, &rollout_halter};
 const size_t sg_nmanagers = SG_ARRAY_LEN(sg_managers);
