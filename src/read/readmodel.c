@@ -10,7 +10,7 @@ static const struct projection *const projections[] = {&devices_projection, &com
                                                        &firmware_projection, &rollouts_projection};
 
 /* Every paged snapshot (readmodel.h). */
-static const struct projection_pager *const pagers[] = {&firmware_pager};
+static const struct projection_pager *const pagers[] = {&firmware_pager, &rollouts_pager};
 
 const struct projection_pager *projection_pager_find(const char *name)
 {

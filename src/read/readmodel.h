@@ -47,6 +47,7 @@ sg_err commands_page(sqlite3 *db, const char *device_id, uint64_t after, size_t 
 extern const struct projection firmware_projection;  /* view_firmware.c */
 extern const struct projection_pager firmware_pager; /* view_firmware.c */
 extern const struct projection rollouts_projection;  /* view_rollouts.c; after devices */
+extern const struct projection_pager rollouts_pager; /* view_rollouts.c */
 
 /* The projection with this name, or NULL. */
 const struct projection *projection_find(const char *name);

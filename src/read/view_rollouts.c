@@ -454,5 +454,5 @@ const struct projection rollouts_projection = {
     "CREATE INDEX IF NOT EXISTS devices_by_hardware ON devices(hardware);",
     rollouts_apply,
     rollouts_state,
-    rollouts_page,
 };
+const struct projection_pager rollouts_pager = {"rollouts", rollouts_page};
