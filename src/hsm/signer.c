@@ -75,6 +75,7 @@ struct signer {
     int probe_purpose; /* -1: nothing to probe with */
     EVP_PKEY *pub[KEY_PURPOSES];
     char key_id[KEY_PURPOSES][SG_HEX256_LEN + 1];
+    STACK_OF(X509) * chain[KEY_PURPOSES]; /* certificates in the token, leaf first */
 
     /* libp11: read-locked to sign, write-locked to (re)connect */
     pthread_rwlock_t lock;
@@ -141,6 +142,135 @@ static EVP_PKEY *plain_public_key(EVP_PKEY *pk)
     EVP_PKEY *copy = d2i_PUBKEY(NULL, &p, len);
     OPENSSL_free(der);
     return copy;
+}
+
+/*** certificates ***/
+
+/* Certificate objects of a key: the leaf has the key's label and CKA_ID; the
+ * rest of its chain, in order, "<label>-chain-1", "<label>-chain-2", ... (label
+ * and CKA_ID). */
+static PKCS11_CERT *find_cert(PKCS11_TOKEN *t, const char *label)
+{
+    PKCS11_CERT *certs = NULL;
+    unsigned n = 0;
+    if (PKCS11_enumerate_certs(t, &certs, &n) != 0)
+        return NULL;
+    for (unsigned i = 0; i < n; i++)
+        if (certs[i].label && strcmp(certs[i].label, label) == 0)
+            return &certs[i];
+    return NULL;
+}
+
+static void chain_label(char *out, size_t outlen, const char *name, int i)
+{
+    if (i == 0)
+        snprintf(out, outlen, "%s", name);
+    else
+        snprintf(out, outlen, "%s-chain-%d", name, i);
+}
+
+/* The key's certificate chain as the token holds it: empty if none, NULL on
+ * error. */
+static STACK_OF(X509) * load_chain(PKCS11_TOKEN *t, const char *name)
+{
+    PKCS11_CERT *certs = NULL;
+    unsigned n = 0;
+    STACK_OF(X509) *chain = sk_X509_new_null();
+    if (chain == NULL || PKCS11_enumerate_certs(t, &certs, &n) != 0) {
+        sk_X509_free(chain);
+        return NULL;
+    }
+    for (int i = 0; i < SIGNER_MAX_CHAIN; i++) {
+        char label[64];
+        chain_label(label, sizeof(label), name, i);
+        PKCS11_CERT *c = find_cert(t, label);
+        if (c == NULL || c->x509 == NULL)
+            break;
+        if (!sk_X509_push(chain, X509_dup(c->x509)) || sk_X509_value(chain, i) == NULL) {
+            sk_X509_pop_free(chain, X509_free);
+            return NULL;
+        }
+    }
+    return chain;
+}
+
+STACK_OF(X509) * signer_cert_chain(const signer *s, enum key_purpose p)
+{
+    return s->chain[p] && sk_X509_num(s->chain[p]) > 0 ? s->chain[p] : NULL;
+}
+
+sg_err signer_store_chain(signer *s, enum key_purpose p, STACK_OF(X509) * chain, char *why,
+                          size_t whylen)
+{
+    const char *name = key_purpose_name[p];
+    char label[64];
+    sg_err e = SG_OK;
+    int n = sk_X509_num(chain);
+    if (n < 1 || n > SIGNER_MAX_CHAIN)
+        return sg_say(why, whylen, SG_EBADINPUT, "a chain of 1 to %d certificates is needed",
+                      SIGNER_MAX_CHAIN);
+    STACK_OF(X509) *copy = X509_chain_up_ref(chain);
+    if (copy == NULL)
+        return sg_say(why, whylen, SG_ENOMEM, "out of memory");
+    pthread_rwlock_wrlock(&s->lock);
+    PKCS11_SLOT *slot = NULL;
+    for (unsigned i = 0; i < s->nslots && !slot; i++)
+        if (s->slots[i].token && s->slots[i].token->label &&
+            strcmp(s->slots[i].token->label, s->label) == 0)
+            slot = &s->slots[i];
+    if (slot == NULL) {
+        e = sg_say(why, whylen, SG_EHSM, "token \"%s\" is gone", s->label);
+        goto out;
+    }
+    /* libp11 writes with the slot's session mode: read-write from here on
+     * (reopening closes the sessions, so log in again). */
+    int logged_in = 0;
+    if (PKCS11_open_session(slot, 1) != 0 ||
+        ((PKCS11_is_logged_in(slot, 0, &logged_in) != 0 || !logged_in) &&
+         PKCS11_login(slot, 0, s->pin) != 0)) {
+        e = sg_say(why, whylen, SG_EHSM, "cannot open a read-write session on token \"%s\"",
+                   s->label);
+        goto out;
+    }
+    /* Old objects first (the leaf and every chain entry). */
+    for (int i = 0; i < SIGNER_MAX_CHAIN && e == SG_OK; i++) {
+        chain_label(label, sizeof(label), name, i);
+        PKCS11_CERT *c;
+        while (e == SG_OK && (c = find_cert(slot->token, label)) != NULL)
+            if (PKCS11_remove_certificate(c) != 0)
+                e = sg_say(why, whylen, SG_EHSM,
+                           "cannot remove certificate \"%s\" from token "
+                           "\"%s\"",
+                           label, s->label);
+    }
+    for (int i = 0; i < n && e == SG_OK; i++) {
+        chain_label(label, sizeof(label), name, i);
+        if (PKCS11_store_certificate(slot->token, sk_X509_value(chain, i), label,
+                                     (unsigned char *)label, strlen(label), NULL) != 0)
+            e = sg_say(why, whylen, SG_EHSM, "cannot store certificate \"%s\" in token \"%s\"",
+                       label, s->label);
+    }
+    if (e == SG_OK) {
+        sk_X509_pop_free(s->chain[p], X509_free);
+        s->chain[p] = copy;
+        copy = NULL;
+    }
+out:
+    pthread_rwlock_unlock(&s->lock);
+    sk_X509_pop_free(copy, X509_free);
+    ERR_clear_error();
+    return e;
+}
+
+sg_err signer_sign_x509(signer *s, enum key_purpose p, X509 *cert, X509_REQ *req)
+{
+    pthread_rwlock_rdlock(&s->lock);
+    int ok = s->priv[p] != NULL &&
+             (cert == NULL || X509_sign(cert, s->priv[p], EVP_sha256()) > 0) &&
+             (req == NULL || X509_REQ_sign(req, s->priv[p], EVP_sha256()) > 0);
+    pthread_rwlock_unlock(&s->lock);
+    ERR_clear_error();
+    return ok ? SG_OK : SG_EHSM;
 }
 
 /* Find the token, log in, load the private keys. Called with the write lock
@@ -217,6 +347,10 @@ static sg_err connect_token(signer *s, int first, char *why, size_t whylen)
                        key_purpose_name[p], s->label);
         }
     }
+    for (int p = 0; p < KEY_PURPOSES && e == SG_OK && first; p++)
+        if (tpub[p] && (s->chain[p] = load_chain(slot->token, key_purpose_name[p])) == NULL)
+            e = sg_say(why, whylen, SG_EHSM, "cannot read the certificates of token \"%s\"",
+                       s->label);
     for (int p = 0; p < KEY_PURPOSES; p++)
         EVP_PKEY_free(tpub[p]);
     if (e)
@@ -716,8 +850,10 @@ int signer_close(signer *s)
             PKCS11_CTX_unload(s->ctx);
         PKCS11_CTX_free(s->ctx);
     }
-    for (int p = 0; p < KEY_PURPOSES; p++)
+    for (int p = 0; p < KEY_PURPOSES; p++) {
         EVP_PKEY_free(s->pub[p]);
+        sk_X509_pop_free(s->chain[p], X509_free);
+    }
     while (s->qhead)
         job_unref(dequeue_head(s));
     free(s->pin);
