@@ -9,6 +9,7 @@
 #include "../core/codec.h"
 #include "../core/integrity.h"
 #include "../core/metrics.h"
+#include "../read/readmodel.h"
 #include "internal.h"
 
 #define R LISTEN_READ
@@ -31,7 +32,8 @@ const struct route routes[] = {
 
     {W, "POST", "/v1/devices", ROLE_OPERATOR, JSON, route_write_request, &wreq_register_device,
      NULL},
-    {W, "POST", "/v1/firmware", ROLE_BUILDER, NOTIMPL, NULL, NULL, NULL},
+    {W, "POST", "/v1/firmware", ROLE_BUILDER, ROUTE_STREAM_BODY, route_firmware_upload, NULL,
+     &firmware_upload_sink},
     {W, "POST", "/v1/rollouts", ROLE_OPERATOR, JSON | NOTIMPL, NULL, NULL, NULL},
     {W, "POST", "/v1/rollouts/{}/advance", ROLE_OPERATOR, NOTIMPL, NULL, NULL, NULL},
     {W, "POST", "/v1/rollouts/{}/pause", ROLE_OPERATOR, NOTIMPL, NULL, NULL, NULL},
@@ -44,8 +46,8 @@ const struct route routes[] = {
 
     {R, "GET", "/v1/events", ROLE_AUDITOR, 0, route_events, NULL, NULL},
     {R, "GET", "/v1/snapshots/{}", ROLE_AUDITOR | ROLE_OPERATOR, 0, route_snapshot, NULL, NULL},
-    {R, "GET", "/v1/firmware/{}", ANY_ROLE, NOTIMPL, NULL, NULL, NULL},
-    {R, "GET", "/v1/firmware/{}/image", ANY_ROLE, ROUTE_HEAD | NOTIMPL, NULL, NULL, NULL},
+    {R, "GET", "/v1/firmware/{}", ANY_ROLE, ROUTE_HEAD, route_firmware_get, NULL, NULL},
+    {R, "GET", "/v1/firmware/{}/image", ANY_ROLE, ROUTE_HEAD, route_firmware_image, NULL, NULL},
     {R, "GET", "/v1/devices/{}/update", ROLE_DEVICE | ROLE_OPERATOR, SELF | NOTIMPL, NULL, NULL,
      NULL},
     {R, "GET", "/v1/devices/{}/commands", ROLE_DEVICE | ROLE_OPERATOR, SELF | NOTIMPL, NULL, NULL,
@@ -183,7 +185,7 @@ static void wait_done(void *ud)
 }
 
 /* min_position / wait_ms. Returns 1 if it answered or suspended r. */
-static int wait_for_position(struct req *r)
+int wait_for_position(struct req *r)
 {
     const char *mp = http_query(r, "min_position"), *wm = http_query(r, "wait_ms");
     uint64_t min = 0, wait = 2000;
@@ -248,11 +250,29 @@ void route_snapshot(struct req *r)
     if (r->work) { /* resumed by the snapshot thread */
         e = snapshot_ticket_result(r->work, &body, &len);
     } else {
+        /* ?after=P&limit=L: a page of a paged snapshot (readmodel.h). */
+        const char *a = http_query(r, "after"), *l = http_query(r, "limit");
+        uint64_t after = 0, limit = SNAPSHOT_PAGE_MAX;
+        if ((a && !parse_uint(a, 0, (uint64_t)1 << 53, &after)) ||
+            (l && !parse_uint(l, 1, SNAPSHOT_PAGE_MAX, &limit))) {
+            http_problem(r, SG_EBADINPUT, "after must be a non-negative integer, limit 1 to %d",
+                         SNAPSHOT_PAGE_MAX);
+            return;
+        }
+        const struct projection *proj = projection_find(r->param);
+        int paged = (a || l) && !(after == 0 && limit == SNAPSHOT_PAGE_MAX);
+        if (paged && proj && proj->page == NULL) {
+            http_problem(r, SG_EBADINPUT, "snapshot %s is not paged: no after or limit", r->param);
+            return;
+        }
         if (wait_for_position(r))
             return;
-        e = snapshots_cached(r->srv->app->snaps, r->param, &body, &len);
+        e = paged ? SG_EUNAVAILABLE : snapshots_cached(r->srv->app->snaps, r->param, &body, &len);
         if (e == SG_EUNAVAILABLE) {
-            if ((r->work = snapshot_ticket_new(r->param, snapshot_done, r)) == NULL) {
+            r->work =
+                paged ? snapshot_ticket_new_page(r->param, after, (unsigned)limit, snapshot_done, r)
+                      : snapshot_ticket_new(r->param, snapshot_done, r);
+            if (r->work == NULL) {
                 http_problem(r, SG_ENOMEM, "out of memory");
                 return;
             }
