@@ -283,11 +283,12 @@ static sg_err parse_description(swu_check *c)
     if (strstr(text, "@include"))
         return refuse(c, "sw-description must not use @include");
     config_t cfg;
+    config_setting_t *sw;
     config_init(&cfg);
     if (config_read_string(&cfg, text) != CONFIG_TRUE) {
         r = refuse(c, "sw-description is neither JSON nor valid libconfig: line %d: %s",
                    config_error_line(&cfg), config_error_text(&cfg));
-    } else if (!config_setting_is_group(config_lookup(&cfg, "software"))) {
+    } else if ((sw = config_lookup(&cfg, "software")) == NULL || !config_setting_is_group(sw)) {
         r = refuse(c, "sw-description has no \"software\" group");
     } else {
         r = walk_cfg(c, config_root_setting(&cfg), 0);
