@@ -199,69 +199,6 @@ STACK_OF(X509) * signer_cert_chain(const signer *s, enum key_purpose p)
     return s->chain[p] && sk_X509_num(s->chain[p]) > 0 ? s->chain[p] : NULL;
 }
 
-sg_err signer_store_chain(signer *s, enum key_purpose p, STACK_OF(X509) * chain, char *why,
-                          size_t whylen)
-{
-    const char *name = key_purpose_name[p];
-    char label[64];
-    sg_err e = SG_OK;
-    int n = sk_X509_num(chain);
-    if (n < 1 || n > SIGNER_MAX_CHAIN)
-        return sg_say(why, whylen, SG_EBADINPUT, "a chain of 1 to %d certificates is needed",
-                      SIGNER_MAX_CHAIN);
-    STACK_OF(X509) *copy = X509_chain_up_ref(chain);
-    if (copy == NULL)
-        return sg_say(why, whylen, SG_ENOMEM, "out of memory");
-    pthread_rwlock_wrlock(&s->lock);
-    PKCS11_SLOT *slot = NULL;
-    for (unsigned i = 0; i < s->nslots && !slot; i++)
-        if (s->slots[i].token && s->slots[i].token->label &&
-            strcmp(s->slots[i].token->label, s->label) == 0)
-            slot = &s->slots[i];
-    if (slot == NULL) {
-        e = sg_say(why, whylen, SG_EHSM, "token \"%s\" is gone", s->label);
-        goto out;
-    }
-    /* libp11 writes with the slot's session mode: read-write from here on
-     * (reopening closes the sessions, so log in again). */
-    int logged_in = 0;
-    if (PKCS11_open_session(slot, 1) != 0 ||
-        ((PKCS11_is_logged_in(slot, 0, &logged_in) != 0 || !logged_in) &&
-         PKCS11_login(slot, 0, s->pin) != 0)) {
-        e = sg_say(why, whylen, SG_EHSM, "cannot open a read-write session on token \"%s\"",
-                   s->label);
-        goto out;
-    }
-    /* Old objects first (the leaf and every chain entry). */
-    for (int i = 0; i < SIGNER_MAX_CHAIN && e == SG_OK; i++) {
-        chain_label(label, sizeof(label), name, i);
-        PKCS11_CERT *c;
-        while (e == SG_OK && (c = find_cert(slot->token, label)) != NULL)
-            if (PKCS11_remove_certificate(c) != 0)
-                e = sg_say(why, whylen, SG_EHSM,
-                           "cannot remove certificate \"%s\" from token "
-                           "\"%s\"",
-                           label, s->label);
-    }
-    for (int i = 0; i < n && e == SG_OK; i++) {
-        chain_label(label, sizeof(label), name, i);
-        if (PKCS11_store_certificate(slot->token, sk_X509_value(chain, i), label,
-                                     (unsigned char *)label, strlen(label), NULL) != 0)
-            e = sg_say(why, whylen, SG_EHSM, "cannot store certificate \"%s\" in token \"%s\"",
-                       label, s->label);
-    }
-    if (e == SG_OK) {
-        sk_X509_pop_free(s->chain[p], X509_free);
-        s->chain[p] = copy;
-        copy = NULL;
-    }
-out:
-    pthread_rwlock_unlock(&s->lock);
-    sk_X509_pop_free(copy, X509_free);
-    ERR_clear_error();
-    return e;
-}
-
 sg_err signer_sign_x509(signer *s, enum key_purpose p, X509 *cert, X509_REQ *req)
 {
     pthread_rwlock_rdlock(&s->lock);
@@ -1155,5 +1092,117 @@ out:
     if (open)
         m.f->C_CloseSession(h);
     p11_unload(&m);
+    return e;
+}
+
+/*** certificate objects (raw PKCS#11: libp11 0.4.12 keeps stale object
+ * handles once its sessions change, so its remove fails) ***/
+
+/* Destroy every certificate object labelled label. */
+static CK_RV destroy_certs(struct p11 *m, CK_SESSION_HANDLE h, const char *label)
+{
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_LABEL, (void *)label, strlen(label)}};
+    CK_OBJECT_HANDLE o[16];
+    CK_ULONG n = 0;
+    CK_RV rv = m->f->C_FindObjectsInit(h, t, 2);
+    if (rv != CKR_OK)
+        return rv;
+    rv = m->f->C_FindObjects(h, o, SG_ARRAY_LEN(o), &n);
+    m->f->C_FindObjectsFinal(h);
+    for (CK_ULONG i = 0; rv == CKR_OK && i < n; i++)
+        rv = m->f->C_DestroyObject(h, o[i]);
+    return rv;
+}
+
+static CK_RV create_cert(struct p11 *m, CK_SESSION_HANDLE h, X509 *x, const char *label)
+{
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_CERTIFICATE_TYPE type = CKC_X_509;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    unsigned char *der = NULL, *subj = NULL, *iss = NULL, *sn = NULL;
+    int dlen = i2d_X509(x, &der), slen = i2d_X509_NAME(X509_get_subject_name(x), &subj);
+    int ilen = i2d_X509_NAME(X509_get_issuer_name(x), &iss);
+    int nlen = i2d_ASN1_INTEGER(X509_get_serialNumber(x), &sn);
+    CK_RV rv = CKR_HOST_MEMORY;
+    if (dlen > 0 && slen > 0 && ilen > 0 && nlen > 0) {
+        CK_ATTRIBUTE t[] = {
+            {CKA_CLASS, &cls, sizeof(cls)},
+            {CKA_CERTIFICATE_TYPE, &type, sizeof(type)},
+            {CKA_TOKEN, &yes, sizeof(yes)},
+            {CKA_PRIVATE, &no, sizeof(no)},
+            {CKA_LABEL, (void *)label, strlen(label)},
+            {CKA_ID, (void *)label, strlen(label)},
+            {CKA_SUBJECT, subj, (CK_ULONG)slen},
+            {CKA_ISSUER, iss, (CK_ULONG)ilen},
+            {CKA_SERIAL_NUMBER, sn, (CK_ULONG)nlen},
+            {CKA_VALUE, der, (CK_ULONG)dlen},
+        };
+        CK_OBJECT_HANDLE o;
+        rv = m->f->C_CreateObject(h, t, SG_ARRAY_LEN(t), &o);
+    }
+    OPENSSL_free(der);
+    OPENSSL_free(subj);
+    OPENSSL_free(iss);
+    OPENSSL_free(sn);
+    return rv;
+}
+
+sg_err signer_store_chain(signer *s, enum key_purpose p, STACK_OF(X509) * chain, char *why,
+                          size_t whylen)
+{
+    const char *name = key_purpose_name[p];
+    char label[64];
+    struct p11 m = {0};
+    CK_SLOT_ID slot;
+    CK_SESSION_HANDLE h;
+    CK_RV rv = CKR_OK;
+    int n = sk_X509_num(chain);
+    if (n < 1 || n > SIGNER_MAX_CHAIN)
+        return sg_say(why, whylen, SG_EBADINPUT, "a chain of 1 to %d certificates is needed",
+                      SIGNER_MAX_CHAIN);
+    STACK_OF(X509) *copy = X509_chain_up_ref(chain);
+    if (copy == NULL)
+        return sg_say(why, whylen, SG_ENOMEM, "out of memory");
+    pthread_rwlock_wrlock(&s->lock);
+    sg_err e = p11_load(&m, s->module, why, whylen);
+    if (e)
+        goto out;
+    if (!find_slot(&m, s->label, 0, &slot)) {
+        e = sg_say(why, whylen, SG_EHSM, "token \"%s\" is gone", s->label);
+        goto out;
+    }
+    if ((rv = m.f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h)) !=
+        CKR_OK) {
+        e = sg_say(why, whylen, SG_EHSM, "cannot open a session on token \"%s\" (0x%lx)", s->label,
+                   rv);
+        goto out;
+    }
+    rv = m.f->C_Login(h, CKU_USER, (unsigned char *)s->pin, strlen(s->pin));
+    if (rv == CKR_USER_ALREADY_LOGGED_IN)
+        rv = CKR_OK;
+    /* The old objects (the leaf and every chain entry), then the new ones. */
+    for (int i = 0; i < SIGNER_MAX_CHAIN && rv == CKR_OK; i++) {
+        chain_label(label, sizeof(label), name, i);
+        rv = destroy_certs(&m, h, label);
+    }
+    for (int i = 0; i < n && rv == CKR_OK; i++) {
+        chain_label(label, sizeof(label), name, i);
+        rv = create_cert(&m, h, sk_X509_value(chain, i), label);
+    }
+    m.f->C_CloseSession(h); /* the login is libp11's: it stays */
+    if (rv != CKR_OK) {
+        e = sg_say(why, whylen, SG_EHSM,
+                   "cannot store the certificates of key \"%s\" in token \"%s\" (0x%lx)", name,
+                   s->label, rv);
+        goto out;
+    }
+    sk_X509_pop_free(s->chain[p], X509_free);
+    s->chain[p] = copy;
+    copy = NULL;
+out:
+    p11_unload(&m);
+    pthread_rwlock_unlock(&s->lock);
+    sk_X509_pop_free(copy, X509_free);
     return e;
 }
