@@ -47,7 +47,9 @@ def devices_entry(port):
 
 
 def pem_chain(text):
-    return x509.load_pem_x509_certificates(text.encode())
+    marker = "-----BEGIN CERTIFICATE-----"
+    return [x509.load_pem_x509_certificate((marker + part).encode())
+            for part in text.split(marker)[1:]]
 
 
 def same_key(cert, public_key_pem):
