@@ -505,6 +505,21 @@ class SwuUpload(E2ETestCase):
         r = upload(self.dep, good, self.unique("good"), "1")
         self.assertEqual(r.status, 201, r.body)
 
+    def test_idempotency_key_retry(self):
+        """The stored archive differs on every signing (signingTime, ECDSA),
+        so Idempotency-Key compares the body as sent: a retry gets the first
+        answer, not 422."""
+        w = self.workdir()
+        data = os.urandom(500)
+        swu = cpio_archive([("sw-description", sw_description([("p", data)], w)), ("p", data)])
+        name = self.unique("idem")
+        first = upload(self.dep, swu, name, "1", headers={"Idempotency-Key": name})
+        self.assertEqual(first.status, 201, first.body)
+        again = upload(self.dep, swu, name, "1", headers={"Idempotency-Key": name})
+        self.assertEqual((again.status, again.body), (first.status, first.body))
+        other = upload(self.dep, swu + b"\0" * 512, name, "1", headers={"Idempotency-Key": name})
+        assert_problem(other, 422, msg="same key, other body")
+
     def test_signet_push_format_swu(self):
         w = self.workdir()
         data = os.urandom(10000)
