@@ -208,8 +208,12 @@ class Certificate(E2ETestCase):
         with self.assertRaises(x509.ExtensionNotFound):
             cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
         self.assertGreater(cert.not_valid_after.year, 9000)
-        # The write listener serves the same document.
+        # The write listener serves the same document, and so does a
+        # read-only node (it holds no devices private key).
         self.assertEqual(devices_entry(self.dep.write_port)[0], dev)
+        srv.stop()
+        srv = self.dep.start(role="read")
+        self.assertEqual(devices_entry(self.dep.read_port)[0], dev)
         srv.stop()
 
     def make_ca(self):
