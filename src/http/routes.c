@@ -261,7 +261,7 @@ void route_snapshot(struct req *r)
         }
         const struct projection *proj = projection_find(r->param);
         int paged = (a || l) && !(after == 0 && limit == SNAPSHOT_PAGE_MAX);
-        if (paged && proj && proj->page == NULL) {
+        if (paged && proj && projection_pager_find(r->param) == NULL) {
             http_problem(r, SG_EBADINPUT, "snapshot %s is not paged: no after or limit", r->param);
             return;
         }

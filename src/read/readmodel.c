@@ -8,6 +8,17 @@
 /* Every read model. A new one is one line here. */
 static const struct projection *const projections[] = {&devices_projection, &firmware_projection};
 
+/* Every paged snapshot (readmodel.h). */
+static const struct projection_pager *const pagers[] = {&firmware_pager};
+
+const struct projection_pager *projection_pager_find(const char *name)
+{
+    for (size_t i = 0; i < SG_ARRAY_LEN(pagers); i++)
+        if (strcmp(pagers[i]->name, name) == 0)
+            return pagers[i];
+    return NULL;
+}
+
 const struct projection *projection_find(const char *name)
 {
     for (size_t i = 0; i < SG_ARRAY_LEN(projections); i++)

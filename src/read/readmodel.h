@@ -19,21 +19,29 @@ struct projection {
     sg_err (*apply)(sqlite3 *db, const char *type, const json_t *event);
     /* The state served in snapshots (new reference), inside a read transaction. */
     sg_err (*state)(sqlite3 *db, json_t **out);
-    /* Optional, for a read model that can grow without bound: one page of
-     * the state, the entries after `after` (a position), at most limit
-     * (1..SNAPSHOT_PAGE_MAX), with "next_after" when more follow. Then
-     * state() is the first page, and GET /v1/snapshots/{name}?after=&limit=
-     * serves the others. NULL: the snapshot is not paged. */
+};
+
+/* A read model that can grow without bound serves its snapshot in pages:
+ * page() renders the entries after `after` (a position), at most limit
+ * (1..SNAPSHOT_PAGE_MAX), with "next_after" when more follow; its
+ * projection's state() is the first page, and
+ * GET /v1/snapshots/{name}?after=&limit= serves the others. A new one is
+ * one line in readmodel.c's pagers[]. */
+struct projection_pager {
+    const char *name; /* the projection's */
     sg_err (*page)(sqlite3 *db, uint64_t after, unsigned limit, json_t **out);
 };
 
 #define SNAPSHOT_PAGE_MAX 1000
 
 extern const struct projection devices_projection;
-extern const struct projection firmware_projection; /* view_firmware.c */
+extern const struct projection firmware_projection;  /* view_firmware.c */
+extern const struct projection_pager firmware_pager; /* view_firmware.c */
 
 /* The projection with this name, or NULL. */
 const struct projection *projection_find(const char *name);
+/* The pager of the snapshot with this name, or NULL (it is not paged). */
+const struct projection_pager *projection_pager_find(const char *name);
 
 /* Open (creating) the read-model file with every projection's schema. */
 sg_err readmodel_open(const char *path, sqlite3 **out, char *why, size_t whylen);

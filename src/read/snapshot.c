@@ -70,7 +70,8 @@ static sg_err read_state(sqlite3 *db, void *ud)
     struct read_state *r = ud;
     sg_err e = readmodel_checkpoint(db, &r->pos, r->hash);
     if (e == SG_OK && r->page)
-        return r->proj->page(db, r->page->after, r->page->limit, &r->state);
+        return projection_pager_find(r->proj->name)
+            ->page(db, r->page->after, r->page->limit, &r->state);
     return e ? e : r->proj->state(db, &r->state);
 }
 
@@ -131,7 +132,7 @@ static sg_err cache_put(snapshots *ss, const char *name, struct cached *fresh)
 static void answer(snapshots *ss, snapshot_ticket *t)
 {
     const struct projection *proj = projection_find(t->name);
-    if (proj == NULL || (t->paged && proj->page == NULL)) {
+    if (proj == NULL || (t->paged && projection_pager_find(t->name) == NULL)) {
         t->err = SG_ENOTFOUND;
         return;
     }

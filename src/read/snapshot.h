@@ -35,7 +35,7 @@ snapshot_ticket *snapshot_ticket_new(const char *name, void (*done)(void *ud), v
 /* A request for one page of a paged snapshot (struct projection's page):
  * the entries after position `after`, at most limit. Never cached: built
  * and signed for this ticket (its size is bounded by limit). The answer is
- * SG_ENOTFOUND for a snapshot that is not paged. */
+ * SG_ENOTFOUND for a snapshot that is not paged (no projection_pager). */
 snapshot_ticket *snapshot_ticket_new_page(const char *name, uint64_t after, unsigned limit,
                                           void (*done)(void *ud), void *ud);
 /* Queue t. SG_OK: done will be called. SG_EUNAVAILABLE (stopping, or too many

@@ -66,5 +66,4 @@ const struct projection devices_projection = {
     "grp TEXT, position INTEGER NOT NULL);",
     devices_apply,
     devices_state,
-    NULL, /* not paged */
 };

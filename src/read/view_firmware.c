@@ -153,5 +153,6 @@ const struct projection firmware_projection = {
     "NULL, key_id TEXT NOT NULL, position INTEGER NOT NULL UNIQUE);",
     firmware_apply,
     firmware_state,
-    firmware_view_page,
 };
+
+const struct projection_pager firmware_pager = {"firmware", firmware_view_page};
