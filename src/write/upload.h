@@ -2,8 +2,9 @@
  * the blob it is stored as. `raw` stores the bytes as they come; a format
  * such as `swu` checks the archive as it streams and may rewrite it (add a
  * signature) before it reaches the blob writer. The firmware id is always the
- * SHA-256 of what is stored. Adding a format is one struct and one line in
- * upload.c's table. */
+ * SHA-256 of what is stored. Adding a format is one struct, its extern
+ * declaration below and one line in upload.c's table (test_sequencer, built
+ * without the HSM, links a stand-in: tests/unit/stub_swu_format.c). */
 #ifndef SG_UPLOAD_H
 #define SG_UPLOAD_H
 
@@ -33,6 +34,9 @@ struct upload_format {
     /* Free state (NULL is ok); the blob writer is freed by the caller. */
     void (*free)(void *state);
 };
+
+/* `swu`: SWUpdate archives, checked and signed (upload_swu.c). */
+extern const struct upload_format swu_upload_format;
 
 /* The format of this name, or NULL if this version does not have it. */
 const struct upload_format *upload_format_find(const char *name);
