@@ -12,8 +12,44 @@ static const struct event_field device_registered[] = {
     {"group", JSON_STRING, 0},
 };
 
+/* device commands (issue 8) */
+static const struct event_field command_requested[] = {
+    {"command_id", JSON_STRING, 1},
+    {"device_id", JSON_STRING, 1},
+    {"action", JSON_STRING, 1},
+    {"params", JSON_OBJECT, 1},
+    {"ttl_seconds", JSON_INTEGER, 1},
+    {"not_after", JSON_STRING, 1},
+    {"approvals_required", JSON_INTEGER, 1},
+    {"request_sha256", JSON_STRING, 1},
+};
+static const struct event_field command_approved[] = {
+    {"command_id", JSON_STRING, 1},
+    {"request_sha256", JSON_STRING, 1},
+    {"approvals", JSON_INTEGER, 1},
+    {"comment", JSON_STRING, 0},
+};
+static const struct event_field command_rejected[] = {
+    {"command_id", JSON_STRING, 1},
+    {"request_sha256", JSON_STRING, 1},
+    {"comment", JSON_STRING, 0},
+};
+static const struct event_field command_expired[] = {
+    {"command_id", JSON_STRING, 1},
+    {"not_after", JSON_STRING, 1},
+};
+static const struct event_field command_authorized[] = {
+    {"command_id", JSON_STRING, 1}, {"device_id", JSON_STRING, 1}, {"envelope", JSON_OBJECT, 1},
+    {"signature", JSON_STRING, 1},  {"key_id", JSON_STRING, 1},
+};
+
 static const struct event_def catalogue[] = {
     {"DeviceRegistered", FIELDS(device_registered)},
+    {"CommandRequested", FIELDS(command_requested)},
+    {"CommandApproved", FIELDS(command_approved)},
+    {"CommandRejected", FIELDS(command_rejected)},
+    {"CommandExpired", FIELDS(command_expired)},
+    {"CommandAuthorized", FIELDS(command_authorized)},
 };
 
 const struct event_def *catalogue_find(const char *type)

@@ -236,6 +236,19 @@ static sg_err load_principals(struct ctx *c, sg_config *cfg, json_t *arr)
     return SG_OK;
 }
 
+/* Device-command action names (issue 8): ^[a-z][a-z0-9._-]{0,63}$. Lowercase
+ * only, so "Reboot" can never slip past the approvals rule for "reboot". */
+int config_valid_action(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > 64 || !(s[0] >= 'a' && s[0] <= 'z'))
+        return 0;
+    for (size_t i = 1; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || strchr("._-", s[i])))
+            return 0;
+    return 1;
+}
+
 static sg_err load_approvals(struct ctx *c, sg_config *cfg, json_t *a)
 {
     static const char *const keys[] = {"default", "actions", NULL};
@@ -259,6 +272,11 @@ static sg_err load_approvals(struct ctx *c, sg_config *cfg, json_t *a)
     json_t *v;
     json_object_foreach(actions, name, v)
     {
+        if (!config_valid_action(name))
+            return bad(c,
+                       "approvals.actions: \"%.80s\" is not an action name "
+                       "(^[a-z][a-z0-9._-]{0,63}$)",
+                       name);
         if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 100)
             return bad(c, "approvals.actions.%s must be an integer from 1 to 100", name);
         struct approval_rule *r = &cfg->approval_rules[cfg->napproval_rules++];

@@ -71,4 +71,7 @@ sg_err config_split_listen(const char *listen, char **host, unsigned short *port
 /* Role name to bit, 0 if unknown. */
 unsigned role_from_name(const char *name);
 
+/* 1 if s is a device-command action name: ^[a-z][a-z0-9._-]{0,63}$. */
+int config_valid_action(const char *s);
+
 #endif

@@ -57,6 +57,8 @@ enum route_flag {
     ROUTE_DEVICE_SELF = 1u << 2,     /* ROLE_DEVICE must be bound to the {} id */
     ROUTE_HEAD = 1u << 3,            /* a GET route that also answers HEAD */
     ROUTE_NOT_IMPLEMENTED = 1u << 4, /* authenticates and authorizes, then 501 */
+    ROUTE_JSON_OPTIONAL = 1u << 5,   /* with JSON_BODY: no body at all (and then no
+                                        Content-Type) is taken as {} */
 };
 
 struct route {
@@ -173,5 +175,11 @@ void route_metrics(struct req *r);
 void route_keys(struct req *r);
 void route_events(struct req *r);
 void route_snapshot(struct req *r);
+/* min_position / wait_ms of a read request (routes.c): 1 if it answered r
+ * (400, or 503 when the wait ran out) or suspended it until the read model
+ * is there; 0 to go on answering. */
+int wait_for_position(struct req *r);
+/* GET /v1/devices/{id}/commands (routes_commands.c) */
+void route_device_commands(struct req *r);
 
 #endif

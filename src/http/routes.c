@@ -38,9 +38,12 @@ const struct route routes[] = {
     {W, "POST", "/v1/rollouts/{}/resume", ROLE_OPERATOR, NOTIMPL, NULL, NULL, NULL},
     {W, "POST", "/v1/rollouts/{}/rollback", ROLE_OPERATOR, NOTIMPL, NULL, NULL, NULL},
     {W, "POST", "/v1/devices/{}/reports", ROLE_DEVICE, SELF | JSON | NOTIMPL, NULL, NULL, NULL},
-    {W, "POST", "/v1/commands", ROLE_OPERATOR, JSON | NOTIMPL, NULL, NULL, NULL},
-    {W, "POST", "/v1/commands/{}/approve", ROLE_APPROVER, JSON | NOTIMPL, NULL, NULL, NULL},
-    {W, "POST", "/v1/commands/{}/reject", ROLE_APPROVER, JSON | NOTIMPL, NULL, NULL, NULL},
+    {W, "POST", "/v1/commands", ROLE_OPERATOR, JSON, route_write_request, &wreq_request_command,
+     NULL},
+    {W, "POST", "/v1/commands/{}/approve", ROLE_APPROVER, JSON | ROUTE_JSON_OPTIONAL,
+     route_write_request, &wreq_approve_command, NULL},
+    {W, "POST", "/v1/commands/{}/reject", ROLE_APPROVER, JSON | ROUTE_JSON_OPTIONAL,
+     route_write_request, &wreq_reject_command, NULL},
 
     {R, "GET", "/v1/events", ROLE_AUDITOR, 0, route_events, NULL, NULL},
     {R, "GET", "/v1/snapshots/{}", ROLE_AUDITOR | ROLE_OPERATOR, 0, route_snapshot, NULL, NULL},
@@ -48,8 +51,8 @@ const struct route routes[] = {
     {R, "GET", "/v1/firmware/{}/image", ANY_ROLE, ROUTE_HEAD | NOTIMPL, NULL, NULL, NULL},
     {R, "GET", "/v1/devices/{}/update", ROLE_DEVICE | ROLE_OPERATOR, SELF | NOTIMPL, NULL, NULL,
      NULL},
-    {R, "GET", "/v1/devices/{}/commands", ROLE_DEVICE | ROLE_OPERATOR, SELF | NOTIMPL, NULL, NULL,
-     NULL},
+    {R, "GET", "/v1/devices/{}/commands", ROLE_DEVICE | ROLE_OPERATOR, SELF, route_device_commands,
+     NULL, NULL},
 };
 const size_t nroutes = sizeof(routes) / sizeof(routes[0]);
 
@@ -140,8 +143,10 @@ void route_write_request(struct req *r)
         return;
     }
     json_error_t jerr;
-    json_t *body =
-        json_loadb(r->body.data ? r->body.data : "", r->body.len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *body = r->body.len == 0 && (r->route->flags & ROUTE_JSON_OPTIONAL)
+                       ? json_object()
+                       : json_loadb(r->body.data ? r->body.data : "", r->body.len,
+                                    JSON_REJECT_DUPLICATES, &jerr);
     if (body == NULL) {
         http_problem(r, SG_EBADINPUT, "malformed JSON: %s", jerr.text);
         return;
@@ -182,8 +187,8 @@ static void wait_done(void *ud)
     http_resume(ud);
 }
 
-/* min_position / wait_ms. Returns 1 if it answered or suspended r. */
-static int wait_for_position(struct req *r)
+/* min_position / wait_ms (internal.h). */
+int wait_for_position(struct req *r)
 {
     const char *mp = http_query(r, "min_position"), *wm = http_query(r, "wait_ms");
     uint64_t min = 0, wait = 2000;

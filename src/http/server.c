@@ -363,7 +363,10 @@ static int begin(struct req *r, const char *version)
         return 1;
     }
     if (r->route->flags & ROUTE_JSON_BODY) {
-        if (!is_json(http_header(r, "Content-Type"))) {
+        const char *ct = http_header(r, "Content-Type"), *len = http_header(r, "Content-Length");
+        int no_body =
+            (len == NULL || strcmp(len, "0") == 0) && http_header(r, "Transfer-Encoding") == NULL;
+        if (!is_json(ct) && !((r->route->flags & ROUTE_JSON_OPTIONAL) && ct == NULL && no_body)) {
             http_problem(r, SG_EMEDIATYPE, "Content-Type must be application/json");
             return 1;
         }

@@ -22,6 +22,15 @@ struct projection {
 };
 
 extern const struct projection devices_projection;
+extern const struct projection commands_projection;
+
+/* GET /v1/devices/{id}/commands (view_commands.c): the device's authorized
+ * commands with counter > after, oldest first, at most limit, as
+ * {"commands":[{"envelope","signature","key_id","signed_b64"}],"next_after"?}
+ * (next_after when more follow). SG_ENOTFOUND for a device the read model
+ * does not know; SG_ESTORE, SG_ENOMEM. Inside projector_read(). */
+sg_err commands_page(sqlite3 *db, const char *device_id, uint64_t after, size_t limit,
+                     json_t **out);
 
 /* The projection with this name, or NULL. */
 const struct projection *projection_find(const char *name);

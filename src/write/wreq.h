@@ -130,6 +130,16 @@ extern const struct aggregate devices_aggregate;
 /* The device's {"hardware","group"?} as canonical JSON, or NULL. */
 const char *devices_get(wstate *s, const char *device_id);
 
+/* device commands (commands.c, issue 8) */
+extern const struct wreq_type wreq_request_command;
+extern const struct wreq_type wreq_approve_command;
+extern const struct wreq_type wreq_reject_command;
+extern const struct wreq_type wreq_expire_command; /* the system's, on the clock */
+extern const struct aggregate commands_aggregate;
+extern const struct process_manager command_expirer;
+/* The device's last authorized command counter (0 if none). */
+uint64_t commands_counter(wstate *s, const char *device_id);
+
 /* Syntax shared by ids (device, hardware, group): ^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$ */
 int sg_valid_id(const char *s);
 

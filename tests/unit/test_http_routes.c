@@ -98,15 +98,15 @@ static const struct want api[] = {
     {W, "POST", "/v1/rollouts/{}/resume", ROLE_OPERATOR, 0, 0},
     {W, "POST", "/v1/rollouts/{}/rollback", ROLE_OPERATOR, 0, 0},
     {W, "POST", "/v1/devices/{}/reports", ROLE_DEVICE, 1, 0},
-    {W, "POST", "/v1/commands", ROLE_OPERATOR, 0, 0},
-    {W, "POST", "/v1/commands/{}/approve", ROLE_APPROVER, 0, 0},
-    {W, "POST", "/v1/commands/{}/reject", ROLE_APPROVER, 0, 0},
+    {W, "POST", "/v1/commands", ROLE_OPERATOR, 0, 1},
+    {W, "POST", "/v1/commands/{}/approve", ROLE_APPROVER, 0, 1},
+    {W, "POST", "/v1/commands/{}/reject", ROLE_APPROVER, 0, 1},
     {R, "GET", "/v1/events", ROLE_AUDITOR, 0, 1},
     {R, "GET", "/v1/snapshots/{}", ROLE_AUDITOR | ROLE_OPERATOR, 0, 1},
     {R, "GET", "/v1/firmware/{}", ANY, 0, 0},
     {R, "GET", "/v1/firmware/{}/image", ANY, 0, 0},
     {R, "GET", "/v1/devices/{}/update", ROLE_DEVICE | ROLE_OPERATOR, 1, 0},
-    {R, "GET", "/v1/devices/{}/commands", ROLE_DEVICE | ROLE_OPERATOR, 1, 0},
+    {R, "GET", "/v1/devices/{}/commands", ROLE_DEVICE | ROLE_OPERATOR, 1, 1},
 };
 
 static const struct route *table_route(const char *method, const char *path)

@@ -1,0 +1,63 @@
+/* routes_commands.c - GET /v1/devices/{id}/commands (issue 8): a device's
+ * authorized, signed command envelopes, oldest first, paged by counter.
+ * Parses and answers only; the rows come from the commands read model
+ * (src/read/view_commands.c). The route line is in routes.c. */
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../read/readmodel.h"
+#include "internal.h"
+
+#define PAGE_DEFAULT 100
+#define PAGE_MAX 1000
+
+/* A decimal integer in [min, max], nothing else. */
+static int parse_count(const char *s, uint64_t min, uint64_t max, uint64_t *out)
+{
+    if (s == NULL || *s == '\0' || strlen(s) > 19)
+        return 0;
+    for (const char *p = s; *p; p++)
+        if (!isdigit((unsigned char)*p))
+            return 0;
+    uint64_t v = strtoull(s, NULL, 10);
+    if (v < min || v > max)
+        return 0;
+    *out = v;
+    return 1;
+}
+
+struct page {
+    const char *device_id;
+    uint64_t after, limit;
+    json_t *out;
+};
+
+static sg_err read_page(sqlite3 *db, void *ud)
+{
+    struct page *p = ud;
+    return commands_page(db, p->device_id, p->after, (size_t)p->limit, &p->out);
+}
+
+void route_device_commands(struct req *r)
+{
+    struct page p = {.device_id = r->param, .after = 0, .limit = PAGE_DEFAULT};
+    const char *a = http_query(r, "after"), *l = http_query(r, "limit");
+    if ((a && !parse_count(a, 0, (uint64_t)1 << 53, &p.after)) ||
+        (l && !parse_count(l, 1, PAGE_MAX, &p.limit))) {
+        http_problem(r, SG_EBADINPUT, "after must be a non-negative integer, limit 1 to %d",
+                     PAGE_MAX);
+        return;
+    }
+    if (wait_for_position(r))
+        return;
+    sg_err e = projector_read(r->srv->app->proj, read_page, &p);
+    if (e == SG_ENOTFOUND)
+        http_problem(r, e, "no device %s", r->param);
+    else if (e == SG_ENOMEM)
+        http_problem(r, e, "out of memory");
+    else if (e)
+        http_problem(r, e, "cannot read the commands read model");
+    else
+        http_reply_json(r, 200, p.out);
+}
