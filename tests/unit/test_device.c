@@ -369,6 +369,52 @@ static void test_envelope_shape_refused(void **state)
     }
 }
 
+/* The test vector of docs/device-verification.md, signed elsewhere (Python
+ * cryptography) with a key made only for it. */
+static void test_docs_vector(void **state)
+{
+    (void)state;
+    static const char pem[] = "-----BEGIN PUBLIC KEY-----\n"
+                              "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEAYQzJ8ZiMSWOZQKDir6mnmma8Y56\n"
+                              "miLY+A9JZcTnmdTdIpAtFGI2cGtzpPVlwZld4l7Eh3xd3dFP+X2QZBcxjQ==\n"
+                              "-----END PUBLIC KEY-----\n";
+    static const char kid[] = "a07b6ef5787ddee8680fb8d97c108a5ed6d3f1fcfad80a1faa900650c4bc7850";
+    static const char b64[] =
+        "eyJhY3Rpb24iOiJyZWJvb3QiLCJjb21tYW5kX2lkIjoiMGI3ZTFjMmEtNWQzZi00ZThhLTljNjEtMmY0ZDhiMG"
+        "E3ZTEzIiwiY291bnRlciI6MSwiZGV2aWNlX2lkIjoiZGV2LTAwMDEiLCJub3RfYWZ0ZXIiOiIyMDI2LTExLTI3"
+        "VDE5OjAwOjAwLjAwMFoiLCJwYXJhbXMiOnsiZGVsYXlfcyI6NX19";
+    static const char sig[] = "MEUCIQDPc40FW1hycvdxF1kNDbFAicnScrpj7INpwtDGXXbV8wIgcZ67iyBi3jy2Ie"
+                              "VE1m/ofisAH0Ue1DJjrGG/Dbf4US8=";
+    static const char text[] =
+        "{\"action\":\"reboot\",\"command_id\":\"0b7e1c2a-5d3f-4e8a-9c61-2f4d8b0a7e13\","
+        "\"counter\":1,\"device_id\":\"dev-0001\",\"not_after\":\"2026-11-27T19:00:00.000Z\","
+        "\"params\":{\"delay_s\":5}}";
+    sgd_key *k;
+    assert_int_equal(sgd_key_load_pem(pem, strlen(pem), &k), SGD_OK);
+    assert_string_equal(sgd_key_id(k), kid);
+    uint8_t *doc;
+    size_t len;
+    assert_int_equal(sgd_b64_decode(b64, strlen(b64), &doc, &len), SGD_OK);
+    assert_int_equal(len, strlen(text));
+    assert_memory_equal(doc, text, len);
+    struct sgd_command c;
+    assert_int_equal(sgd_command_verify(k, doc, len, sig, kid, "dev-0001", 0, NOT_AFTER_MS, &c),
+                     SGD_OK);
+    assert_string_equal(c.params, "{\"delay_s\":5}");
+    assert_int_equal(c.counter, 1);
+    sgd_command_clear(&c);
+    assert_int_equal(sgd_command_verify(k, doc, len, sig, kid, "dev-0001", 0, NOT_AFTER_MS + 1, &c),
+                     SGD_EEXPIRED);
+    assert_int_equal(sgd_command_verify(k, doc, len, sig, kid, "dev-0001", 1, 0, &c), SGD_EREPLAY);
+    assert_int_equal(sgd_command_verify(k, doc, len, sig, kid, "dev-0002", 0, 0, &c), SGD_EDEVICE);
+    assert_int_equal(sgd_command_verify(k, doc, len, sig, pinned.key_id, "dev-0001", 0, 0, &c),
+                     SGD_EKEYID);
+    assert_int_equal(sgd_command_verify(key, doc, len, sig, pinned.key_id, "dev-0001", 0, 0, &c),
+                     SGD_ESIG);
+    free(doc);
+    sgd_key_free(k);
+}
+
 /*** the strict reader ***/
 
 static int parses(const char *s)
@@ -709,6 +755,7 @@ int main(void)
         cmocka_unit_test(test_expired_refused),
         cmocka_unit_test(test_misaddressed_refused),
         cmocka_unit_test(test_envelope_shape_refused),
+        cmocka_unit_test(test_docs_vector),
         cmocka_unit_test(test_reader_accepts_canonical),
         cmocka_unit_test(test_reader_refusals),
         cmocka_unit_test(test_manifest),
