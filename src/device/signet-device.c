@@ -350,16 +350,19 @@ static void handle_envelope(struct poll *pl, const struct item *it, size_t index
     uint8_t *doc = NULL;
     size_t len = 0;
     struct sgd_command cmd;
-    sgd_err rc;
+    const char *why = NULL;
+    sgd_err rc = SGD_OK;
     if (it->signed_b64 == NULL || it->signature == NULL || it->key_id == NULL)
-        rc = SGD_EFORMAT;
-    else if ((rc = sgd_b64_decode(it->signed_b64, strlen(it->signed_b64), &doc, &len)) == SGD_OK)
-        rc = sgd_command_verify(pl->key, doc, len, it->signature, it->key_id, pl->device_id,
-                                pl->last, pl->now_ms >= 0 ? pl->now_ms : sgd_now_ms(), &cmd);
+        why = "signed_b64, signature or key_id missing";
+    else if (sgd_b64_decode(it->signed_b64, strlen(it->signed_b64), &doc, &len) != SGD_OK)
+        why = "signed_b64 is not base64";
+    else if ((rc = sgd_command_verify(pl->key, doc, len, it->signature, it->key_id, pl->device_id,
+                                      pl->last, pl->now_ms >= 0 ? pl->now_ms : sgd_now_ms(),
+                                      &cmd)) != SGD_OK)
+        why = sgd_strerror(rc);
     free(doc);
-    if (rc != SGD_OK) {
-        fprintf(stderr, "signet-device: refused envelope %zu of this answer: %s\n", index,
-                sgd_strerror(rc));
+    if (why) {
+        fprintf(stderr, "signet-device: refused envelope %zu of this answer: %s\n", index, why);
         pl->refused++;
         return;
     }
