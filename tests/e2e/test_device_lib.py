@@ -30,7 +30,7 @@ import unittest
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from client import get_keys, register, request  # noqa: E402
+from client import get_keys, register, request, wait_until  # noqa: E402
 from deploy import BUILD_DIR, E2ETestCase  # noqa: E402
 from verify import canonical, key_id_for, keys_by_purpose  # noqa: E402
 
@@ -244,6 +244,42 @@ class DeviceLibrary(E2ETestCase):
         rc, lines, err = self.device(self.state_file(), token="tok_wrong")
         self.assertEqual((rc, lines), (1, []), err)
         self.assertIn("401", err)
+
+    def test_04_polling_mode(self):
+        """Without --once: polls every --interval seconds, executes a command
+        authorized while it runs, and stops on SIGTERM with status 0."""
+        state = self.state_file()
+        env = dict(os.environ, SIGNET_DEVICE_TOKEN=self.dep.token(DEV))
+        proc = subprocess.Popen([SIGNET_DEVICE, "--url", "http://127.0.0.1:%d" % self.rp,
+                                 "--device-id", DEV, "--key", self.pem_path, "--state", state,
+                                 "--interval", "1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        lines = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, b"")),
+                                  daemon=True)
+        reader.start()
+        try:
+            self.last_position = self.authorize(DEV, {"while": "polling"})
+            newest = self.all_for(DEV)[-1]["envelope"]
+            wait_until(lambda: any(b"counter=%d " % newest["counter"] in ln for ln in lines), 20,
+                       what="the command executed by the polling device")
+        finally:
+            proc.terminate()
+            try:
+                rc = proc.wait(20)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(5)
+            reader.join(5)
+            err = proc.stderr.read().decode()
+            proc.stderr.close()
+            proc.stdout.close()
+            self.dep.cli_outputs.append(b"".join(lines).decode() + err)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(self.read_state(state), newest["counter"])
+        counters = [int(LINE.match(ln.decode().rstrip("\n")).group(1)) for ln in lines]
+        self.assertEqual(counters, sorted(set(counters)), "each command once, in order")
 
     # ---- the attacker on the wire ----
 
