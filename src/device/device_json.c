@@ -7,7 +7,7 @@
  * escaped) in valid UTF-8, integers without leading zeros or -0 within
  * +-(2^53-1), no floats, nothing after the value. A signed document has one
  * spelling, so two parsers cannot read it two ways. It never allocates and
- * never recurses deeper than DJ_MAX_DEPTH. */
+ * never recurses deeper than SGD_JSON_MAX_DEPTH. */
 #include "device_json.h"
 
 #include <string.h>
@@ -107,7 +107,7 @@ static uint32_t utf16_first(uint32_t cp)
 
 /* Compare two validated keys (text between quotes) in UTF-16 code-unit
  * order, as RFC 8785 §3.2.3 sorts them. */
-static int key_cmp(const uint8_t *doc, struct dj_span a, struct dj_span b)
+static int key_cmp(const uint8_t *doc, struct sgd_json_span a, struct sgd_json_span b)
 {
     const uint8_t *x = doc + a.off, *y = doc + b.off;
     size_t nx = a.len, ny = b.len;
@@ -130,7 +130,7 @@ static int key_cmp(const uint8_t *doc, struct dj_span a, struct dj_span b)
 
 /* A string at r->i (on its opening quote); on success r->i is past the
  * closing quote and *text the span between the quotes. */
-static int rd_string(struct rd *r, struct dj_span *text)
+static int rd_string(struct rd *r, struct sgd_json_span *text)
 {
     r->i++;
     size_t start = r->i;
@@ -235,19 +235,19 @@ static int rd_literal(struct rd *r, const char *word)
 static int rd_value(struct rd *r, int depth);
 
 /* An object at r->i (on '{'). Its members go to m[0..max) when m is not NULL. */
-static int rd_object(struct rd *r, int depth, struct dj_member *m, size_t max, size_t *count)
+static int rd_object(struct rd *r, int depth, struct sgd_json_member *m, size_t max, size_t *count)
 {
-    if (depth > DJ_MAX_DEPTH)
+    if (depth > SGD_JSON_MAX_DEPTH)
         return fail(r, "nested too deep");
     r->i++;
     if (peek(r) == '}') {
         r->i++;
         return 0;
     }
-    struct dj_span prev = {0, 0};
+    struct sgd_json_span prev = {0, 0};
     int have_prev = 0;
     for (;;) {
-        struct dj_span key;
+        struct sgd_json_span key;
         if (peek(r) != '"')
             return fail(r, "expected a key (whitespace is not canonical)");
         if (rd_string(r, &key) < 0)
@@ -287,7 +287,7 @@ static int rd_object(struct rd *r, int depth, struct dj_member *m, size_t max, s
 
 static int rd_array(struct rd *r, int depth)
 {
-    if (depth > DJ_MAX_DEPTH)
+    if (depth > SGD_JSON_MAX_DEPTH)
         return fail(r, "nested too deep");
     r->i++;
     if (peek(r) == ']') {
@@ -310,7 +310,7 @@ static int rd_array(struct rd *r, int depth)
 /* Any value at r->i, inside containers already depth deep. */
 static int rd_value(struct rd *r, int depth)
 {
-    struct dj_span s;
+    struct sgd_json_span s;
     switch (peek(r)) {
     case '{':
         return rd_object(r, depth + 1, NULL, 0, NULL);
@@ -345,8 +345,8 @@ static int rd_value(struct rd *r, int depth)
 
 /*** public to src/device ***/
 
-int dj_parse_object(const uint8_t *doc, size_t n, struct dj_member *m, size_t max, size_t *count,
-                    const char **why)
+int sgd_json_parse_object(const uint8_t *doc, size_t n, struct sgd_json_member *m, size_t max,
+                          size_t *count, const char **why)
 {
     struct rd r = {doc, n, 0, NULL};
     *count = 0;
@@ -365,13 +365,13 @@ int dj_parse_object(const uint8_t *doc, size_t n, struct dj_member *m, size_t ma
     return rc;
 }
 
-int dj_key_is(const uint8_t *doc, struct dj_span key, const char *name)
+int sgd_json_key_is(const uint8_t *doc, struct sgd_json_span key, const char *name)
 {
     size_t len = strlen(name);
     return key.len == len && memcmp(doc + key.off, name, len) == 0;
 }
 
-long dj_string(const uint8_t *doc, struct dj_span v, char *out, size_t cap)
+long sgd_json_string(const uint8_t *doc, struct sgd_json_span v, char *out, size_t cap)
 {
     if (v.len < 2 || doc[v.off] != '"' || cap == 0)
         return -1;
@@ -398,7 +398,7 @@ long dj_string(const uint8_t *doc, struct dj_span v, char *out, size_t cap)
     return (long)o;
 }
 
-int dj_int(const uint8_t *doc, struct dj_span v, int64_t *out)
+int sgd_json_int(const uint8_t *doc, struct sgd_json_span v, int64_t *out)
 {
     const uint8_t *s = doc + v.off;
     size_t n = v.len, k = 0;

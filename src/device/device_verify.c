@@ -51,12 +51,13 @@ static char *arena_take(struct arena *a, size_t n)
 }
 
 /* Read one member's value into f->dst. 0, or -1 if it has the wrong type. */
-static int read_field(const uint8_t *doc, struct dj_span v, const struct field *f, struct arena *a)
+static int read_field(const uint8_t *doc, struct sgd_json_span v, const struct field *f,
+                      struct arena *a)
 {
     switch (f->kind) {
     case K_STRING: {
         char *s = arena_take(a, v.len);
-        long n = s ? dj_string(doc, v, s, v.len) : -1;
+        long n = s ? sgd_json_string(doc, v, s, v.len) : -1;
         if (n <= 0) /* not a string, empty, or holding a NUL */
             return -1;
         *(const char **)f->dst = s;
@@ -73,14 +74,14 @@ static int read_field(const uint8_t *doc, struct dj_span v, const struct field *
     }
     case K_UINT: {
         int64_t x;
-        if (doc[v.off] == '"' || dj_int(doc, v, &x) < 0 || x < 0)
+        if (doc[v.off] == '"' || sgd_json_int(doc, v, &x) < 0 || x < 0)
             return -1;
         *(uint64_t *)f->dst = (uint64_t)x;
         return 0;
     }
     case K_HEX64: {
         char s[65];
-        if (dj_string(doc, v, s, sizeof(s)) != 64)
+        if (sgd_json_string(doc, v, s, sizeof(s)) != 64)
             return -1;
         for (int i = 0; i < 64; i++)
             if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
@@ -91,7 +92,7 @@ static int read_field(const uint8_t *doc, struct dj_span v, const struct field *
     case K_TIME: {
         char s[25];
         int64_t ms;
-        if (dj_string(doc, v, s, sizeof(s)) != 24 || sgd_parse_time(s, &ms) != SGD_OK)
+        if (sgd_json_string(doc, v, s, sizeof(s)) != 24 || sgd_parse_time(s, &ms) != SGD_OK)
             return -1;
         memcpy(f->dst, s, 25);
         return 0;
@@ -107,18 +108,18 @@ static int read_field(const uint8_t *doc, struct dj_span v, const struct field *
 static sgd_err read_doc(const uint8_t *doc, size_t len, const struct field *fields, size_t nf,
                         void **mem)
 {
-    struct dj_member m[MAX_MEMBERS];
+    struct sgd_json_member m[MAX_MEMBERS];
     size_t count = 0;
     unsigned seen = 0;
     *mem = NULL;
-    if (dj_parse_object(doc, len, m, MAX_MEMBERS, &count, NULL) < 0)
+    if (sgd_json_parse_object(doc, len, m, MAX_MEMBERS, &count, NULL) < 0)
         return SGD_EFORMAT;
     struct arena a = {malloc(len + 1), len + 1, 0};
     if (a.mem == NULL)
         return SGD_ENOMEM;
     for (size_t i = 0; i < count; i++) {
         size_t k = 0;
-        while (k < nf && !dj_key_is(doc, m[i].key, fields[k].name))
+        while (k < nf && !sgd_json_key_is(doc, m[i].key, fields[k].name))
             k++;
         if (k == nf || read_field(doc, m[i].value, &fields[k], &a) < 0)
             goto bad; /* unknown member, or the wrong type */

@@ -419,10 +419,10 @@ static void test_docs_vector(void **state)
 
 static int parses(const char *s)
 {
-    struct dj_member m[8];
+    struct sgd_json_member m[8];
     size_t count;
     const char *why = NULL;
-    int rc = dj_parse_object((const uint8_t *)s, strlen(s), m, 8, &count, &why);
+    int rc = sgd_json_parse_object((const uint8_t *)s, strlen(s), m, 8, &count, &why);
     if (rc == 0)
         assert_null(why);
     else
@@ -453,21 +453,21 @@ static void test_reader_accepts_canonical(void **state)
 
     /* Members and their spans. */
     const char *s = "{\"a\":\"x\\ny\",\"b\":{\"c\":1},\"d\":-4}";
-    struct dj_member m[4];
+    struct sgd_json_member m[4];
     size_t count;
-    assert_int_equal(dj_parse_object((const uint8_t *)s, strlen(s), m, 4, &count, NULL), 0);
+    assert_int_equal(sgd_json_parse_object((const uint8_t *)s, strlen(s), m, 4, &count, NULL), 0);
     assert_int_equal(count, 3);
-    assert_true(dj_key_is((const uint8_t *)s, m[1].key, "b"));
+    assert_true(sgd_json_key_is((const uint8_t *)s, m[1].key, "b"));
     assert_memory_equal(s + m[1].value.off, "{\"c\":1}", m[1].value.len);
     char out[8];
-    assert_int_equal(dj_string((const uint8_t *)s, m[0].value, out, sizeof(out)), 3);
+    assert_int_equal(sgd_json_string((const uint8_t *)s, m[0].value, out, sizeof(out)), 3);
     assert_string_equal(out, "x\ny");
-    assert_int_equal(dj_string((const uint8_t *)s, m[0].value, out, 3), -1); /* too small */
+    assert_int_equal(sgd_json_string((const uint8_t *)s, m[0].value, out, 3), -1); /* too small */
     int64_t v;
-    assert_int_equal(dj_int((const uint8_t *)s, m[2].value, &v), 0);
+    assert_int_equal(sgd_json_int((const uint8_t *)s, m[2].value, &v), 0);
     assert_int_equal(v, -4);
     /* More members than room. */
-    assert_int_equal(dj_parse_object((const uint8_t *)s, strlen(s), m, 2, &count, NULL), -1);
+    assert_int_equal(sgd_json_parse_object((const uint8_t *)s, strlen(s), m, 2, &count, NULL), -1);
 }
 
 static void test_reader_refusals(void **state)
@@ -561,19 +561,19 @@ static void test_reader_refusals(void **state)
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         if (parses(bad[i]))
             fail_msg("case %zu accepted: %s", i, bad[i]);
-    /* 31 levels inside the object are fine, 32 are not (DJ_MAX_DEPTH 32 with the top). */
+    /* 31 levels inside the object are fine, 32 are not (SGD_JSON_MAX_DEPTH 32 with the top). */
     char deep[128] = "{\"a\":";
-    for (int i = 0; i < DJ_MAX_DEPTH - 1; i++)
+    for (int i = 0; i < SGD_JSON_MAX_DEPTH - 1; i++)
         strcat(deep, "[");
-    for (int i = 0; i < DJ_MAX_DEPTH - 1; i++)
+    for (int i = 0; i < SGD_JSON_MAX_DEPTH - 1; i++)
         strcat(deep, "]");
     strcat(deep, "}");
     assert_true(parses(deep));
     /* An embedded NUL byte is refused, not a terminator. */
     const uint8_t nul[] = {'{', '"', 'a', '"', ':', '"', 0, '"', '}'};
-    struct dj_member m[2];
+    struct sgd_json_member m[2];
     size_t count;
-    assert_int_equal(dj_parse_object(nul, sizeof(nul), m, 2, &count, NULL), -1);
+    assert_int_equal(sgd_json_parse_object(nul, sizeof(nul), m, 2, &count, NULL), -1);
 }
 
 /*** manifests and images ***/
