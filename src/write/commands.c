@@ -99,8 +99,11 @@ static int approved_by(const json_t *cmd, const char *who)
 {
     size_t i;
     json_t *v;
-    json_array_foreach(json_object_get(cmd, "approvers"), i,
-                       v) if (strcmp(json_string_value(v), who) == 0) return 1;
+    json_array_foreach(json_object_get(cmd, "approvers"), i, v)
+    {
+        if (strcmp(json_string_value(v), who) == 0)
+            return 1;
+    }
     return 0;
 }
 
@@ -203,9 +206,17 @@ static int params_ok(const json_t *v, int depth)
     size_t i;
     json_t *m;
     if (json_is_object(v)) {
-        json_object_foreach((json_t *)v, k, m) if (!params_ok(m, depth + 1)) return 0;
+        json_object_foreach((json_t *)v, k, m)
+        {
+            if (!params_ok(m, depth + 1))
+                return 0;
+        }
     } else if (json_is_array(v)) {
-        json_array_foreach(v, i, m) if (!params_ok(m, depth + 1)) return 0;
+        json_array_foreach(v, i, m)
+        {
+            if (!params_ok(m, depth + 1))
+                return 0;
+        }
     }
     return 1;
 }
@@ -304,26 +315,36 @@ const struct wreq_type wreq_request_command = {"RequestCommand", request_validat
 static sg_err verdict_validate(const json_t *body, const char *path_id, json_t **input,
                                char *detail, size_t dlen)
 {
-    const char *comment = NULL;
+    const char *comment = NULL, *sha = NULL;
     json_error_t err;
     if (!sg_valid_id(path_id)) {
         snprintf(detail, dlen, "command id must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$");
         return SG_EBADINPUT;
     }
-    if (json_unpack_ex((json_t *)body, &err, JSON_STRICT, "{s?s}", "comment", &comment) != 0) {
+    if (json_unpack_ex((json_t *)body, &err, JSON_STRICT, "{s?s, s?s}", "comment", &comment,
+                       "request_sha256", &sha) != 0) {
         snprintf(detail, dlen, "%s", err.text);
+        return SG_EBADINPUT;
+    }
+    if (sha && (strlen(sha) != SG_HEX256_LEN || strspn(sha, "0123456789abcdef") != SG_HEX256_LEN)) {
+        snprintf(detail, dlen, "request_sha256 must be 64 lowercase hex digits");
         return SG_EBADINPUT;
     }
     if (comment && strlen(comment) > COMMENT_MAX) {
         snprintf(detail, dlen, "comment must be at most %d bytes", COMMENT_MAX);
         return SG_EBADINPUT;
     }
-    *input = comment ? json_pack("{s:s}", "comment", comment) : json_object();
+    *input = json_object();
+    if (*input && comment)
+        json_object_set_new(*input, "comment", json_string(comment));
+    if (*input && sha)
+        json_object_set_new(*input, "request_sha256", json_string(sha));
     return *input ? SG_OK : SG_ENOMEM;
 }
 
 /* The pending command r names, or NULL when r has been failed (404, 403 for
- * the requester approving, 409 when decided or past its deadline). */
+ * the requester approving, 409 when decided, past its deadline, or not the
+ * command the approver named by its request_sha256). */
 static json_t *pending_command(struct wreq *r, struct decision *d, int approving)
 {
     const char *id = r->path_id, *me = decision_actor(d);
@@ -340,6 +361,9 @@ static json_t *pending_command(struct wreq *r, struct decision *d, int approving
         wreq_fail(r, SG_ECONFLICT, "command %s expired at %s", id, str_of(cmd, "not_after"));
     } else if (approving && approved_by(cmd, me)) {
         wreq_fail(r, SG_ECONFLICT, "%s has already approved command %s", me, id);
+    } else if (str_of(r->input, "request_sha256") &&
+               strcmp(str_of(r->input, "request_sha256"), str_of(cmd, "request_sha256")) != 0) {
+        wreq_fail(r, SG_ECONFLICT, "command %s is not the command with that request_sha256", id);
     } else {
         return cmd;
     }

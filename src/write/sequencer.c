@@ -796,6 +796,17 @@ static void *sequencer_main(void *arg)
         last->next = NULL;
         int poisoned = q->poisoned;
         pthread_mutex_unlock(&q->mu);
+        /* A tick due while requests keep coming goes first in their batch, so
+         * time-driven managers (command expiry) are not starved by load. */
+        struct wreq *tick;
+        if (q->has_ticks && sg_mono_ms() >= q->next_tick &&
+            (tick = wreq_new(&wreq_tick, NULL, NULL, NULL, NULL)) != NULL) {
+            q->next_tick = sg_mono_ms() + q->o.tick_ms;
+            tick->done = tick_done;
+            tick->next = list;
+            list = tick;
+            n++;
+        }
         uint64_t bad_at = 0;
         char bad_why[384], detail[256];
         if (integrity_failure(&bad_at, bad_why, sizeof(bad_why))) {

@@ -23,7 +23,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from client import fetch_all_events, get_keys, head_of, in_threads, register, request, wait_until  # noqa: E402
-from deploy import SIGNETD, E2ETestCase  # noqa: E402
+from deploy import SIGNETD, E2ETestCase, FaultyHsmTestCase  # noqa: E402
 from verify import canonical, key_id_for, keys_by_purpose, sha256_hex, verify_snapshot  # noqa: E402
 
 from cryptography.exceptions import InvalidSignature  # noqa: E402
@@ -187,6 +187,7 @@ class Commands(E2ETestCase):
             (dict(good, params="x"), "params a string"),
             (dict(good, params={"v": 1.5}), "a float in params"),
             (dict(good, params={"v": [1e3]}), "an exponent in params"),
+            (dict(good, params={"v": 2 ** 53}), "an integer beyond 2^53-1 in params"),
             (dict(good, params={"v": "x" * 5000}), "params too big"),
             (dict(good, params={"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {}}}}}}}}}), "too deep"),
             (dict(good, ttl_seconds=59), "ttl below 60"),
@@ -262,6 +263,24 @@ class Commands(E2ETestCase):
         self.assertEqual(self.head(), h0)
         r = request("POST", self.wp, "/v1/commands/%s/reject" % cid, token=self.tok("bob"))
         self.assertEqual((r.status, r.body.get("state")), (200, "rejected"), r)
+
+    def test_approval_may_name_the_exact_command(self):
+        """An approver may name what they approve by its request_sha256 (from
+        the event log or the snapshot): another hash is 409, nothing counted."""
+        cid = self.asked("dev-cmd", "set-point", {"v": 1})
+        sha = self.command_events(cid)[0]["data"]["request_sha256"]
+        other = self.asked("dev-cmd", "set-point", {"v": 2})
+        h0 = self.head()
+        r = request("POST", self.wp, "/v1/commands/%s/approve" % other, token=self.tok("alice"),
+                    body={"request_sha256": sha})
+        self.assertProblem(r, 409, "conflict")
+        r = request("POST", self.wp, "/v1/commands/%s/approve" % cid, token=self.tok("alice"),
+                    body={"request_sha256": sha.upper()})
+        self.assertProblem(r, 400, "bad-input")
+        self.assertEqual(self.head(), h0)
+        r = request("POST", self.wp, "/v1/commands/%s/approve" % cid, token=self.tok("alice"),
+                    body={"request_sha256": sha, "comment": "v=1 it is"})
+        self.assertEqual((r.status, r.body.get("approvals")), (200, 1), r)
 
     def test_unknown_command_404(self):
         h0 = self.head()
@@ -524,6 +543,65 @@ class Commands(E2ETestCase):
         self.assertEqual([e["counter"] for e in envs], list(range(1, len(envs) + 1)))
         self.assertEqual(len(envs), 5 + (1 if "CommandAuthorized" in types else 0))
 
+    # ---- roles ----
+
+    def test_role_matrix(self):
+        """Every principal on every new endpoint: the allowed ones succeed
+        (not merely pass authorization), the others get 403 (401 without a
+        token) and append nothing."""
+        everyone = ["ci", "ops", "alice", "bob", "audit", "adm", "dev-0001"] + list(EXTRA)
+        can_request = {"ops", "adm", "both"}
+        can_decide = {"alice", "bob", "adm", "carol", "dave", "erin", "both"}
+        for who in everyone:
+            with self.subTest(endpoint="request", who=who):
+                r = self.ask("dev-0002", "set-point", who=who)
+                if who in can_request:
+                    self.assertStatus(r, 202)
+                else:
+                    h0 = self.head()
+                    self.assertProblem(r, 403, "forbidden")
+                    self.assertEqual(self.head(), h0)
+        for what in ("approve", "reject"):
+            for who in everyone:
+                with self.subTest(endpoint=what, who=who):
+                    cid = self.asked("dev-0002", "unlock-debug")
+                    h0 = self.head()
+                    r = self.verdict(cid, who, what)
+                    if who in can_decide:
+                        self.assertStatus(r, 200)
+                        self.assertEqual(r.body["state"], "pending" if what == "approve" else "rejected")
+                    else:
+                        self.assertProblem(r, 403, "forbidden")
+                        self.assertEqual(self.head(), h0)
+        cid = self.asked("dev-0001", "reboot")
+        pos = self.verdict(cid, "alice").body["position"]
+        for who in everyone:
+            for dev in ("dev-0001", "dev-0002"):
+                with self.subTest(endpoint="device commands", who=who, device=dev):
+                    r = self.device_commands(dev, who=who, min_position=pos)
+                    if who in ("ops", "adm", "both") or (who == "dev-0001" and dev == "dev-0001"):
+                        self.assertStatus(r, 200)
+                    else:
+                        self.assertProblem(r, 403, "forbidden")
+            with self.subTest(endpoint="commands snapshot", who=who):
+                r = request("GET", self.rp, "/v1/snapshots/commands", token=self.tok(who))
+                if who in ("audit", "ops", "adm", "both"):
+                    self.assertStatus(r, 200)
+                else:
+                    self.assertProblem(r, 403, "forbidden")
+        h0 = self.head()
+        for method, port, path in (("POST", self.wp, "/v1/commands"), ("POST", self.wp, "/v1/commands/%s/approve" % cid),
+                                   ("POST", self.wp, "/v1/commands/%s/reject" % cid),
+                                   ("GET", self.rp, "/v1/devices/dev-0001/commands"),
+                                   ("GET", self.rp, "/v1/snapshots/commands")):
+            with self.subTest(endpoint=path, who=None):
+                r = request(method, port, path, body={} if method == "POST" else None)
+                self.assertProblem(r, 401, "unauthorized")
+        # Write routes are not on the read listener, nor the reads on the write listener.
+        self.assertIn(request("POST", self.rp, "/v1/commands", token=self.ops, body={}).status, (404, 405))
+        self.assertIn(request("GET", self.wp, "/v1/devices/dev-0001/commands", token=self.ops).status, (404, 405))
+        self.assertEqual(self.head(), h0)
+
     # ---- snapshot ----
 
     def test_commands_snapshot(self):
@@ -623,6 +701,47 @@ class Commands(E2ETestCase):
         self.assertEqual(r.body["state"], "authorized")
         envs = [e["envelope"] for e in self.device_commands(dev, min_position=r.body["position"]).body["commands"]]
         self.assertEqual([(e["command_id"], e["counter"]) for e in envs], [(done, 1), (half, 2)])
+
+
+class CommandsHsmFailure(FaultyHsmTestCase):
+    """The envelope is signed inside the decision: when the HSM does not
+    sign, the deciding approval is refused with 503 and nothing is appended
+    (not even the approval); once the HSM is back the same approval goes
+    through, with counter 1."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.start_deployment(faulty=True)
+        cls.keys = get_keys(cls.rp)
+
+    def test_final_approval_without_hsm(self):
+        dev = self.unique("hsm-cmd")
+        self.assertStatus(register(self.wp, self.ops, dev), 201)
+        r = request("POST", self.wp, "/v1/commands", token=self.ops,
+                    body={"device_id": dev, "action": "reboot", "params": {}, "ttl_seconds": 600})
+        self.assertStatus(r, 202)
+        cid = r.body["command_id"]
+        h0 = head_of(self.rp, self.audit)
+        self.set_fault("sign")
+        alice = self.dep.token("alice")
+
+        def approve():
+            return request("POST", self.wp, "/v1/commands/%s/approve" % cid, token=alice, body={})
+        for _ in range(2):
+            self.assertProblem(approve(), 503, "hsm-unavailable")
+        self.assertEqual(head_of(self.rp, self.audit), h0, "appended while the HSM failed")
+        self.set_fault(None)
+        r = wait_until(lambda: (lambda x: x if x.status != 503 else None)(approve()), timeout=30,
+                       what="the approval once the HSM is back")
+        self.assertStatus(r, 200)
+        self.assertEqual((r.body["state"], r.body["approvals"]), ("authorized", 1))
+        evs, _ = fetch_all_events(self.rp, self.audit)
+        mine = [e["type"] for e in evs if e["type"].startswith("Command") and e["data"]["command_id"] == cid]
+        self.assertEqual(mine, ["CommandRequested", "CommandApproved", "CommandAuthorized"])
+        page = request("GET", self.rp, "/v1/devices/%s/commands?min_position=%d" % (dev, r.body["position"]),
+                       token=self.ops)
+        self.assertEqual([e["envelope"]["counter"] for e in page.body["commands"]], [1])
+        verify_entry(page.body["commands"][0], self.keys)
 
 
 class ApprovalsConfiguration(E2ETestCase):

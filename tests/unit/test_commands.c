@@ -377,6 +377,7 @@ static void test_validate(void **state)
         assert_int_equal(validate(t, "c-1", "{\"other\":\"x\"}"), SG_EBADINPUT);
         assert_int_equal(validate(t, "../c", "{}"), SG_EBADINPUT);
         assert_int_equal(validate(t, "c-1", "[]"), SG_EBADINPUT);
+        assert_int_equal(validate(t, "c-1", "{\"request_sha256\":\"abc\"}"), SG_EBADINPUT);
     }
     assert_true(config_valid_action("unlock-debug"));
     assert_false(config_valid_action("unlock debug"));
@@ -528,12 +529,70 @@ static void test_expiry_on_the_batch_clock(void **state)
     json_decref(auths);
 }
 
+/* Expiry is not starved by load: with requests queued back to back (the
+ * sequencer is never idle), a due tick still runs, inside the next batch. */
+struct flood {
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    int left;
+};
+
+static void flood_done(struct wreq *r, void *ud)
+{
+    struct flood *f = ud;
+    pthread_mutex_lock(&f->mu);
+    f->left--;
+    pthread_cond_broadcast(&f->cond);
+    pthread_mutex_unlock(&f->mu);
+    wreq_free(r);
+}
+
+static void test_expiry_under_load(void **state)
+{
+    (void)state;
+    enum { N = 20000 };
+    sequencer *q = start_on(1);
+    char a[37];
+    register_device(q, "d-1");
+    request_cmd(q, &ops, "d-1", "set-point", 60, a, 2);
+    struct flood f = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, N};
+    for (int i = 0; i < N; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "load-%d", i);
+        struct wreq *r =
+            wreq_new(&wreq_register_device, &ops,
+                     json_pack("{s:s, s:s}", "device_id", id, "hardware", "hw"), NULL, NULL);
+        assert_non_null(r);
+        r->done = flood_done;
+        r->ud = &f;
+        assert_int_equal(sequencer_submit(q, r), SG_OK);
+        if (i == 1000)
+            set_clock(T0 + 60000); /* due while the queue is full */
+    }
+    pthread_mutex_lock(&f.mu);
+    while (f.left > 0)
+        pthread_cond_wait(&f.cond, &f.mu);
+    pthread_mutex_unlock(&f.mu);
+    stop(q);
+    json_t *exp = events_glob("*\"type\":\"CommandExpired\"*");
+    json_t *last = events_glob("*\"device_id\":\"load-19999\"*");
+    assert_int_equal(json_array_size(exp), 1);
+    json_int_t at = json_integer_value(json_object_get(json_array_get(exp, 0), "position"));
+    json_int_t end = json_integer_value(json_object_get(json_array_get(last, 0), "position"));
+    if (at > end - 1000)
+        fail_msg("CommandExpired at %lld, only after the load (last request at %lld)",
+                 (long long)at, (long long)end);
+    json_decref(exp);
+    json_decref(last);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_validate),
         cmocka_unit_test(test_m_of_n_and_envelopes),
         cmocka_unit_test(test_expiry_on_the_batch_clock),
+        cmocka_unit_test(test_expiry_under_load),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
