@@ -19,6 +19,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include "core/jcs.h"
 #include "device/device_json.h"
 #include "device/signet_device.h"
 
@@ -576,6 +577,110 @@ static void test_reader_refusals(void **state)
     assert_int_equal(sgd_json_parse_object(nul, sizeof(nul), m, 2, &count, NULL), -1);
 }
 
+/*** what the server writes, the device reads ***/
+
+/* Random JSON values with the strings that make canonical form hard:
+ * control characters, quotes, backslashes, '/', non-ASCII in 2, 3 and 4
+ * bytes (U+00E9, U+FB01, U+1F600: UTF-8 and UTF-16 orders disagree), DEL. */
+static const char *const pieces[] = {
+    "a",    "b",  "",   "\xc3\xa9", "\xef\xac\x81", "\xf0\x9f\x98\x80", "\n", "\x01", "\x1f",
+    "\x7f", "\"", "\\", "/",        "\t",           "\xe2\x80\xa8"};
+
+static unsigned rnd(unsigned *seed)
+{
+    *seed = *seed * 1103515245u + 12345u;
+    return (*seed >> 16) & 0x7fff;
+}
+
+static void rnd_string(unsigned *seed, char *out, size_t cap)
+{
+    out[0] = '\0';
+    for (unsigned n = rnd(seed) % 4; n; n--) {
+        const char *p = pieces[rnd(seed) % (sizeof(pieces) / sizeof(pieces[0]))];
+        if (strlen(out) + strlen(p) < cap)
+            strcat(out, p);
+    }
+}
+
+static json_t *rnd_value(unsigned *seed, int depth)
+{
+    char str[64];
+    switch (rnd(seed) % (depth < 4 ? 8 : 5)) {
+    case 0:
+        return json_null();
+    case 1:
+        return json_boolean(rnd(seed) & 1);
+    case 2: {
+        static const json_int_t ints[] = {0, 1, -1, 10, 9007199254740991LL, -9007199254740991LL};
+        if (rnd(seed) & 1)
+            return json_integer(ints[rnd(seed) % 6]);
+        return json_integer((json_int_t)rnd(seed) - 16384);
+    }
+    case 3:
+    case 4:
+        rnd_string(seed, str, sizeof(str));
+        return json_string(str);
+    case 5: {
+        json_t *a = json_array();
+        for (unsigned n = rnd(seed) % 4; n; n--)
+            json_array_append_new(a, rnd_value(seed, depth + 1));
+        return a;
+    }
+    default: {
+        json_t *o = json_object();
+        for (unsigned n = rnd(seed) % 5; n; n--) {
+            rnd_string(seed, str, sizeof(str));
+            json_object_set_new(o, str, rnd_value(seed, depth + 1));
+        }
+        return o;
+    }
+    }
+}
+
+/* Every object the server's canonicalizer (src/core/jcs.c) writes, the
+ * device's reader accepts; jansson's own compact, key-sorted output is
+ * accepted exactly when it is the same bytes (its key order is UTF-8 byte
+ * order, and it escapes differently), and any whitespace is refused. */
+static void test_server_canonical_form(void **state)
+{
+    (void)state;
+    unsigned seed = 8;
+    int differed = 0;
+    for (int i = 0; i < 5000; i++) {
+        json_t *v = json_object();
+        char key[64];
+        for (unsigned n = rnd(&seed) % 6; n; n--) {
+            rnd_string(&seed, key, sizeof(key));
+            json_object_set_new(v, key, rnd_value(&seed, 1));
+        }
+        char *canon;
+        size_t len;
+        assert_int_equal(jcs_dump(v, &canon, &len), SG_OK);
+        struct sgd_json_member m[8];
+        size_t count;
+        const char *why = NULL;
+        if (sgd_json_parse_object((const uint8_t *)canon, len, m, 8, &count, &why) != 0)
+            fail_msg("canonical text refused (%s): %s", why, canon);
+        assert_int_equal(count, json_object_size(v));
+        char *other = json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS);
+        int same = strlen(other) == len && memcmp(other, canon, len) == 0;
+        differed += !same;
+        assert_int_equal(
+            sgd_json_parse_object((const uint8_t *)other, strlen(other), m, 8, &count, NULL) == 0,
+            same);
+        free(other);
+        other = json_dumps(v, JSON_INDENT(1) | JSON_SORT_KEYS);
+        if (json_object_size(v) > 0)
+            assert_int_equal(
+                sgd_json_parse_object((const uint8_t *)other, strlen(other), m, 8, &count, NULL),
+                -1);
+        free(other);
+        free(canon);
+        json_decref(v);
+    }
+    assert_true(differed > 100); /* the comparison above did compare something */
+}
+
 /*** manifests and images ***/
 
 #define IMAGE "hello, device\n"
@@ -758,6 +863,7 @@ int main(void)
         cmocka_unit_test(test_docs_vector),
         cmocka_unit_test(test_reader_accepts_canonical),
         cmocka_unit_test(test_reader_refusals),
+        cmocka_unit_test(test_server_canonical_form),
         cmocka_unit_test(test_manifest),
         cmocka_unit_test(test_b64_strict),
         cmocka_unit_test(test_time),
