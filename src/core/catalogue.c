@@ -12,8 +12,14 @@ static const struct event_field device_registered[] = {
     {"group", JSON_STRING, 0},
 };
 
+static const struct event_field firmware_uploaded[] = {
+    {"firmware_id", JSON_STRING, 1}, {"manifest", JSON_OBJECT, 1}, {"signature", JSON_STRING, 1},
+    {"key_id", JSON_STRING, 1},      {"format", JSON_STRING, 1},
+};
+
 static const struct event_def catalogue[] = {
     {"DeviceRegistered", FIELDS(device_registered)},
+    {"FirmwareUploaded", FIELDS(firmware_uploaded)},
 };
 
 const struct event_def *catalogue_find(const char *type)

@@ -29,6 +29,7 @@ static const struct {
     [SG_EVERIFY] = {500, "verification-failed", "Verification failed"},
     [SG_ENOMEM] = {500, "internal", "Out of memory"},
     [SG_EINTEGRITY] = {503, "integrity-failure", "Event store failed verification"},
+    [SG_ENOSPACE] = {507, "insufficient-storage", "Insufficient storage"},
 };
 
 static int known(sg_err e)

@@ -28,6 +28,7 @@ typedef enum {
     SG_EVERIFY,        /* a signature, hash or chain link does not verify */
     SG_ENOMEM,         /* 500 */
     SG_EINTEGRITY,     /* 503: the event store failed verification; writes are stopped */
+    SG_ENOSPACE,       /* 507: no room left on disk for an upload */
 } sg_err;
 
 /* The HTTP status for an error code (500 for codes with no HTTP meaning). */

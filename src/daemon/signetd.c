@@ -24,6 +24,7 @@
 #include "../read/readmodel.h"
 #include "../read/scrub.h"
 #include "../store/chain.h"
+#include "../write/firmware.h"
 #include "../write/retention.h"
 
 static int usage(void)
@@ -227,6 +228,8 @@ int main(int argc, char **argv)
         }
         committed.keeper = keeper;
         sequencer_on_commit(seq, on_commit, &committed);
+        /* Before the listeners: no upload is in flight yet. */
+        firmware_sweep(seq, cfg->data_dir);
     }
     if (scrub_start(cfg->store, kr, cfg->scrub_events_per_second, &scr, why, sizeof(why)) != SG_OK)
         goto fail;

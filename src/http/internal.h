@@ -173,5 +173,14 @@ void route_metrics(struct req *r);
 void route_keys(struct req *r);
 void route_events(struct req *r);
 void route_snapshot(struct req *r);
+/* min_position / wait_ms of a read route (routes.c): 1 if it answered or
+ * suspended r (then the route is called again, RESUMED). */
+int wait_for_position(struct req *r);
+
+/* Firmware (routes_firmware.c). */
+extern const struct body_sink firmware_upload_sink;
+void route_firmware_upload(struct req *r);
+void route_firmware_get(struct req *r);
+void route_firmware_image(struct req *r);
 
 #endif

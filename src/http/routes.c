@@ -31,7 +31,8 @@ const struct route routes[] = {
 
     {W, "POST", "/v1/devices", ROLE_OPERATOR, JSON, route_write_request, &wreq_register_device,
      NULL},
-    {W, "POST", "/v1/firmware", ROLE_BUILDER, NOTIMPL, NULL, NULL, NULL},
+    {W, "POST", "/v1/firmware", ROLE_BUILDER, ROUTE_STREAM_BODY, route_firmware_upload, NULL,
+     &firmware_upload_sink},
     {W, "POST", "/v1/rollouts", ROLE_OPERATOR, JSON | NOTIMPL, NULL, NULL, NULL},
     {W, "POST", "/v1/rollouts/{}/advance", ROLE_OPERATOR, NOTIMPL, NULL, NULL, NULL},
     {W, "POST", "/v1/rollouts/{}/pause", ROLE_OPERATOR, NOTIMPL, NULL, NULL, NULL},
@@ -44,8 +45,8 @@ const struct route routes[] = {
 
     {R, "GET", "/v1/events", ROLE_AUDITOR, 0, route_events, NULL, NULL},
     {R, "GET", "/v1/snapshots/{}", ROLE_AUDITOR | ROLE_OPERATOR, 0, route_snapshot, NULL, NULL},
-    {R, "GET", "/v1/firmware/{}", ANY_ROLE, NOTIMPL, NULL, NULL, NULL},
-    {R, "GET", "/v1/firmware/{}/image", ANY_ROLE, ROUTE_HEAD | NOTIMPL, NULL, NULL, NULL},
+    {R, "GET", "/v1/firmware/{}", ANY_ROLE, ROUTE_HEAD, route_firmware_get, NULL, NULL},
+    {R, "GET", "/v1/firmware/{}/image", ANY_ROLE, ROUTE_HEAD, route_firmware_image, NULL, NULL},
     {R, "GET", "/v1/devices/{}/update", ROLE_DEVICE | ROLE_OPERATOR, SELF | NOTIMPL, NULL, NULL,
      NULL},
     {R, "GET", "/v1/devices/{}/commands", ROLE_DEVICE | ROLE_OPERATOR, SELF | NOTIMPL, NULL, NULL,
@@ -183,7 +184,7 @@ static void wait_done(void *ud)
 }
 
 /* min_position / wait_ms. Returns 1 if it answered or suspended r. */
-static int wait_for_position(struct req *r)
+int wait_for_position(struct req *r)
 {
     const char *mp = http_query(r, "min_position"), *wm = http_query(r, "wait_ms");
     uint64_t min = 0, wait = 2000;

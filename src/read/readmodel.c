@@ -6,7 +6,7 @@
 #include <unistd.h>
 
 /* Every read model. A new one is one line here. */
-static const struct projection *const projections[] = {&devices_projection};
+static const struct projection *const projections[] = {&devices_projection, &firmware_projection};
 
 const struct projection *projection_find(const char *name)
 {

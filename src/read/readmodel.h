@@ -22,6 +22,7 @@ struct projection {
 };
 
 extern const struct projection devices_projection;
+extern const struct projection firmware_projection; /* view_firmware.c */
 
 /* The projection with this name, or NULL. */
 const struct projection *projection_find(const char *name);

@@ -2,7 +2,7 @@
  * one is one line here (and its file). */
 #include "wreq.h"
 
-const struct aggregate *const sg_aggregates[] = {&devices_aggregate};
+const struct aggregate *const sg_aggregates[] = {&devices_aggregate, &firmware_aggregate};
 const size_t sg_naggregates = SG_ARRAY_LEN(sg_aggregates);
 
 /* None yet: the rollout halt and the device-command expiry arrive with their

@@ -130,6 +130,13 @@ extern const struct aggregate devices_aggregate;
 /* The device's {"hardware","group"?} as canonical JSON, or NULL. */
 const char *devices_get(wstate *s, const char *device_id);
 
+/* firmware (firmware.c; the upload route and the sweep: firmware.h) */
+extern const struct wreq_type wreq_upload_firmware;
+extern const struct aggregate firmware_aggregate;
+/* The firmware's {"name","version","hardware","security_version","size",
+ * "sha256","format"} as canonical JSON, or NULL. firmware_id: sha256:<hex>. */
+const char *firmware_get(wstate *s, const char *firmware_id);
+
 /* Syntax shared by ids (device, hardware, group): ^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$ */
 int sg_valid_id(const char *s);
 
