@@ -17,9 +17,54 @@ static const struct event_field firmware_uploaded[] = {
     {"key_id", JSON_STRING, 1},      {"format", JSON_STRING, 1},
 };
 
+/* rollouts and device reports (src/write/rollouts.c) */
+static const struct event_field rollout_started[] = {
+    {"rollout_id", JSON_STRING, 1},   {"firmware_id", JSON_STRING, 1},
+    {"hardware", JSON_STRING, 1},     {"group", JSON_STRING, 0},
+    {"stages", JSON_ARRAY, 1},        {"failure_threshold_ppm", JSON_INTEGER, 1},
+    {"min_reports", JSON_INTEGER, 1}, {"security_version", JSON_INTEGER, 1},
+    {"supersedes", JSON_STRING, 0},
+};
+static const struct event_field rollout_superseded[] = {
+    {"rollout_id", JSON_STRING, 1},
+    {"by", JSON_STRING, 1},
+};
+static const struct event_field rollout_advanced[] = {
+    {"rollout_id", JSON_STRING, 1},
+    {"stage", JSON_INTEGER, 1},
+    {"percent", JSON_INTEGER, 1},
+};
+static const struct event_field rollout_only[] = {
+    {"rollout_id", JSON_STRING, 1},
+};
+static const struct event_field rollout_halted[] = {
+    {"rollout_id", JSON_STRING, 1},
+    {"installed", JSON_INTEGER, 1},
+    {"failed", JSON_INTEGER, 1},
+};
+static const struct event_field rollout_rolled_back[] = {
+    {"rollout_id", JSON_STRING, 1},
+    {"devices", JSON_INTEGER, 1},
+    {"blocked", JSON_INTEGER, 1},
+};
+static const struct event_field device_reported[] = {
+    {"device_id", JSON_STRING, 1},  {"firmware_id", JSON_STRING, 1},
+    {"status", JSON_STRING, 1},     {"detail", JSON_STRING, 0},
+    {"rollout_id", JSON_STRING, 0}, {"security_version", JSON_INTEGER, 0},
+    {"rollback", JSON_TRUE, 0},
+};
 static const struct event_def catalogue[] = {
     {"DeviceRegistered", FIELDS(device_registered)},
     {"FirmwareUploaded", FIELDS(firmware_uploaded)},
+    /* rollouts (RO) */
+    {"RolloutStarted", FIELDS(rollout_started)},
+    {"RolloutSuperseded", FIELDS(rollout_superseded)},
+    {"RolloutAdvanced", FIELDS(rollout_advanced)},
+    {"RolloutPaused", FIELDS(rollout_only)},
+    {"RolloutResumed", FIELDS(rollout_only)},
+    {"RolloutHalted", FIELDS(rollout_halted)},
+    {"RolloutRolledBack", FIELDS(rollout_rolled_back)},
+    {"DeviceReported", FIELDS(device_reported)},
 };
 
 const struct event_def *catalogue_find(const char *type)

@@ -182,5 +182,7 @@ extern const struct body_sink firmware_upload_sink;
 void route_firmware_upload(struct req *r);
 void route_firmware_get(struct req *r);
 void route_firmware_image(struct req *r);
+/* GET /v1/devices/{id}/update (routes_rollouts.c). */
+void route_device_update(struct req *r);
 
 #endif

@@ -33,12 +33,18 @@ const struct route routes[] = {
      NULL},
     {W, "POST", "/v1/firmware", ROLE_BUILDER, ROUTE_STREAM_BODY, route_firmware_upload, NULL,
      &firmware_upload_sink},
-    {W, "POST", "/v1/rollouts", ROLE_OPERATOR, JSON | NOTIMPL, NULL, NULL, NULL},
-    {W, "POST", "/v1/rollouts/{}/advance", ROLE_OPERATOR, NOTIMPL, NULL, NULL, NULL},
-    {W, "POST", "/v1/rollouts/{}/pause", ROLE_OPERATOR, NOTIMPL, NULL, NULL, NULL},
-    {W, "POST", "/v1/rollouts/{}/resume", ROLE_OPERATOR, NOTIMPL, NULL, NULL, NULL},
-    {W, "POST", "/v1/rollouts/{}/rollback", ROLE_OPERATOR, NOTIMPL, NULL, NULL, NULL},
-    {W, "POST", "/v1/devices/{}/reports", ROLE_DEVICE, SELF | JSON | NOTIMPL, NULL, NULL, NULL},
+    {W, "POST", "/v1/rollouts", ROLE_OPERATOR, JSON, route_write_request, &wreq_start_rollout,
+     NULL},
+    {W, "POST", "/v1/rollouts/{}/advance", ROLE_OPERATOR, 0, route_write_request,
+     &wreq_advance_rollout, NULL},
+    {W, "POST", "/v1/rollouts/{}/pause", ROLE_OPERATOR, 0, route_write_request, &wreq_pause_rollout,
+     NULL},
+    {W, "POST", "/v1/rollouts/{}/resume", ROLE_OPERATOR, 0, route_write_request,
+     &wreq_resume_rollout, NULL},
+    {W, "POST", "/v1/rollouts/{}/rollback", ROLE_OPERATOR, 0, route_write_request,
+     &wreq_rollback_rollout, NULL},
+    {W, "POST", "/v1/devices/{}/reports", ROLE_DEVICE, SELF | JSON, route_write_request,
+     &wreq_report, NULL},
     {W, "POST", "/v1/commands", ROLE_OPERATOR, JSON | NOTIMPL, NULL, NULL, NULL},
     {W, "POST", "/v1/commands/{}/approve", ROLE_APPROVER, JSON | NOTIMPL, NULL, NULL, NULL},
     {W, "POST", "/v1/commands/{}/reject", ROLE_APPROVER, JSON | NOTIMPL, NULL, NULL, NULL},
@@ -47,8 +53,8 @@ const struct route routes[] = {
     {R, "GET", "/v1/snapshots/{}", ROLE_AUDITOR | ROLE_OPERATOR, 0, route_snapshot, NULL, NULL},
     {R, "GET", "/v1/firmware/{}", ANY_ROLE, ROUTE_HEAD, route_firmware_get, NULL, NULL},
     {R, "GET", "/v1/firmware/{}/image", ANY_ROLE, ROUTE_HEAD, route_firmware_image, NULL, NULL},
-    {R, "GET", "/v1/devices/{}/update", ROLE_DEVICE | ROLE_OPERATOR, SELF | NOTIMPL, NULL, NULL,
-     NULL},
+    {R, "GET", "/v1/devices/{}/update", ROLE_DEVICE | ROLE_OPERATOR, SELF, route_device_update,
+     NULL, NULL},
     {R, "GET", "/v1/devices/{}/commands", ROLE_DEVICE | ROLE_OPERATOR, SELF | NOTIMPL, NULL, NULL,
      NULL},
 };
@@ -141,8 +147,11 @@ void route_write_request(struct req *r)
         return;
     }
     json_error_t jerr;
-    json_t *body =
-        json_loadb(r->body.data ? r->body.data : "", r->body.len, JSON_REJECT_DUPLICATES, &jerr);
+    /* A route without a JSON body (the rollout switches) decides on {}. */
+    json_t *body = !(r->route->flags & ROUTE_JSON_BODY)
+                       ? json_object()
+                       : json_loadb(r->body.data ? r->body.data : "", r->body.len,
+                                    JSON_REJECT_DUPLICATES, &jerr);
     if (body == NULL) {
         http_problem(r, SG_EBADINPUT, "malformed JSON: %s", jerr.text);
         return;

@@ -6,7 +6,8 @@
 #include <unistd.h>
 
 /* Every read model. A new one is one line here. */
-static const struct projection *const projections[] = {&devices_projection, &firmware_projection};
+static const struct projection *const projections[] = {&devices_projection, &firmware_projection,
+                                                       &rollouts_projection};
 
 const struct projection *projection_find(const char *name)
 {

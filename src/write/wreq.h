@@ -130,6 +130,21 @@ extern const struct aggregate devices_aggregate;
 /* The device's {"hardware","group"?} as canonical JSON, or NULL. */
 const char *devices_get(wstate *s, const char *device_id);
 
+/* rollouts and device reports (rollouts.c) */
+extern const struct wreq_type wreq_start_rollout;
+extern const struct wreq_type wreq_advance_rollout;
+extern const struct wreq_type wreq_pause_rollout;
+extern const struct wreq_type wreq_resume_rollout;
+extern const struct wreq_type wreq_rollback_rollout;
+/* A device's install report: input {"firmware_id","status":"installed"|"failed","detail"?},
+ * path_id the device id (POST /v1/devices/{id}/reports; the DDI feedback). */
+extern const struct wreq_type wreq_report;
+extern const struct aggregate rollouts_aggregate;
+extern const struct process_manager rollout_halter;
+/* The halt rule: at least min_reports reports, and
+ * failed / (installed + failed) > threshold_ppm / 1e6 (integer arithmetic). */
+int rollout_should_halt(json_int_t installed, json_int_t failed, json_int_t min_reports,
+                        json_int_t threshold_ppm);
 /* firmware (firmware.c; the upload route and the sweep: firmware.h) */
 extern const struct wreq_type wreq_upload_firmware;
 extern const struct aggregate firmware_aggregate;

@@ -1,0 +1,261 @@
+/* test_rollouts.c - the rollouts aggregate without a sequencer: validation of
+ * POST /v1/rollouts, the switches and reports; the halt rule; and apply()
+ * folding events into write state (counts of distinct devices, the image a
+ * device ran before, the highest security_version). The decisions (state
+ * machine, 409s, the halt process manager) run end to end in
+ * tests/e2e/test_rollouts.py. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "write/wreq.h"
+
+#define FW1 "sha256:1111111111111111111111111111111111111111111111111111111111111111"
+#define FW2 "sha256:2222222222222222222222222222222222222222222222222222222222222222"
+
+static sg_err validate(const struct wreq_type *t, const char *body, const char *path_id,
+                       json_t **input)
+{
+    char detail[256] = "";
+    json_t *b = json_loads(body, 0, NULL);
+    assert_non_null(b);
+    *input = NULL;
+    sg_err e = t->validate(b, path_id, input, detail, sizeof(detail));
+    if (e)
+        assert_true(detail[0] != '\0'); /* every refusal says why */
+    json_decref(b);
+    return e;
+}
+
+static void test_start_validate(void **state)
+{
+    (void)state;
+    json_t *in;
+    assert_int_equal(
+        validate(&wreq_start_rollout,
+                 "{\"firmware_id\":\"" FW1 "\",\"hardware\":\"hw-a\",\"group\":\"g\","
+                 "\"stages\":[5,25,100],\"failure_threshold\":0.05,\"min_reports\":20}",
+                 NULL, &in),
+        SG_OK);
+    assert_int_equal(json_integer_value(json_object_get(in, "failure_threshold_ppm")), 50000);
+    assert_string_equal(json_string_value(json_object_get(in, "group")), "g");
+    json_decref(in);
+    assert_int_equal(validate(&wreq_start_rollout,
+                              "{\"firmware_id\":\"" FW1 "\",\"hardware\":\"hw-a\",\"stages\":[50],"
+                              "\"failure_threshold\":1,\"min_reports\":1}",
+                              NULL, &in),
+                     SG_OK);
+    assert_int_equal(json_integer_value(json_object_get(in, "failure_threshold_ppm")), 1000000);
+    json_decref(in);
+
+    static const char *const bad[] = {
+        "\"stages\":[25,5],\"failure_threshold\":0.1,\"min_reports\":1",
+        "\"stages\":[5,5],\"failure_threshold\":0.1,\"min_reports\":1",
+        "\"stages\":[0,100],\"failure_threshold\":0.1,\"min_reports\":1",
+        "\"stages\":[101],\"failure_threshold\":0.1,\"min_reports\":1",
+        "\"stages\":[],\"failure_threshold\":0.1,\"min_reports\":1",
+        "\"stages\":[5.5,100],\"failure_threshold\":0.1,\"min_reports\":1",
+        "\"stages\":\"5,100\",\"failure_threshold\":0.1,\"min_reports\":1",
+        "\"stages\":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21],"
+        "\"failure_threshold\":0.1,\"min_reports\":1",
+        "\"stages\":[100],\"failure_threshold\":1.5,\"min_reports\":1",
+        "\"stages\":[100],\"failure_threshold\":-0.1,\"min_reports\":1",
+        "\"stages\":[100],\"failure_threshold\":\"0.1\",\"min_reports\":1",
+        "\"stages\":[100],\"failure_threshold\":0.1,\"min_reports\":0",
+        "\"stages\":[100],\"failure_threshold\":0.1,\"min_reports\":1.5",
+        "\"stages\":[100],\"failure_threshold\":0.1",
+        "\"stages\":[100],\"failure_threshold\":0.1,\"min_reports\":1,\"extra\":1",
+    };
+    char body[512];
+    for (size_t i = 0; i < SG_ARRAY_LEN(bad); i++) {
+        snprintf(body, sizeof(body), "{\"firmware_id\":\"" FW1 "\",\"hardware\":\"hw-a\",%s}",
+                 bad[i]);
+        if (validate(&wreq_start_rollout, body, NULL, &in) != SG_EBADINPUT)
+            fail_msg("accepted %s", body);
+    }
+    assert_int_equal(validate(&wreq_start_rollout,
+                              "{\"firmware_id\":\"sha256:12\",\"hardware\":\"hw-a\","
+                              "\"stages\":[100],\"failure_threshold\":0,\"min_reports\":1}",
+                              NULL, &in),
+                     SG_EBADINPUT);
+    assert_int_equal(validate(&wreq_start_rollout,
+                              "{\"firmware_id\":\"" FW1 "\",\"hardware\":\"hw/a\","
+                              "\"stages\":[100],\"failure_threshold\":0,\"min_reports\":1}",
+                              NULL, &in),
+                     SG_EBADINPUT);
+}
+
+static void test_switch_and_report_validate(void **state)
+{
+    (void)state;
+    json_t *in;
+    assert_int_equal(validate(&wreq_advance_rollout, "{}", "r-1", &in), SG_OK);
+    assert_string_equal(json_string_value(json_object_get(in, "rollout_id")), "r-1");
+    json_decref(in);
+    assert_int_equal(validate(&wreq_pause_rollout, "{}", "../x", &in), SG_EBADINPUT);
+    assert_int_equal(validate(&wreq_report,
+                              "{\"firmware_id\":\"" FW1 "\",\"status\":\"failed\","
+                              "\"detail\":\"boot loop\"}",
+                              "dev-1", &in),
+                     SG_OK);
+    assert_string_equal(json_string_value(json_object_get(in, "device_id")), "dev-1");
+    json_decref(in);
+    assert_int_equal(
+        validate(&wreq_report, "{\"firmware_id\":\"" FW1 "\",\"status\":\"ok\"}", "dev-1", &in),
+        SG_EBADINPUT);
+    assert_int_equal(validate(&wreq_report, "{\"status\":\"installed\"}", "dev-1", &in),
+                     SG_EBADINPUT);
+    char big[800];
+    memset(big, 'x', 513);
+    big[513] = '\0';
+    char body[1000];
+    snprintf(body, sizeof(body),
+             "{\"firmware_id\":\"" FW1 "\",\"status\":\"failed\",\"detail\":\"%s\"}", big);
+    assert_int_equal(validate(&wreq_report, body, "dev-1", &in), SG_EBADINPUT);
+    big[512] = '\0';
+    snprintf(body, sizeof(body),
+             "{\"firmware_id\":\"" FW1 "\",\"status\":\"failed\",\"detail\":\"%s\"}", big);
+    assert_int_equal(validate(&wreq_report, body, "dev-1", &in), SG_OK);
+    json_decref(in);
+}
+
+static void test_halt_rule(void **state)
+{
+    (void)state;
+    /* 5 % threshold (50000 ppm), min_reports 20 */
+    assert_false(rollout_should_halt(0, 19, 20, 50000)); /* too few reports */
+    assert_false(rollout_should_halt(19, 1, 20, 50000)); /* exactly 5 %: not above */
+    assert_true(rollout_should_halt(18, 2, 20, 50000));
+    assert_true(rollout_should_halt(0, 20, 20, 50000));
+    assert_false(rollout_should_halt(0, 0, 0, 0));
+    /* threshold 0: the first failure past min_reports halts */
+    assert_false(rollout_should_halt(20, 0, 20, 0));
+    assert_true(rollout_should_halt(19, 1, 20, 0));
+    /* threshold 1: never */
+    assert_false(rollout_should_halt(0, 1000, 1, 1000000));
+    /* integer arithmetic at the edge: 1/3 > 333333 ppm, not > 333334 */
+    assert_true(rollout_should_halt(2, 1, 3, 333333));
+    assert_false(rollout_should_halt(2, 1, 3, 333334));
+}
+
+static void apply(wstate *s, const char *type, json_t *data)
+{
+    json_t *ev =
+        json_pack("{s:s, s:I, s:o}", "type", type, "position", (json_int_t)1, "data", data);
+    assert_int_equal(rollouts_aggregate.apply(s, type, ev), SG_OK);
+    json_decref(ev);
+}
+
+static json_int_t field(wstate *s, const char *ns, const char *key, const char *f)
+{
+    const char *v = wstate_get(s, ns, key);
+    assert_non_null(v);
+    json_t *o = json_loads(v, 0, NULL);
+    json_int_t n = json_integer_value(json_object_get(o, f));
+    json_decref(o);
+    return n;
+}
+
+static int str_is(wstate *s, const char *ns, const char *key, const char *f, const char *want)
+{
+    const char *v = wstate_get(s, ns, key);
+    json_t *o = v ? json_loads(v, 0, NULL) : NULL;
+    const char *got = json_string_value(json_object_get(o, f));
+    int eq = want == NULL ? got == NULL : got && strcmp(got, want) == 0;
+    json_decref(o);
+    return eq;
+}
+
+static void report(wstate *s, const char *dev, const char *fw, const char *status, const char *rid,
+                   int sv, int rollback)
+{
+    json_t *d = json_pack("{s:s, s:s, s:s}", "device_id", dev, "firmware_id", fw, "status", status);
+    if (rid)
+        json_object_set_new(d, "rollout_id", json_string(rid));
+    if (sv >= 0)
+        json_object_set_new(d, "security_version", json_integer(sv));
+    if (rollback)
+        json_object_set_new(d, "rollback", json_true());
+    apply(s, "DeviceReported", d);
+}
+
+static void test_apply(void **state)
+{
+    (void)state;
+    wstate *s = wstate_new();
+    /* dev-1 runs FW1 (sv 3) before the rollout. */
+    report(s, "dev-1", FW1, "installed", NULL, 3, 0);
+    assert_true(str_is(s, "device_fw", "dev-1", "current", FW1));
+    assert_int_equal(field(s, "device_fw", "dev-1", "max_sv"), 3);
+
+    apply(s, "RolloutStarted",
+          json_pack("{s:s, s:s, s:s, s:[i,i], s:i, s:i, s:i}", "rollout_id", "r1", "firmware_id",
+                    FW2, "hardware", "hw-a", "stages", 10, 100, "failure_threshold_ppm", 50000,
+                    "min_reports", 2, "security_version", 2));
+    assert_true(str_is(s, "rollout", "r1", "state", "active"));
+    assert_true(str_is(s, "rollout_key", "hw-a", "rollout_id", "r1"));
+
+    /* Counts are of distinct devices: a repeat changes nothing; a device
+     * that failed and then installed moves from failed to installed. */
+    report(s, "dev-1", FW2, "failed", "r1", 2, 0);
+    report(s, "dev-1", FW2, "failed", "r1", 2, 0);
+    assert_int_equal(field(s, "rollout", "r1", "failed"), 1);
+    assert_int_equal(field(s, "rollout", "r1", "installed"), 0);
+    assert_true(str_is(s, "device_fw", "dev-1", "current", FW1)); /* a failure installs nothing */
+    report(s, "dev-1", FW2, "installed", "r1", 2, 0);
+    assert_int_equal(field(s, "rollout", "r1", "failed"), 0);
+    assert_int_equal(field(s, "rollout", "r1", "installed"), 1);
+    /* The image it ran before is kept; the highest security_version stays 3. */
+    assert_true(str_is(s, "rollout_dev", "r1/dev-1", "prev", FW1));
+    assert_true(str_is(s, "device_fw", "dev-1", "current", FW2));
+    assert_int_equal(field(s, "device_fw", "dev-1", "max_sv"), 3);
+    /* A device with no earlier report has nothing to go back to. */
+    report(s, "dev-2", FW2, "installed", "r1", 2, 0);
+    assert_true(str_is(s, "rollout_dev", "r1/dev-2", "prev", NULL));
+
+    /* The switches. */
+    apply(s, "RolloutAdvanced",
+          json_pack("{s:s, s:i, s:i}", "rollout_id", "r1", "stage", 1, "percent", 100));
+    assert_int_equal(field(s, "rollout", "r1", "stage"), 1);
+    apply(s, "RolloutPaused", json_pack("{s:s}", "rollout_id", "r1"));
+    assert_true(str_is(s, "rollout", "r1", "state", "paused"));
+    apply(s, "RolloutHalted",
+          json_pack("{s:s, s:i, s:i}", "rollout_id", "r1", "installed", 2, "failed", 0));
+    assert_true(str_is(s, "rollout", "r1", "state", "halted"));
+    apply(s, "RolloutResumed", json_pack("{s:s}", "rollout_id", "r1"));
+    assert_true(str_is(s, "rollout", "r1", "state", "active"));
+    apply(s, "RolloutRolledBack",
+          json_pack("{s:s, s:i, s:i}", "rollout_id", "r1", "devices", 1, "blocked", 0));
+    assert_true(str_is(s, "rollout", "r1", "state", "rolled_back"));
+    /* A rollback report moves the device back; the counts stay. */
+    report(s, "dev-1", FW1, "installed", "r1", 3, 1);
+    assert_true(str_is(s, "device_fw", "dev-1", "current", FW1));
+    assert_int_equal(field(s, "rollout", "r1", "installed"), 2);
+
+    /* A new rollout for the class takes the key; the old one is superseded. */
+    apply(s, "RolloutSuperseded", json_pack("{s:s, s:s}", "rollout_id", "r1", "by", "r2"));
+    apply(s, "RolloutStarted",
+          json_pack("{s:s, s:s, s:s, s:[i], s:i, s:i, s:i, s:s}", "rollout_id", "r2", "firmware_id",
+                    FW2, "hardware", "hw-a", "stages", 100, "failure_threshold_ppm", 0,
+                    "min_reports", 1, "security_version", 2, "supersedes", "r1"));
+    assert_true(str_is(s, "rollout", "r1", "state", "superseded"));
+    assert_true(str_is(s, "rollout_key", "hw-a", "rollout_id", "r2"));
+    wstate_free(s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_start_validate),
+        cmocka_unit_test(test_switch_and_report_validate),
+        cmocka_unit_test(test_halt_rule),
+        cmocka_unit_test(test_apply),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
