@@ -7,7 +7,7 @@
 
 /* Every read model. A new one is one line here. */
 static const struct projection *const projections[] = {&devices_projection, &firmware_projection,
-                                                       &rollouts_projection};
+                                                       &rollouts_projection, &ddi_projection};
 
 const struct projection *projection_find(const char *name)
 {

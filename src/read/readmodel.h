@@ -24,6 +24,7 @@ struct projection {
 extern const struct projection devices_projection;
 extern const struct projection firmware_projection; /* view_firmware.c */
 extern const struct projection rollouts_projection; /* view_rollouts.c; after devices */
+extern const struct projection ddi_projection;      /* view_ddi.c */
 
 /* The projection with this name, or NULL. */
 const struct projection *projection_find(const char *name);

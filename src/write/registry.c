@@ -3,7 +3,7 @@
 #include "wreq.h"
 
 const struct aggregate *const sg_aggregates[] = {&devices_aggregate, &firmware_aggregate,
-                                                  &rollouts_aggregate};
+                                                 &rollouts_aggregate, &ddi_aggregate};
 const size_t sg_naggregates = SG_ARRAY_LEN(sg_aggregates);
 
 const struct process_manager *const sg_managers[] = {&rollout_halter};
