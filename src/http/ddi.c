@@ -541,8 +541,9 @@ void route_ddi_cancel_feedback(struct req *r)
                      "canceled, scheduled, rejected, resumed, downloaded, download");
         return;
     }
+    int closed = strcmp(execution, "closed") == 0;
     json_decref(b);
-    if (strcmp(execution, "closed") != 0) {
+    if (!closed) {
         http_reply_json(r, 200, json_object());
         return;
     }
