@@ -3,9 +3,9 @@
  * (docs/ddi.md), translated onto signet's own answers and requests. A thin
  * translation, never a second source of truth: offers come from the update
  * answer (read/update.h), a closed feedback is the device's report
- * (wreq_report), attributes and cancel acknowledgements are write requests
- * (write/ddi.c). Every success is 200: suricatta counts 201 and 204 as
- * errors. */
+ * (wreq_ddi_feedback, decided as wreq_report), attributes and cancel
+ * acknowledgements are write requests (write/ddi.c). Every success is 200: suricatta counts 201 and
+ * 204 as errors. */
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -422,9 +422,10 @@ static char *join_details(const json_t *details, size_t max)
 }
 
 /* POST /ddi/.../deploymentBase/{action_id}/feedback. closed + success is an
- * "installed" report, closed + failure a "failed" one, for the image of the
- * device's open offer; every other execution is acknowledged and recorded
- * nowhere (suricatta sends its whole log as "proceeding"). */
+ * "installed" report, closed + failure a "failed" one, for the image that
+ * action offered the device (found on the write side: wreq_ddi_feedback, so
+ * a write-only node serves it too); every other execution is acknowledged
+ * and recorded nowhere (suricatta sends its whole log as "proceeding"). */
 void route_ddi_feedback(struct req *r)
 {
     if (r->state == REQ_RESUMED && r->wreq) {
@@ -465,30 +466,18 @@ void route_ddi_feedback(struct req *r)
                      "a closed feedback needs status.result.finished success or failure");
         return;
     }
-    struct ddi_look l;
-    if (look(r, p.device, &l)) {
-        json_decref(b);
-        return;
-    }
-    if (l.found != SG_OK || !deliverable(&l.a) || l.a.offer != action) {
-        update_answer_free(&l.a);
-        json_decref(b);
-        http_problem(r, SG_ENOTFOUND, "action %d is not open for device %s", (int)action, p.device);
-        return;
-    }
     char *detail = join_details(json_object_get(json_object_get(b, "status"), "details"), 500);
-    json_t *report = json_pack("{s:s, s:s}", "firmware_id", l.a.firmware_id, "status", status);
-    if (report && detail && *detail)
-        json_object_set_new(report, "detail", json_string(detail));
+    json_t *fb = json_pack("{s:i, s:s}", "action_id", (int)action, "status", status);
+    if (fb && detail && *detail)
+        json_object_set_new(fb, "detail", json_string(detail));
     free(detail);
-    update_answer_free(&l.a);
     json_decref(b);
-    if (report == NULL) {
+    if (fb == NULL) {
         http_problem(r, SG_ENOMEM, "out of memory");
         return;
     }
-    submit(r, r->route->wreq_type, report, p.device); /* wreq_report */
-    json_decref(report);
+    submit(r, r->route->wreq_type, fb, p.device); /* wreq_ddi_feedback */
+    json_decref(fb);
 }
 
 /*** GET /ddi/.../cancelAction/{action_id} and its feedback ***/

@@ -66,7 +66,7 @@ const struct route routes[] = {
     {R, "GET", DDI, ROLE_DEVICE, 0, route_ddi_poll, NULL, NULL},
     {R, "GET", DDI "/deploymentBase/{}", ROLE_DEVICE, 0, route_ddi_deployment, NULL, NULL},
     {W | R, "POST", DDI "/deploymentBase/{}/feedback", ROLE_DEVICE, JSON, route_ddi_feedback,
-     &wreq_report, NULL},
+     &wreq_ddi_feedback, NULL},
     {R, "GET", DDI "/cancelAction/{}", ROLE_DEVICE, 0, route_ddi_cancel, NULL, NULL},
     {W | R, "POST", DDI "/cancelAction/{}/feedback", ROLE_DEVICE, JSON, route_ddi_cancel_feedback,
      &wreq_ack_cancel, NULL},

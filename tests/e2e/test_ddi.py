@@ -193,7 +193,7 @@ class Ddi(DdiBase):
         self.assertProblem(ddi("PUT", self.rp, "d-11", "/configData", body={"data": {"a": "b"}}), 404)
         self.assertNotIn("configData", self.poll("d-11")["_links"])
 
-    def test_no_deployment_for_a_raw_image(self):
+    def test_raw_image_no_deployment_but_feedback_maps(self):
         dev = "d-03"
         self.register_all([dev], "hw-raw")
         fw = self.upload("hw-raw", b"raw image " + secrets.token_bytes(100))["firmware_id"]
@@ -205,10 +205,27 @@ class Ddi(DdiBase):
         links = self.poll(dev, pos)["_links"]
         self.assertNotIn("deploymentBase", links)
         self.assertProblem(ddi("GET", self.rp, dev, "/deploymentBase/%d" % offer), 404)
+        # a closed feedback still names that offer: it is the device's report
+        # for the image (decided on the write side, so the write listener
+        # takes it as well as the read listener)
         mark = self.head()
-        self.assertProblem(ddi("POST", self.rp, dev, "/deploymentBase/%d/feedback" % offer,
+        r = ddi("POST", self.wp, dev, "/deploymentBase/%d/feedback" % offer,
+                body=feedback(offer, "closed", "failure", ["ERROR : one", "", "ERROR : two"]))
+        self.assertStatus(r, 200)
+        evs = self.events_after(mark)
+        self.assertEqual([(e["type"], e["data"]["firmware_id"], e["data"]["status"],
+                           e["data"]["detail"], e["actor"]) for e in evs],
+                         [("DeviceReported", fw, "failed", "ERROR : one; ERROR : two", "dev:" + dev)])
+        # a number that names no offer to this device: 404, nothing recorded
+        mark = self.head()
+        for wrong in (offer + 1, 1):
+            self.assertProblem(ddi("POST", self.rp, dev, "/deploymentBase/%d/feedback" % wrong,
+                                   body=feedback(wrong, "closed", "success")), 404)
+        other = "d-05"
+        self.register_all([other], "hw-raw-2")
+        self.assertProblem(ddi("POST", self.rp, other, "/deploymentBase/%d/feedback" % offer,
                                body=feedback(offer, "closed", "success")), 404)
-        self.assertEqual(self.head(), mark)
+        self.assertEqual(self.head(), mark + 1)  # the registration only
 
     def test_feedback_without_an_open_action(self):
         dev = "d-04"
