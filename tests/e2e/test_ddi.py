@@ -227,6 +227,54 @@ class Ddi(DdiBase):
                                body=feedback(offer, "closed", "success")), 404)
         self.assertEqual(self.head(), mark + 1)  # the registration only
 
+    def update_offer(self, dev, pos, action):
+        r = request("GET", self.rp, "/v1/devices/%s/update?min_position=%d&wait_ms=5000" % (dev, pos),
+                    token=self.ops)
+        self.assertStatus(r, 200)
+        self.assertEqual(r.body["action"], action)
+        return r.body["offer"], r.body["firmware_id"]
+
+    def closed(self, dev, offer, finished, port=None):
+        mark = self.head()
+        r = ddi("POST", port or self.rp, dev, "/deploymentBase/%d/feedback" % offer,
+                body=feedback(offer, "closed", finished, ["done"]))
+        self.assertStatus(r, 200)
+        (ev,) = self.events_after(mark)
+        self.assertEqual(ev["type"], "DeviceReported")
+        return ev
+
+    def test_feedback_maps_resumed_and_rollback_offers(self):
+        """The write side finds the image of every kind of offer the read
+        side makes: a first install, one reopened by a resume, a rollback."""
+        dev = "d-06"
+        self.register_all([dev], "hw-map")
+        fw1 = self.upload("hw-map", b"one " + secrets.token_bytes(64))["firmware_id"]
+        rid1, pos = self.rollout(fw1, "hw-map")
+        offer1, got = self.update_offer(dev, pos, "install")
+        self.assertEqual(got, fw1)
+        # paused and resumed: a new offer number, and it maps too
+        r = request("POST", self.wp, "/v1/rollouts/%s/pause" % rid1, token=self.ops)
+        r = request("POST", self.wp, "/v1/rollouts/%s/resume" % rid1, token=self.ops)
+        self.assertStatus(r, 200)
+        offer1b, _ = self.update_offer(dev, r.body["position"], "install")
+        self.assertNotEqual(offer1b, offer1)
+        ev = self.closed(dev, offer1b, "success", port=self.wp)
+        self.assertEqual((ev["data"]["firmware_id"], ev["data"]["status"]), (fw1, "installed"))
+        self.assertEqual(ev["data"].get("rollout_id"), rid1)
+        # a second image, installed, then rolled back: the rollback offer maps to fw1
+        fw2 = self.upload("hw-map", b"two " + secrets.token_bytes(64))["firmware_id"]
+        rid2, pos = self.rollout(fw2, "hw-map")
+        offer2, got = self.update_offer(dev, pos, "install")
+        self.assertEqual(got, fw2)
+        ev = self.closed(dev, offer2, "success")
+        self.assertEqual(ev["data"]["firmware_id"], fw2)
+        r = request("POST", self.wp, "/v1/rollouts/%s/rollback" % rid2, token=self.ops)
+        self.assertStatus(r, 200)
+        offer3, got = self.update_offer(dev, r.body["position"], "rollback")
+        self.assertEqual(got, fw1)
+        ev = self.closed(dev, offer3, "success")
+        self.assertEqual((ev["data"]["firmware_id"], ev["data"].get("rollback")), (fw1, True))
+
     def test_feedback_without_an_open_action(self):
         dev = "d-04"
         self.register_all([dev], "hw-fb")
