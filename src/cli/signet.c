@@ -23,6 +23,7 @@
 #include "../read/readmodel.h"
 #include "../store/chain.h"
 #include "../store/store.h"
+#include "push.h"
 
 static int usage(void)
 {
@@ -30,6 +31,8 @@ static int usage(void)
                     "       signet token-hash TOKEN|-\n"
                     "       signet verify-log [--keys KEYS.json] EVENTS.json|URL\n"
                     "       signet verify-manifest --keys KEYS.json MANIFEST.json IMAGE\n"
+                    "       signet push FILE --name N --version V --hardware H "
+                    "--security-version S [--format swu] [--url URL]\n"
                     "       signet accept-store --config FILE\n"
                     "       signet events-catalogue\n");
     return 2;
@@ -519,6 +522,8 @@ int main(int argc, char **argv)
         rc = cmd_verify_log(argc - 1, argv + 1);
     else if (strcmp(argv[1], "verify-manifest") == 0)
         rc = cmd_verify_manifest(argc - 1, argv + 1);
+    else if (strcmp(argv[1], "push") == 0)
+        rc = cmd_push(argc - 1, argv + 1);
     else if (strcmp(argv[1], "events-catalogue") == 0)
         rc = cmd_events_catalogue(argc - 1, argv + 1);
     else if (strcmp(argv[1], "accept-store") == 0)

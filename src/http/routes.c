@@ -9,6 +9,7 @@
 #include "../core/codec.h"
 #include "../core/integrity.h"
 #include "../core/metrics.h"
+#include "../read/readmodel.h"
 #include "internal.h"
 
 #define R LISTEN_READ
@@ -275,11 +276,29 @@ void route_snapshot(struct req *r)
     if (r->work) { /* resumed by the snapshot thread */
         e = snapshot_ticket_result(r->work, &body, &len);
     } else {
+        /* ?after=P&limit=L: a page of a paged snapshot (readmodel.h). */
+        const char *a = http_query(r, "after"), *l = http_query(r, "limit");
+        uint64_t after = 0, limit = SNAPSHOT_PAGE_MAX;
+        if ((a && !parse_uint(a, 0, (uint64_t)1 << 53, &after)) ||
+            (l && !parse_uint(l, 1, SNAPSHOT_PAGE_MAX, &limit))) {
+            http_problem(r, SG_EBADINPUT, "after must be a non-negative integer, limit 1 to %d",
+                         SNAPSHOT_PAGE_MAX);
+            return;
+        }
+        const struct projection *proj = projection_find(r->param);
+        int paged = (a || l) && !(after == 0 && limit == SNAPSHOT_PAGE_MAX);
+        if (paged && proj && proj->page == NULL) {
+            http_problem(r, SG_EBADINPUT, "snapshot %s is not paged: no after or limit", r->param);
+            return;
+        }
         if (wait_for_position(r))
             return;
-        e = snapshots_cached(r->srv->app->snaps, r->param, &body, &len);
+        e = paged ? SG_EUNAVAILABLE : snapshots_cached(r->srv->app->snaps, r->param, &body, &len);
         if (e == SG_EUNAVAILABLE) {
-            if ((r->work = snapshot_ticket_new(r->param, snapshot_done, r)) == NULL) {
+            r->work =
+                paged ? snapshot_ticket_new_page(r->param, after, (unsigned)limit, snapshot_done, r)
+                      : snapshot_ticket_new(r->param, snapshot_done, r);
+            if (r->work == NULL) {
                 http_problem(r, SG_ENOMEM, "out of memory");
                 return;
             }

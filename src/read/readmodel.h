@@ -19,7 +19,15 @@ struct projection {
     sg_err (*apply)(sqlite3 *db, const char *type, const json_t *event);
     /* The state served in snapshots (new reference), inside a read transaction. */
     sg_err (*state)(sqlite3 *db, json_t **out);
+    /* Optional, for a read model that can grow without bound: one page of
+     * the state, the entries after `after` (a position), at most limit
+     * (1..SNAPSHOT_PAGE_MAX), with "next_after" when more follow. Then
+     * state() is the first page, and GET /v1/snapshots/{name}?after=&limit=
+     * serves the others. NULL: the snapshot is not paged. */
+    sg_err (*page)(sqlite3 *db, uint64_t after, unsigned limit, json_t **out);
 };
+
+#define SNAPSHOT_PAGE_MAX 1000
 
 extern const struct projection devices_projection;
 extern const struct projection firmware_projection; /* view_firmware.c */

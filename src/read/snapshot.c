@@ -25,6 +25,9 @@ struct cached {
 struct snapshot_ticket {
     struct snapshot_ticket *next;
     char name[128];
+    int paged; /* a page other than the first: built for the ticket, never cached */
+    uint64_t after;
+    unsigned limit;
     void (*done)(void *);
     void *ud;
     sg_err err;
@@ -56,6 +59,7 @@ static void cached_free(void *v)
 
 struct read_state {
     const struct projection *proj;
+    const snapshot_ticket *page; /* NULL: the state (first page) */
     uint64_t pos;
     char hash[65];
     json_t *state;
@@ -65,12 +69,15 @@ static sg_err read_state(sqlite3 *db, void *ud)
 {
     struct read_state *r = ud;
     sg_err e = readmodel_checkpoint(db, &r->pos, r->hash);
+    if (e == SG_OK && r->page)
+        return r->proj->page(db, r->page->after, r->page->limit, &r->state);
     return e ? e : r->proj->state(db, &r->state);
 }
 
-static sg_err build(snapshots *ss, const struct projection *proj, struct cached *out)
+static sg_err build(snapshots *ss, const struct projection *proj, const snapshot_ticket *page,
+                    struct cached *out)
 {
-    struct read_state r = {.proj = proj};
+    struct read_state r = {.proj = proj, .page = page};
     sg_err e = projector_read(ss->p, read_state, &r);
     if (e)
         return e;
@@ -124,8 +131,16 @@ static sg_err cache_put(snapshots *ss, const char *name, struct cached *fresh)
 static void answer(snapshots *ss, snapshot_ticket *t)
 {
     const struct projection *proj = projection_find(t->name);
-    if (proj == NULL) {
+    if (proj == NULL || (t->paged && proj->page == NULL)) {
         t->err = SG_ENOTFOUND;
+        return;
+    }
+    if (t->paged) { /* bounded by its limit; signed for this ticket alone */
+        struct cached one = {0};
+        if ((t->err = build(ss, proj, t, &one)) == SG_OK) {
+            t->body = one.body;
+            t->len = one.len;
+        }
         return;
     }
     uint64_t pos = projector_position(ss->p, NULL);
@@ -135,7 +150,7 @@ static void answer(snapshots *ss, snapshot_ticket *t)
     if (hit)
         return;
     struct cached fresh = {0};
-    if ((t->err = build(ss, proj, &fresh)) != SG_OK)
+    if ((t->err = build(ss, proj, NULL, &fresh)) != SG_OK)
         return;
     pthread_mutex_lock(&ss->mu);
     t->err = cache_put(ss, t->name, &fresh);
@@ -239,6 +254,18 @@ snapshot_ticket *snapshot_ticket_new(const char *name, void (*done)(void *ud), v
     t->done = done;
     t->ud = ud;
     t->err = SG_EUNAVAILABLE;
+    return t;
+}
+
+snapshot_ticket *snapshot_ticket_new_page(const char *name, uint64_t after, unsigned limit,
+                                          void (*done)(void *ud), void *ud)
+{
+    snapshot_ticket *t = snapshot_ticket_new(name, done, ud);
+    if (t) {
+        t->paged = 1;
+        t->after = after;
+        t->limit = limit;
+    }
     return t;
 }
 

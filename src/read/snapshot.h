@@ -32,6 +32,12 @@ sg_err snapshots_cached(snapshots *ss, const char *name, char **body, size_t *le
 /* A request for the named snapshot; done(ud) is called once, from the
  * snapshot thread, when the ticket holds the answer. NULL if out of memory. */
 snapshot_ticket *snapshot_ticket_new(const char *name, void (*done)(void *ud), void *ud);
+/* A request for one page of a paged snapshot (struct projection's page):
+ * the entries after position `after`, at most limit. Never cached: built
+ * and signed for this ticket (its size is bounded by limit). The answer is
+ * SG_ENOTFOUND for a snapshot that is not paged. */
+snapshot_ticket *snapshot_ticket_new_page(const char *name, uint64_t after, unsigned limit,
+                                          void (*done)(void *ud), void *ud);
 /* Queue t. SG_OK: done will be called. SG_EUNAVAILABLE (stopping, or too many
  * waiting): done is not called, and t's answer is that error. */
 sg_err snapshots_submit(snapshots *ss, snapshot_ticket *t);

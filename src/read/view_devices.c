@@ -66,4 +66,5 @@ const struct projection devices_projection = {
     "grp TEXT, position INTEGER NOT NULL);",
     devices_apply,
     devices_state,
+    NULL, /* not paged */
 };

@@ -90,8 +90,8 @@ sg_err firmware_view_page(sqlite3 *db, uint64_t after, unsigned limit, json_t **
     json_t *list = json_array();
     sqlite3_int64 count = 0, last = 0;
     int rc = SQLITE_ERROR, more = 0;
-    if (limit == 0 || limit > FIRMWARE_PAGE_MAX)
-        limit = FIRMWARE_PAGE_MAX;
+    if (limit == 0 || limit > SNAPSHOT_PAGE_MAX)
+        limit = SNAPSHOT_PAGE_MAX;
     if (list &&
         sqlite3_prepare_v2(db, "SELECT count(*) FROM firmware", -1, &s, NULL) == SQLITE_OK &&
         sqlite3_step(s) == SQLITE_ROW)
@@ -131,16 +131,18 @@ sg_err firmware_view_page(sqlite3 *db, uint64_t after, unsigned limit, json_t **
         json_decref(list);
         return SG_ESTORE;
     }
-    *out = json_pack("{s:I, s:o}", "count", (json_int_t)count, "firmware", list);
+    *out = json_pack("{s:I, s:I, s:o}", "after", (json_int_t)after, "count", (json_int_t)count,
+                     "firmware", list);
     if (*out && more)
         json_object_set_new(*out, "next_after", json_integer((json_int_t)last));
     return *out ? SG_OK : SG_ENOMEM;
 }
 
-/* The snapshot's state: the first page (see docs/openapi.yaml). */
+/* The snapshot's state: the first page; the others through page (see
+ * docs/openapi.yaml). */
 static sg_err firmware_state(sqlite3 *db, json_t **out)
 {
-    return firmware_view_page(db, 0, FIRMWARE_PAGE_MAX, out);
+    return firmware_view_page(db, 0, SNAPSHOT_PAGE_MAX, out);
 }
 
 const struct projection firmware_projection = {
@@ -151,4 +153,5 @@ const struct projection firmware_projection = {
     "NULL, key_id TEXT NOT NULL, position INTEGER NOT NULL UNIQUE);",
     firmware_apply,
     firmware_state,
+    firmware_view_page,
 };

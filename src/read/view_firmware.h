@@ -9,16 +9,13 @@
 
 #include "../core/sg.h"
 
-/* The most firmware entries in one snapshot page. */
-#define FIRMWARE_PAGE_MAX 1000
-
 /* The projected firmware firmware_id: *doc gets {"manifest","signature",
  * "key_id","signed_b64"} (new reference), *size the image size. SG_ENOTFOUND
  * if no FirmwareUploaded of that id has been projected; SG_ESTORE. */
 sg_err firmware_view_get(sqlite3 *db, const char *firmware_id, json_t **doc, uint64_t *size);
 
 /* Firmware uploaded after position `after` (upload order), at most limit
- * (1..FIRMWARE_PAGE_MAX): {"count" (all of them),"firmware":[...],
+ * (1..SNAPSHOT_PAGE_MAX): {"after","count" (all of them),"firmware":[...],
  * "next_after"? (when more follow)}. */
 sg_err firmware_view_page(sqlite3 *db, uint64_t after, unsigned limit, json_t **out);
 

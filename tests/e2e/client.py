@@ -35,6 +35,7 @@ PROBLEM_SLUGS = {
     500: {"internal"},
     501: {"not-implemented"},
     503: {"hsm-unavailable", "store-unavailable", "unavailable", "integrity-failure"},
+    507: {"insufficient-storage"},
 }
 
 

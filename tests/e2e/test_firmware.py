@@ -464,6 +464,43 @@ class FirmwareUpload(FirmwareBase):
                                  "size": 777, "format": "raw", "position": r.body["position"]}])
         self.assertNotIn("next_after", st)
 
+    def test_snapshot_pages(self):
+        """The firmware snapshot is paged in upload order: every page is a
+        signed snapshot of at most `limit` entries, next_after leads on."""
+        pos = 0
+        for i in range(5):
+            r = upload(self.wp, self.ci, os.urandom(100 + i), "page", "%d" % i)
+            self.assertStatus(r, 201)
+            pos = r.body["position"]
+        seen, after, pages = [], 0, 0
+        while True:
+            s = request("GET", self.rp, "/v1/snapshots/firmware?after=%d&limit=2&min_position=%d"
+                        % (after, pos), token=self.audit)
+            self.assertStatus(s, 200)
+            verify_snapshot(s.body, self.keys)
+            st = s.body["state"]
+            self.assertEqual(st["after"], after)
+            self.assertLessEqual(len(st["firmware"]), 2)
+            self.assertTrue(all(f["position"] > after for f in st["firmware"]))
+            seen += st["firmware"]
+            pages += 1
+            if "next_after" not in st:
+                break
+            self.assertEqual(st["next_after"], st["firmware"][-1]["position"])
+            after = st["next_after"]
+        self.assertEqual(len(seen), st["count"])
+        self.assertEqual([f["position"] for f in seen], sorted(f["position"] for f in seen))
+        self.assertGreaterEqual(pages, 3)
+        whole = request("GET", self.rp, "/v1/snapshots/firmware?min_position=%d" % pos,
+                        token=self.audit)
+        self.assertEqual(whole.body["state"]["firmware"], seen)
+        for q in ("after=-1", "limit=0", "limit=1001", "after=x"):
+            assert_problem(request("GET", self.rp, "/v1/snapshots/firmware?" + q,
+                                   token=self.audit), 400, msg=q)
+        # A snapshot that is not paged says so.
+        assert_problem(request("GET", self.rp, "/v1/snapshots/devices?after=3", token=self.audit),
+                       400)
+
     def test_peak_rss_256mib(self):
         """signetd takes a 256 MiB image with a peak RSS under 96 MiB, and
         serves it back whole."""
@@ -578,6 +615,11 @@ class FirmwareCli(FirmwareBase):
     def setUpClass(cls):
         cls.setup_firmware()
 
+    @staticmethod
+    def dep_signet():
+        from deploy import SIGNET
+        return SIGNET
+
     def push(self, path, *args, token=None, url=True):
         env = self.dep.env(SIGNET_TOKEN=token if token is not None else self.ci)
         if token == "":
@@ -621,6 +663,33 @@ class FirmwareCli(FirmwareBase):
             self.assertNotEqual(p.returncode, 0)
             p = self.dep.cli("push", img, "--name", "x")
             self.assertNotEqual(p.returncode, 0)
+
+            # On a terminal, a progress bar on stderr; the id still alone on stdout.
+            import pty
+            img2 = img + ".tty"
+            with open(img2, "wb") as f:
+                f.write(data + b"tty")
+            master, slave = pty.openpty()
+            env = self.dep.env(SIGNET_TOKEN=self.ci)
+            proc = subprocess.Popen(
+                [self.dep_signet(), "push", img2, "--name", "tty", "--version", "1", "--hardware",
+                 "hw-c", "--security-version", "0", "--url", "http://127.0.0.1:%d" % self.wp],
+                stdout=subprocess.PIPE, stderr=slave, env=env, cwd=self.dep.dir)
+            os.close(slave)
+            out, _ = proc.communicate(timeout=60)
+            tty = b""
+            while True:
+                try:
+                    c = os.read(master, 65536)
+                except OSError:
+                    break
+                if not c:
+                    break
+                tty += c
+            os.close(master)
+            self.assertEqual(proc.returncode, 0, tty)
+            self.assertIn(b"100.0%", tty)
+            self.assertRegex(out.decode().strip(), FW_ID)
 
             # verify-manifest: the read side's document, the keys, the image.
             g = self.get_fw("sha256:" + sha, ev["position"])
