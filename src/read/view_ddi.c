@@ -122,4 +122,5 @@ const struct projection ddi_projection = {
     "NULL, position INTEGER NOT NULL);",
     ddi_apply,
     ddi_state,
+    NULL, /* not paged */
 };

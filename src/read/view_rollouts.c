@@ -429,4 +429,5 @@ const struct projection rollouts_projection = {
     "CREATE INDEX IF NOT EXISTS devices_by_hardware ON devices(hardware);",
     rollouts_apply,
     rollouts_state,
+    NULL, /* not paged */
 };
