@@ -7,10 +7,13 @@ its acknowledgement recorded once, and the write listener's share of the
 facade. DdiBase is also the fixture of test_ddi_swupdate.py."""
 
 import hashlib
+import http.client
 import os
 import secrets
 import sys
+import threading
 import unittest
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from client import fetch_all_events, get_keys, head_of, register, request  # noqa: E402
@@ -295,6 +298,105 @@ class Ddi(DdiBase):
         self.assertProblem(ddi("POST", self.rp, dev, "/deploymentBase/77/feedback", body=b"{}",
                                headers={"Content-Type": "text/plain"}), 415)
         self.assertEqual(self.head(), mark)
+
+
+class MethodProxy:
+    """The reverse proxy of split roles (docker/signet-proxy.conf): GET and
+    HEAD to the reader, POST and PUT to the writer, Host passed on."""
+
+    def __init__(self, read_port, write_port):
+        outer = self
+        self.seen = []  # (method, path, upstream port)
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def relay(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else None
+                port = read_port if self.command in ("GET", "HEAD") else write_port
+                outer.seen.append((self.command, self.path, port))
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                hdrs = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                c.request(self.command, self.path, body=body, headers=hdrs)
+                r = c.getresponse()
+                data = r.read()
+                self.send_response(r.status)
+                for k, v in r.getheaders():
+                    if k.lower() not in ("connection", "transfer-encoding", "date", "server"):
+                        self.send_header(k, v)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                c.close()
+
+            do_GET = do_HEAD = do_POST = do_PUT = relay
+
+        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.srv.server_address[1]
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+class DdiSplitRoles(DdiBase):
+    """--role write and --role read on one store behind a method-routing
+    proxy: the whole facade works through the proxy, the closed feedback
+    included (decided by the writer, which has no read side)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.writer = cls.start_deployment(role="write", mutate=ddi_config)
+        cls.ci = cls.dep.token("ci")
+        cls.versions = iter(range(1, 1000000))
+        read_cfg = cls.dep.write_config("read.json", mutate=ddi_config)
+        cls.reader = cls.dep.start(role="read", config=read_cfg)
+        cls.rp = cls.dep.ports[read_cfg][1]
+        cls.proxy = MethodProxy(cls.rp, cls.wp)
+        cls.addClassCleanup(cls.proxy.close)
+
+    def test_through_the_method_proxy(self):
+        dev, px = "d-07", self.proxy.port
+        pos = self.register_all([dev], "hw-split")
+        fw = self.upload("hw-split", b"split " + secrets.token_bytes(64))["firmware_id"]
+        _, pos = self.rollout(fw, "hw-split")
+        self.wait_read(pos)
+        r = ddi("GET", px, dev)
+        self.assertStatus(r, 200)
+        self.assertEqual(r.body["_links"]["configData"]["href"],
+                         "http://127.0.0.1:%d%s" % (px, ddi_path(dev, "/configData")))
+        mark = self.head()
+        self.assertStatus(ddi("PUT", px, dev, "/configData", body={"data": {"board": "b"}}), 200)
+        r = request("GET", px, "/v1/devices/%s/update" % dev, token=self.ops)
+        self.assertStatus(r, 200)
+        offer = r.body["offer"]
+        r = ddi("POST", px, dev, "/deploymentBase/%d/feedback" % offer,
+                body=feedback(offer, "closed", "success", ["Update Installed."]))
+        self.assertStatus(r, 200)
+        self.assertEqual([e["type"] for e in self.events_after(mark)],
+                         ["DeviceAttributesRecorded", "DeviceReported"])
+        self.assertEqual([m for m, p, port in self.proxy.seen if port == self.wp], ["PUT", "POST"])
+        evs = self.events_after(mark)
+        self.assertNotIn("configData", self.poll_via(px, dev, evs[-1]["position"])["_links"])
+        # the reader has no write side (503 for what must be recorded), the
+        # writer serves no GET of the facade
+        self.assertStatus(ddi("POST", self.rp, dev, "/deploymentBase/%d/feedback" % offer,
+                              body=feedback(offer, "proceeding", "none")), 200)
+        self.assertProblem(ddi("POST", self.rp, dev, "/deploymentBase/%d/feedback" % offer,
+                               body=feedback(offer, "closed", "success")), 503)
+        self.assertProblem(ddi("PUT", self.rp, dev, "/configData", body={"data": {"a": "b"}}), 503)
+        self.assertProblem(ddi("GET", self.wp, dev), 404)
+
+    def poll_via(self, port, dev, pos):
+        self.wait_read(pos)
+        r = ddi("GET", port, dev)
+        self.assertStatus(r, 200)
+        return r.body
 
 
 @unittest.skipUnless(S.have_swupdate(), "needs swupdate")
