@@ -568,8 +568,8 @@ void route_ddi_config_data(struct req *r)
     {
         if (strcmp(k, "id") && strcmp(k, "time") && strcmp(k, "status") && strcmp(k, "mode") &&
             strcmp(k, "data")) {
-            json_decref(b);
             http_problem(r, SG_EBADINPUT, "unknown member %s in configData", k);
+            json_decref(b); /* after: k is one of its keys */
             return;
         }
     }
