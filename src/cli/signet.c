@@ -1,7 +1,7 @@
 /* signet.c - the command-line tool: set-up (init, token-hash), offline
  * verification (verify-log, verify-manifest) and the operator's recovery
- * step (accept-store). Verification uses public keys only and reads logs one
- * event at a time, whatever their size. */
+ * step (accept-store); csr and import-cert are in certs.c. Verification uses public keys only and
+ * reads logs one event at a time, whatever their size. */
 #include <curl/curl.h>
 #include <errno.h>
 #include <stdio.h>
@@ -19,10 +19,12 @@
 #include "../core/event.h"
 #include "../core/log.h"
 #include "../hsm/anchor.h"
+#include "../hsm/cert.h"
 #include "../hsm/signer.h"
 #include "../read/readmodel.h"
 #include "../store/chain.h"
 #include "../store/store.h"
+#include "certs.h"
 #include "push.h"
 
 static int usage(void)
@@ -34,7 +36,9 @@ static int usage(void)
                     "       signet push FILE --name N --version V --hardware H "
                     "--security-version S [--format swu] [--url URL]\n"
                     "       signet accept-store --config FILE\n"
-                    "       signet events-catalogue\n");
+                    "       signet events-catalogue\n"
+                    "       signet csr --config FILE --purpose devices\n"
+                    "       signet import-cert --config FILE --purpose devices CHAIN.pem\n");
     return 2;
 }
 
@@ -93,6 +97,11 @@ static int cmd_init(int argc, char **argv)
     }
     for (int p = 0; p < KEY_PURPOSES; p++)
         printf("key %-9s key_id %s\n", key_purpose_name[p], signer_key_id(sg, (enum key_purpose)p));
+    if (cert_ensure(sg, KEY_DEVICES, cfg->token_label, report, why, sizeof(why)) != SG_OK) {
+        fprintf(stderr, "signet: %s\n", why);
+        signer_close(sg);
+        goto out;
+    }
     signer_close(sg);
     rc = 0;
 out:
@@ -528,6 +537,10 @@ int main(int argc, char **argv)
         rc = cmd_events_catalogue(argc - 1, argv + 1);
     else if (strcmp(argv[1], "accept-store") == 0)
         rc = cmd_accept_store(argc - 1, argv + 1);
+    else if (strcmp(argv[1], "csr") == 0)
+        rc = cli_csr(argc - 1, argv + 1);
+    else if (strcmp(argv[1], "import-cert") == 0)
+        rc = cli_import_cert(argc - 1, argv + 1);
     else
         rc = usage();
     curl_global_cleanup();

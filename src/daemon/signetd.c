@@ -20,6 +20,7 @@
 #include "../core/config.h"
 #include "../core/log.h"
 #include "../hsm/anchor.h"
+#include "../hsm/cert.h"
 #include "../http/http.h"
 #include "../read/readmodel.h"
 #include "../read/scrub.h"
@@ -189,7 +190,8 @@ int main(int argc, char **argv)
     }
     unsigned keys = (do_write ? (1u << KEY_EVENTS | 1u << KEY_DEVICES) : 0) |
                     (do_read ? 1u << KEY_SNAPSHOTS : 0);
-    if (signer_open(cfg, keys, &sg, why, sizeof(why)) != SG_OK)
+    if (signer_open(cfg, keys, &sg, why, sizeof(why)) != SG_OK ||
+        cert_check(sg, KEY_DEVICES, cfg->token_label, why, sizeof(why)) != SG_OK)
         goto fail;
     EVP_PKEY *events_pub = signer_public_key(sg, KEY_EVENTS);
     size_t n = strlen(cfg->data_dir) + 32;

@@ -75,6 +75,7 @@ struct signer {
     int probe_purpose; /* -1: nothing to probe with */
     EVP_PKEY *pub[KEY_PURPOSES];
     char key_id[KEY_PURPOSES][SG_HEX256_LEN + 1];
+    STACK_OF(X509) * chain[KEY_PURPOSES]; /* certificates in the token, leaf first */
 
     /* libp11: read-locked to sign, write-locked to (re)connect */
     pthread_rwlock_t lock;
@@ -141,6 +142,72 @@ static EVP_PKEY *plain_public_key(EVP_PKEY *pk)
     EVP_PKEY *copy = d2i_PUBKEY(NULL, &p, len);
     OPENSSL_free(der);
     return copy;
+}
+
+/*** certificates ***/
+
+/* Certificate objects of a key: the leaf has the key's label and CKA_ID; the
+ * rest of its chain, in order, "<label>-chain-1", "<label>-chain-2", ... (label
+ * and CKA_ID). */
+static PKCS11_CERT *find_cert(PKCS11_TOKEN *t, const char *label)
+{
+    PKCS11_CERT *certs = NULL;
+    unsigned n = 0;
+    if (PKCS11_enumerate_certs(t, &certs, &n) != 0)
+        return NULL;
+    for (unsigned i = 0; i < n; i++)
+        if (certs[i].label && strcmp(certs[i].label, label) == 0)
+            return &certs[i];
+    return NULL;
+}
+
+static void chain_label(char *out, size_t outlen, const char *name, int i)
+{
+    if (i == 0)
+        snprintf(out, outlen, "%s", name);
+    else
+        snprintf(out, outlen, "%s-chain-%d", name, i);
+}
+
+/* The key's certificate chain as the token holds it: empty if none, NULL on
+ * error. */
+static STACK_OF(X509) * load_chain(PKCS11_TOKEN *t, const char *name)
+{
+    PKCS11_CERT *certs = NULL;
+    unsigned n = 0;
+    STACK_OF(X509) *chain = sk_X509_new_null();
+    if (chain == NULL || PKCS11_enumerate_certs(t, &certs, &n) != 0) {
+        sk_X509_free(chain);
+        return NULL;
+    }
+    for (int i = 0; i < SIGNER_MAX_CHAIN; i++) {
+        char label[64];
+        chain_label(label, sizeof(label), name, i);
+        PKCS11_CERT *c = find_cert(t, label);
+        if (c == NULL || c->x509 == NULL)
+            break;
+        if (!sk_X509_push(chain, X509_dup(c->x509)) || sk_X509_value(chain, i) == NULL) {
+            sk_X509_pop_free(chain, X509_free);
+            return NULL;
+        }
+    }
+    return chain;
+}
+
+STACK_OF(X509) * signer_cert_chain(const signer *s, enum key_purpose p)
+{
+    return s->chain[p] && sk_X509_num(s->chain[p]) > 0 ? s->chain[p] : NULL;
+}
+
+sg_err signer_sign_x509(signer *s, enum key_purpose p, X509 *cert, X509_REQ *req)
+{
+    pthread_rwlock_rdlock(&s->lock);
+    int ok = s->priv[p] != NULL &&
+             (cert == NULL || X509_sign(cert, s->priv[p], EVP_sha256()) > 0) &&
+             (req == NULL || X509_REQ_sign(req, s->priv[p], EVP_sha256()) > 0);
+    pthread_rwlock_unlock(&s->lock);
+    ERR_clear_error();
+    return ok ? SG_OK : SG_EHSM;
 }
 
 /* Find the token, log in, load the private keys. Called with the write lock
@@ -217,6 +284,10 @@ static sg_err connect_token(signer *s, int first, char *why, size_t whylen)
                        key_purpose_name[p], s->label);
         }
     }
+    for (int p = 0; p < KEY_PURPOSES && e == SG_OK && first; p++)
+        if (tpub[p] && (s->chain[p] = load_chain(slot->token, key_purpose_name[p])) == NULL)
+            e = sg_say(why, whylen, SG_EHSM, "cannot read the certificates of token \"%s\"",
+                       s->label);
     for (int p = 0; p < KEY_PURPOSES; p++)
         EVP_PKEY_free(tpub[p]);
     if (e)
@@ -716,8 +787,10 @@ int signer_close(signer *s)
             PKCS11_CTX_unload(s->ctx);
         PKCS11_CTX_free(s->ctx);
     }
-    for (int p = 0; p < KEY_PURPOSES; p++)
+    for (int p = 0; p < KEY_PURPOSES; p++) {
         EVP_PKEY_free(s->pub[p]);
+        sk_X509_pop_free(s->chain[p], X509_free);
+    }
     while (s->qhead)
         job_unref(dequeue_head(s));
     free(s->pin);
@@ -1019,5 +1092,117 @@ out:
     if (open)
         m.f->C_CloseSession(h);
     p11_unload(&m);
+    return e;
+}
+
+/*** certificate objects (raw PKCS#11: libp11 0.4.12 keeps stale object
+ * handles once its sessions change, so its remove fails) ***/
+
+/* Destroy every certificate object labelled label. */
+static CK_RV destroy_certs(struct p11 *m, CK_SESSION_HANDLE h, const char *label)
+{
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_LABEL, (void *)label, strlen(label)}};
+    CK_OBJECT_HANDLE o[16];
+    CK_ULONG n = 0;
+    CK_RV rv = m->f->C_FindObjectsInit(h, t, 2);
+    if (rv != CKR_OK)
+        return rv;
+    rv = m->f->C_FindObjects(h, o, SG_ARRAY_LEN(o), &n);
+    m->f->C_FindObjectsFinal(h);
+    for (CK_ULONG i = 0; rv == CKR_OK && i < n; i++)
+        rv = m->f->C_DestroyObject(h, o[i]);
+    return rv;
+}
+
+static CK_RV create_cert(struct p11 *m, CK_SESSION_HANDLE h, X509 *x, const char *label)
+{
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_CERTIFICATE_TYPE type = CKC_X_509;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    unsigned char *der = NULL, *subj = NULL, *iss = NULL, *sn = NULL;
+    int dlen = i2d_X509(x, &der), slen = i2d_X509_NAME(X509_get_subject_name(x), &subj);
+    int ilen = i2d_X509_NAME(X509_get_issuer_name(x), &iss);
+    int nlen = i2d_ASN1_INTEGER(X509_get_serialNumber(x), &sn);
+    CK_RV rv = CKR_HOST_MEMORY;
+    if (dlen > 0 && slen > 0 && ilen > 0 && nlen > 0) {
+        CK_ATTRIBUTE t[] = {
+            {CKA_CLASS, &cls, sizeof(cls)},
+            {CKA_CERTIFICATE_TYPE, &type, sizeof(type)},
+            {CKA_TOKEN, &yes, sizeof(yes)},
+            {CKA_PRIVATE, &no, sizeof(no)},
+            {CKA_LABEL, (void *)label, strlen(label)},
+            {CKA_ID, (void *)label, strlen(label)},
+            {CKA_SUBJECT, subj, (CK_ULONG)slen},
+            {CKA_ISSUER, iss, (CK_ULONG)ilen},
+            {CKA_SERIAL_NUMBER, sn, (CK_ULONG)nlen},
+            {CKA_VALUE, der, (CK_ULONG)dlen},
+        };
+        CK_OBJECT_HANDLE o;
+        rv = m->f->C_CreateObject(h, t, SG_ARRAY_LEN(t), &o);
+    }
+    OPENSSL_free(der);
+    OPENSSL_free(subj);
+    OPENSSL_free(iss);
+    OPENSSL_free(sn);
+    return rv;
+}
+
+sg_err signer_store_chain(signer *s, enum key_purpose p, STACK_OF(X509) * chain, char *why,
+                          size_t whylen)
+{
+    const char *name = key_purpose_name[p];
+    char label[64];
+    struct p11 m = {0};
+    CK_SLOT_ID slot;
+    CK_SESSION_HANDLE h;
+    CK_RV rv = CKR_OK;
+    int n = sk_X509_num(chain);
+    if (n < 1 || n > SIGNER_MAX_CHAIN)
+        return sg_say(why, whylen, SG_EBADINPUT, "a chain of 1 to %d certificates is needed",
+                      SIGNER_MAX_CHAIN);
+    STACK_OF(X509) *copy = X509_chain_up_ref(chain);
+    if (copy == NULL)
+        return sg_say(why, whylen, SG_ENOMEM, "out of memory");
+    pthread_rwlock_wrlock(&s->lock);
+    sg_err e = p11_load(&m, s->module, why, whylen);
+    if (e)
+        goto out;
+    if (!find_slot(&m, s->label, 0, &slot)) {
+        e = sg_say(why, whylen, SG_EHSM, "token \"%s\" is gone", s->label);
+        goto out;
+    }
+    if ((rv = m.f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h)) !=
+        CKR_OK) {
+        e = sg_say(why, whylen, SG_EHSM, "cannot open a session on token \"%s\" (0x%lx)", s->label,
+                   rv);
+        goto out;
+    }
+    rv = m.f->C_Login(h, CKU_USER, (unsigned char *)s->pin, strlen(s->pin));
+    if (rv == CKR_USER_ALREADY_LOGGED_IN)
+        rv = CKR_OK;
+    /* The old objects (the leaf and every chain entry), then the new ones. */
+    for (int i = 0; i < SIGNER_MAX_CHAIN && rv == CKR_OK; i++) {
+        chain_label(label, sizeof(label), name, i);
+        rv = destroy_certs(&m, h, label);
+    }
+    for (int i = 0; i < n && rv == CKR_OK; i++) {
+        chain_label(label, sizeof(label), name, i);
+        rv = create_cert(&m, h, sk_X509_value(chain, i), label);
+    }
+    m.f->C_CloseSession(h); /* the login is libp11's: it stays */
+    if (rv != CKR_OK) {
+        e = sg_say(why, whylen, SG_EHSM,
+                   "cannot store the certificates of key \"%s\" in token \"%s\" (0x%lx)", name,
+                   s->label, rv);
+        goto out;
+    }
+    sk_X509_pop_free(s->chain[p], X509_free);
+    s->chain[p] = copy;
+    copy = NULL;
+out:
+    p11_unload(&m);
+    pthread_rwlock_unlock(&s->lock);
+    sk_X509_pop_free(copy, X509_free);
     return e;
 }

@@ -13,6 +13,7 @@
 #define SG_SIGNER_H
 
 #include <openssl/evp.h>
+#include <openssl/x509.h>
 
 #include "../core/config.h"
 #include "../core/event.h"
@@ -69,6 +70,27 @@ const char *signer_key_id(const signer *s, enum key_purpose purpose);
 /* Public key of the purpose (borrowed, a plain OpenSSL key fixed at open), or
  * NULL. */
 EVP_PKEY *signer_public_key(const signer *s, enum key_purpose purpose);
+
+/* At most this many certificates in a key's chain (leaf included). */
+#define SIGNER_MAX_CHAIN 8
+
+/* The certificate chain the token holds for the purpose's key, leaf first
+ * (read at open: see docs/behaviour.md for the objects), or NULL if it holds
+ * none. Borrowed; changes only through signer_store_chain(). */
+STACK_OF(X509) * signer_cert_chain(const signer *s, enum key_purpose purpose);
+
+/* For the CLI (signet init, import-cert) only: replace the purpose's
+ * certificate objects in the token with chain (leaf first, 1 to
+ * SIGNER_MAX_CHAIN certificates; the caller has checked the leaf). Runs on the
+ * calling thread without the deadline. SG_EHSM with why; on failure the token
+ * may hold none (run it again). */
+sg_err signer_store_chain(signer *s, enum key_purpose purpose, STACK_OF(X509) * chain, char *why,
+                          size_t whylen);
+
+/* For the CLI (signet init, csr) only: sign cert and/or req (either may be
+ * NULL) with the purpose's private key, ECDSA with SHA-256, inside the HSM, on
+ * the calling thread without the deadline. SG_EHSM. */
+sg_err signer_sign_x509(signer *s, enum key_purpose purpose, X509 *cert, X509_REQ *req);
 
 /* 1 if the HSM is up, 0 if down, as the prober and the last calls left it.
  * Cheap (an atomic read); never calls the HSM. */

@@ -17,6 +17,7 @@
 #include "../core/codec.h"
 #include "../core/jcs.h"
 #include "../core/log.h"
+#include "../hsm/cert.h"
 #include "internal.h"
 #include "route_match.h"
 
@@ -780,6 +781,10 @@ static char *keys_document(signer *sg)
                             "alg", "ES256", "public_key_pem", pem, "status", "active")
                 : NULL;
         free(pem);
+        char *chain = p == KEY_DEVICES ? cert_chain_pem(sg, KEY_DEVICES) : NULL;
+        if (k && chain) /* the devices certificate chain, for CMS-signed images */
+            json_object_set_new(k, "certificate_pem", json_string(chain));
+        free(chain);
         if (k == NULL || pem == NULL || json_array_append_new(keys, k) != 0) {
             json_decref(keys);
             return NULL;

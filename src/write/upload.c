@@ -32,8 +32,8 @@ static void raw_free(void *state)
 
 static const struct upload_format raw_format = {"raw", raw_open, raw_write, raw_finish, raw_free};
 
-/* Every format; `swu` arrives with its parser and signer. */
-static const struct upload_format *const formats[] = {&raw_format};
+/* Every format. */
+static const struct upload_format *const formats[] = {&raw_format, &swu_upload_format};
 
 const struct upload_format *upload_format_find(const char *name)
 {

@@ -34,6 +34,9 @@ struct upload_format {
     void (*free)(void *state);
 };
 
+/* `swu`: SWUpdate archives, checked and signed (upload_swu.c). */
+extern const struct upload_format swu_upload_format;
+
 /* The format of this name, or NULL if this version does not have it. */
 const struct upload_format *upload_format_find(const char *name);
 
