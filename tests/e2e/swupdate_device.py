@@ -3,12 +3,13 @@
 suricatta mode, run unchanged, one process per device in a temporary
 directory of its own, and the .swu archives it installs.
 
-Debian's swupdate 2022.12 has its IPC sockets compiled in as
-/tmp/sockinstctrl and /tmp/swupdateprog, and it unpacks into /tmp: two
-devices at once would share them. So each device runs in a private mount
-namespace (`unshare --mount`) in which its own directory is bind-mounted on
-/tmp: everything it makes (sockets, scratch copies, the files its `rawfile`
-handler writes to /tmp/...) lands in that directory and nowhere else.
+Debian's swupdate 2022.12 puts its IPC sockets (sockinstctrl,
+swupdateprog) and scratch files in $TMPDIR, and the images' rawfile paths
+are absolute: two devices installing one image would share them. So each
+device runs in a private mount namespace (`unshare --mount`) in which its own
+directory is bind-mounted on /tmp: everything it makes (sockets, scratch
+copies, the files its `rawfile` handler writes to /tmp/...) lands in that
+directory and nowhere else.
 
 What a test checks is what swupdate logs (its stdout/stderr, `-v`) and what
 signet records; never swupdate's exit status (unreliable in `-c` runs)."""

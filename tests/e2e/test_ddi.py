@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from client import fetch_all_events, get_keys, head_of, register, request  # noqa: E402
 from deploy import E2ETestCase  # noqa: E402
-from verify import sha256_hex  # noqa: E402
+from verify import sha256_hex, verify_snapshot  # noqa: E402
 import swupdate_device as S  # noqa: E402
 
 TENANT = "DEFAULT"
@@ -184,6 +184,12 @@ class Ddi(DdiBase):
         put["mode"] = "replace"
         self.assertStatus(ddi("PUT", self.rp, dev, "/configData", body=put), 200)
         self.assertEqual(self.events_after(mark)[-1]["data"]["attributes"], {"revision": "1.1"})
+        # the ddi read model's signed snapshot
+        snap = request("GET", self.rp, "/v1/snapshots/ddi?min_position=%d&wait_ms=5000" % self.head(),
+                       token=self.audit)
+        self.assertStatus(snap, 200)
+        verify_snapshot(snap.body, get_keys(self.rp))
+        self.assertEqual(snap.body["state"]["devices"][dev], {"attributes": {"revision": "1.1"}})
         # bad bodies: 400, nothing recorded
         mark = self.head()
         for bad in ({"data": {"a": 1}}, {"data": []}, {"mode": "sideways", "data": {}},
