@@ -11,8 +11,10 @@ of the wrong hardware revision refusing the image; three devices at once. What i
 swupdate logs and what signet records, never swupdate's exit status."""
 
 import os
+import re
 import secrets
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -186,6 +188,34 @@ class DdiSwupdate(DdiBase):
         self.assertEqual(rep["actor"], "dev:" + dev)
         # closed: the device is no longer offered the image
         self.assertNotIn("deploymentBase", self.poll(dev, rep["position"])["_links"])
+
+    def test_confirm_through_swupdate_ipc(self):
+        """The running daemon reports the outcome when told to:
+        `swupdate-ipc sendtohawkbit <action> 2 success closed "..."` (run in
+        the device's namespace, where its IPC socket is)."""
+        dev = "sw-03"
+        self.register_all([dev], "hw-ipc")
+        payload = secrets.token_bytes(30000)
+        fw = self.upload_swu("hw-ipc", [("app.bin", payload)])["firmware_id"]
+        _, pos = self.rollout(fw, "hw-ipc")
+        self.wait_read(pos)
+        d = self.device(dev)
+        mark = self.head()
+        d.start()
+        log = d.wait_log(PENDING, timeout=90)
+        self.assertEqual(d.installed("app.bin"), payload)
+        m = re.search(r"Associated Action ID for Update Action is (\d+)", log)
+        self.assertIsNotNone(m, log[-3000:])
+        self.assertEqual(self.reports_of(dev, mark), [])
+        p = subprocess.run(["nsenter", "--mount", "--target", str(d.proc.pid), "swupdate-ipc",
+                            "sendtohawkbit", m.group(1), "2", "success", "closed",
+                            "tested by the ipc"], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=30)
+        (rep,) = self.wait_report(dev, mark)
+        d.stop()
+        self.assertEqual((rep["data"]["status"], rep["data"]["firmware_id"]), ("installed", fw),
+                         p.stdout)
+        self.assertEqual(rep["data"]["detail"], "tested by the ipc")
 
     def test_several_devices_at_once(self):
         """Three devices poll, download, install and confirm at the same time
