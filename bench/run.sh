@@ -7,7 +7,8 @@
 # env:   BENCH_HSM_SECONDS (3), BENCH_HTTP_SECONDS (5), BENCH_HTTP_WARMUP (1),
 #        BENCH_CONNECTIONS (64), BENCH_HTTP_THREADS (2), BENCH_ROLE (all|write),
 #        SOFTHSM2_MODULE (/usr/lib/softhsm/libsofthsm2.so),
-#        BENCH_PERF (a file: record a perf profile of signetd over the window)
+#        BENCH_PERF (a file: record a perf profile of signetd over the window),
+#        BENCH_FIRMWARE (1: then bench/firmware.sh, which reads BENCH_FW_MIB, BENCH_FW_RUNS)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -220,4 +221,11 @@ EOF
 grep '^cpu_per_write_us_thread_' "$TMP/http.out" || true
 if [[ $HEAD =~ ^[0-9]+$ && $OK =~ ^[0-9]+$ ]] && ((HEAD < OK)); then
     echo "run.sh: WARNING: store head $HEAD is below the $OK writes acknowledged" >&2
+fi
+
+# --- 4. firmware upload and download (bench/firmware.sh: its own token and signetd)
+if [[ ${BENCH_FIRMWARE:-1} != 0 ]]; then
+    echo
+    echo "== firmware: upload and download of a ${BENCH_FW_MIB:-1024} MiB image (BENCH_FIRMWARE=0 skips)"
+    "$ROOT/bench/firmware.sh" "$BUILD" || fail "bench/firmware.sh failed"
 fi

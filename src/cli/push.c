@@ -138,7 +138,10 @@ int cmd_push(int argc, char **argv)
     }
     if ((c = curl_easy_init()) == NULL)
         goto out;
-    buf_printf(&target, "%s/v1/firmware", url);
+    size_t base = strlen(url);
+    while (base > 0 && url[base - 1] == '/') /* "http://host:7700/" names the same service */
+        base--;
+    buf_printf(&target, "%.*s/v1/firmware", (int)base, url);
     if (add_param(c, &target, "name", name) || add_param(c, &target, "version", version) ||
         add_param(c, &target, "hardware", hw) || add_param(c, &target, "security_version", sv) ||
         (format && add_param(c, &target, "format", format))) {

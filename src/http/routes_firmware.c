@@ -38,6 +38,7 @@ struct upload {
     char why[256];
     char hex[65];
     int holds_ref;
+    uint64_t t_open, t_body, t_durable; /* sg_mono_ms, for the log */
 };
 
 /* Close the format and the temporary file: nothing of the upload is left
@@ -145,6 +146,7 @@ static void upload_open(struct req *r)
         return;
     }
     u->r = r;
+    u->t_open = sg_mono_ms();
     u->cfg = cfg;
     u->fmt = fmt;
     u->env = (struct upload_env){cfg, r->srv->app->signer};
@@ -223,6 +225,13 @@ static void upload_done(struct wreq *w, void *ud)
      * already (an earlier event names it); otherwise it goes unless another
      * upload in flight holds it. */
     blob_release(u->cfg->data_dir, u->hex, w->err == SG_OK || firmware_failed_as_present(w));
+    if (w->err == SG_OK)
+        sg_info("firmware: stored sha256:%s (%llu bytes): body %llu ms, durable %llu ms later, "
+                "event %llu ms later",
+                u->hex, (unsigned long long)u->received,
+                (unsigned long long)(u->t_body - u->t_open),
+                (unsigned long long)(u->t_durable - u->t_body),
+                (unsigned long long)(sg_mono_ms() - u->t_durable));
     u->holds_ref = 0;
     http_resume(u->r);
 }
@@ -238,6 +247,7 @@ static void *upload_worker(void *arg)
         e = sg_say(u->why, sizeof(u->why), SG_EBADINPUT, "the image is empty");
     if (e == SG_OK && (e = blob_upload_commit(u->blob, u->hex, u->why, sizeof(u->why))) == SG_OK)
         u->holds_ref = 1;
+    u->t_durable = sg_mono_ms();
     uint64_t size = u->blob ? blob_upload_size(u->blob) : 0;
     upload_discard(u);
     json_t *in = NULL;
@@ -294,6 +304,7 @@ void route_firmware_upload(struct req *r)
     }
     pthread_t t;
     pthread_attr_t attr;
+    u->t_body = sg_mono_ms();
     http_suspend(r);
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);

@@ -24,12 +24,19 @@
  * left to do and dirty pages stay bounded whatever the image size. */
 #define WRITEBACK_EVERY (8u << 20)
 
+/* Bytes gathered before one write(2) and one hash update: the HTTP layer
+ * hands the body over in pieces of a few KiB. */
+#define GATHER (1u << 20)
+
 struct blob_upload {
     char *data_dir;
     int fd;
     char *tmp_path; /* NULL for an O_TMPFILE */
     EVP_MD_CTX *md;
-    uint64_t size, queued;
+    char *gather; /* GATHER bytes */
+    size_t gathered;
+    uint64_t size, queued; /* bytes accepted; bytes handed to writeback */
+    uint64_t flushed;      /* bytes written to fd */
     int linked;
 };
 
@@ -129,7 +136,8 @@ sg_err blob_upload_open(const char *data_dir, blob_upload **out, char *why, size
     if (u)
         u->fd = -1;
     if (u == NULL || (u->data_dir = strdup(data_dir)) == NULL ||
-        (u->md = EVP_MD_CTX_new()) == NULL || EVP_DigestInit_ex(u->md, EVP_sha256(), NULL) != 1) {
+        (u->gather = malloc(GATHER)) == NULL || (u->md = EVP_MD_CTX_new()) == NULL ||
+        EVP_DigestInit_ex(u->md, EVP_sha256(), NULL) != 1) {
         blob_upload_free(u);
         return sg_say(why, whylen, SG_ENOMEM, "out of memory");
     }
@@ -156,10 +164,15 @@ sg_err blob_upload_open(const char *data_dir, blob_upload **out, char *why, size
     return SG_OK;
 }
 
-sg_err blob_upload_write(blob_upload *u, const void *data, size_t len, char *why, size_t whylen)
+/* Write and hash what is gathered. */
+static sg_err flush(blob_upload *u, char *why, size_t whylen)
 {
-    const char *p = data;
-    size_t left = len;
+    const char *p = u->gather;
+    size_t left = u->gathered;
+    if (left == 0)
+        return SG_OK;
+    if (EVP_DigestUpdate(u->md, p, left) != 1)
+        return sg_say(why, whylen, SG_EINTERNAL, "SHA-256 failed");
     while (left > 0) {
         ssize_t w = write(u->fd, p, left);
         if (w < 0 && errno == EINTR)
@@ -170,13 +183,31 @@ sg_err blob_upload_write(blob_upload *u, const void *data, size_t len, char *why
         p += w;
         left -= (size_t)w;
     }
-    if (EVP_DigestUpdate(u->md, data, len) != 1)
-        return sg_say(why, whylen, SG_EINTERNAL, "SHA-256 failed");
-    u->size += len;
-    if (u->size - u->queued >= WRITEBACK_EVERY) {
-        sync_file_range(u->fd, (off64_t)u->queued, (off64_t)(u->size - u->queued),
+    u->flushed += u->gathered;
+    u->gathered = 0;
+    if (u->flushed - u->queued >= WRITEBACK_EVERY) {
+        sync_file_range(u->fd, (off64_t)u->queued, (off64_t)(u->flushed - u->queued),
                         SYNC_FILE_RANGE_WRITE);
-        u->queued = u->size;
+        u->queued = u->flushed;
+    }
+    return SG_OK;
+}
+
+sg_err blob_upload_write(blob_upload *u, const void *data, size_t len, char *why, size_t whylen)
+{
+    const char *p = data;
+    while (len > 0) {
+        size_t n = GATHER - u->gathered < len ? GATHER - u->gathered : len;
+        memcpy(u->gather + u->gathered, p, n);
+        u->gathered += n;
+        u->size += n;
+        p += n;
+        len -= n;
+        if (u->gathered == GATHER) {
+            sg_err e = flush(u, why, whylen);
+            if (e)
+                return e;
+        }
     }
     return SG_OK;
 }
@@ -190,7 +221,9 @@ sg_err blob_upload_commit(blob_upload *u, char hex[65], char *why, size_t whylen
 {
     unsigned char digest[32];
     char blobs[4096], dir[4096], path[4096], fdpath[64];
-    sg_err e = SG_OK;
+    sg_err e = flush(u, why, whylen);
+    if (e)
+        return e;
     if (EVP_DigestFinal_ex(u->md, digest, NULL) != 1)
         return sg_say(why, whylen, SG_EINTERNAL, "SHA-256 failed");
     sg_hex_encode(digest, 32, hex);
@@ -236,6 +269,7 @@ void blob_upload_free(blob_upload *u)
         sg_warn("blobs: cannot remove %s: %s", u->tmp_path, strerror(errno));
     free(u->tmp_path);
     EVP_MD_CTX_free(u->md);
+    free(u->gather);
     free(u->data_dir);
     free(u);
 }

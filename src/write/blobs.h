@@ -22,7 +22,8 @@ typedef struct blob_upload blob_upload;
  * otherwise a named file removed by blob_upload_free() and by
  * blobs_sweep() at the next start. SG_ESTORE with a reason. */
 sg_err blob_upload_open(const char *data_dir, blob_upload **out, char *why, size_t whylen);
-/* Append len bytes and hash them. SG_ENOSPACE when the disk is full,
+/* Append len bytes and hash them (gathered into 1 MiB writes; the last
+ * piece is written by blob_upload_commit). SG_ENOSPACE when the disk is full,
  * SG_ESTORE on another I/O error (reason in why). */
 sg_err blob_upload_write(blob_upload *u, const void *data, size_t len, char *why, size_t whylen);
 /* Bytes written so far. */

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from client import (  # noqa: E402
     assert_problem, fetch_all_events, send_tolerant, get_keys, head_of, in_threads, make_response, request,
     wait_until)
-from deploy import E2ETestCase  # noqa: E402
+from deploy import E2ETestCase, FaultyHsmTestCase  # noqa: E402
 from verify import canonical, key_id_for, verify_chain, verify_signed_doc, verify_snapshot  # noqa: E402
 
 MiB = 1 << 20
@@ -385,6 +385,32 @@ class FirmwareUpload(FirmwareBase):
                if hashlib.sha256(d).hexdigest() in self.blobs() - blobs]
         self.assertEqual(len(win), 1)
 
+    def test_refused_twin_keeps_blob_of_accepted_twin(self):
+        """The same bytes at once, one upload refused for its name (409) and
+        one accepted: the refused one never deletes the blob the accepted
+        one's event names."""
+        r = upload(self.wp, self.ci, os.urandom(100), "taken", "1")
+        self.assertStatus(r, 201)
+        datas = [os.urandom(128 * 1024) for _ in range(16)]
+
+        def pair(i):
+            d = datas[i // 2]
+            if i % 2:
+                return upload(self.wp, self.ci, d, "taken", "1")
+            return upload(self.wp, self.ci, d, "fresh-%d" % (i // 2), "1")
+        rs = in_threads(2 * len(datas), pair, together=True)
+        self.assertEqual(len(rs), 2 * len(datas))
+        events, _ = fetch_all_events(self.rp, self.audit)
+        named = {e["data"]["sha256"] if "sha256" in e["data"] else e["data"]["manifest"]["sha256"]
+                 for e in events if e["type"] == "FirmwareUploaded"}
+        for d in datas:
+            h = hashlib.sha256(d).hexdigest()
+            self.assertIn(h, named)
+            path = os.path.join(self.var, "blobs", "sha256", h)
+            self.assertTrue(os.path.exists(path), "the blob of an uploaded image is gone")
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(), d)
+
     def test_idempotent_upload(self):
         data = os.urandom(10000)
         hdr = {"Idempotency-Key": "fw-" + os.urandom(6).hex()}
@@ -564,6 +590,68 @@ class FirmwareLimits(FirmwareBase):
         self.assertStatus(r, 201)
 
 
+class FirmwareDiskFull(FirmwareBase):
+    """data_dir on a 16 MiB tmpfs: an image that does not fit is 507 and
+    leaves nothing; the next one that fits is stored. Needs mount(2)
+    (root); skipped otherwise."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.mnt = tempfile.mkdtemp(prefix="signet-fw-full-")
+        p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", cls.mnt],
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            os.rmdir(cls.mnt)
+            raise unittest.SkipTest("cannot mount a tmpfs: %s" % p.stderr.strip())
+        cls.addClassCleanup(lambda: (subprocess.run(["umount", "-l", cls.mnt]), os.rmdir(cls.mnt)))
+        store = tempfile.mkdtemp(prefix="signet-fw-store-")
+        cls.addClassCleanup(lambda: subprocess.run(["rm", "-rf", store]))
+
+        def small_disk(cfg):
+            cfg["data_dir"] = cls.mnt
+            cfg["store"] = "sqlite:" + os.path.join(store, "events.db")
+            return cfg
+        cls.setup_firmware(mutate=small_disk)
+        cls.var = cls.mnt
+
+    def test_disk_full(self):
+        head, blobs = self.head(), self.blobs()
+        r = upload(self.wp, self.ci, os.urandom(24 * MiB), "full", "1")
+        assert_problem(r, 507, slug="insufficient-storage")
+        self.assertNothingKept(head, blobs, "507")
+        r = upload(self.wp, self.ci, os.urandom(2 * MiB), "full", "1")
+        self.assertStatus(r, 201)
+        self.assertIn(r.body["sha256"], self.blobs())
+
+
+class FirmwareHsmFailure(FaultyHsmTestCase, FirmwareBase):
+    """The HSM fails to sign the manifest: 503, no event, and the blob the
+    upload had made durable is removed; once the HSM is back the same image
+    is accepted."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.setup_firmware(faulty=True)
+
+    def test_sign_failure_leaves_nothing(self):
+        head, blobs = self.head(), self.blobs()
+        data = os.urandom(2 * MiB)
+        self.set_fault("sign")
+        r = upload(self.wp, self.ci, data, "hsm", "1")
+        assert_problem(r, 503, slug="hsm-unavailable")
+        self.assertNothingKept(head, blobs, "an upload the HSM did not sign")
+        self.set_fault(None)
+
+        def accepted():
+            r = upload(self.wp, self.ci, data, "hsm", "1")
+            if r.status != 201:
+                assert_problem(r, 503)
+            return r if r.status == 201 else None
+        r = wait_until(accepted, 15, 0.25, "the upload to succeed after the HSM came back")
+        self.assertEqual(r.body["position"], head + 1)
+        self.assertEqual(self.blobs(), blobs | {hashlib.sha256(data).hexdigest()})
+
+
 class FirmwareCrash(FirmwareBase):
     """kill -9 mid-upload leaves nothing; the sweep at start removes what a
     crash between a blob's link and its event could leave."""
@@ -624,7 +712,7 @@ class FirmwareCli(FirmwareBase):
         env = self.dep.env(SIGNET_TOKEN=token if token is not None else self.ci)
         if token == "":
             env = self.dep.env(SIGNET_TOKEN=None)
-        extra = ["--url", "http://127.0.0.1:%d" % self.wp] if url else []
+        extra = ["--url", "http://127.0.0.1:%d/" % self.wp] if url else []
         return self.dep.cli("push", path, *args, *extra, env=env)
 
     def test_push_and_verify_manifest(self):
@@ -662,7 +750,18 @@ class FirmwareCli(FirmwareBase):
                           "--hardware", "h", "--security-version", "1")
             self.assertNotEqual(p.returncode, 0)
             p = self.dep.cli("push", img, "--name", "x")
-            self.assertNotEqual(p.returncode, 0)
+            self.assertEqual(p.returncode, 2)
+            from deploy import free_ports
+            closed = free_ports(1)[0]
+            p = self.dep.cli("push", img, "--name", "x", "--version", "1", "--hardware", "h",
+                             "--security-version", "1", "--url", "http://127.0.0.1:%d" % closed,
+                             env=self.dep.env(SIGNET_TOKEN=self.ci))
+            self.assertEqual(p.returncode, 2, p.stderr)
+            self.assertIn("127.0.0.1:%d" % closed, p.stderr)
+            p = self.push(img, "--name", "x", "--version", "1", "--hardware", "h",
+                          "--security-version", "1", token="")
+            self.assertEqual(p.returncode, 2)
+            self.assertIn("SIGNET_TOKEN", p.stderr)
 
             # On a terminal, a progress bar on stderr; the id still alone on stdout.
             import pty
