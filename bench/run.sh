@@ -8,7 +8,8 @@
 #        BENCH_CONNECTIONS (64), BENCH_HTTP_THREADS (2), BENCH_ROLE (all|write),
 #        SOFTHSM2_MODULE (/usr/lib/softhsm/libsofthsm2.so),
 #        BENCH_PERF (a file: record a perf profile of signetd over the window),
-#        BENCH_FIRMWARE (1: then bench/firmware.sh, which reads BENCH_FW_MIB, BENCH_FW_RUNS)
+#        BENCH_FIRMWARE (1: then bench/firmware.sh, which reads BENCH_FW_MIB, BENCH_FW_RUNS),
+#        BENCH_UPDATES (1: then bench/update_checks.py, which reads BENCH_DEVICES)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -228,4 +229,11 @@ if [[ ${BENCH_FIRMWARE:-1} != 0 ]]; then
     echo
     echo "== firmware: upload and download of a ${BENCH_FW_MIB:-1024} MiB image (BENCH_FIRMWARE=0 skips)"
     "$ROOT/bench/firmware.sh" "$BUILD" || fail "bench/firmware.sh failed"
+fi
+
+# --- 5. update checks against /healthz (bench/update_checks.py: its own token and signetd)
+if [[ ${BENCH_UPDATES:-1} != 0 ]]; then
+    echo
+    echo "== update checks: ${BENCH_DEVICES:-10000} devices, a rollout at 50 %, against /healthz (BENCH_UPDATES=0 skips)"
+    python3 "$ROOT/bench/update_checks.py" "$BUILD" || fail "bench/update_checks.py failed"
 fi

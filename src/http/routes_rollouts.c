@@ -29,9 +29,10 @@ void route_device_update(struct req *r)
             MHD_add_response_header(resp, "Cache-Control", "no-store");
         http_queue_response(r, 204, resp);
     } else {
-        json_t *body = update_answer_json(&a);
+        size_t len;
+        char *body = update_answer_body(&a, &len);
         if (body)
-            http_reply_json(r, 200, body);
+            http_reply(r, 200, "application/json", body, len);
         else
             http_problem(r, SG_ENOMEM, "out of memory");
     }

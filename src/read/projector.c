@@ -31,6 +31,7 @@ struct projector {
     store *st;
     sqlite3 *db;     /* projector thread: writes */
     sqlite3 *reader; /* HTTP threads, under rmu */
+    char *path;      /* the read-model file */
     pthread_mutex_t rmu;
 
     pthread_mutex_t mu;
@@ -197,6 +198,10 @@ sg_err projector_start(const char *store_uri, const char *readmodel_path, const 
     if (p == NULL)
         return SG_ENOMEM;
     p->kr = kr;
+    if ((p->path = strdup(readmodel_path)) == NULL) {
+        free(p);
+        return SG_ENOMEM;
+    }
     pthread_mutex_init(&p->mu, NULL);
     pthread_mutex_init(&p->rmu, NULL);
     pthread_cond_init(&p->cond, NULL);
@@ -212,6 +217,7 @@ sg_err projector_start(const char *store_uri, const char *readmodel_path, const 
         store_close(p->st);
         sqlite3_close(p->db);
         sqlite3_close(p->reader);
+        free(p->path);
         free(p);
         return e;
     }
@@ -240,7 +246,13 @@ void projector_free(projector *p)
     store_close(p->st);
     sqlite3_close(p->db);
     sqlite3_close(p->reader);
+    free(p->path);
     free(p);
+}
+
+const char *projector_path(projector *p)
+{
+    return p->path;
 }
 
 void projector_kick(projector *p)

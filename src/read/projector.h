@@ -38,5 +38,8 @@ sg_err projector_wait(projector *p, uint64_t min, uint64_t deadline_ms, void (*f
 /* Run fn on a read connection inside one read transaction, so everything it
  * reads (checkpoint included) is from one consistent point. */
 sg_err projector_read(projector *p, sg_err (*fn)(sqlite3 *db, void *ud), void *ud);
+/* The read-model file's path (for a module that keeps read-only connections
+ * of its own, e.g. one per HTTP thread). */
+const char *projector_path(projector *p);
 
 #endif

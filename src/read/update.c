@@ -1,22 +1,102 @@
 /* update.c - the device's update answer from the rollouts read model: which
  * rollout decides for the device, whether it offers an install or a
  * rollback, the signed manifest, and the offer numbers (see update.h).
- * Read-only: it never changes the read model. */
+ * Read-only: it never changes the read model.
+ *
+ * Device polls are the read side's hottest path, so each HTTP thread keeps a
+ * read-only connection of its own to the read-model file (WAL: readers never
+ * wait on the projector or on each other) with its statements prepared once;
+ * it is closed when the thread ends. */
 #include "update.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../core/buf.h"
 #include "../core/codec.h"
 #include "../core/membership.h"
 #include "readmodel.h"
 
+/*** statements ***/
+
+enum {
+    Q_DEVICE, /* hardware, the rollout deciding for it, what it runs */
+    Q_ROLLOUT,
+    Q_REPORT,
+    Q_MANIFEST,
+    Q_FW_SV,
+    Q_CHECKPOINT,
+    NQ
+};
+
+static const char *const sql[NQ] = {
+    [Q_DEVICE] = "SELECT d.hardware, coalesce(g.rollout_id, h.rollout_id), f.current, "
+                 "coalesce(f.max_sv, -1) FROM devices d LEFT JOIN ro_active g ON d.grp IS NOT "
+                 "NULL AND g.class = d.hardware || '/' || d.grp LEFT JOIN ro_active h ON h.class "
+                 "= d.hardware LEFT JOIN ro_devfw f ON f.device_id = d.device_id WHERE "
+                 "d.device_id = ?",
+    [Q_ROLLOUT] = "SELECT firmware_id, stages, stage, state, install_epoch, "
+                  "coalesce(rollback_epoch, 0), supersedes, superseded_from FROM ro_rollouts "
+                  "WHERE rollout_id = ?",
+    [Q_REPORT] = "SELECT status, prev FROM ro_reports WHERE rollout_id = ? AND device_id = ?",
+    [Q_MANIFEST] = "SELECT manifest, signature, key_id, coalesce(format, 'raw') FROM ro_firmware "
+                   "WHERE firmware_id = ?",
+    [Q_FW_SV] = "SELECT security_version FROM ro_firmware WHERE firmware_id = ?",
+    [Q_CHECKPOINT] = "SELECT position FROM checkpoint WHERE id = 1",
+};
+
+/* A connection and, when cached, its prepared statements. */
+struct uctx {
+    sqlite3 *db;
+    sqlite3_stmt *st[NQ];
+    int cached;
+};
+
+/* The statement q with text parameters bound (b may be NULL), or NULL. */
+static sqlite3_stmt *stmt(struct uctx *c, int q, const char *a, const char *b)
+{
+    sqlite3_stmt *s = c->st[q];
+    if (s == NULL &&
+        sqlite3_prepare_v3(c->db, sql[q], -1, c->cached ? SQLITE_PREPARE_PERSISTENT : 0, &s,
+                           NULL) != SQLITE_OK)
+        return NULL;
+    if (c->cached)
+        c->st[q] = s;
+    if (a)
+        sqlite3_bind_text(s, 1, a, -1, SQLITE_STATIC);
+    if (b)
+        sqlite3_bind_text(s, 2, b, -1, SQLITE_STATIC);
+    return s;
+}
+
+static void stmt_done(struct uctx *c, sqlite3_stmt *s)
+{
+    if (s == NULL)
+        return;
+    if (c->cached) {
+        sqlite3_reset(s);
+        sqlite3_clear_bindings(s);
+    } else {
+        sqlite3_finalize(s);
+    }
+}
+
+static void ctx_close(struct uctx *c)
+{
+    for (int i = 0; i < NQ; i++)
+        sqlite3_finalize(c->st[i]);
+    sqlite3_close(c->db);
+    free(c);
+}
+
+/*** the answer ***/
+
 struct rollout_row {
-    char id[72], fw[80], state[16], superseded_from[16];
+    char id[72], fw[80], state[16], superseded_from[16], supersedes[72];
     int percent;
     int64_t install_epoch, rollback_epoch;
-    char supersedes[72];
 };
 
 static void copy_col(char *dst, size_t n, sqlite3_stmt *s, int col)
@@ -26,79 +106,53 @@ static void copy_col(char *dst, size_t n, sqlite3_stmt *s, int col)
 }
 
 /* SG_OK, SG_ENOTFOUND, SG_ESTORE. */
-static sg_err load_rollout(sqlite3 *db, const char *rid, struct rollout_row *r)
+static sg_err load_rollout(struct uctx *c, const char *rid, struct rollout_row *r)
 {
-    sqlite3_stmt *s;
-    if (sqlite3_prepare_v2(db,
-                           "SELECT firmware_id, stages, stage, state, install_epoch, "
-                           "rollback_epoch, supersedes, superseded_from FROM ro_rollouts WHERE "
-                           "rollout_id = ?",
-                           -1, &s, NULL) != SQLITE_OK)
+    sqlite3_stmt *s = stmt(c, Q_ROLLOUT, rid, NULL);
+    if (s == NULL)
         return SG_ESTORE;
-    sqlite3_bind_text(s, 1, rid, -1, SQLITE_STATIC);
     int rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) {
         memset(r, 0, sizeof(*r));
         snprintf(r->id, sizeof(r->id), "%s", rid);
         copy_col(r->fw, sizeof(r->fw), s, 0);
-        json_t *a = json_loads((const char *)sqlite3_column_text(s, 1), 0, NULL);
-        r->percent = (int)json_integer_value(json_array_get(a, (size_t)sqlite3_column_int(s, 2)));
-        json_decref(a);
+        /* stages is canonical JSON of integers: "[5,25,100]" */
+        const char *p = (const char *)sqlite3_column_text(s, 1);
+        int want = sqlite3_column_int(s, 2);
+        for (int i = 0; p && *p; i++) {
+            p++; /* '[' or ',' */
+            int v = (int)strtol(p, (char **)&p, 10);
+            if (i == want) {
+                r->percent = v;
+                break;
+            }
+            if (*p != ',')
+                break;
+        }
         copy_col(r->state, sizeof(r->state), s, 3);
         r->install_epoch = sqlite3_column_int64(s, 4);
         r->rollback_epoch = sqlite3_column_int64(s, 5);
         copy_col(r->supersedes, sizeof(r->supersedes), s, 6);
         copy_col(r->superseded_from, sizeof(r->superseded_from), s, 7);
     }
-    sqlite3_finalize(s);
+    stmt_done(c, s);
     return rc == SQLITE_ROW ? SG_OK : rc == SQLITE_DONE ? SG_ENOTFOUND : SG_ESTORE;
 }
 
-/* The text of the first column of a one-row query with text parameters
- * (a, b may be NULL to bind fewer), into dst; 0 if no row. */
-static int lookup(sqlite3 *db, const char *sql, const char *a, const char *b, char *dst, size_t n,
-                  int64_t *num)
-{
-    sqlite3_stmt *s;
-    int found = 0;
-    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK)
-        return -1;
-    if (a)
-        sqlite3_bind_text(s, 1, a, -1, SQLITE_STATIC);
-    if (b)
-        sqlite3_bind_text(s, 2, b, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW) {
-        found = 1;
-        if (dst)
-            copy_col(dst, n, s, 0);
-        if (num)
-            *num = sqlite3_column_type(s, 1) == SQLITE_NULL ? -1 : sqlite3_column_int64(s, 1);
-    } else if (rc != SQLITE_DONE) {
-        found = -1;
-    }
-    sqlite3_finalize(s);
-    return found;
-}
-
 /* The device's last report for a rollout: status ("" if none) and prev. */
-static int report_of(sqlite3 *db, const char *rid, const char *dev, char status[16], char prev[80])
+static int report_of(struct uctx *c, const char *rid, const char *dev, char status[16],
+                     char prev[80])
 {
-    sqlite3_stmt *s;
+    sqlite3_stmt *s = stmt(c, Q_REPORT, rid, dev);
     status[0] = prev[0] = '\0';
-    if (sqlite3_prepare_v2(db,
-                           "SELECT status, prev FROM ro_reports WHERE rollout_id = ? AND "
-                           "device_id = ?",
-                           -1, &s, NULL) != SQLITE_OK)
+    if (s == NULL)
         return -1;
-    sqlite3_bind_text(s, 1, rid, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 2, dev, -1, SQLITE_STATIC);
     int rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) {
         copy_col(status, 16, s, 0);
         copy_col(prev, 80, s, 1);
     }
-    sqlite3_finalize(s);
+    stmt_done(c, s);
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : -1;
 }
 
@@ -108,16 +162,12 @@ static char *dup_col(sqlite3_stmt *s, int col)
     return strdup(t ? (const char *)t : "");
 }
 
-/* The signed manifest of firmware_id into a. 0 found, 1 not, -1 error. */
-static int load_manifest(sqlite3 *db, const char *fw, struct update_answer *a)
+/* The signed manifest of fw into a. 0 found, 1 not, -1 error. */
+static int load_manifest(struct uctx *c, const char *fw, struct update_answer *a)
 {
-    sqlite3_stmt *s;
-    if (sqlite3_prepare_v2(db,
-                           "SELECT manifest, signature, key_id, coalesce(format, 'raw') FROM "
-                           "ro_firmware WHERE firmware_id = ?",
-                           -1, &s, NULL) != SQLITE_OK)
+    sqlite3_stmt *s = stmt(c, Q_MANIFEST, fw, NULL);
+    if (s == NULL)
         return -1;
-    sqlite3_bind_text(s, 1, fw, -1, SQLITE_STATIC);
     int rc = sqlite3_step(s), r = rc == SQLITE_DONE ? 1 : -1;
     if (rc == SQLITE_ROW) {
         a->manifest = dup_col(s, 0);
@@ -126,19 +176,35 @@ static int load_manifest(sqlite3 *db, const char *fw, struct update_answer *a)
         a->format = dup_col(s, 3);
         r = a->manifest && a->signature && a->key_id && a->format ? 0 : -1;
     }
-    sqlite3_finalize(s);
+    stmt_done(c, s);
     return r;
+}
+
+/* Security version of an image the read model knows, -1 if unknown, -2 on
+ * error. */
+static int64_t firmware_sv(struct uctx *c, const char *fw)
+{
+    sqlite3_stmt *s = stmt(c, Q_FW_SV, fw, NULL);
+    if (s == NULL)
+        return -2;
+    int rc = sqlite3_step(s);
+    int64_t sv = rc == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL
+                     ? sqlite3_column_int64(s, 0)
+                 : rc == SQLITE_ROW || rc == SQLITE_DONE ? -1
+                                                         : -2;
+    stmt_done(c, s);
+    return sv;
 }
 
 /* The install offer of ro that dev would stand under, if it is a member
  * that has neither reported on it nor runs its image. */
-static int32_t open_install_offer(sqlite3 *db, const struct rollout_row *ro, const char *dev,
+static int32_t open_install_offer(struct uctx *c, const struct rollout_row *ro, const char *dev,
                                   const char *current, int *err)
 {
     char status[16], prev[80];
     if (!membership_in(ro->id, dev, ro->percent) || strcmp(current, ro->fw) == 0)
         return 0;
-    if (report_of(db, ro->id, dev, status, prev) != 0) {
+    if (report_of(c, ro->id, dev, status, prev) != 0) {
         *err = 1;
         return 0;
     }
@@ -147,82 +213,80 @@ static int32_t open_install_offer(sqlite3 *db, const struct rollout_row *ro, con
     return membership_offer(ro->id, dev, "install", ro->fw, (uint64_t)ro->install_epoch);
 }
 
-sg_err update_for_device_db(sqlite3 *db, const char *dev, struct update_answer *out)
+static sg_err answer(struct uctx *c, const char *dev, struct update_answer *out)
 {
-    char hw[80], grp[80] = "", cls[170], rid[72] = "", current[80] = "", status[16], prev[80];
-    int64_t max_sv = -1, grp_flag = -1;
+    char rid[72], current[80], status[16], prev[80];
+    int64_t max_sv;
     struct rollout_row ro;
     int err = 0;
     memset(out, 0, sizeof(*out));
-    char hash[65];
-    if (readmodel_checkpoint(db, &out->position, hash) != SG_OK)
+
+    sqlite3_stmt *s = stmt(c, Q_CHECKPOINT, NULL, NULL);
+    int rc = s ? sqlite3_step(s) : SQLITE_ERROR;
+    out->position = rc == SQLITE_ROW ? (uint64_t)sqlite3_column_int64(s, 0) : 0;
+    stmt_done(c, s);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
         return SG_ESTORE;
-    int f = lookup(db, "SELECT hardware, grp IS NOT NULL, grp FROM devices WHERE device_id = ?",
-                   dev, NULL, hw, sizeof(hw), &grp_flag);
-    if (f <= 0)
-        return f < 0 ? SG_ESTORE : SG_ENOTFOUND;
-    if (grp_flag == 1 && lookup(db, "SELECT grp FROM devices WHERE device_id = ?", dev, NULL, grp,
-                                sizeof(grp), NULL) < 0)
+
+    if ((s = stmt(c, Q_DEVICE, dev, NULL)) == NULL)
         return SG_ESTORE;
-    f = 0;
-    if (grp[0]) {
-        snprintf(cls, sizeof(cls), "%s/%s", hw, grp);
-        f = lookup(db, "SELECT rollout_id FROM ro_active WHERE class = ?", cls, NULL, rid,
-                   sizeof(rid), NULL);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        copy_col(rid, sizeof(rid), s, 1);
+        copy_col(current, sizeof(current), s, 2);
+        max_sv = sqlite3_column_int64(s, 3);
     }
-    if (f == 0)
-        f = lookup(db, "SELECT rollout_id FROM ro_active WHERE class = ?", hw, NULL, rid,
-                   sizeof(rid), NULL);
-    if (f < 0)
-        return SG_ESTORE;
-    if (f == 0)
-        return SG_OK;
-    if (load_rollout(db, rid, &ro) != SG_OK)
+    stmt_done(c, s);
+    if (rc != SQLITE_ROW)
+        return rc == SQLITE_DONE ? SG_ENOTFOUND : SG_ESTORE;
+    if (rid[0] == '\0')
+        return SG_OK; /* no rollout for its class */
+    if (load_rollout(c, rid, &ro) != SG_OK)
         return SG_ESTORE;
     snprintf(out->rollout_id, sizeof(out->rollout_id), "%s", rid);
-    if (lookup(db, "SELECT current, max_sv FROM ro_devfw WHERE device_id = ?", dev, NULL, current,
-               sizeof(current), &max_sv) < 0)
-        return SG_ESTORE;
 
     const char *target = NULL;
     if (strcmp(ro.state, "active") == 0) {
-        if ((out->offer = open_install_offer(db, &ro, dev, current, &err)) != 0) {
+        if ((out->offer = open_install_offer(c, &ro, dev, current, &err)) != 0) {
             out->action = UPDATE_INSTALL;
             target = ro.fw;
         }
     } else if (strcmp(ro.state, "paused") == 0 || strcmp(ro.state, "halted") == 0) {
-        out->withdrawn = open_install_offer(db, &ro, dev, current, &err);
+        out->withdrawn = open_install_offer(c, &ro, dev, current, &err);
     } else if (strcmp(ro.state, "rolled_back") == 0) {
-        out->withdrawn = open_install_offer(db, &ro, dev, current, &err);
-        if (report_of(db, rid, dev, status, prev) != 0)
+        out->withdrawn = open_install_offer(c, &ro, dev, current, &err);
+        if (report_of(c, rid, dev, status, prev) != 0)
             return SG_ESTORE;
-        int64_t sv = -1;
-        if (strcmp(status, "installed") == 0 && prev[0] && strcmp(current, prev) != 0 &&
-            lookup(db,
-                   "SELECT firmware_id, security_version FROM ro_firmware WHERE firmware_id "
-                   "= ?",
-                   prev, NULL, NULL, 0, &sv) > 0 &&
-            sv >= 0 && sv >= max_sv) {
-            out->action = UPDATE_ROLLBACK;
-            target = prev;
-            out->offer = membership_offer(rid, dev, "rollback", prev, (uint64_t)ro.rollback_epoch);
+        /* Back to the image it ran before, unless it runs it already, or it
+         * is unknown here, or below the highest security_version the
+         * device has reported installed (then it is blocked: 204). */
+        if (strcmp(status, "installed") == 0 && prev[0] && strcmp(current, prev) != 0) {
+            int64_t sv = firmware_sv(c, prev);
+            if (sv == -2)
+                return SG_ESTORE;
+            if (sv >= 0 && sv >= max_sv) {
+                out->action = UPDATE_ROLLBACK;
+                target = prev;
+                out->offer =
+                    membership_offer(rid, dev, "rollback", prev, (uint64_t)ro.rollback_epoch);
+            }
         }
     }
     if (out->withdrawn)
         snprintf(out->withdrawn_rollout, sizeof(out->withdrawn_rollout), "%s", rid);
     /* The rollout this one superseded may have made the device an offer. */
     struct rollout_row old;
-    if (!out->withdrawn && ro.supersedes[0] && load_rollout(db, ro.supersedes, &old) == SG_OK &&
+    if (!out->withdrawn && ro.supersedes[0] && load_rollout(c, ro.supersedes, &old) == SG_OK &&
         (strcmp(old.superseded_from, "active") == 0 || strcmp(old.superseded_from, "paused") == 0 ||
          strcmp(old.superseded_from, "halted") == 0)) {
-        out->withdrawn = open_install_offer(db, &old, dev, current, &err);
+        out->withdrawn = open_install_offer(c, &old, dev, current, &err);
         if (out->withdrawn)
             snprintf(out->withdrawn_rollout, sizeof(out->withdrawn_rollout), "%s", old.id);
     }
     if (err)
         return SG_ESTORE;
     if (target) {
-        int m = load_manifest(db, target, out);
+        int m = load_manifest(c, target, out);
         if (m < 0) {
             update_answer_free(out);
             return SG_ESTORE;
@@ -235,6 +299,51 @@ sg_err update_for_device_db(sqlite3 *db, const char *dev, struct update_answer *
         }
     }
     return SG_OK;
+}
+
+sg_err update_for_device_db(sqlite3 *db, const char *device_id, struct update_answer *out)
+{
+    struct uctx c = {.db = db};
+    return answer(&c, device_id, out);
+}
+
+/*** the per-thread connection ***/
+
+static pthread_key_t tls_key;
+static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
+static int tls_ok;
+
+static void tls_free(void *p)
+{
+    ctx_close(p);
+}
+
+static void tls_init(void)
+{
+    tls_ok = pthread_key_create(&tls_key, tls_free) == 0;
+}
+
+/* This thread's connection to path, opened on first use; NULL if it cannot
+ * be opened (then the caller goes through projector_read). */
+static struct uctx *thread_ctx(const char *path)
+{
+    pthread_once(&tls_once, tls_init);
+    if (!tls_ok)
+        return NULL;
+    struct uctx *c = pthread_getspecific(tls_key);
+    if (c)
+        return c;
+    if ((c = calloc(1, sizeof(*c))) == NULL)
+        return NULL;
+    c->cached = 1;
+    if (sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
+            SQLITE_OK ||
+        pthread_setspecific(tls_key, c) != 0) {
+        ctx_close(c);
+        return NULL;
+    }
+    sqlite3_busy_timeout(c->db, 10000);
+    return c;
 }
 
 struct call {
@@ -250,9 +359,18 @@ static sg_err call_db(sqlite3 *db, void *ud)
 
 sg_err update_for_device(projector *p, const char *device_id, struct update_answer *out)
 {
-    struct call c = {device_id, out};
     memset(out, 0, sizeof(*out));
-    return projector_read(p, call_db, &c);
+    struct uctx *c = thread_ctx(projector_path(p));
+    if (c == NULL) {
+        struct call k = {device_id, out};
+        return projector_read(p, call_db, &k);
+    }
+    /* One read transaction: the answer and its position are from one point. */
+    if (sqlite3_exec(c->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+        return SG_ESTORE;
+    sg_err e = answer(c, device_id, out);
+    sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL);
+    return e;
 }
 
 void update_answer_free(struct update_answer *a)
@@ -284,4 +402,33 @@ json_t *update_answer_json(const struct update_answer *a)
     json_decref(m);
     free(b64);
     return o;
+}
+
+char *update_answer_body(const struct update_answer *a, size_t *len)
+{
+    if (a->action == UPDATE_NONE || a->manifest == NULL)
+        return NULL;
+    /* Every field but the manifest is an id, hex or base64: nothing to
+     * escape; the manifest is canonical JSON already. Keys in JCS order. */
+    size_t n = strlen(a->manifest);
+    char *b64 = malloc(sg_b64_encoded_len(n));
+    if (b64 == NULL)
+        return NULL;
+    sg_b64_encode((const uint8_t *)a->manifest, n, b64);
+    buf b = {0};
+    buf_printf(&b,
+               "{\"action\":\"%s\",\"firmware_id\":\"%s\",\"format\":\"%s\",\"image_url\":"
+               "\"/v1/firmware/%s/image\",\"key_id\":\"%s\",\"manifest\":",
+               a->action == UPDATE_INSTALL ? "install" : "rollback", a->firmware_id, a->format,
+               a->firmware_id, a->key_id);
+    buf_append(&b, a->manifest, n);
+    buf_printf(&b,
+               ",\"offer\":%d,\"rollout_id\":\"%s\",\"signature\":\"%s\",\"signed_b64\":\"%s\"}",
+               (int)a->offer, a->rollout_id, a->signature, b64);
+    free(b64);
+    if (b.oom) {
+        buf_free(&b);
+        return NULL;
+    }
+    return buf_steal(&b, len);
 }

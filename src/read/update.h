@@ -4,7 +4,9 @@
 #ifndef SG_UPDATE_H
 #define SG_UPDATE_H
 
+#include <jansson.h>
 #include <sqlite3.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "../core/sg.h"
@@ -33,8 +35,8 @@ struct update_answer {
 };
 
 /* The update answer for device_id, inside one read transaction of p's read
- * model. SG_OK (out filled; free it with update_answer_free), SG_ENOTFOUND
- * (no such device), SG_ESTORE, SG_ENOMEM. */
+ * model (on this thread's own read-only connection to it). SG_OK (out filled; free it with
+ * update_answer_free), SG_ENOTFOUND (no such device), SG_ESTORE, SG_ENOMEM. */
 sg_err update_for_device(projector *p, const char *device_id, struct update_answer *out);
 /* The same on an open read-model connection (the caller's transaction). */
 sg_err update_for_device_db(sqlite3 *db, const char *device_id, struct update_answer *out);
@@ -44,5 +46,8 @@ void update_answer_free(struct update_answer *a);
  * "offer","manifest","signature","key_id","signed_b64","image_url"} (new
  * reference), or NULL when out of memory or action is none. */
 json_t *update_answer_json(const struct update_answer *a);
+/* The same body as canonical JSON text (malloc'd, *len its length), built
+ * without a JSON tree (the hot path of device polls); NULL as above. */
+char *update_answer_body(const struct update_answer *a, size_t *len);
 
 #endif

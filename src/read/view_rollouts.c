@@ -375,21 +375,37 @@ static json_t *rollout_json(sqlite3 *db, sqlite3_stmt *r)
     return o;
 }
 
-static sg_err rollouts_state(sqlite3 *db, json_t **out)
+/* Rollouts started after position `after`, in start order, at most limit:
+ * {"after","count" (all rollouts),"rollouts":[...],"next_after"? (when more
+ * follow)}. A page is bounded by its rollouts, never by the fleet. */
+static sg_err rollouts_page(sqlite3 *db, uint64_t after, unsigned limit, json_t **out)
 {
-    sqlite3_stmt *s = prep(db,
-                           "SELECT rollout_id, firmware_id, hardware, grp, stages, stage, state, "
-                           "threshold_ppm, min_reports, started_position, supersedes, "
-                           "superseded_by FROM ro_rollouts ORDER BY started_position",
-                           "");
+    sqlite3_int64 count = 0, last = 0;
+    int rc = SQLITE_ERROR, more = 0;
+    unsigned n = 0;
+    if (limit == 0 || limit > SNAPSHOT_PAGE_MAX)
+        limit = SNAPSHOT_PAGE_MAX;
+    sqlite3_stmt *s = prep(db, "SELECT count(*) FROM ro_rollouts", "");
+    if (s && sqlite3_step(s) == SQLITE_ROW)
+        count = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    s = prep(db,
+             "SELECT rollout_id, firmware_id, hardware, grp, stages, stage, state, threshold_ppm, "
+             "min_reports, started_position, supersedes, superseded_by FROM ro_rollouts WHERE "
+             "started_position > ? ORDER BY started_position LIMIT ?",
+             "ii", (sqlite3_int64)after, (sqlite3_int64)limit + 1);
     json_t *list = json_array();
     if (s == NULL || list == NULL) {
         sqlite3_finalize(s);
         json_decref(list);
         return SG_ESTORE;
     }
-    int rc;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if (++n > limit) {
+            more = 1;
+            continue;
+        }
+        last = sqlite3_column_int64(s, 9);
         json_t *o = rollout_json(db, s);
         if (o == NULL || json_array_append_new(list, o)) {
             rc = SQLITE_NOMEM;
@@ -401,8 +417,17 @@ static sg_err rollouts_state(sqlite3 *db, json_t **out)
         json_decref(list);
         return SG_ESTORE;
     }
-    *out = json_pack("{s:I, s:o}", "count", (json_int_t)json_array_size(list), "rollouts", list);
+    *out = json_pack("{s:I, s:I, s:o}", "after", (json_int_t)after, "count", (json_int_t)count,
+                     "rollouts", list);
+    if (*out && more)
+        json_object_set_new(*out, "next_after", json_integer((json_int_t)last));
     return *out ? SG_OK : SG_ENOMEM;
+}
+
+/* The snapshot's state: the first page; the others through page. */
+static sg_err rollouts_state(sqlite3 *db, json_t **out)
+{
+    return rollouts_page(db, 0, SNAPSHOT_PAGE_MAX, out);
 }
 
 const struct projection rollouts_projection = {
@@ -429,5 +454,5 @@ const struct projection rollouts_projection = {
     "CREATE INDEX IF NOT EXISTS devices_by_hardware ON devices(hardware);",
     rollouts_apply,
     rollouts_state,
-    NULL, /* not paged */
+    rollouts_page,
 };

@@ -33,13 +33,6 @@
 #define MAX_STAGES 20
 #define MAX_DETAIL 512
 
-/* Until the firmware aggregate (firmware.c) is linked in, a stand-in with
- * the same contract: FW's strong definition replaces it. */
-__attribute__((weak)) const char *firmware_get(wstate *s, const char *firmware_id)
-{
-    return wstate_get(s, "firmware", firmware_id);
-}
-
 /*** state helpers ***/
 
 /* The value of ns/key parsed (new reference), or NULL. */

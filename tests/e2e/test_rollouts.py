@@ -117,13 +117,22 @@ class Rollouts(E2ETestCase):
         return r.body.get("position") if expect == 202 else r
 
     def snapshot_rollout(self, rid, pos):
-        r = request("GET", self.rp, "/v1/snapshots/rollouts?min_position=%d&wait_ms=5000" % pos,
-                    token=self.audit)
-        self.assertStatus(r, 200)
-        verify_snapshot(r.body, self.keys)
-        mine = [x for x in r.body["state"]["rollouts"] if x["rollout_id"] == rid]
-        self.assertEqual(len(mine), 1, r.body)
-        return mine[0]
+        """The rollout's summary in the paged rollouts snapshot (each page
+        signed on its own)."""
+        after, found = 0, []
+        while True:
+            q = "min_position=%d&wait_ms=5000&after=%d&limit=2" % (pos, after)
+            r = request("GET", self.rp, "/v1/snapshots/rollouts?" + q, token=self.audit)
+            self.assertStatus(r, 200)
+            verify_snapshot(r.body, self.keys)
+            st = r.body["state"]
+            self.assertLessEqual(len(st["rollouts"]), 2)
+            found += [x for x in st["rollouts"] if x["rollout_id"] == rid]
+            if "next_after" not in st:
+                break
+            after = st["next_after"]
+        self.assertEqual(len(found), 1)
+        return found[0]
 
     def events_of(self, after, types=None):
         events, _ = fetch_all_events(self.rp, self.audit)
@@ -248,14 +257,22 @@ class Rollouts(E2ETestCase):
         devs = ["b1-%d" % i for i in range(4)]
         pos = self.register_all(devs, "hw-b1")
         old, new = self.upload("hw-b1", 1), self.upload("hw-b1", 1)
-        # b1-0..2 run the old image; b1-3 never said what it ran.
+        # b1-0..2 run the old image; b1-3 never said what it ran. Reports
+        # outside any rollout are recorded, attributed to none.
         for d in devs[:3]:
-            self.report(d, old, "installed")
+            p = self.report(d, old, "installed")
+            ev = self.events_of(p - 1, {"DeviceReported"})[0]
+            self.assertEqual(ev["data"], {"device_id": d, "firmware_id": old,
+                                          "status": "installed", "security_version": 1})
         rid, pos = self.start(new, "hw-b1", [100])
         for d in (devs[0], devs[1], devs[3]):
             self.assertEqual(self.update(d, pos).status, 200)
             pos = self.report(d, new, "installed")
-        pos = self.report(devs[2], new, "failed")
+        pos = self.report(devs[2], new, "failed", detail="no space left")
+        ev = self.events_of(pos - 1, {"DeviceReported"})[0]
+        self.assertEqual(ev["data"], {"device_id": devs[2], "firmware_id": new, "status": "failed",
+                                      "detail": "no space left", "rollout_id": rid,
+                                      "security_version": 1})
         r = self.switch(rid, "rollback")
         self.assertEqual(r.body["state"], "rolled_back")
         pos = r.body["position"]
@@ -270,8 +287,10 @@ class Rollouts(E2ETestCase):
         # b1-2 never installed the new one, b1-3 has nothing to go back to.
         self.assertEqual(self.update(devs[2], pos).status, 204)
         self.assertEqual(self.update(devs[3], pos).status, 204)
-        # Once back, nothing to do.
+        # Once back, nothing to do; the report is the rollback's, not counted.
         pos = self.report(devs[0], old, "installed")
+        ev = self.events_of(pos - 1, {"DeviceReported"})[0]
+        self.assertEqual((ev["data"].get("rollout_id"), ev["data"].get("rollback")), (rid, True))
         self.assertEqual(self.update(devs[0], pos).status, 204)
         snap = self.snapshot_rollout(rid, pos)
         self.assertEqual(snap["state"], "rolled_back")

@@ -14,7 +14,11 @@
 
 #include <cmocka.h>
 
+#include "core/membership.h"
+#include "read/readmodel.h"
+#include "read/update.h"
 #include "write/wreq.h"
+#include <unistd.h>
 
 #define FW1 "sha256:1111111111111111111111111111111111111111111111111111111111111111"
 #define FW2 "sha256:2222222222222222222222222222222222222222222222222222222222222222"
@@ -249,13 +253,132 @@ static void test_apply(void **state)
     wstate_free(s);
 }
 
+/*** the read side: the update answer from the rollouts read model ***/
+
+static sqlite3 *rm;
+static json_int_t rm_pos;
+
+static void project(const char *type, json_t *data)
+{
+    json_t *ev = json_pack("{s:s, s:I, s:o}", "type", type, "position", ++rm_pos, "data", data);
+    assert_int_equal(readmodel_apply(rm, ev), SG_OK);
+    json_decref(ev);
+}
+
+static void upload(const char *fw, int sv)
+{
+    project("FirmwareUploaded",
+            json_pack("{s:s, s:{s:s, s:s, s:s, s:i, s:i, s:s, s:s, s:s}, s:s, s:s, s:s}",
+                      "firmware_id", fw, "manifest", "name", "n", "version", fw + 60, "hardware",
+                      "hw-a", "security_version", sv, "size", 10, "sha256", fw + 7, "created",
+                      "2026-11-27T19:00:00.000Z", "uploader", "ci", "signature", "c2ln", "key_id",
+                      "ab", "format", "raw"));
+}
+
+static void ask(const char *dev, struct update_answer *a)
+{
+    update_answer_free(a);
+    assert_int_equal(update_for_device_db(rm, dev, a), SG_OK);
+    assert_int_equal(a->position, 0); /* no checkpoint in this file */
+}
+
+static void test_update_answer(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/signet-ro-XXXXXX", file[64], why[256];
+    assert_non_null(mkdtemp(path));
+    snprintf(file, sizeof(file), "%s/read.db", path);
+    assert_int_equal(readmodel_open(file, &rm, why, sizeof(why)), SG_OK);
+    project("DeviceRegistered", json_pack("{s:s, s:s}", "device_id", "d1", "hardware", "hw-a"));
+    project("DeviceRegistered",
+            json_pack("{s:s, s:s, s:s}", "device_id", "d2", "hardware", "hw-a", "group", "lab"));
+    upload(FW1, 1);
+    upload(FW2, 1);
+    struct update_answer a = {0};
+    ask("d1", &a);
+    assert_int_equal(a.action, UPDATE_NONE);
+    assert_int_equal(update_for_device_db(rm, "nobody", &a), SG_ENOTFOUND);
+
+    /* r1 at 100 %: an install offer named by (r1, d1, install, FW1, its start). */
+    project("RolloutStarted",
+            json_pack("{s:s, s:s, s:s, s:[i], s:i, s:i, s:i}", "rollout_id", "r1", "firmware_id",
+                      FW1, "hardware", "hw-a", "stages", 100, "failure_threshold_ppm", 0,
+                      "min_reports", 1, "security_version", 1));
+    json_int_t started = rm_pos;
+    ask("d1", &a);
+    assert_int_equal(a.action, UPDATE_INSTALL);
+    assert_string_equal(a.firmware_id, FW1);
+    assert_string_equal(a.rollout_id, "r1");
+    int32_t first = a.offer;
+    assert_int_equal(first, membership_offer("r1", "d1", "install", FW1, (uint64_t)started));
+    assert_int_equal(a.withdrawn, 0);
+    /* The body: the exact manifest bytes in signed_b64, parseable, JCS order. */
+    size_t len;
+    char *body = update_answer_body(&a, &len);
+    json_t *doc = json_loadb(body, len, 0, NULL), *tree = update_answer_json(&a);
+    assert_non_null(doc);
+    assert_true(json_equal(doc, tree));
+    assert_int_equal(json_integer_value(json_object_get(doc, "offer")), first);
+    free(body);
+    json_decref(doc);
+    json_decref(tree);
+
+    /* Paused: nothing offered, the offer withdrawn. */
+    project("RolloutPaused", json_pack("{s:s}", "rollout_id", "r1"));
+    ask("d1", &a);
+    assert_int_equal(a.action, UPDATE_NONE);
+    assert_int_equal(a.withdrawn, first);
+    assert_string_equal(a.withdrawn_rollout, "r1");
+    /* Resumed: a new offer number. */
+    project("RolloutResumed", json_pack("{s:s}", "rollout_id", "r1"));
+    ask("d1", &a);
+    assert_int_equal(a.action, UPDATE_INSTALL);
+    int32_t resumed = a.offer;
+    assert_int_not_equal(resumed, first);
+    assert_int_equal(resumed, membership_offer("r1", "d1", "install", FW1, (uint64_t)rm_pos));
+
+    /* Superseded by r2: r2 offers FW2, and r1's offer is withdrawn. */
+    project("RolloutSuperseded", json_pack("{s:s, s:s}", "rollout_id", "r1", "by", "r2"));
+    project("RolloutStarted", json_pack("{s:s, s:s, s:s, s:[i], s:i, s:i, s:i, s:s}", "rollout_id",
+                                        "r2", "firmware_id", FW2, "hardware", "hw-a", "stages", 100,
+                                        "failure_threshold_ppm", 0, "min_reports", 1,
+                                        "security_version", 1, "supersedes", "r1"));
+    ask("d1", &a);
+    assert_int_equal(a.action, UPDATE_INSTALL);
+    assert_string_equal(a.rollout_id, "r2");
+    assert_string_equal(a.firmware_id, FW2);
+    assert_int_equal(a.withdrawn, resumed);
+    assert_string_equal(a.withdrawn_rollout, "r1");
+
+    /* A failed report closes the offer. */
+    project("DeviceReported", json_pack("{s:s, s:s, s:s, s:s}", "device_id", "d1", "firmware_id",
+                                        FW2, "status", "failed", "rollout_id", "r2"));
+    ask("d1", &a);
+    assert_int_equal(a.action, UPDATE_NONE);
+    assert_int_equal(a.withdrawn, resumed); /* r1's offer stays withdrawn */
+
+    /* A group's own rollout decides for the group. */
+    project("RolloutStarted",
+            json_pack("{s:s, s:s, s:s, s:s, s:[i], s:i, s:i, s:i}", "rollout_id", "r3",
+                      "firmware_id", FW1, "hardware", "hw-a", "group", "lab", "stages", 100,
+                      "failure_threshold_ppm", 0, "min_reports", 1, "security_version", 1));
+    ask("d2", &a);
+    assert_string_equal(a.rollout_id, "r3");
+    ask("d1", &a);
+    assert_string_equal(a.rollout_id, "r2");
+    update_answer_free(&a);
+    sqlite3_close(rm);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", path);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_start_validate),
-        cmocka_unit_test(test_switch_and_report_validate),
-        cmocka_unit_test(test_halt_rule),
-        cmocka_unit_test(test_apply),
+        cmocka_unit_test(test_start_validate), cmocka_unit_test(test_switch_and_report_validate),
+        cmocka_unit_test(test_halt_rule),      cmocka_unit_test(test_apply),
+        cmocka_unit_test(test_update_answer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
