@@ -15,9 +15,12 @@
  *     it reconnects (re-enumerate, log in, find the keys and check their ids
  *     have not changed) under the write lock, which it waits for with a
  *     deadline too.
- * Public keys and key ids are fixed at open. `signet init` uses raw PKCS#11
- * because libp11 cannot create EC keys or set their attributes. The PIN is
- * kept only for reconnecting and cleansed on close. */
+ * Public keys, key ids and the keys' certificate chains are fixed at open
+ * (only the CLI replaces a chain, signer_store_chain). `signet init` uses raw
+ * PKCS#11 because libp11 cannot create EC keys or set their attributes, and
+ * certificate objects are written raw too (libp11 0.4.12 cannot remove one
+ * once its sessions changed). The PIN is kept only for reconnecting and
+ * cleansed on close. */
 #include "signer.h"
 
 #include <dlfcn.h>

@@ -4,6 +4,7 @@
  * write request), and the read side's GET/HEAD /v1/firmware/{id} and
  * /v1/firmware/{id}/image. Business rules are in src/write/firmware.c; the
  * blob store in src/write/blobs.c and src/read/blobs.c. */
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +34,9 @@ struct upload {
     json_t *query; /* {"name","version","hardware","security_version","format"} */
     char *idem;
     char request_sha256[65];
+    /* A format that rewrites the body (swu) stores other bytes than were
+     * sent: Idempotency-Key then compares the SHA-256 of the body as sent. */
+    EVP_MD_CTX *sent_md;
     /* set by the worker and the write request's done, read once resumed */
     sg_err err;
     char why[256];
@@ -60,6 +64,7 @@ static void upload_free(void *v)
     upload_discard(u);
     json_decref(u->query);
     free(u->idem);
+    EVP_MD_CTX_free(u->sent_md);
     free(u);
 }
 
@@ -140,7 +145,10 @@ static void upload_open(struct req *r)
     if (u == NULL || (idem && (u->idem = strdup(idem)) == NULL) ||
         (u->query =
              json_pack("{s:s, s:s, s:s, s:I, s:s}", "name", name, "version", version, "hardware",
-                       hw, "security_version", (json_int_t)sv, "format", fmt->name)) == NULL) {
+                       hw, "security_version", (json_int_t)sv, "format", fmt->name)) == NULL ||
+        (idem && strcmp(fmt->name, "raw") != 0 &&
+         ((u->sent_md = EVP_MD_CTX_new()) == NULL ||
+          EVP_DigestInit_ex(u->sent_md, EVP_sha256(), NULL) != 1))) {
         upload_free(u);
         http_problem(r, SG_ENOMEM, "out of memory");
         return;
@@ -175,6 +183,8 @@ static void upload_write(struct req *r, const char *data, size_t len)
         return;
     }
     u->received += len;
+    if (u->sent_md)
+        EVP_DigestUpdate(u->sent_md, data, len);
     sg_err e = u->fmt->write(u->fstate, data, len, why, sizeof(why));
     if (e) {
         if (e != SG_EBADINPUT)
@@ -216,6 +226,19 @@ static void upload_digest(struct req *r, const char *hex, char out[65])
     else
         sg_sha256_hex(b.data, b.len, out);
     buf_free(&b);
+}
+
+/* The hex SHA-256 Idempotency-Key compares: of the body as sent. */
+static const char *sent_hex(struct upload *u, char out[65])
+{
+    uint8_t d[32];
+    unsigned n = 0;
+    if (u->sent_md == NULL)
+        return u->hex; /* stored as sent */
+    if (EVP_DigestFinal_ex(u->sent_md, d, &n) != 1)
+        memset(d, 0, sizeof(d));
+    sg_hex_encode(d, sizeof(d), out);
+    return out;
 }
 
 static void upload_done(struct wreq *w, void *ud)
@@ -267,8 +290,9 @@ static void *upload_worker(void *arg)
         e = sg_say(u->why, sizeof(u->why), SG_ENOMEM, "out of memory");
     }
     if (e == SG_OK) {
+        char sent[65];
         if (u->idem)
-            upload_digest(r, u->hex, r->wreq->request_sha256);
+            upload_digest(r, sent_hex(u, sent), r->wreq->request_sha256);
         r->wreq->done = upload_done;
         r->wreq->ud = u;
         if (sequencer_submit(r->srv->app->seq, r->wreq) == SG_OK)

@@ -2,8 +2,9 @@
  * the blob it is stored as. `raw` stores the bytes as they come; a format
  * such as `swu` checks the archive as it streams and may rewrite it (add a
  * signature) before it reaches the blob writer. The firmware id is always the
- * SHA-256 of what is stored. Adding a format is one struct and one line in
- * upload.c's table. */
+ * SHA-256 of what is stored. Adding a format is one struct, its extern
+ * declaration below and one line in upload.c's table (test_sequencer, built
+ * without the HSM, links a stand-in: tests/unit/stub_swu_format.c). */
 #ifndef SG_UPLOAD_H
 #define SG_UPLOAD_H
 

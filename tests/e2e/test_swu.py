@@ -26,6 +26,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import unittest
 
@@ -47,13 +48,20 @@ def devices_entry(port):
 
 
 def pem_chain(text):
-    return x509.load_pem_x509_certificates(text.encode())
+    marker = "-----BEGIN CERTIFICATE-----"
+    return [x509.load_pem_x509_certificate((marker + part).encode())
+            for part in text.split(marker)[1:]]
 
 
 def same_key(cert, public_key_pem):
     pub = serialization.load_pem_public_key(public_key_pem.encode())
     fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return cert.public_key().public_bytes(*fmt) == pub.public_bytes(*fmt)
+
+
+def read_text(path):
+    with open(path) as f:
+        return f.read()
 
 
 def run(args, cwd, env=None, timeout=120):
@@ -119,12 +127,34 @@ def upload(dep, data, name, version, fmt="swu", headers=None, timeout=120):
                    timeout=timeout)
 
 
-def swupdate_check(image, cert, cwd):
-    """swupdate -c -i image -k cert (check mode): (exit code, log)."""
-    tmp = os.path.join(cwd, "swupdate-tmp")
-    os.makedirs(tmp, exist_ok=True)
-    env = dict(os.environ, TMPDIR=tmp)
-    return run([SWUPDATE, "-v", "-c", "-i", image, "-k", cert, "-H", HW], cwd, env=env)
+def swupdate_outcome(log):
+    """"ok" (installed, or checked in -c), "refused" (the signature, the
+    signer's certificate or the cpio checksum did not verify), or None: Debian's swupdate 2022.12 in -i
+    mode sometimes ends the update before it has started (its log says
+    "[endupdate] : SWUpdate was successful !" first, then removes its
+    temporary files under the running extraction): no verdict at all."""
+    if "SWUPDATE successful" in log:
+        return "ok"
+    if any(m in log for m in ("Signature verification failed", "Checksum WRONG",
+                              "Authentication of all signatures failed")):
+        return "refused"
+    return None
+
+
+def swupdate_check(image, cert, cwd, attempts=5):
+    """swupdate -c -i image -k cert -H HW (check mode, nothing installed):
+    (outcome, log), run again while a run gives no verdict (see
+    swupdate_outcome). Each run gets a TMPDIR of its own (its control
+    sockets and extracted files go there)."""
+    log = ""
+    for _ in range(attempts):
+        tmp = tempfile.mkdtemp(prefix="swupdate-", dir=cwd)
+        env = dict(os.environ, TMPDIR=tmp)
+        _, log = run([SWUPDATE, "-v", "-c", "-i", image, "-k", cert, "-H", HW], cwd, env=env)
+        outcome = swupdate_outcome(log)
+        if outcome:
+            return outcome, log
+    return None, log
 
 
 class Certificate(E2ETestCase):
@@ -178,8 +208,12 @@ class Certificate(E2ETestCase):
         with self.assertRaises(x509.ExtensionNotFound):
             cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
         self.assertGreater(cert.not_valid_after.year, 9000)
-        # The write listener serves the same document.
+        # The write listener serves the same document, and so does a
+        # read-only node (it holds no devices private key).
         self.assertEqual(devices_entry(self.dep.write_port)[0], dev)
+        srv.stop()
+        srv = self.dep.start(role="read")
+        self.assertEqual(devices_entry(self.dep.read_port)[0], dev)
         srv.stop()
 
     def make_ca(self):
@@ -213,16 +247,16 @@ class Certificate(E2ETestCase):
         self.assertTrue(same_key(csr, dev["public_key_pem"]))
         self.make_ca()
         self.issue(csr_pem)
-        leaf, ca = open(os.path.join(d, "leaf.pem")).read(), open(os.path.join(d, "ca.pem")).read()
+        leaf, ca = read_text(os.path.join(d, "leaf.pem")), read_text(os.path.join(d, "ca.pem"))
 
         # Refused: a certificate of another key; the chain in the wrong order.
         rc, out = run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", "other.key", "-out",
                        "other.pem", "-days", "30", "-subj", "/CN=other"], d)
         self.assertEqual(rc, 0, out)
-        cases = [("other.pem", open(os.path.join(d, "other.pem")).read(), "is not key \"devices\""),
+        cases = [("other.pem", read_text(os.path.join(d, "other.pem")), "is not key \"devices\""),
                  ("reversed.pem", ca + leaf, "is not key \"devices\""),
-                 ("wrongca.pem", leaf + open(os.path.join(d, "other.pem")).read(),
+                 ("wrongca.pem", leaf + read_text(os.path.join(d, "other.pem")),
                   "is not issued and signed by certificate 2"),
                  ("empty.pem", "", "no PEM certificate")]
         for fn, text, needle in cases:
@@ -263,9 +297,9 @@ class Certificate(E2ETestCase):
         self.assertEqual(img.status, 200)
         with open(os.path.join(d, "ca.swu"), "wb") as f:
             f.write(img.raw)
-        rc, log = swupdate_check(os.path.join(d, "ca.swu"), os.path.join(d, "ca.pem"), d)
+        outcome, log = swupdate_check(os.path.join(d, "ca.swu"), os.path.join(d, "ca.pem"), d)
+        self.assertEqual(outcome, "ok", log)
         self.assertIn("Verified OK", log)
-        self.assertNotIn("Signature verification failed", log)
         srv.stop()
 
         # init keeps the imported chain.
@@ -384,10 +418,10 @@ class SwuUpload(E2ETestCase):
                 self.assertIn("eContent: <ABSENT>", log)
                 self.assertNotIn("SMIMECapabilities", log)
 
-                rc, log = swupdate_check(stored_path, self.cert, w)
+                outcome, log = swupdate_check(stored_path, self.cert, w)
+                self.assertEqual(outcome, "ok", log)
                 self.assertIn("Verified OK", log)
                 self.assertIn("Hardware compatibility verified", log)
-                self.assertIn("SWUPDATE successful", log)
                 self.assertNotRegex(log, r"\[ERROR\]")
 
                 # One flipped byte in the stored sw-description: swupdate refuses.
@@ -398,18 +432,18 @@ class SwuUpload(E2ETestCase):
                     tampered[102:110] = b"%08X" % (sum(tampered[128:128 + desc_len]) & 0xFFFFFFFF)
                 with open(os.path.join(w, "tampered.swu"), "wb") as f:
                     f.write(tampered)
-                rc, log = swupdate_check(os.path.join(w, "tampered.swu"), self.cert, w)
+                outcome, log = swupdate_check(os.path.join(w, "tampered.swu"), self.cert, w)
+                self.assertEqual(outcome, "refused", log)
                 self.assertIn("Signature verification failed", log)
-                self.assertNotIn("SWUPDATE successful", log)
                 # And a certificate that is not signet's does not verify it.
                 rc, out2 = run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
                                 "ec_paramgen_curve:P-256", "-nodes", "-keyout", "x.key", "-out",
                                 "x.pem", "-days", "30", "-subj", "/CN=x", "-addext",
                                 "basicConstraints=critical,CA:TRUE"], w)
                 self.assertEqual(rc, 0, out2)
-                rc, log = swupdate_check(stored_path, os.path.join(w, "x.pem"), w)
-                self.assertNotIn("Verified OK", log)
-                self.assertNotIn("SWUPDATE successful", log)
+                outcome, log = swupdate_check(stored_path, os.path.join(w, "x.pem"), w)
+                self.assertEqual(outcome, "refused", log)
+                self.assertIn("Authentication of all signatures failed", log)
 
     def test_firmware_event_says_swu(self):
         w = self.workdir()
@@ -475,6 +509,21 @@ class SwuUpload(E2ETestCase):
         r = upload(self.dep, good, self.unique("good"), "1")
         self.assertEqual(r.status, 201, r.body)
 
+    def test_idempotency_key_retry(self):
+        """The stored archive differs on every signing (signingTime, ECDSA),
+        so Idempotency-Key compares the body as sent: a retry gets the first
+        answer, not 422."""
+        w = self.workdir()
+        data = os.urandom(500)
+        swu = cpio_archive([("sw-description", sw_description([("p", data)], w)), ("p", data)])
+        name = self.unique("idem")
+        first = upload(self.dep, swu, name, "1", headers={"Idempotency-Key": name})
+        self.assertEqual(first.status, 201, first.body)
+        again = upload(self.dep, swu, name, "1", headers={"Idempotency-Key": name})
+        self.assertEqual((again.status, again.body), (first.status, first.body))
+        other = upload(self.dep, swu + b"\0" * 512, name, "1", headers={"Idempotency-Key": name})
+        assert_problem(other, 422, msg="same key, other body")
+
     def test_signet_push_format_swu(self):
         w = self.workdir()
         data = os.urandom(10000)
@@ -493,7 +542,8 @@ class SwuUpload(E2ETestCase):
         stored = self.fetch(fid, os.path.join(w, "stored.swu"),
                             head_of(self.dep.read_port, self.audit))
         self.assertIn(b"sw-description.sig", stored)
-        rc, log = swupdate_check(os.path.join(w, "stored.swu"), self.cert, w)
+        outcome, log = swupdate_check(os.path.join(w, "stored.swu"), self.cert, w)
+        self.assertEqual(outcome, "ok", log)
         self.assertIn("Verified OK", log)
 
     def test_memory_flat_on_a_large_archive(self):
