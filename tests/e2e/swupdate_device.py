@@ -182,11 +182,15 @@ class Device:
         self.log_path = os.path.join(self.dir, "swupdate-%d.log" % self.runs)
         inner = " ".join("'%s'" % a.replace("'", "'\\''") for a in self.command(confirm, url))
         script = "mount --bind '%s' /tmp && exec %s" % (self.dir, inner)
+        # SIGPIPE ignored, as systemd runs services (IgnoreSIGPIPE=yes, so
+        # Debian's swupdate.service): swupdate's main process otherwise dies
+        # of SIGPIPE now and then when a local IPC client has gone
+        # (restore_signals=False passes on Python's own SIG_IGN).
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
+                start_new_session=True, restore_signals=False)
         return self.proc
 
     def log(self):
