@@ -114,13 +114,13 @@ static sg_err ddi_state(sqlite3 *db, json_t **out)
     return *out ? SG_OK : SG_ENOMEM;
 }
 
+/* Designated: builds whether or not struct projection has a pager field. */
 const struct projection ddi_projection = {
-    "ddi",
-    "CREATE TABLE IF NOT EXISTS ddi_attributes (device_id TEXT PRIMARY KEY, attributes TEXT NOT "
-    "NULL, position INTEGER NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS ddi_cancel_acks (device_id TEXT PRIMARY KEY, action_id INTEGER NOT "
-    "NULL, position INTEGER NOT NULL);",
-    ddi_apply,
-    ddi_state,
-    NULL, /* not paged */
+    .name = "ddi",
+    .schema = "CREATE TABLE IF NOT EXISTS ddi_attributes (device_id TEXT PRIMARY KEY, attributes "
+              "TEXT NOT NULL, position INTEGER NOT NULL);"
+              "CREATE TABLE IF NOT EXISTS ddi_cancel_acks (device_id TEXT PRIMARY KEY, action_id "
+              "INTEGER NOT NULL, position INTEGER NOT NULL);",
+    .apply = ddi_apply,
+    .state = ddi_state,
 };
