@@ -448,6 +448,13 @@ class DdiSwu(DdiBase):
                                          "md5": hashlib.md5(img.raw).hexdigest(),
                                          "sha256": hashlib.sha256(img.raw).hexdigest()})
         self.assertEqual("sha256:" + art["hashes"]["sha256"], fw)
+        # behind a TLS-terminating proxy: https links, hawkBit's "download"
+        r = ddi("GET", self.rp, devs[0], "/deploymentBase/%d" % action,
+                headers={"X-Forwarded-Proto": "https", "Host": "ota.example:443"})
+        self.assertStatus(r, 200)
+        (tls,) = r.body["deployment"]["chunks"][0]["artifacts"]
+        self.assertEqual(set(tls["_links"]), {"download"})
+        self.assertEqual(tls["_links"]["download"]["href"], "https://ota.example:443" + path)
         part = request("GET", self.rp, path, headers=dict(h, Range="bytes=1000-"))
         self.assertStatus(part, 206)
         self.assertEqual(part.raw, img.raw[1000:])

@@ -7,7 +7,8 @@ with -c 2 (payload byte for byte, report recorded); a failing install (-c 3)
 counted toward auto-halt, and the halt withdrawing the offer from the next
 device (cancelAction); resume after a connection cut mid-download; a
 tampered stored image refused by the device and reported failed; a device
-of the wrong hardware revision refusing the image; three devices at once. What is checked is what
+of the wrong hardware revision refusing the image; a rollback delivered
+over DDI; the outcome sent with swupdate-ipc; three devices at once. What is checked is what
 swupdate logs and what signet records, never swupdate's exit status."""
 
 import os
@@ -188,6 +189,36 @@ class DdiSwupdate(DdiBase):
         self.assertEqual(rep["actor"], "dev:" + dev)
         # closed: the device is no longer offered the image
         self.assertNotIn("deploymentBase", self.poll(dev, rep["position"])["_links"])
+
+    def test_rollback_over_ddi(self):
+        """A rolled-back rollout offers the device the image it ran before:
+        swupdate installs it over DDI and its confirmation is the rollback's
+        report."""
+        dev = "sw-11"
+        self.register_all([dev], "hw-rb")
+        one, two = secrets.token_bytes(20000), secrets.token_bytes(20000)
+        fw1 = self.upload_swu("hw-rb", [("app.bin", one)])["firmware_id"]
+        _, pos = self.rollout(fw1, "hw-rb")
+        self.wait_read(pos)
+        d = self.device(dev)
+        mark = self.head()
+        self.install(d, one)
+        self.confirm(d, 2, mark)
+        fw2 = self.upload_swu("hw-rb", [("app.bin", two)])["firmware_id"]
+        rid2, pos = self.rollout(fw2, "hw-rb")
+        self.wait_read(pos)
+        mark = self.head()
+        self.install(d, two)
+        (rep,) = self.confirm(d, 2, mark)
+        self.assertEqual(rep["data"]["firmware_id"], fw2)
+        r = request("POST", self.wp, "/v1/rollouts/%s/rollback" % rid2, token=self.ops)
+        self.assertStatus(r, 200)
+        self.wait_read(r.body["position"])
+        mark = self.head()
+        self.install(d, one)  # the first image again, byte for byte
+        (rep,) = self.confirm(d, 2, mark)
+        self.assertEqual((rep["data"]["firmware_id"], rep["data"]["status"],
+                          rep["data"].get("rollback")), (fw1, "installed", True))
 
     def test_confirm_through_swupdate_ipc(self):
         """The running daemon reports the outcome when told to:
