@@ -83,6 +83,15 @@ static const struct event_field device_reported[] = {
     {"rollout_id", JSON_STRING, 0}, {"security_version", JSON_INTEGER, 0},
     {"rollback", JSON_TRUE, 0},
 };
+/* the hawkBit DDI facade (src/write/ddi.c) */
+static const struct event_field device_attributes_recorded[] = {
+    {"device_id", JSON_STRING, 1},
+    {"attributes", JSON_OBJECT, 1},
+};
+static const struct event_field offer_cancel_acknowledged[] = {
+    {"device_id", JSON_STRING, 1},
+    {"action_id", JSON_INTEGER, 1},
+};
 static const struct event_def catalogue[] = {
     {"DeviceRegistered", FIELDS(device_registered)},
     {"CommandRequested", FIELDS(command_requested)},
@@ -100,6 +109,9 @@ static const struct event_def catalogue[] = {
     {"RolloutHalted", FIELDS(rollout_halted)},
     {"RolloutRolledBack", FIELDS(rollout_rolled_back)},
     {"DeviceReported", FIELDS(device_reported)},
+    /* DDI facade (DDI) */
+    {"DeviceAttributesRecorded", FIELDS(device_attributes_recorded)},
+    {"OfferCancelAcknowledged", FIELDS(offer_cancel_acknowledged)},
 };
 
 const struct event_def *catalogue_find(const char *type)

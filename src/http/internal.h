@@ -190,4 +190,13 @@ void route_firmware_image(struct req *r);
 /* GET /v1/devices/{id}/update (routes_rollouts.c). */
 void route_device_update(struct req *r);
 
+/* The hawkBit DDI facade (ddi.c): /ddi/{tenant}/controller/v1/{device}... */
+void route_ddi_poll(struct req *r);
+void route_ddi_deployment(struct req *r);
+void route_ddi_artifact(struct req *r);
+void route_ddi_feedback(struct req *r);
+void route_ddi_cancel(struct req *r);
+void route_ddi_cancel_feedback(struct req *r);
+void route_ddi_config_data(struct req *r);
+
 #endif

@@ -95,9 +95,13 @@ void route_allowed(const struct route *table, size_t n, unsigned listener, const
 const struct principal *route_authenticate(const sg_config *cfg, const char *authz)
 {
     const char *tok;
-    if (authz == NULL || strncasecmp(authz, "Bearer ", 7) != 0)
+    if (authz != NULL && strncasecmp(authz, "Bearer ", 7) == 0)
+        tok = authz + 7;
+    else if (authz != NULL && strncasecmp(authz, "TargetToken ", 12) == 0)
+        tok = authz + 12; /* hawkBit DDI's name for a device's token (suricatta's -k) */
+    else
         return NULL;
-    for (tok = authz + 7; *tok == ' '; tok++)
+    for (; *tok == ' '; tok++)
         ;
     if (*tok == '\0')
         return NULL;

@@ -32,8 +32,8 @@ void route_allowed(const struct route *table, size_t n, unsigned listener, const
                    char *out, size_t outlen);
 
 /* The principal whose token the Authorization header value carries ("Bearer
- * <token>", scheme case-insensitive), or NULL. Every principal is compared,
- * in constant time. */
+ * <token>", or hawkBit's "TargetToken <token>"; scheme case-insensitive), or NULL. Every principal
+ * is compared, in constant time. */
 const struct principal *route_authenticate(const sg_config *cfg, const char *authorization);
 
 /* May who (NULL: no valid token) use rt with this {} param? SG_OK, SG_EUNAUTH

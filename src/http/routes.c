@@ -20,6 +20,7 @@
 #define JSON ROUTE_JSON_BODY
 #define SELF ROUTE_DEVICE_SELF
 #define NOTIMPL ROUTE_NOT_IMPLEMENTED
+#define DDI "/ddi/{}/controller/v1/{}"
 
 /* Write-request routes carry their request type; a ROUTE_NOT_IMPLEMENTED route
  * still authenticates and authorizes, so the role matrix holds from day one.
@@ -60,6 +61,22 @@ const struct route routes[] = {
     {R, "GET", "/v1/devices/{}/update", ROLE_DEVICE | ROLE_OPERATOR, SELF, route_device_update,
      NULL, NULL},
     {R, "GET", "/v1/devices/{}/commands", ROLE_DEVICE | ROLE_OPERATOR, SELF, route_device_commands,
+     NULL, NULL},
+
+    /* The hawkBit DDI facade (ddi.c). The {} are tenant, device, action or
+     * module, file: ddi.c checks the tenant and that the device is the
+     * principal's own. With --role all everything is on the read listener;
+     * POST and PUT are on the write listener too, for split roles. */
+    {R, "GET", DDI, ROLE_DEVICE, 0, route_ddi_poll, NULL, NULL},
+    {R, "GET", DDI "/deploymentBase/{}", ROLE_DEVICE, 0, route_ddi_deployment, NULL, NULL},
+    {W | R, "POST", DDI "/deploymentBase/{}/feedback", ROLE_DEVICE, JSON, route_ddi_feedback,
+     &wreq_ddi_feedback, NULL},
+    {R, "GET", DDI "/cancelAction/{}", ROLE_DEVICE, 0, route_ddi_cancel, NULL, NULL},
+    {W | R, "POST", DDI "/cancelAction/{}/feedback", ROLE_DEVICE, JSON, route_ddi_cancel_feedback,
+     &wreq_ack_cancel, NULL},
+    {W | R, "PUT", DDI "/configData", ROLE_DEVICE, JSON, route_ddi_config_data,
+     &wreq_record_attributes, NULL},
+    {R, "GET", DDI "/softwaremodules/{}/artifacts/{}", ROLE_DEVICE, ROUTE_HEAD, route_ddi_artifact,
      NULL, NULL},
 };
 const size_t nroutes = sizeof(routes) / sizeof(routes[0]);

@@ -7,7 +7,8 @@
 
 /* Every read model. A new one is one line here. */
 static const struct projection *const projections[] = {&devices_projection, &commands_projection,
-                                                       &firmware_projection, &rollouts_projection};
+                                                       &firmware_projection, &rollouts_projection,
+                                                       &ddi_projection};
 
 /* Every paged snapshot (readmodel.h). */
 static const struct projection_pager *const pagers[] = {&firmware_pager, &rollouts_pager};

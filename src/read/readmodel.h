@@ -48,6 +48,7 @@ extern const struct projection firmware_projection;  /* view_firmware.c */
 extern const struct projection_pager firmware_pager; /* view_firmware.c */
 extern const struct projection rollouts_projection;  /* view_rollouts.c; after devices */
 extern const struct projection_pager rollouts_pager; /* view_rollouts.c */
+extern const struct projection ddi_projection;       /* view_ddi.c */
 
 /* The projection with this name, or NULL. */
 const struct projection *projection_find(const char *name);

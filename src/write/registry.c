@@ -3,7 +3,8 @@
 #include "wreq.h"
 
 const struct aggregate *const sg_aggregates[] = {&devices_aggregate, &commands_aggregate,
-                                                 &firmware_aggregate, &rollouts_aggregate};
+                                                 &firmware_aggregate, &rollouts_aggregate,
+                                                 &ddi_aggregate};
 const size_t sg_naggregates = SG_ARRAY_LEN(sg_aggregates);
 
 /* The device-command expiry (commands.c) and the rollout halt (rollouts.c). */

@@ -161,6 +161,16 @@ extern const struct aggregate firmware_aggregate;
  * "sha256","format"} as canonical JSON, or NULL. firmware_id: sha256:<hex>. */
 const char *firmware_get(wstate *s, const char *firmware_id);
 
+/* the hawkBit DDI facade (ddi.c): a device's attributes (input {"mode"?,
+ * "data":{k:string}}) and its acknowledgement of a withdrawn offer (input
+ * {"action_id"}), path_id the device; each makes an event only on a change. */
+extern const struct wreq_type wreq_record_attributes;
+extern const struct wreq_type wreq_ack_cancel;
+/* A closed install feedback: input {"action_id","status","detail"?}, path_id
+ * the device; decided as wreq_report for the image that action offered. */
+extern const struct wreq_type wreq_ddi_feedback;
+extern const struct aggregate ddi_aggregate;
+
 /* Syntax shared by ids (device, hardware, group): ^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$ */
 int sg_valid_id(const char *s);
 

@@ -107,6 +107,14 @@ static const struct want api[] = {
     {R, "GET", "/v1/firmware/{}/image", ANY, 0, 1},
     {R, "GET", "/v1/devices/{}/update", ROLE_DEVICE | ROLE_OPERATOR, 1, 1},
     {R, "GET", "/v1/devices/{}/commands", ROLE_DEVICE | ROLE_OPERATOR, 1, 1},
+    /* the hawkBit DDI facade: ddi.c checks the device id (several {} per path) */
+    {R, "GET", "/ddi/{}/controller/v1/{}", ROLE_DEVICE, 0, 1},
+    {R, "GET", "/ddi/{}/controller/v1/{}/deploymentBase/{}", ROLE_DEVICE, 0, 1},
+    {W | R, "POST", "/ddi/{}/controller/v1/{}/deploymentBase/{}/feedback", ROLE_DEVICE, 0, 1},
+    {R, "GET", "/ddi/{}/controller/v1/{}/cancelAction/{}", ROLE_DEVICE, 0, 1},
+    {W | R, "POST", "/ddi/{}/controller/v1/{}/cancelAction/{}/feedback", ROLE_DEVICE, 0, 1},
+    {W | R, "PUT", "/ddi/{}/controller/v1/{}/configData", ROLE_DEVICE, 0, 1},
+    {R, "GET", "/ddi/{}/controller/v1/{}/softwaremodules/{}/artifacts/{}", ROLE_DEVICE, 0, 1},
 };
 
 static const struct route *table_route(const char *method, const char *path)
@@ -145,11 +153,17 @@ static void test_table_matches_api(void **state)
         char path[128], param[128];
         int seen;
         const char *brace = strstr(routes[i].path, "{}");
-        if (brace)
-            snprintf(path, sizeof(path), "%.*sdev-42%s", (int)(brace - routes[i].path),
-                     routes[i].path, brace + 2);
-        else
-            snprintf(path, sizeof(path), "%s", routes[i].path);
+        /* every {} becomes dev-42 (param is the last one) */
+        size_t o = 0;
+        for (const char *c = routes[i].path; *c && o + 7 < sizeof(path);)
+            if (c[0] == '{' && c[1] == '}') {
+                memcpy(path + o, "dev-42", 6);
+                o += 6;
+                c += 2;
+            } else {
+                path[o++] = *c++;
+            }
+        path[o] = '\0';
         for (unsigned l = LISTEN_WRITE; l <= LISTEN_READ; l <<= 1) {
             const struct route *rt =
                 route_find(routes, nroutes, l, routes[i].method, path, param, sizeof(param), &seen);
@@ -324,6 +338,12 @@ static void test_authenticate(void **state)
     assert_null(route_authenticate(&cfg, "Bearer token-of-admi"));
     assert_null(route_authenticate(&cfg, "Bearer token-of-admin "));
     assert_null(route_authenticate(&cfg, "Bearer Token-of-admin"));
+    /* hawkBit DDI's scheme for the same tokens (SWUpdate's suricatta sends it) */
+    assert_ptr_equal(route_authenticate(&cfg, "TargetToken token-of-dev1"), &people[DEV1]);
+    assert_ptr_equal(route_authenticate(&cfg, "targettoken  token-of-dev1"), &people[DEV1]);
+    assert_null(route_authenticate(&cfg, "TargetToken "));
+    assert_null(route_authenticate(&cfg, "TargetTokentoken-of-dev1"));
+    assert_null(route_authenticate(&cfg, "GatewayToken token-of-dev1"));
 }
 
 int main(void)

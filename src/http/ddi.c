@@ -1,0 +1,588 @@
+/* ddi.c - the hawkBit DDI facade (API.md, "Stock OTA clients"): the subset
+ * of Direct Device Integration that SWUpdate's suricatta speaks
+ * (docs/ddi.md), translated onto signet's own answers and requests. A thin
+ * translation, never a second source of truth: offers come from the update
+ * answer (read/update.h), a closed feedback is the device's report
+ * (wreq_ddi_feedback, decided as wreq_report), attributes and cancel
+ * acknowledgements are write requests (write/ddi.c). Every success is 200: suricatta counts 201 and
+ * 204 as errors. */
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../read/blobs.h"
+#include "../read/ddi_hashes.h"
+#include "../read/update.h"
+#include "../read/view_ddi.h"
+#include "internal.h"
+
+/*** the path ***/
+
+/* /ddi/{tenant}/controller/v1/{device}[/{kind}[/{arg}[/{sub}[/{file}]]]] */
+struct ddi_path {
+    char tenant[72], device[72], kind[32], arg[96], sub[32], file[160];
+};
+
+/* Split r->url (routing matched its shape already). 0 if a segment is too long. */
+static int split_path(const char *url, struct ddi_path *p)
+{
+    char *dst[] = {NULL, p->tenant, NULL, NULL, p->device, p->kind, p->arg, p->sub, p->file};
+    size_t cap[] = {0,
+                    sizeof(p->tenant),
+                    0,
+                    0,
+                    sizeof(p->device),
+                    sizeof(p->kind),
+                    sizeof(p->arg),
+                    sizeof(p->sub),
+                    sizeof(p->file)};
+    memset(p, 0, sizeof(*p));
+    if (strncmp(url, "/ddi/", 5) != 0)
+        return 0;
+    const char *s = url + 5;
+    for (size_t i = 1; i < SG_ARRAY_LEN(dst) && *s; i++) {
+        size_t n = strcspn(s, "/");
+        if (dst[i]) {
+            if (n >= cap[i])
+                return 0;
+            memcpy(dst[i], s, n);
+            dst[i][n] = '\0';
+        }
+        s += n;
+        if (*s == '/')
+            s++;
+    }
+    return 1;
+}
+
+/* An action id: a decimal in 1..INT32_MAX; 0 otherwise. */
+static int32_t action_id_of(const char *s)
+{
+    if (*s == '\0' || strlen(s) > 10)
+        return 0;
+    for (const char *c = s; *c; c++)
+        if (*c < '0' || *c > '9')
+            return 0;
+    long long v = strtoll(s, NULL, 10);
+    return v >= 1 && v <= INT32_MAX ? (int32_t)v : 0;
+}
+
+/* The tenant must be ddi.tenant (404 otherwise) and the device the
+ * principal's own (403). Returns 1 if it answered. */
+static int ddi_begin(struct req *r, struct ddi_path *p)
+{
+    if (!split_path(r->url, p)) {
+        http_problem(r, SG_ENOTFOUND, "no such endpoint");
+        return 1;
+    }
+    if (strcmp(p->tenant, r->srv->app->cfg->ddi_tenant) != 0) {
+        http_problem(r, SG_ENOTFOUND, "no tenant %s", p->tenant);
+        return 1;
+    }
+    if (r->who == NULL || r->who->device_id == NULL || strcmp(r->who->device_id, p->device) != 0) {
+        http_problem(r, SG_EFORBIDDEN, "principal %s may not act for device %s",
+                     r->who ? r->who->name : "(none)", p->device);
+        return 1;
+    }
+    return 0;
+}
+
+/* "http://host/ddi/{tenant}/controller/v1/{device}": where the device reached
+ * us (Host, and X-Forwarded-Proto from a TLS-terminating proxy). 0 if the
+ * Host header is missing or not a plain host[:port]. */
+static int base_url(struct req *r, const struct ddi_path *p, char *out, size_t n)
+{
+    const char *host = http_header(r, "Host"), *proto = http_header(r, "X-Forwarded-Proto");
+    if (host == NULL || *host == '\0' || strlen(host) > 255)
+        return 0;
+    for (const char *c = host; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+              strchr(".-:[]_", *c)))
+            return 0;
+    int tls = proto && strcmp(proto, "https") == 0;
+    int w = snprintf(out, n, "%s://%s/ddi/%s/controller/v1/%s", tls ? "https" : "http", host,
+                     p->tenant, p->device);
+    return w > 0 && (size_t)w < n;
+}
+
+/*** the read side ***/
+
+struct ddi_look {
+    const char *device;
+    struct update_answer a;
+    sg_err found; /* update_for_device_db's answer: SG_OK or SG_ENOTFOUND (not registered) */
+    int has_attributes;
+    int32_t cancel_acked;
+};
+
+static sg_err look_db(sqlite3 *db, void *ud)
+{
+    struct ddi_look *l = ud;
+    l->found = update_for_device_db(db, l->device, &l->a);
+    if (l->found != SG_OK && l->found != SG_ENOTFOUND)
+        return l->found;
+    return ddi_view_device(db, l->device, &l->has_attributes, &l->cancel_acked);
+}
+
+/* The device's update answer and DDI state, in one read transaction. Returns
+ * 1 if it answered (no read side here, or the read model failed). */
+static int look(struct req *r, const char *device, struct ddi_look *l)
+{
+    memset(l, 0, sizeof(*l));
+    l->device = device;
+    if (r->srv->app->proj == NULL) {
+        http_problem(r, SG_EUNAVAILABLE,
+                     "this node has no read side (--role write): the DDI facade reads on a node "
+                     "with --role all or read");
+        return 1;
+    }
+    sg_err e = projector_read(r->srv->app->proj, look_db, l);
+    if (e) {
+        update_answer_free(&l->a);
+        http_problem(r, e == SG_ENOMEM ? e : SG_ESTORE, "cannot read the read model");
+        return 1;
+    }
+    return 0;
+}
+
+/* The offer DDI can deliver: an install or rollback of a SWUpdate image. */
+static int deliverable(const struct update_answer *a)
+{
+    return a->action != UPDATE_NONE && a->offer > 0 && a->format && strcmp(a->format, "swu") == 0 &&
+           a->manifest && a->firmware_id[0];
+}
+
+/*** GET /ddi/{tenant}/controller/v1/{device}: the poll ***/
+
+static json_t *link_to(const char *base, const char *rest)
+{
+    size_t n = strlen(base) + strlen(rest) + 1;
+    char *href = malloc(n);
+    if (href == NULL)
+        return NULL;
+    snprintf(href, n, "%s%s", base, rest);
+    json_t *o = json_pack("{s:s}", "href", href);
+    free(href);
+    return o;
+}
+
+void route_ddi_poll(struct req *r)
+{
+    struct ddi_path p;
+    struct ddi_look l;
+    char base[512], rest[64], sleep[16];
+    if (ddi_begin(r, &p) || look(r, p.device, &l))
+        return;
+    if (!base_url(r, &p, base, sizeof(base))) {
+        update_answer_free(&l.a);
+        http_problem(r, SG_EBADINPUT, "the Host header must be a plain host[:port]");
+        return;
+    }
+    unsigned s = r->srv->app->cfg->ddi_poll_seconds;
+    snprintf(sleep, sizeof(sleep), "%02u:%02u:%02u", s / 3600 % 100, s / 60 % 60, s % 60);
+    json_t *links = json_object();
+    if (l.found == SG_OK && l.a.withdrawn > 0 && l.a.withdrawn != l.cancel_acked) {
+        /* A withdrawn offer first: suricatta acts on cancelAction before anything else. */
+        snprintf(rest, sizeof(rest), "/cancelAction/%d", (int)l.a.withdrawn);
+        json_object_set_new(links, "cancelAction", link_to(base, rest));
+    } else if (l.found == SG_OK && deliverable(&l.a)) {
+        snprintf(rest, sizeof(rest), "/deploymentBase/%d", (int)l.a.offer);
+        json_object_set_new(links, "deploymentBase", link_to(base, rest));
+    }
+    /* Shown until the attributes are in: suricatta sends them whenever it
+     * sees this link, instead of looking at the offer (docs/ddi.md). */
+    if (l.found == SG_OK && !l.has_attributes)
+        json_object_set_new(links, "configData", link_to(base, "/configData"));
+    update_answer_free(&l.a);
+    http_reply_json(
+        r, 200,
+        json_pack("{s:{s:{s:s}}, s:o}", "config", "polling", "sleep", sleep, "_links", links));
+}
+
+/*** GET /ddi/.../deploymentBase/{action_id} ***/
+
+/* "<name>-<version>.swu" with anything but [A-Za-z0-9._-] turned into '_'. */
+static void artifact_name(const char *name, const char *version, char *out, size_t n)
+{
+    snprintf(out, n, "%s-%s.swu", name ? name : "image", version ? version : "0");
+    for (char *c = out; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+              strchr("._-", *c)))
+            *c = '_';
+}
+
+void route_ddi_deployment(struct req *r)
+{
+    struct ddi_path p;
+    struct ddi_look l;
+    char base[512], rest[512], file[160], sha1[41], md5[33], id[16];
+    uint64_t size;
+    if (ddi_begin(r, &p) || look(r, p.device, &l))
+        return;
+    int32_t action = action_id_of(p.arg);
+    if (l.found != SG_OK || !deliverable(&l.a) || action != l.a.offer) {
+        update_answer_free(&l.a);
+        http_problem(r, SG_ENOTFOUND, "no open action %s for device %s", p.arg, p.device);
+        return;
+    }
+    json_t *m = json_loads(l.a.manifest, 0, NULL);
+    const char *name = json_string_value(json_object_get(m, "name"));
+    const char *version = json_string_value(json_object_get(m, "version"));
+    const char *sha256 = json_string_value(json_object_get(m, "sha256"));
+    sg_err e = base_url(r, &p, base, sizeof(base))
+                   ? ddi_hashes_get(r->srv->app->cfg->data_dir, l.a.firmware_id, sha1, md5, &size)
+                   : SG_EBADINPUT;
+    if (e || m == NULL || sha256 == NULL) {
+        json_decref(m);
+        update_answer_free(&l.a);
+        if (e == SG_EBADINPUT)
+            http_problem(r, e, "the Host header must be a plain host[:port]");
+        else
+            http_problem(r,
+                         e == SG_ENOTFOUND ? SG_ESTORE
+                         : e               ? e
+                                           : SG_EINTERNAL,
+                         "the image of action %d is not readable here", (int)action);
+        return;
+    }
+    artifact_name(name, version, file, sizeof(file));
+    snprintf(rest, sizeof(rest), "/softwaremodules/%s/artifacts/%s", l.a.firmware_id + 7, file);
+    snprintf(id, sizeof(id), "%d", (int)action);
+    json_t *href = link_to(base, rest);
+    json_t *links = json_object();
+    /* suricatta prefers "download" (https) when it is there. */
+    json_object_set_new(links, strncmp(base, "https:", 6) == 0 ? "download" : "download-http",
+                        href);
+    const char *how = "forced";
+    json_t *doc = json_pack(
+        "{s:s, s:{s:s, s:s, s:[{s:s, s:s, s:s, s:[{s:s, s:I, s:{s:s, s:s, s:s}, s:o}]}]}}", "id",
+        id, "deployment", "download", how, "update", how, "chunks", "part", "os", "name",
+        name ? name : "image", "version", version ? version : "0", "artifacts", "filename", file,
+        "size", (json_int_t)size, "hashes", "sha1", sha1, "md5", md5, "sha256", sha256, "_links",
+        links);
+    json_decref(m);
+    update_answer_free(&l.a);
+    http_reply_json(r, 200, doc);
+}
+
+/*** GET / HEAD /ddi/.../softwaremodules/{module}/artifacts/{filename} ***/
+
+void route_ddi_artifact(struct req *r)
+{
+    struct ddi_path p;
+    struct ddi_look l;
+    char etag[sizeof(((struct ddi_path *)0)->arg) + 3];
+    if (ddi_begin(r, &p) || look(r, p.device, &l))
+        return;
+    size_t fl = strlen(p.file);
+    int ok = l.found == SG_OK && deliverable(&l.a) && strcmp(p.arg, l.a.firmware_id + 7) == 0 &&
+             fl > 4 && strcmp(p.file + fl - 4, ".swu") == 0;
+    uint64_t size = 0;
+    int fd = ok ? blob_open(r->srv->app->cfg->data_dir, l.a.firmware_id, &size) : -1;
+    update_answer_free(&l.a);
+    if (!ok) {
+        http_problem(r, SG_ENOTFOUND, "no artifact %s/%s offered to device %s", p.arg, p.file,
+                     p.device);
+        return;
+    }
+    if (fd < 0) {
+        http_problem(r, SG_ESTORE, "the image is not readable here");
+        return;
+    }
+    snprintf(etag, sizeof(etag), "\"%s\"", p.arg);
+    http_reply_file(r, fd, size, "application/octet-stream", etag);
+}
+
+/*** POST and PUT: write requests ***/
+
+static void ddi_wreq_done(struct wreq *w, void *ud)
+{
+    (void)w;
+    http_resume(ud);
+}
+
+/* Answer a request resumed after its write request: 200 with the write
+ * request's body, whatever status the request type answers elsewhere. */
+static void answer_resumed(struct req *r)
+{
+    struct wreq *w = r->wreq;
+    if (w->err) {
+        http_problem(r, w->err, "%s", w->detail);
+        return;
+    }
+    char *body = w->body;
+    w->body = NULL;
+    if (body == NULL && (body = strdup("{}")) == NULL) {
+        http_problem(r, SG_ENOMEM, "out of memory");
+        return;
+    }
+    http_reply(r, 200, "application/json", body, strlen(body));
+}
+
+/* Validate body (borrowed) with type's validate and submit it for the
+ * device; answers or suspends r. */
+static void submit(struct req *r, const struct wreq_type *type, const json_t *body,
+                   const char *device)
+{
+    json_t *input = NULL;
+    char detail[256] = "";
+    if (r->srv->app->seq == NULL) {
+        http_problem(r, SG_EUNAVAILABLE,
+                     "this node has no write side (--role read): send DDI's POST and PUT to the "
+                     "write listener");
+        return;
+    }
+    sg_err e = type->validate(body, device, &input, detail, sizeof(detail));
+    if (e) {
+        http_problem(r, e, "%s", detail);
+        return;
+    }
+    r->wreq = wreq_new(type, r->who, input, device, NULL);
+    if (r->wreq == NULL) {
+        json_decref(input);
+        http_problem(r, SG_ENOMEM, "out of memory");
+        return;
+    }
+    r->wreq->done = ddi_wreq_done;
+    r->wreq->ud = r;
+    http_suspend(r);
+    if (sequencer_submit(r->srv->app->seq, r->wreq) != SG_OK) {
+        wreq_fail(r->wreq, SG_EUNAVAILABLE, "shutting down");
+        http_resume(r);
+    }
+}
+
+/* The request body as JSON. suricatta copies its log into feedback details
+ * with only quotes, backslashes, CR and LF blanked, so other control
+ * characters (a tab) are turned into spaces before parsing. NULL (having
+ * answered 400) if it does not parse. */
+static json_t *lenient_body(struct req *r)
+{
+    for (size_t i = 0; i < r->body.len; i++)
+        if ((unsigned char)r->body.data[i] < 0x20 && r->body.data[i] != '\n' &&
+            r->body.data[i] != '\r')
+            r->body.data[i] = ' ';
+    json_error_t jerr;
+    json_t *b =
+        json_loadb(r->body.data ? r->body.data : "", r->body.len, JSON_REJECT_DUPLICATES, &jerr);
+    if (b == NULL || !json_is_object(b)) {
+        json_decref(b);
+        http_problem(r, SG_EBADINPUT, "malformed JSON: %s", b ? "not an object" : jerr.text);
+        return NULL;
+    }
+    return b;
+}
+
+/* The feedback's status.execution and status.result.finished (either may
+ * be NULL). */
+static void feedback_status(const json_t *b, const char **execution, const char **finished)
+{
+    json_t *st = json_object_get(b, "status");
+    *execution = json_string_value(json_object_get(st, "execution"));
+    *finished = json_string_value(json_object_get(json_object_get(st, "result"), "finished"));
+}
+
+static int one_of(const char *s, const char *const *set)
+{
+    for (; s && *set; set++)
+        if (strcmp(s, *set) == 0)
+            return 1;
+    return 0;
+}
+
+static const char *const executions[] = {"closed",     "proceeding", "canceled",
+                                         "scheduled",  "rejected",   "resumed",
+                                         "downloaded", "download",   NULL};
+
+/* details[] joined with "; ", at most max bytes, cut on a UTF-8 boundary. */
+static char *join_details(const json_t *details, size_t max)
+{
+    buf b = {0};
+    size_t i;
+    json_t *d;
+    json_array_foreach(details, i, d)
+    {
+        const char *s = json_string_value(d);
+        if (s == NULL || *s == '\0')
+            continue;
+        if (b.len)
+            buf_puts(&b, "; ");
+        buf_puts(&b, s);
+    }
+    size_t len;
+    char *out = buf_steal(&b, &len);
+    if (out && len > max) {
+        size_t n = max;
+        while (n > 0 && ((unsigned char)out[n] & 0xC0) == 0x80)
+            n--;
+        out[n] = '\0';
+    }
+    return out;
+}
+
+/* POST /ddi/.../deploymentBase/{action_id}/feedback. closed + success is an
+ * "installed" report, closed + failure a "failed" one, for the image that
+ * action offered the device (found on the write side: wreq_ddi_feedback, so
+ * a write-only node serves it too); every other execution is acknowledged
+ * and recorded nowhere (suricatta sends its whole log as "proceeding"). */
+void route_ddi_feedback(struct req *r)
+{
+    if (r->state == REQ_RESUMED && r->wreq) {
+        answer_resumed(r);
+        return;
+    }
+    struct ddi_path p;
+    if (ddi_begin(r, &p))
+        return;
+    int32_t action = action_id_of(p.arg);
+    if (action == 0) {
+        http_problem(r, SG_ENOTFOUND, "no action %s", p.arg);
+        return;
+    }
+    json_t *b = lenient_body(r);
+    if (b == NULL)
+        return;
+    const char *execution, *finished;
+    feedback_status(b, &execution, &finished);
+    if (!one_of(execution, executions)) {
+        json_decref(b);
+        http_problem(r, SG_EBADINPUT,
+                     "status.execution must be one of closed, proceeding, "
+                     "canceled, scheduled, rejected, resumed, downloaded, download");
+        return;
+    }
+    if (strcmp(execution, "closed") != 0) {
+        json_decref(b);
+        http_reply_json(r, 200, json_object());
+        return;
+    }
+    const char *status = finished && strcmp(finished, "success") == 0   ? "installed"
+                         : finished && strcmp(finished, "failure") == 0 ? "failed"
+                                                                        : NULL;
+    if (status == NULL) {
+        json_decref(b);
+        http_problem(r, SG_EBADINPUT,
+                     "a closed feedback needs status.result.finished success or failure");
+        return;
+    }
+    char *detail = join_details(json_object_get(json_object_get(b, "status"), "details"), 500);
+    json_t *fb = json_pack("{s:i, s:s}", "action_id", (int)action, "status", status);
+    if (fb && detail && *detail)
+        json_object_set_new(fb, "detail", json_string(detail));
+    free(detail);
+    json_decref(b);
+    if (fb == NULL) {
+        http_problem(r, SG_ENOMEM, "out of memory");
+        return;
+    }
+    submit(r, r->route->wreq_type, fb, p.device); /* wreq_ddi_feedback */
+    json_decref(fb);
+}
+
+/*** GET /ddi/.../cancelAction/{action_id} and its feedback ***/
+
+void route_ddi_cancel(struct req *r)
+{
+    struct ddi_path p;
+    struct ddi_look l;
+    char id[16];
+    if (ddi_begin(r, &p) || look(r, p.device, &l))
+        return;
+    int32_t action = action_id_of(p.arg);
+    int ok = l.found == SG_OK && action != 0 && l.a.withdrawn == action;
+    update_answer_free(&l.a);
+    if (!ok) {
+        http_problem(r, SG_ENOTFOUND, "no withdrawn action %s for device %s", p.arg, p.device);
+        return;
+    }
+    snprintf(id, sizeof(id), "%d", (int)action);
+    http_reply_json(r, 200, json_pack("{s:s, s:{s:s}}", "id", id, "cancelAction", "stopId", id));
+}
+
+/* POST /ddi/.../cancelAction/{action_id}/feedback: a closed feedback is
+ * the device's acknowledgement (recorded once per withdrawn offer, and the
+ * poll stops showing it); anything else is acknowledged and not recorded. */
+void route_ddi_cancel_feedback(struct req *r)
+{
+    if (r->state == REQ_RESUMED && r->wreq) {
+        answer_resumed(r);
+        return;
+    }
+    struct ddi_path p;
+    if (ddi_begin(r, &p))
+        return;
+    int32_t action = action_id_of(p.arg);
+    if (action == 0) {
+        http_problem(r, SG_ENOTFOUND, "no action %s", p.arg);
+        return;
+    }
+    json_t *b = lenient_body(r);
+    if (b == NULL)
+        return;
+    const char *execution, *finished;
+    feedback_status(b, &execution, &finished);
+    (void)finished;
+    if (!one_of(execution, executions)) {
+        json_decref(b);
+        http_problem(r, SG_EBADINPUT,
+                     "status.execution must be one of closed, proceeding, "
+                     "canceled, scheduled, rejected, resumed, downloaded, download");
+        return;
+    }
+    int closed = strcmp(execution, "closed") == 0;
+    json_decref(b);
+    if (!closed) {
+        http_reply_json(r, 200, json_object());
+        return;
+    }
+    json_t *input = json_pack("{s:i}", "action_id", (int)action);
+    if (input == NULL) {
+        http_problem(r, SG_ENOMEM, "out of memory");
+        return;
+    }
+    submit(r, r->route->wreq_type, input, p.device); /* wreq_ack_cancel */
+    json_decref(input);
+}
+
+/*** PUT /ddi/.../configData ***/
+
+/* {"id"?, "time"?, "status"?, "mode"?, "data":{...}}: the device's
+ * attributes, recorded when they change (hawkBit's modes: merge, the
+ * default, replace and remove). */
+void route_ddi_config_data(struct req *r)
+{
+    if (r->state == REQ_RESUMED && r->wreq) {
+        answer_resumed(r);
+        return;
+    }
+    struct ddi_path p;
+    if (ddi_begin(r, &p))
+        return;
+    json_t *b = lenient_body(r);
+    if (b == NULL)
+        return;
+    const char *k;
+    json_t *v;
+    json_object_foreach(b, k, v)
+    {
+        if (strcmp(k, "id") && strcmp(k, "time") && strcmp(k, "status") && strcmp(k, "mode") &&
+            strcmp(k, "data")) {
+            http_problem(r, SG_EBADINPUT, "unknown member %s in configData", k);
+            json_decref(b); /* after: k is one of its keys */
+            return;
+        }
+    }
+    json_t *input = json_object();
+    if (input && json_object_get(b, "mode"))
+        json_object_set(input, "mode", json_object_get(b, "mode"));
+    if (input && json_object_get(b, "data"))
+        json_object_set(input, "data", json_object_get(b, "data"));
+    json_decref(b);
+    if (input == NULL) {
+        http_problem(r, SG_ENOMEM, "out of memory");
+        return;
+    }
+    submit(r, r->route->wreq_type, input, p.device); /* wreq_record_attributes */
+    json_decref(input);
+}
