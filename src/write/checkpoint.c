@@ -17,15 +17,24 @@
 #include "../core/codec.h"
 #include "../core/jcs.h"
 
+void checkpoint_aggregates(const struct aggregate *const *a, size_t n, char *out, size_t len)
+{
+    size_t used = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < n && used < len; i++)
+        used += (size_t)snprintf(out + used, len - used, "%s%s@%u", i ? "," : "", a[i]->name,
+                                 a[i]->version);
+}
+
 /* The signed header line for state at `at` whose lines hash to sha (hex). */
 static sg_err header(signer *sg, const struct chain_pos *at, const char *sha, size_t entries,
-                     char **out, size_t *len)
+                     const char *aggregates, char **out, size_t *len)
 {
     char now[32];
     sg_rfc3339_now(now);
-    json_t *doc = json_pack("{s:s, s:I, s:s, s:s, s:I, s:s}", "type", "signet-writestate",
+    json_t *doc = json_pack("{s:s, s:I, s:s, s:s, s:I, s:s, s:s}", "type", "signet-writestate",
                             "position", (json_int_t)at->position, "hash", at->hash, "sha256", sha,
-                            "entries", (json_int_t)entries, "time", now);
+                            "entries", (json_int_t)entries, "time", now, "aggregates", aggregates);
     sg_err e = doc ? signer_sign_doc(sg, KEY_EVENTS, doc) : SG_ENOMEM;
     if (e == SG_OK)
         e = jcs_dump(doc, out, len);
@@ -46,8 +55,8 @@ static void count_line(const char *p, size_t n, void *ud)
         c->lines++;
 }
 
-sg_err checkpoint_save(const char *path, const wstate *s, const struct chain_pos *at, signer *sg,
-                       char *why, size_t whylen)
+sg_err checkpoint_save(const char *path, const wstate *s, const struct chain_pos *at,
+                       const char *aggregates, signer *sg, char *why, size_t whylen)
 {
     char tmp[4096], sha[SG_HEX256_LEN + 1], *head = NULL;
     uint8_t digest[32];
@@ -70,7 +79,7 @@ sg_err checkpoint_save(const char *path, const wstate *s, const struct chain_pos
     }
     EVP_DigestFinal_ex(c.md, digest, NULL);
     sg_hex_encode(digest, 32, sha);
-    if ((e = header(sg, at, sha, c.lines, &head, &hlen)) != SG_OK) {
+    if ((e = header(sg, at, sha, c.lines, aggregates, &head, &hlen)) != SG_OK) {
         sg_say(why, whylen, e, "cannot sign the checkpoint at position %llu",
                (unsigned long long)at->position);
         goto out;
@@ -105,14 +114,16 @@ out:
 }
 
 /* Verify the header line against the lines' hash and count. */
-static sg_err check_header(const char *line, const char *sha, size_t entries, const keyring *kr,
-                           struct chain_pos *at, char *why, size_t whylen)
+static sg_err check_header(const char *line, const char *sha, size_t entries,
+                           const char *aggregates, const keyring *kr, struct chain_pos *at,
+                           char *why, size_t whylen)
 {
     char r[256];
     json_t *doc = json_loads(line, JSON_REJECT_DUPLICATES, NULL);
     const char *type = json_string_value(json_object_get(doc, "type"));
     const char *hash = json_string_value(json_object_get(doc, "hash"));
     const char *dsha = json_string_value(json_object_get(doc, "sha256"));
+    const char *aggs = json_string_value(json_object_get(doc, "aggregates"));
     json_t *pos = json_object_get(doc, "position"), *n = json_object_get(doc, "entries");
     sg_err e = SG_EVERIFY;
     uint8_t tmp[32];
@@ -126,6 +137,9 @@ static sg_err check_header(const char *line, const char *sha, size_t entries, co
         sg_say(why, whylen, e, "its header does not verify: %s", r);
     else if (strcmp(dsha, sha) != 0 || (size_t)json_integer_value(n) != entries)
         sg_say(why, whylen, e, "its state does not match its signed header");
+    else if (aggs == NULL || strcmp(aggs, aggregates) != 0)
+        sg_say(why, whylen, e, "it was made by other aggregates (%s), not by these (%s)",
+               aggs ? aggs : "before aggregates were named", aggregates);
     else {
         at->position = (uint64_t)json_integer_value(pos);
         memcpy(at->hash, hash, sizeof(at->hash));
@@ -135,8 +149,8 @@ static sg_err check_header(const char *line, const char *sha, size_t entries, co
     return e;
 }
 
-sg_err checkpoint_load(const char *path, wstate *s, const keyring *kr, const struct chain_pos *want,
-                       struct chain_pos *at, char *why, size_t whylen)
+sg_err checkpoint_load(const char *path, wstate *s, const keyring *kr, const char *aggregates,
+                       const struct chain_pos *want, struct chain_pos *at, char *why, size_t whylen)
 {
     char sha[SG_HEX256_LEN + 1], *buf = NULL;
     uint8_t digest[32];
@@ -183,7 +197,7 @@ sg_err checkpoint_load(const char *path, wstate *s, const keyring *kr, const str
         goto out;
     }
     struct chain_pos pos;
-    if ((e = check_header(head, sha, entries, kr, &pos, why, whylen)) != SG_OK)
+    if ((e = check_header(head, sha, entries, aggregates, kr, &pos, why, whylen)) != SG_OK)
         goto out;
     if (want && (pos.position != want->position || strcmp(pos.hash, want->hash) != 0)) {
         e = sg_say(why, whylen, SG_EVERIFY, "it is at position %llu, not at %llu",

@@ -184,7 +184,7 @@ static sg_err commands_apply(wstate *s, const char *type, const json_t *event)
     return SG_OK;
 }
 
-const struct aggregate commands_aggregate = {"commands", commands_apply};
+const struct aggregate commands_aggregate = {"commands", 1, commands_apply};
 
 /* The device's last authorized counter (0 if none). */
 uint64_t commands_counter(wstate *s, const char *device_id)

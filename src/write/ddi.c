@@ -137,7 +137,7 @@ static sg_err ddi_apply(wstate *s, const char *type, const json_t *event)
     return SG_OK;
 }
 
-const struct aggregate ddi_aggregate = {"ddi", ddi_apply};
+const struct aggregate ddi_aggregate = {"ddi", 1, ddi_apply};
 
 /* The device must be registered; otherwise r fails with 404. */
 static int registered_or_404(struct wreq *r, struct decision *d)

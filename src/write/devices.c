@@ -37,7 +37,7 @@ static sg_err devices_apply(wstate *s, const char *type, const json_t *event)
     return e;
 }
 
-const struct aggregate devices_aggregate = {"devices", devices_apply};
+const struct aggregate devices_aggregate = {"devices", 1, devices_apply};
 
 /*** POST /v1/devices ***/
 

@@ -68,7 +68,7 @@ static sg_err firmware_apply(wstate *s, const char *type, const json_t *event)
     return e;
 }
 
-const struct aggregate firmware_aggregate = {"firmware", firmware_apply};
+const struct aggregate firmware_aggregate = {"firmware", 1, firmware_apply};
 
 /*** query parameters ***/
 

@@ -222,7 +222,7 @@ static sg_err rollouts_apply(wstate *s, const char *type, const json_t *event)
     return SG_OK;
 }
 
-const struct aggregate rollouts_aggregate = {"rollouts", rollouts_apply};
+const struct aggregate rollouts_aggregate = {"rollouts", 1, rollouts_apply};
 
 /*** POST /v1/rollouts ***/
 

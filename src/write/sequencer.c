@@ -72,6 +72,7 @@ struct sequencer {
     store *rst; /* sequencer thread: idempotency look-ups, checks */
     store *wst; /* committer thread: appends */
     char *checkpoint_path;
+    char aggregates[512]; /* "name@version,..." of o.aggregates, for the checkpoint */
 
     pthread_mutex_t mu;
     pthread_cond_t wake; /* queue non-empty, committer progress, stop */
@@ -624,8 +625,8 @@ static void write_checkpoint(sequencer *q)
         sg_mono_ms() < q->checkpoint_retry || !signer_healthy(q->o.signer))
         return;
     uint64_t t0 = sg_mono_ms();
-    if (checkpoint_save(q->checkpoint_path, q->ws, &q->base_at, q->o.signer, why, sizeof(why)) !=
-        SG_OK) {
+    if (checkpoint_save(q->checkpoint_path, q->ws, &q->base_at, q->aggregates, q->o.signer, why,
+                        sizeof(why)) != SG_OK) {
         sg_warn("write state: checkpoint not written: %s; next try in a minute", why);
         q->checkpoint_retry = sg_mono_ms() + 60000;
         return;
@@ -634,8 +635,8 @@ static void write_checkpoint(sequencer *q)
     /* Base becomes the file just written, kept as it is on disk (one
      * buffer): the changes since the last checkpoint leave their maps. */
     struct chain_pos at;
-    if (checkpoint_load(q->checkpoint_path, q->ws, q->o.kr, &q->base_at, &at, why, sizeof(why)) !=
-        SG_OK)
+    if (checkpoint_load(q->checkpoint_path, q->ws, q->o.kr, q->aggregates, &q->base_at, &at, why,
+                        sizeof(why)) != SG_OK)
         sg_warn("write state: checkpoint written but not re-read (%s); going on as before", why);
     sg_info("write state: checkpoint at position %llu written in %llu ms",
             (unsigned long long)q->base_at.position, (unsigned long long)(sg_mono_ms() - t0));
@@ -866,6 +867,7 @@ sg_err sequencer_start(const struct sequencer_opts *o, sequencer **out, char *wh
         q->o.aggregates = sg_aggregates;
         q->o.naggregates = sg_naggregates;
     }
+    checkpoint_aggregates(q->o.aggregates, q->o.naggregates, q->aggregates, sizeof(q->aggregates));
     if (q->o.managers == NULL) {
         q->o.managers = sg_managers;
         q->o.nmanagers = sg_nmanagers;
@@ -895,7 +897,8 @@ sg_err sequencer_start(const struct sequencer_opts *o, sequencer **out, char *wh
     if (e == SG_OK && q->checkpoint_path) {
         struct chain_pos at;
         char r[384];
-        sg_err c = checkpoint_load(q->checkpoint_path, q->ws, o->kr, NULL, &at, r, sizeof(r));
+        sg_err c = checkpoint_load(q->checkpoint_path, q->ws, o->kr, q->aggregates, NULL, &at, r,
+                                   sizeof(r));
         if (c == SG_OK && chain_check_witness(q->rst, o->kr, "the write-state checkpoint", &at, r,
                                               sizeof(r)) == SG_OK) {
             q->base_at = at;

@@ -102,6 +102,10 @@ void decision_follow_new(struct decision *d, const struct wreq_type *type, json_
 
 struct aggregate {
     const char *name;
+    /* Raise it whenever apply() folds events differently (or into other
+     * keys): a write-state checkpoint made by other aggregates, or other
+     * versions of them, is not used, and the whole log is replayed. */
+    unsigned version;
     /* Fold one event into write state. A pure function of the event and the
      * state: write state is rebuilt from a checkpoint and the log with it. */
     sg_err (*apply)(wstate *s, const char *type, const json_t *event);

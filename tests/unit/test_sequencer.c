@@ -486,7 +486,8 @@ static void test_checkpoint(void **state)
     (void)state;
     wstate *ws = wstate_new();
     struct chain_pos at;
-    char why[256];
+    char why[256], aggs[512];
+    checkpoint_aggregates(sg_aggregates, sg_naggregates, aggs, sizeof(aggs));
     every = 10;
     sequencer *q = start();
     every = 0;
@@ -496,13 +497,17 @@ static void test_checkpoint(void **state)
         run1(q, device_req(id, NULL), SG_OK);
     }
     /* Written every 10 events while running (at the next batch after). */
-    assert_int_equal(checkpoint_load(ckpt, ws, kr, NULL, &at, why, sizeof(why)), SG_OK);
+    assert_int_equal(checkpoint_load(ckpt, ws, kr, aggs, NULL, &at, why, sizeof(why)), SG_OK);
     assert_true(at.position >= 10 && at.position <= 30);
     assert_non_null(wstate_get(ws, "device", "c-5"));
     stop(q); /* and at stop: at 30 */
-    assert_int_equal(checkpoint_load(ckpt, ws, kr, NULL, &at, why, sizeof(why)), SG_OK);
+    assert_int_equal(checkpoint_load(ckpt, ws, kr, aggs, NULL, &at, why, sizeof(why)), SG_OK);
     assert_int_equal(at.position, 30);
     assert_non_null(wstate_get(ws, "device", "c-29"));
+    /* Made by other aggregates (one more, one changed): not used. */
+    assert_int_equal(checkpoint_load(ckpt, ws, kr, "devices@1", NULL, &at, why, sizeof(why)),
+                     SG_EVERIFY);
+    assert_non_null(strstr(why, "other aggregates"));
     wstate_free(ws);
 
     /* A restart decides on the checkpoint's state. */
@@ -518,7 +523,7 @@ static void test_checkpoint(void **state)
     assert_int_equal(fputc('X', f), 'X');
     fclose(f);
     ws = wstate_new();
-    assert_int_equal(checkpoint_load(ckpt, ws, kr, NULL, &at, why, sizeof(why)), SG_EVERIFY);
+    assert_int_equal(checkpoint_load(ckpt, ws, kr, aggs, NULL, &at, why, sizeof(why)), SG_EVERIFY);
     wstate_free(ws);
     q = start_on(0);
     run1(q, device_req("c-3", NULL), SG_ECONFLICT);
