@@ -301,7 +301,7 @@ static void start_decide(struct wreq *r, struct decision *d)
     const char *fwv = firmware_get(s, fwid);
     json_t *fw = fwv ? json_loads(fwv, 0, NULL) : NULL, *old = NULL;
     if (fw == NULL) {
-        wreq_fail(r, SG_EUNPROCESSABLE, "no firmware %s", fwid);
+        wreq_fail(r, SG_ENOTFOUND, "no firmware %s", fwid);
         goto out;
     }
     if (!str_of(fw, "hardware") || strcmp(str_of(fw, "hardware"), hw) != 0) {

@@ -423,7 +423,7 @@ class Rollouts(E2ETestCase):
             (400, "/v1/rollouts", but(min_reports=0)),
             (400, "/v1/rollouts", but(min_reports="20")),
             (400, "/v1/rollouts", but(extra=1)),
-            (422, "/v1/rollouts", but(firmware_id="sha256:" + "0" * 64)),
+            (404, "/v1/rollouts", but(firmware_id="sha256:" + "0" * 64)),
             (422, "/v1/rollouts", but(hardware="hw-other")),
             (404, "/v1/rollouts/no-such-rollout/advance", None),
             (404, "/v1/rollouts/no-such-rollout/rollback", None),
