@@ -167,6 +167,48 @@ static json_t *link_to(const char *base, const char *rest)
     return o;
 }
 
+/* The polling interval answered while the device's attributes are not in,
+ * or while it has not fetched the offer its poll names: suricatta sends its
+ * attributes on the first poll after every start, and then sleeps the whole
+ * interval before it looks at the offer. */
+#define DDI_FIRST_SLEEP_S 5
+
+/* Which offer each device last fetched (GET deploymentBase), by a hash of its
+ * id: a lossy in-memory table (a collision or a restart only means one more
+ * short sleep). */
+#define FETCHED_SLOTS 4096
+static struct {
+    uint64_t device;
+    int64_t offer;
+} fetched[FETCHED_SLOTS];
+static pthread_mutex_t fetched_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static uint64_t device_hash(const char *id)
+{
+    uint64_t h = 1469598103934665603u; /* FNV-1a */
+    while (*id)
+        h = (h ^ (unsigned char)*id++) * 1099511628211u;
+    return h | 1; /* never 0, an empty slot */
+}
+
+static void fetched_set(const char *device, int64_t offer)
+{
+    uint64_t h = device_hash(device);
+    pthread_mutex_lock(&fetched_mu);
+    fetched[h % FETCHED_SLOTS].device = h;
+    fetched[h % FETCHED_SLOTS].offer = offer;
+    pthread_mutex_unlock(&fetched_mu);
+}
+
+static int fetched_is(const char *device, int64_t offer)
+{
+    uint64_t h = device_hash(device);
+    pthread_mutex_lock(&fetched_mu);
+    int yes = fetched[h % FETCHED_SLOTS].device == h && fetched[h % FETCHED_SLOTS].offer == offer;
+    pthread_mutex_unlock(&fetched_mu);
+    return yes;
+}
+
 void route_ddi_poll(struct req *r)
 {
     struct ddi_path p;
@@ -180,7 +222,6 @@ void route_ddi_poll(struct req *r)
         return;
     }
     unsigned s = r->srv->app->cfg->ddi_poll_seconds;
-    snprintf(sleep, sizeof(sleep), "%02u:%02u:%02u", s / 3600 % 100, s / 60 % 60, s % 60);
     json_t *links = json_object();
     if (l.found == SG_OK && l.a.withdrawn > 0 && l.a.withdrawn != l.cancel_acked) {
         /* A withdrawn offer first: suricatta acts on cancelAction before anything else. */
@@ -189,11 +230,19 @@ void route_ddi_poll(struct req *r)
     } else if (l.found == SG_OK && deliverable(&l.a)) {
         snprintf(rest, sizeof(rest), "/deploymentBase/%d", (int)l.a.offer);
         json_object_set_new(links, "deploymentBase", link_to(base, rest));
+        if (!fetched_is(p.device, (int64_t)l.a.offer) && s > DDI_FIRST_SLEEP_S)
+            s = DDI_FIRST_SLEEP_S;
     }
     /* Shown until the attributes are in: suricatta sends them whenever it
      * sees this link, instead of looking at the offer (docs/ddi.md). */
-    if (l.found == SG_OK && !l.has_attributes)
+    if (l.found == SG_OK && !l.has_attributes) {
         json_object_set_new(links, "configData", link_to(base, "/configData"));
+        /* suricatta then sends them and sleeps: come back soon, so that a
+         * new device's first offer is not a whole polling interval late. */
+        if (s > DDI_FIRST_SLEEP_S)
+            s = DDI_FIRST_SLEEP_S;
+    }
+    snprintf(sleep, sizeof(sleep), "%02u:%02u:%02u", s / 3600 % 100, s / 60 % 60, s % 60);
     update_answer_free(&l.a);
     http_reply_json(
         r, 200,
@@ -263,6 +312,7 @@ void route_ddi_deployment(struct req *r)
         links);
     json_decref(m);
     update_answer_free(&l.a);
+    fetched_set(p.device, (int64_t)action);
     http_reply_json(r, 200, doc);
 }
 

@@ -306,6 +306,47 @@ class Ddi(DdiBase):
         self.assertEqual(self.head(), mark)
 
 
+class DdiFirstPoll(DdiBase):
+    """ddi.poll_seconds 300: a device whose attributes are not in yet is told
+    to come back in 5 s (suricatta sends them, then sleeps before looking at
+    its offer), then the configured interval."""
+
+    @classmethod
+    def setUpClass(cls):
+        def cfg(c):
+            ddi_config(c)["ddi"]["poll_seconds"] = 300
+            return c
+        cls.start_deployment(mutate=cfg)
+        cls.ci = cls.dep.token("ci")
+        cls.versions = iter(range(1, 1000000))
+
+    def test_first_poll_comes_back_soon(self):
+        dev = "d-11"
+        pos = self.register_all([dev], "hw-first")
+        body = self.poll(dev, pos)
+        self.assertIn("configData", body["_links"])
+        self.assertEqual(body["config"], {"polling": {"sleep": "00:00:05"}})
+        put = {"data": {"board": "b", "revision": "1.0"}}
+        self.assertStatus(ddi("PUT", self.rp, dev, "/configData", body=put), 200)
+        body = self.poll(dev, self.head())
+        self.assertNotIn("configData", body["_links"])
+        self.assertEqual(body["config"], {"polling": {"sleep": "00:05:00"}})
+        # An offer it has not fetched yet: 5 s again (after a restart
+        # suricatta spends its first poll on its attributes); once fetched,
+        # the interval.
+        up = self.upload_swu("hw-first", [("app.bin", b"y" * 1000)])
+        _, pos = self.rollout(up["firmware_id"], "hw-first")
+        body = self.poll(dev, pos)
+        self.assertIn("deploymentBase", body["_links"])
+        self.assertEqual(body["config"], {"polling": {"sleep": "00:00:05"}})
+        href = body["_links"]["deploymentBase"]["href"]
+        r = ddi("GET", self.rp, dev, href[href.index("/deploymentBase"):])
+        self.assertStatus(r, 200)
+        body = self.poll(dev)
+        self.assertIn("deploymentBase", body["_links"])
+        self.assertEqual(body["config"], {"polling": {"sleep": "00:05:00"}})
+
+
 class MethodProxy:
     """The reverse proxy of split roles (docker/signet-proxy.conf): GET and
     HEAD to the reader, POST and PUT to the writer, Host passed on."""
