@@ -468,7 +468,7 @@ class SwuUpload(E2ETestCase):
 
         good = arch([("sw-description", desc), ("a.img", a), ("b.img", b)])
         cases = [
-            ("tampered payload", arch([("sw-description", desc), ("a.img", a[:-1] + b"\0"),
+            ("tampered payload", arch([("sw-description", desc), ("a.img", a[:-1] + bytes([a[-1] ^ 0xFF])),
                                        ("b.img", b)]),
              'payload "a.img" does not match its sha256'),
             ("wrong hash", arch([("sw-description", sw_description(files, w, {"b.img": "0" * 64})),
