@@ -53,7 +53,10 @@ static void on_commit(const struct chain_pos *head, void *ud)
  * position verifying with the same hash. Then the tail after the newest
  * witness is verified. *anchor gets what the token holds (position 0 if
  * nothing), *head the verified head. SG_EVERIFY with both positions and
- * hashes named in why. */
+ * hashes named in why. Runs before the projector opens the read model, so a
+ * read model an upgrade will rebuild is checked at the checkpoint it has, and
+ * one being rebuilt at the one it had until the rebuild passes it (its
+ * witness, readmodel.h): a rebuild never weakens this check. */
 static sg_err check_store(const sg_config *cfg, const keyring *kr, anchors *an,
                           const char *readmodel, struct chain_pos *anchor, struct chain_pos *head,
                           char *why, size_t whylen)

@@ -45,6 +45,9 @@ struct projector {
     char halted_why[256];
     atomic_int store_ok;
     pthread_t thread;
+    /* A rebuild (readmodel.h) not yet back where the replaced read model
+     * was: that position (0 if none) and when it started. Projector thread. */
+    uint64_t rebuild_to, rebuild_t0;
 };
 
 /*** one batch ***/
@@ -134,6 +137,12 @@ static long project_batch(projector *p)
     p->pos = b.pos;
     memcpy(p->hash, b.hash, sizeof(p->hash));
     pthread_mutex_unlock(&p->mu);
+    if (p->rebuild_to && b.pos >= p->rebuild_to) {
+        sg_info("projector: read models rebuilt up to position %llu, where the replaced read "
+                "model was, in %llu ms",
+                (unsigned long long)b.pos, (unsigned long long)(sg_mono_ms() - p->rebuild_t0));
+        p->rebuild_to = 0;
+    }
     return n;
 }
 
@@ -213,6 +222,9 @@ sg_err projector_start(const char *store_uri, const char *readmodel_path, const 
         e = readmodel_open(readmodel_path, &p->reader, why, whylen);
     if (e == SG_OK && (e = readmodel_checkpoint(p->db, &p->pos, p->hash)) != SG_OK)
         snprintf(why, whylen, "read model %s: cannot read its checkpoint", readmodel_path);
+    char whash[65];
+    if (e == SG_OK && (e = readmodel_witness(p->db, &p->rebuild_to, whash)) != SG_OK)
+        snprintf(why, whylen, "read model %s: cannot read its witness", readmodel_path);
     if (e) {
         store_close(p->st);
         sqlite3_close(p->db);
@@ -223,6 +235,14 @@ sg_err projector_start(const char *store_uri, const char *readmodel_path, const 
     }
     /* p->pos belongs to the projector thread (under p->mu) once it runs. */
     sg_info("projector: read models at position %llu", (unsigned long long)p->pos);
+    if (p->rebuild_to > p->pos) {
+        sg_info("projector: rebuilding the read models from position %llu; the replaced read "
+                "model was at position %llu",
+                (unsigned long long)p->pos, (unsigned long long)p->rebuild_to);
+        p->rebuild_t0 = sg_mono_ms();
+    } else {
+        p->rebuild_to = 0;
+    }
     pthread_create(&p->thread, NULL, projector_main, p);
     *out = p;
     return SG_OK;

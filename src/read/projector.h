@@ -14,7 +14,10 @@
 
 typedef struct projector projector;
 
-/* kr is borrowed and must outlive the projector. */
+/* kr is borrowed and must outlive the projector. A read-model file built by
+ * another projection set is rebuilt on opening (readmodel_open): projection
+ * then starts at position 0, serving the rebuilt part as any lag, and logs
+ * when it is back at the position the replaced file had. */
 sg_err projector_start(const char *store_uri, const char *readmodel_path, const keyring *kr,
                        projector **out, char *why, size_t whylen);
 /* Stop the thread and answer every waiter; reads still work until projector_free. */

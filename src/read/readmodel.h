@@ -3,7 +3,15 @@
  * Read models live in their own SQLite file, never in the event store. Each
  * projection owns its tables: it creates them, folds verified events into
  * them, and renders its state for snapshots. Adding a read model is one
- * `struct projection` and one line in readmodel.c. */
+ * `struct projection` and one line in readmodel.c.
+ *
+ * The file records which projections built it ("name@version,..." in the
+ * meta table). Opened by a binary whose set differs, it is rebuilt: every
+ * projection's tables are dropped and re-created empty, the checkpoint goes
+ * back to position 0, and the projector re-projects (and re-verifies) the
+ * whole log. The checkpoint it had is kept as the file's witness, so the
+ * start-up check of the store (readmodel_peek_checkpoint) is as strong
+ * during the rebuild as it was before it. */
 #ifndef SG_READMODEL_H
 #define SG_READMODEL_H
 
@@ -13,7 +21,11 @@
 #include "../core/sg.h"
 
 struct projection {
-    const char *name;   /* snapshot name, e.g. "devices" */
+    const char *name; /* snapshot name, e.g. "devices" */
+    /* Raise it whenever apply() projects events differently, or schema
+     * changes: a read model built by other projections, or other versions of
+     * them, is rebuilt from position 0 at start. */
+    unsigned version;
     const char *schema; /* CREATE TABLE IF NOT EXISTS ... */
     /* Fold one verified event (inside the projector's transaction). */
     sg_err (*apply)(sqlite3 *db, const char *type, const json_t *event);
@@ -55,8 +67,31 @@ const struct projection *projection_find(const char *name);
 /* The pager of the snapshot with this name, or NULL (it is not paged). */
 const struct projection_pager *projection_pager_find(const char *name);
 
-/* Open (creating) the read-model file with every projection's schema. */
+/* The projection set of projections p[0..n) as a read model records it:
+ * "name@version,..." in order, into out (cut to len). Returns the length the
+ * whole set needs, as snprintf does. */
+size_t projection_set(const struct projection *const *p, size_t n, char *out, size_t len);
+/* This binary's projection set (projection_set of readmodel.c's list). */
+size_t readmodel_projection_set(char *out, size_t len);
+
+/* What opening a read-model file does about its projection set. */
+enum readmodel_plan {
+    READMODEL_KEEP,    /* built by this set: go on from its checkpoint */
+    READMODEL_CREATE,  /* nothing projected into it yet: (re)create, quietly */
+    READMODEL_REBUILD, /* built by another set: drop, log, re-project from 0 */
+};
+/* recorded: the set the file records (NULL if none); position: its
+ * checkpoint's (0 if none); current: this binary's set. Pure. */
+enum readmodel_plan readmodel_plan(const char *recorded, uint64_t position, const char *current);
+
+/* Open (creating) the read-model file with every projection's schema. A file
+ * built by another projection set is rebuilt first (see above; one JSON log
+ * line names both sets), in one transaction: a crash leaves it as it was or
+ * rebuilt. */
 sg_err readmodel_open(const char *path, sqlite3 **out, char *why, size_t whylen);
+/* The checkpoint the file had before its last rebuild (0 and zeros if it was
+ * never rebuilt). */
+sg_err readmodel_witness(sqlite3 *db, uint64_t *pos, char hash[65]);
 /* Apply one event to every projection. */
 sg_err readmodel_apply(sqlite3 *db, const json_t *event);
 /* Checkpoint: last applied position and hash (0 and zeros if none). */
@@ -64,7 +99,9 @@ sg_err readmodel_checkpoint(sqlite3 *db, uint64_t *pos, char hash[65]);
 sg_err readmodel_set_checkpoint(sqlite3 *db, uint64_t pos, const char *hash);
 /* The checkpoint of the read-model file at path, opened read-only and never
  * created: SG_OK, SG_ENOTFOUND when there is no such file (or no checkpoint
- * yet), SG_ESTORE. For the start-up checks of any role. */
+ * yet), SG_ESTORE. For the start-up checks of any role. While a rebuild has
+ * not yet reached the checkpoint the file had before it, that one (its
+ * witness) is returned: the further of the two. */
 sg_err readmodel_peek_checkpoint(const char *path, uint64_t *pos, char hash[65]);
 
 #endif

@@ -344,6 +344,7 @@ static sg_err commands_state(sqlite3 *db, json_t **out)
 
 const struct projection commands_projection = {
     "commands",
+    1,
     "CREATE TABLE IF NOT EXISTS commands (command_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, "
     "action TEXT NOT NULL, params TEXT NOT NULL, requester TEXT NOT NULL, requested_at TEXT NOT "
     "NULL, not_after TEXT NOT NULL, approvals_required INTEGER NOT NULL, request_sha256 TEXT NOT "

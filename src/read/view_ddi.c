@@ -117,6 +117,7 @@ static sg_err ddi_state(sqlite3 *db, json_t **out)
 /* Designated: builds whether or not struct projection has a pager field. */
 const struct projection ddi_projection = {
     .name = "ddi",
+    .version = 1,
     .schema = "CREATE TABLE IF NOT EXISTS ddi_attributes (device_id TEXT PRIMARY KEY, attributes "
               "TEXT NOT NULL, position INTEGER NOT NULL);"
               "CREATE TABLE IF NOT EXISTS ddi_cancel_acks (device_id TEXT PRIMARY KEY, action_id "

@@ -62,6 +62,7 @@ static sg_err devices_state(sqlite3 *db, json_t **out)
 
 const struct projection devices_projection = {
     "devices",
+    1,
     "CREATE TABLE IF NOT EXISTS devices (device_id TEXT PRIMARY KEY, hardware TEXT NOT NULL, "
     "grp TEXT, position INTEGER NOT NULL);",
     devices_apply,

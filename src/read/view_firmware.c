@@ -147,6 +147,7 @@ static sg_err firmware_state(sqlite3 *db, json_t **out)
 
 const struct projection firmware_projection = {
     "firmware",
+    1,
     "CREATE TABLE IF NOT EXISTS firmware (firmware_id TEXT PRIMARY KEY, name TEXT NOT NULL, "
     "version TEXT NOT NULL, hardware TEXT NOT NULL, security_version INTEGER NOT NULL, "
     "size INTEGER NOT NULL, format TEXT NOT NULL, manifest TEXT NOT NULL, signature TEXT NOT "

@@ -432,6 +432,7 @@ static sg_err rollouts_state(sqlite3 *db, json_t **out)
 
 const struct projection rollouts_projection = {
     "rollouts",
+    1,
     "CREATE TABLE IF NOT EXISTS ro_firmware (firmware_id TEXT PRIMARY KEY, manifest TEXT NOT "
     "NULL, signature TEXT NOT NULL, key_id TEXT NOT NULL, format TEXT, security_version "
     "INTEGER, hardware TEXT);"
