@@ -101,7 +101,8 @@ def bucket(rollout_id, device_id):
 
 FLEET = ["d-%03d" % i for i in range(200)]
 OTHERS = (["h%d-%d" % (g, i) for g in range(4) for i in range(6)] + ["s-%d" % i for i in range(4)]
-          + ["t-%d" % i for i in range(4)] + ["c-%d" % i for i in range(3)] + ["x-%d" % i for i in range(4)])
+          + ["t-%d" % i for i in range(4)] + ["c-%d" % i for i in range(3)] + ["x-%d" % i for i in range(4)]
+          + ["y-%d" % i for i in range(6)] + ["z-%d" % i for i in range(3)])
 DEVICES = FLEET + OTHERS
 DEV_TOK = {d: "tok_" + secrets.token_urlsafe(24) for d in DEVICES}
 EXTRA = {"carol": ["approver"], "both": ["operator", "approver"]}
@@ -764,6 +765,269 @@ def snapshots(W):
     check(is_problem(s, 403), "device reads snapshot 403", s)
 
 
+@section
+def extras(W):
+    """Cross-cutting promises: Signet-Position on every read response,
+    Idempotency-Key on every POST, min_position/wait_ms, the envelope in
+    CommandAuthorized, DDI failure feedback and cancelAction."""
+    import threading
+    dev = "x-3"
+    fw = [e for e in W.events() if e.get("type") == "FirmwareUploaded"][0]
+    fid = fw["data"].get("firmware_id") or "sha256:" + fw["data"]["manifest"]["sha256"]
+    reads = [("GET", "/healthz", None), ("GET", "/metrics", None), ("GET", "/v1/keys", None),
+             ("GET", "/v1/events?after=0&limit=2", "audit"), ("GET", "/v1/events", "ops"),
+             ("GET", "/v1/events", None), ("GET", "/v1/snapshots/devices", "audit"),
+             ("GET", "/v1/snapshots/nope", "audit"), ("GET", "/v1/firmware/%s" % fid, "ops"),
+             ("GET", "/v1/firmware/sha256:%s" % ("0" * 64), "ops"), ("GET", "/v1/firmware/bad", "ops"),
+             ("HEAD", "/v1/firmware/%s/image" % fid, "ops"), ("GET", "/v1/devices/%s/update" % dev, "ops"),
+             ("GET", "/v1/devices/%s/commands?after=0" % dev, dev), ("GET", "/nope", "ops"),
+             ("GET", "/v1/devices/%s/update?min_position=99999999&wait_ms=10" % dev, "ops")]
+    for m, path, who in reads:
+        r = W.r(m, path, who)
+        check(pos_header(r) is not None, "Signet-Position on %s %s (%d)" % (m, path, r.status), dict(r.headers))
+    r = W.r("GET", "/v1/firmware/%s/image" % fid, "ops", headers={"If-None-Match": '"%s"' % fid[7:]})
+    check(r.status == 304 and pos_header(r) is not None, "Signet-Position on 304", (r.status, dict(r.headers)))
+    r = request("GET", W.rp, "/ddi/DEFAULT/controller/v1/%s" % dev, headers={"Authorization": "TargetToken " + DEV_TOK[dev]})
+    check(pos_header(r) is not None, "Signet-Position on DDI poll", dict(r.headers))
+    # Idempotency-Key on every POST
+    def idem_twice(what, method_path, who, body):
+        key = {"Idempotency-Key": "ik-" + secrets.token_hex(5)}
+        a = W.w("POST", method_path, who, body=body, headers=key)
+        h = W.head()
+        b = W.w("POST", method_path, who, body=body, headers=key)
+        check(a.status < 300 and b.status == a.status and b.body == a.body and W.head() == h,
+              "Idempotency-Key repeat of %s: first answer, nothing appended" % what, (a, b))
+        return a
+    idem_twice("POST /v1/devices", "/v1/devices", "ops", {"device_id": "i-0", "hardware": "hw-i"})
+    up, _ = W.upload("fw-i", "hw-i", 1)
+    ro = idem_twice("POST /v1/rollouts", "/v1/rollouts", "ops",
+                    {"firmware_id": up.body["firmware_id"], "hardware": "hw-i", "stages": [10, 100],
+                     "failure_threshold": 0.5, "min_reports": 10})
+    rid = ro.body["rollout_id"]
+    for act in ("advance", "pause", "resume", "rollback"):
+        idem_twice("POST /v1/rollouts/{id}/%s" % act, "/v1/rollouts/%s/%s" % (rid, act), "ops", None)
+    c = W.w("POST", "/v1/commands", "ops", body={"device_id": "i-0", "action": "set-point", "params": {},
+                                                  "ttl_seconds": 600})
+    idem_twice("POST /v1/commands/{id}/approve", "/v1/commands/%s/approve" % c.body["command_id"], "alice", {})
+    c = W.w("POST", "/v1/commands", "ops", body={"device_id": "i-0", "action": "set-point", "params": {},
+                                                  "ttl_seconds": 600})
+    idem_twice("POST /v1/commands/{id}/reject", "/v1/commands/%s/reject" % c.body["command_id"], "alice",
+               {"comment": "no"})
+    c = W.w("POST", "/v1/commands", "ops", body={"device_id": "i-0", "action": "reboot"})
+    check(c.status == 202, "command without params/ttl_seconds (defaults)", c)
+    c = W.w("POST", "/v1/commands/%s/approve" % c.body.get("command_id"), "alice")
+    check(c.status == 200, "approve without a body", c)
+    # min_position reached while waiting
+    h = W.head()
+    t = threading.Timer(0.5, lambda: W.w("POST", "/v1/devices", "ops", body={"device_id": "i-1", "hardware": "hw-i"}))
+    t.start()
+    r = W.r("GET", "/v1/devices/i-0/update?min_position=%d&wait_ms=8000" % (h + 1), "ops")
+    t.join()
+    check(r.status in (200, 204) and int(pos_header(r) or 0) >= h + 1, "min_position reached while waiting", r)
+    t0 = time.monotonic()
+    r = W.r("GET", "/v1/devices/i-0/update?min_position=%d&wait_ms=60000" % (h + 100000), "ops")
+    el = time.monotonic() - t0
+    check((r.status == 503 and el < 12) or r.status == 400, "wait_ms above 10000: 400 or capped at 10 s (%.1fs)" % el,
+          r)
+    # CommandAuthorized carries the envelope, verifiable from the event
+    dk = W.devkey()
+    auths = [e for e in W.events() if e.get("type") == "CommandAuthorized"]
+    check(bool(auths), "CommandAuthorized events exist", "")
+    per_dev = {}
+    for e in auths:
+        d = e["data"]
+        env = d.get("envelope")
+        if not check(isinstance(env, dict) and isinstance(d.get("signature"), str),
+                     "CommandAuthorized data has envelope and signature", sorted(d)):
+            break
+        ok, out = openssl_verify(env, d["signature"], dk["public_key_pem"], W.work)
+        check(ok, "CommandAuthorized envelope %s/%s verifies" % (env["device_id"], env["counter"]), out)
+        per_dev.setdefault(env["device_id"], []).append(env["counter"])
+    for dv, cs in per_dev.items():
+        check(cs == list(range(1, len(cs) + 1)), "counters of %s 1..n without gaps" % dv, cs)
+    # DDI: closed+failure is a failed report; cancelAction
+    auth = {"Authorization": "TargetToken " + DEV_TOK["x-1"]}
+    p = request("GET", W.rp, "/ddi/DEFAULT/controller/v1/x-1", headers=auth)
+    links = p.body.get("_links", {}) if isinstance(p.body, dict) else {}
+    print("   (info) x-1 poll links:", sorted(links), flush=True)
+    if "cancelAction" in links:
+        href = links["cancelAction"]["href"]
+        path = href if href.startswith("/") else "/" + href.split("/", 3)[3]
+        aid = path.rstrip("/").split("/")[-1].split("?")[0]
+        g = request("GET", W.rp, path, headers=auth)
+        check(g.status == 200 and isinstance(g.body, dict) and "cancelAction" in g.body,
+              "GET cancelAction 200 {id, cancelAction}", g)
+        fb = {"id": aid, "status": {"execution": "closed", "result": {"finished": "success"}, "details": []}}
+        g = request("POST", W.rp, path + "/feedback", body=fb, headers=auth)
+        check(g.status == 200, "cancelAction feedback 200", g)
+        time.sleep(0.5)
+        p = request("GET", W.rp, "/ddi/DEFAULT/controller/v1/x-1", headers=auth)
+        check("cancelAction" not in p.body.get("_links", {}), "after cancel feedback, no cancelAction", p.body)
+    if "deploymentBase" in links:
+        href = links["deploymentBase"]["href"]
+        aid = href.split("/deploymentBase/")[1].split("?")[0]
+        h = W.head()
+        fb = {"id": aid, "status": {"execution": "closed", "result": {"finished": "failure"}, "details": ["bad"]}}
+        g = request("POST", W.rp, "/ddi/DEFAULT/controller/v1/x-1/deploymentBase/%s/feedback" % aid, body=fb,
+                    headers=auth)
+        check(g.status == 200, "closed failure feedback 200", g)
+        time.sleep(0.5)
+        check(any("failed" in json.dumps(e) for e in W.events(h)), "closed failure recorded as a failed report",
+              [e.get("type") for e in W.events(h)])
+
+
+@section
+def ddi_halt_and_roles(W):
+    devs = ["y-%d" % i for i in range(6)]
+    for d in devs:
+        assert W.w("POST", "/v1/devices", "ops", body={"device_id": d, "hardware": "hw-y"}).status == 201
+    swu = make_swu([("p.bin", secrets.token_bytes(500))])
+    up, _ = W.upload("fw-y", "hw-y", 1, data=swu, fmt="swu")
+    ro = W.w("POST", "/v1/rollouts", "ops", body={"firmware_id": up.body["firmware_id"], "hardware": "hw-y",
+                                                   "stages": [100], "failure_threshold": 0.5, "min_reports": 2})
+    rid = ro.body["rollout_id"]
+    time.sleep(0.3)
+    aids = {}
+    for d in devs:
+        auth = {"Authorization": "TargetToken " + DEV_TOK[d]}
+        p = request("GET", W.rp, "/ddi/DEFAULT/controller/v1/%s" % d, headers=auth)
+        href = p.body.get("_links", {}).get("deploymentBase", {}).get("href", "")
+        if href:
+            aids[d] = href.split("/deploymentBase/")[1].split("?")[0]
+    check(len(aids) == 6, "all six y devices get deploymentBase", aids)
+    check(len(set(aids.values())) == 6, "one action id per offer to one device", aids)
+    for d in devs[:2]:
+        fb = {"id": aids[d], "status": {"execution": "closed", "result": {"finished": "failure"}, "details": ["x"]}}
+        g = request("POST", W.rp, "/ddi/DEFAULT/controller/v1/%s/deploymentBase/%s/feedback" % (d, aids[d]),
+                    body=fb, headers={"Authorization": "TargetToken " + DEV_TOK[d]})
+        check(g.status == 200, "failure feedback 200", g)
+    time.sleep(1.0)
+    evs = W.events()
+    halted = [e for e in evs if e.get("type") == "RolloutHalted" and rid in json.dumps(e)]
+    check(bool(halted), "two DDI failure feedbacks (min_reports 2, threshold 0.5) halt the rollout",
+          [e.get("type") for e in evs[-6:]])
+    p = request("GET", W.rp, "/ddi/DEFAULT/controller/v1/%s" % devs[5],
+                headers={"Authorization": "TargetToken " + DEV_TOK[devs[5]]})
+    lk = sorted(p.body.get("_links", {}))
+    check("deploymentBase" not in lk, "halted rollout: no deploymentBase for an offered device", lk)
+    print("   (info) offered device after halt:", lk, flush=True)
+    # same device reporting several times: does it count several reports?
+    for d in ("z-0",):
+        assert W.w("POST", "/v1/devices", "ops", body={"device_id": d, "hardware": "hw-z"}).status == 201
+    up, _ = W.upload("fw-z", "hw-z", 1)
+    ro = W.w("POST", "/v1/rollouts", "ops", body={"firmware_id": up.body["firmware_id"], "hardware": "hw-z",
+                                                   "stages": [100], "failure_threshold": 0.5, "min_reports": 3})
+    for _ in range(3):
+        W.w("POST", "/v1/devices/z-0/reports", "z-0", body={"firmware_id": up.body["firmware_id"], "status": "failed"})
+    time.sleep(0.8)
+    h = [e for e in W.events() if e.get("type") == "RolloutHalted" and ro.body["rollout_id"] in json.dumps(e)]
+    print("   (info) one device sending 3 failed reports, min_reports 3: halted=%s" % bool(h), flush=True)
+    # role matrix of the new endpoints (deny side)
+    fid = up.body["firmware_id"]
+    denies = [("r", "GET", "/v1/devices/z-0/update", "audit"), ("r", "GET", "/v1/devices/z-0/commands", "audit"),
+              ("r", "GET", "/v1/devices/z-0/update", "alice"), ("r", "GET", "/v1/snapshots/rollouts", "ci"),
+              ("r", "GET", "/v1/snapshots/commands", "alice"), ("r", "GET", "/v1/events", "z-0"),
+              ("w", "POST", "/v1/rollouts", "alice"), ("w", "POST", "/v1/rollouts", "z-0"),
+              ("w", "POST", "/v1/commands", "z-0"), ("w", "POST", "/v1/commands", "ci"),
+              ("w", "POST", "/v1/devices/z-0/reports", "ops"), ("w", "POST", "/v1/devices", "z-0"),
+              ("w", "POST", "/v1/rollouts/%s/pause" % ro.body["rollout_id"], "alice")]
+    for side, m, path, who in denies:
+        body = {"firmware_id": fid, "status": "installed"} if path.endswith("reports") else (
+            {} if m == "POST" else None)
+        r = (W.w if side == "w" else W.r)(m, path, who, body=body) if side == "w" else W.r(m, path, who)
+        check(is_problem(r, 403), "%s %s by %s: 403" % (m, path, who), r)
+    for side, m, path in (("r", "GET", "/v1/devices/z-0/update"), ("r", "GET", "/v1/snapshots/rollouts"),
+                          ("w", "POST", "/v1/rollouts"), ("w", "POST", "/v1/devices/z-0/reports")):
+        r = request(m, W.rp if side == "r" else W.wp, path, body={} if m == "POST" else None,
+                    headers={"Authorization": "Bearer tok_unknown"})
+        check(is_problem(r, 401), "%s %s with an unknown token: 401" % (m, path), r)
+    s = W.r("GET", "/v1/snapshots/rollouts", "ops")
+    st = s.body.get("state", {})
+    print("   (info) rollouts snapshot state keys:", sorted(st)[:10], json.dumps(st)[:600], flush=True)
+
+
+@section
+def odds(W):
+    env_ = [e for e in W.events() if e.get("type") == "CommandAuthorized"][0]["data"]["envelope"]
+    check(isinstance(env_["command_id"], str) and isinstance(env_["action"], str),
+          "envelope command_id/action strings", env_)
+    print("   (info) not_after is %r" % (env_["not_after"],), flush=True)
+    fid = [e for e in W.events() if e.get("type") == "FirmwareUploaded"][0]["data"]
+    fid = fid.get("firmware_id") or "sha256:" + fid["manifest"]["sha256"]
+    r = W.w("POST", "/v1/devices/z-0/reports", "z-0", body={"firmware_id": "sha256:" + "2" * 64, "status": "failed"})
+    print("   (info) report naming an unknown firmware: %d" % r.status, flush=True)
+    check(r.status in (202, 404, 409, 422) and (r.status == 202 or is_problem(r, r.status)),
+          "report naming an unknown firmware: 202 or a problem", r)
+    r = W.w("POST", "/v1/devices/z-2/reports", "z-2", body={"firmware_id": fid, "status": "failed"})
+    check(is_problem(r, 404), "report by a principal whose device is not registered: 404", r)
+    r = W.w("POST", "/v1/devices/z-0/reports", "z-0", body={"firmware_id": fid, "status": "failed"},
+            headers={"Content-Type": "text/plain"})
+    check(is_problem(r, 415), "report text/plain 415", r)
+    r = W.w("POST", "/v1/devices", "ops", body="{\"device_id\":\"q\",\"hardware\":\"h\"}", headers={})
+    print("   (info) POST /v1/devices without Content-Type: %d" % r.status, flush=True)
+    r = W.w("POST", "/v1/devices", "ops", body={"device_id": "q-1", "hardware": "h", "extra": 1})
+    print("   (info) POST /v1/devices with an unknown field: %d" % r.status, flush=True)
+    r = W.r("GET", "/v1/devices/z-0/update?min_position=1&wait_ms=-5", "ops")
+    check(is_problem(r, 400), "wait_ms negative 400", r)
+    r = W.r("GET", "/v1/devices/z-0/update?min_position=1&wait_ms=abc", "ops")
+    check(is_problem(r, 400), "wait_ms not a number 400", r)
+    r = W.r("GET", "/v1/events?after=0&limit=1001", "audit")
+    check(r.status in (200, 400), "events limit 1001: capped or 400", r.status)
+    if r.status == 200:
+        check(len(r.body["events"]) <= 1000, "events limit capped at 1000", len(r.body["events"]))
+    # the dual-role principal approves somebody else's command
+    c = W.w("POST", "/v1/commands", "ops", body={"device_id": "z-0", "action": "reboot", "params": {},
+                                                  "ttl_seconds": 600})
+    a = W.w("POST", "/v1/commands/%s/approve" % c.body["command_id"], "both", body={})
+    check(a.status == 200 and a.body.get("state") == "authorized", "operator+approver approves another's command", a)
+    # DDI odds
+    d = "z-1"
+    assert W.w("POST", "/v1/devices", "ops", body={"device_id": d, "hardware": "hw-none"}).status == 201
+    auth = {"Authorization": "TargetToken " + DEV_TOK[d]}
+    p = request("GET", W.rp, "/ddi/DEFAULT/controller/v1/%s" % d, headers=auth)
+    check(p.status == 200 and "deploymentBase" not in p.body.get("_links", {}), "DDI poll with nothing to do: 200",
+          p)
+    c = request("PUT", W.rp, "/ddi/DEFAULT/controller/v1/%s/configData" % d,
+                body={"mode": "merge", "data": {"a": "1"}}, headers=dict(auth, **{"Content-Type": "application/json"}))
+    check(c.status == 200, "configData PUT 200", c)
+    p = request("GET", W.rp, "/ddi/DEFAULT/controller/v1/%s" % d, headers=auth)
+    check("configData" not in p.body.get("_links", {}), "no configData link once attributes are sent", p.body)
+    for m, rest in (("GET", "/deploymentBase/12345"), ("POST", "/deploymentBase/12345/feedback"),
+                    ("GET", "/cancelAction/12345"), ("GET", "/softwaremodules/1/artifacts/nope.swu")):
+        body = ({"id": "12345", "status": {"execution": "closed", "result": {"finished": "success"}}}
+                if m == "POST" else None)
+        r = request(m, W.rp, "/ddi/DEFAULT/controller/v1/%s%s" % (d, rest), body=body, headers=auth)
+        check(is_problem(r, 404), "DDI %s %s of no offer: 404 problem+json" % (m, rest), r)
+    d2 = "z-2"  # a principal whose device is not registered
+    p = request("GET", W.rp, "/ddi/DEFAULT/controller/v1/%s" % d2, headers={"Authorization": "TargetToken " + DEV_TOK[d2]})
+    print("   (info) DDI poll by an unregistered device principal: %d" % p.status, flush=True)
+    check(p.status in (200, 404), "DDI poll of an unregistered device: 200 or 404", p)
+    g = W.r("GET", "/v1/devices/%s/update" % d2, d2)
+    check(g.status in (204, 404), "/update of an unregistered own device: 204 or 404", g)
+    # format odds
+    r, _ = W.upload("fw-fmt", "hw-f", 1, data=b"not a cpio archive at all", fmt="swu")
+    check(is_problem(r, 400), "format=swu with a non-archive 400", r)
+    r, _ = W.upload("fw-fmt", "hw-f", 1, data=b"x", fmt="zip")
+    check(is_problem(r, 400), "format=zip 400", r)
+    # CLI odds
+    f = os.path.join(W.work, "p.swu")
+    with open(f, "wb") as fh:
+        fh.write(make_swu([("q.bin", secrets.token_bytes(200))]))
+    env = W.dep.env(SIGNET_TOKEN=W.tok["ci"])
+    p = W.cli("push", f, "--name", "pswu", "--version", "1", "--hardware", "hw-f", "--security-version", "1",
+              "--format", "swu", "--url", "http://127.0.0.1:%d" % W.wp, env=env)
+    check(p.returncode == 0 and p.stdout.strip().startswith("sha256:"), "signet push --format swu", (p.stdout, p.stderr))
+    env = W.dep.env(SIGNET_TOKEN="tok_wrong")
+    p = W.cli("push", f, "--name", "pswu2", "--version", "1", "--hardware", "hw-f", "--security-version", "1",
+              "--url", "http://127.0.0.1:%d" % W.wp, env=env)
+    check(p.returncode != 0 and p.stderr.strip(), "signet push with a wrong token fails with the detail",
+          (p.returncode, p.stderr))
+    env = W.dep.env(SIGNET_TOKEN=None)
+    p = W.cli("push", f, "--name", "pswu3", "--version", "1", "--hardware", "hw-f", "--security-version", "1",
+              "--url", "http://127.0.0.1:%d" % W.wp, env=env)
+    check(p.returncode != 0, "signet push without SIGNET_TOKEN fails", (p.returncode, p.stderr))
+
+
 def make_swu(files, version="1.0", hw="1.0"):
     def entry(name, data, ino):
         nb = name.encode() + b"\0"
@@ -906,6 +1170,9 @@ def main():
         rollback(W)
         ddi(W)
         snapshots(W)
+        extras(W)
+        ddi_halt_and_roles(W)
+        odds(W)
         try:
             check_expiry(W)
         except Exception as e:
