@@ -1028,6 +1028,46 @@ def odds(W):
     check(p.returncode != 0, "signet push without SIGNET_TOKEN fails", (p.returncode, p.stderr))
 
 
+def jcs(o):
+    """RFC 8785 for what signet signs (no floats): keys in UTF-16 code unit
+    order, UTF-8, nothing escaped beyond what JSON needs."""
+    if isinstance(o, dict):
+        ks = sorted(o, key=lambda k: k.encode("utf-16-be"))
+        return "{" + ",".join(json.dumps(k, ensure_ascii=False) + ":" + jcs(o[k]) for k in ks) + "}"
+    if isinstance(o, list):
+        return "[" + ",".join(jcs(x) for x in o) + "]"
+    return json.dumps(o, ensure_ascii=False)
+
+
+@section
+def canonical_edges(W):
+    """Envelopes whose params hold non-ASCII, control characters and keys
+    outside the BMP: verified from the JCS bytes an outsider makes; shows
+    where Python's json.dumps(sort_keys=True) is not RFC 8785."""
+    assert W.w("POST", "/v1/devices", "ops", body={"device_id": "x-edge", "hardware": "h"}).status == 201
+    dk = W.devkey()
+    for params in ({"msg": "h\u00e9llo \u20ac"}, {"ctl": "a\u0001b\tc\"d\\e\u007f"},
+                   {"astral": "\U0001F600", "\U0001F600k": 1, "\ue000k": 2}):
+        r = W.w("POST", "/v1/commands", "ops", body={"device_id": "x-edge", "action": "reboot", "params": params,
+                                                      "ttl_seconds": 600})
+        a = W.w("POST", "/v1/commands/%s/approve" % r.body["command_id"], "alice", body={})
+        g = W.r("GET", "/v1/devices/x-edge/commands?after=0&min_position=%d" % a.body["position"], "ops")
+        c = g.body["commands"][-1]
+        d = tempfile.mkdtemp(dir=W.work)
+        with open(d + "/doc", "wb") as f:
+            f.write(jcs(c["envelope"]).encode())
+        with open(d + "/sig", "wb") as f:
+            f.write(base64.b64decode(c["signature"]))
+        with open(d + "/pub", "w") as f:
+            f.write(dk["public_key_pem"])
+        ok = subprocess.run(["openssl", "dgst", "-sha256", "-verify", d + "/pub", "-signature", d + "/sig",
+                             d + "/doc"], stdout=subprocess.DEVNULL).returncode == 0
+        check(ok and c["envelope"]["params"] == params, "envelope with params %r verifies from RFC 8785 bytes" % params, c)
+        py_default = json.dumps(c["envelope"], sort_keys=True, separators=(",", ":")).encode()
+        print("   (info) Python json.dumps(sort_keys, separators) bytes equal the signed bytes: %s"
+              % (py_default == jcs(c["envelope"]).encode()), flush=True)
+
+
 def make_swu(files, version="1.0", hw="1.0"):
     def entry(name, data, ino):
         nb = name.encode() + b"\0"
@@ -1173,6 +1213,7 @@ def main():
         extras(W)
         ddi_halt_and_roles(W)
         odds(W)
+        canonical_edges(W)
         try:
             check_expiry(W)
         except Exception as e:
