@@ -42,9 +42,18 @@ struct blob_upload {
 
 /*** references: hex -> uploads holding it ***/
 
+/* Each entry is (count << 1) | ours: count uploads in flight hold the hash;
+ * ours says that one of them created blobs/sha256/<hex> and no event names
+ * it yet. Only such a blob may be deleted when the last holder is refused: a
+ * blob that was there before (an earlier event names it) or that a kept
+ * upload handed to an event stays, whatever later uploads of the same bytes
+ * are told. */
+#define REF_OURS ((uintptr_t)1)
+
 static pthread_mutex_t refs_mu = PTHREAD_MUTEX_INITIALIZER;
 static strmap *refs;
 
+/* Take a reference on hex. */
 static sg_err ref_take(const char *hex)
 {
     sg_err e = SG_ENOMEM;
@@ -52,11 +61,21 @@ static sg_err ref_take(const char *hex)
     if (refs == NULL)
         refs = strmap_new();
     if (refs) {
-        uintptr_t n = (uintptr_t)strmap_get(refs, hex);
-        e = strmap_put(refs, hex, (void *)(n + 1));
+        uintptr_t v = (uintptr_t)strmap_get(refs, hex);
+        e = strmap_put(refs, hex, (void *)(v + 2));
     }
     pthread_mutex_unlock(&refs_mu);
     return e;
+}
+
+/* The holder that linked the blob says so: it may go with the last refusal. */
+static void ref_mark_ours(const char *hex)
+{
+    pthread_mutex_lock(&refs_mu);
+    uintptr_t v = refs ? (uintptr_t)strmap_get(refs, hex) : 0;
+    if (v)
+        strmap_put(refs, hex, (void *)(v | REF_OURS)); /* replaces in place */
+    pthread_mutex_unlock(&refs_mu);
 }
 
 static int valid_hex64(const char *s)
@@ -73,20 +92,23 @@ static void blob_path(const char *data_dir, const char *hex, char *out, size_t o
     snprintf(out, outlen, "%s/blobs/sha256/%s", data_dir, hex);
 }
 
-/* Drop one reference; with unlink_if_last, delete the blob when it was the
- * last. Deletion happens under refs_mu, so no upload can link the same hash
- * in between (it takes its reference first). */
-static void ref_drop(const char *data_dir, const char *hex, int unlink_if_last)
+/* Drop one reference. keep: an event names (or may name) the blob, so it is
+ * never ours to delete again. Otherwise the blob is deleted when this was the
+ * last reference and an upload in flight created it (REF_OURS). Deletion
+ * happens under refs_mu, so no upload can link the same hash in between (it
+ * takes its reference first). */
+static void ref_drop(const char *data_dir, const char *hex, int keep)
 {
     char path[4096];
     pthread_mutex_lock(&refs_mu);
-    uintptr_t n = refs ? (uintptr_t)strmap_get(refs, hex) : 0;
-    if (n > 1) {
-        strmap_put(refs, hex, (void *)(n - 1)); /* replaces in place: cannot fail */
-    } else {
-        if (n == 1)
-            strmap_del(refs, hex);
-        if (unlink_if_last && valid_hex64(hex)) {
+    uintptr_t v = refs ? (uintptr_t)strmap_get(refs, hex) : 0;
+    if (keep)
+        v &= ~REF_OURS;
+    if (v >> 1 > 1) {
+        strmap_put(refs, hex, (void *)(v - 2)); /* replaces in place: cannot fail */
+    } else if (v != 0) {
+        strmap_del(refs, hex);
+        if ((v & REF_OURS) && valid_hex64(hex)) {
             blob_path(data_dir, hex, path, sizeof(path));
             if (unlink(path) == 0)
                 sg_info("blobs: removed sha256:%s (its upload was refused)", hex);
@@ -99,7 +121,7 @@ static void ref_drop(const char *data_dir, const char *hex, int unlink_if_last)
 
 void blob_release(const char *data_dir, const char *hex, int keep)
 {
-    ref_drop(data_dir, hex, !keep);
+    ref_drop(data_dir, hex, keep);
 }
 
 /*** directories ***/
@@ -250,9 +272,13 @@ sg_err blob_upload_commit(blob_upload *u, char hex[65], char *why, size_t whylen
         ref_drop(u->data_dir, hex, 0);
         return e;
     }
+    /* EEXIST: another upload in flight linked it (its REF_OURS stands), or
+     * it was there before (an event names it: never ours to delete). */
+    if (rc == 0)
+        ref_mark_ours(hex);
     if (fsync_dir(dir) != 0) {
         e = sg_say(why, whylen, SG_ESTORE, "cannot make %s durable: %s", dir, strerror(errno));
-        ref_drop(u->data_dir, hex, rc == 0); /* ours only if we linked it */
+        ref_drop(u->data_dir, hex, 0);
         return e;
     }
     u->linked = 1;

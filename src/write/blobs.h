@@ -39,8 +39,10 @@ sg_err blob_upload_commit(blob_upload *u, char hex[65], char *why, size_t whylen
 void blob_upload_free(blob_upload *u);
 
 /* Give back a reference taken by blob_upload_commit(). keep: an event names
- * (or may name) the blob. Otherwise, if no other upload holds the hash, the
- * blob is deleted. Any thread. */
+ * (or may name) the blob. Otherwise the blob is deleted if no other upload
+ * holds the hash and an upload in flight created it; a blob that was there
+ * before (an earlier event names it), or that a kept upload left, stays
+ * whatever later uploads of the same bytes are told. Any thread. */
 void blob_release(const char *data_dir, const char *hex, int keep);
 
 /* At start, before any upload: remove everything in data_dir/tmp, and every

@@ -422,6 +422,25 @@ class FirmwareUpload(FirmwareBase):
         self.assertEqual(r1.body, r2.body)
         self.assertEqual(self.head(), head)
 
+    def test_idempotency_key_reused_for_other_upload_keeps_blob(self):
+        """The same bytes sent again under another name with a used
+        Idempotency-Key (422, refused before any decision): the blob the
+        first upload's event names stays, and the image is still served."""
+        data = os.urandom(10000)
+        hdr = {"Idempotency-Key": "fw-" + os.urandom(6).hex()}
+        r1 = upload(self.wp, self.ci, data, "idem-keep", "1", headers=hdr)
+        self.assertStatus(r1, 201)
+        fid = r1.body["firmware_id"]
+        head = self.head()
+        r2 = upload(self.wp, self.ci, data, "idem-keep-other", "1", headers=hdr)
+        self.assertProblem(r2, 422)
+        self.assertEqual(self.head(), head)
+        self.assertIn(fid[7:], self.blobs(), "a refused upload deleted the blob of an earlier event")
+        g = request("GET", self.rp, "/v1/firmware/%s/image?min_position=%d&wait_ms=5000"
+                    % (fid, r1.body["position"]), token=self.audit)
+        self.assertStatus(g, 200)
+        self.assertEqual(g.body, data)
+
     def test_disconnect_mid_upload(self):
         head, blobs = self.head(), self.blobs()
         s = socket.create_connection(("127.0.0.1", self.wp), timeout=30)

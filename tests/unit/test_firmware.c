@@ -201,6 +201,22 @@ static void test_blob_store(void **state)
     blob_release(dir, hex, 1);
     assert_true(blob_exists(hex));
 
+    /* A later upload of the same bytes, refused (a reused Idempotency-Key),
+     * never deletes the blob an event names. */
+    store_bytes(data, len, hex2);
+    blob_release(dir, hex2, 0);
+    assert_true(blob_exists(hex));
+
+    /* Twins in flight, one kept, the other refused after it: it stays. */
+    char bp[512];
+    snprintf(bp, sizeof(bp), "%s/blobs/sha256/%s", dir, hex);
+    assert_int_equal(unlink(bp), 0);
+    store_bytes(data, len, hex);
+    store_bytes(data, len, hex2);
+    blob_release(dir, hex, 1);
+    blob_release(dir, hex2, 0);
+    assert_true(blob_exists(hex));
+
     /* An upload never committed leaves nothing. */
     blob_upload *u = NULL;
     assert_int_equal(blob_upload_open(dir, &u, why, sizeof(why)), SG_OK);
