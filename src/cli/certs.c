@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../core/buf.h"
 #include "../core/config.h"
@@ -20,7 +21,9 @@ static void say(const char *line)
     printf("%s\n", line);
 }
 
-/* --config FILE --purpose devices [one positional]; 0 on success. */
+/* --config FILE --purpose devices [one positional]; 0 on success. Without
+ * --config (CONFIG.md writes these two commands without it): $SIGNET_CONFIG,
+ * else ./signet.json, and stderr says which. */
 static int parse(int argc, char **argv, const char **config, const char **positional)
 {
     const char *purpose = NULL;
@@ -36,6 +39,12 @@ static int parse(int argc, char **argv, const char **config, const char **positi
             *positional = argv[i];
         else
             return -1;
+    }
+    if (*config == NULL) {
+        const char *env = getenv("SIGNET_CONFIG");
+        *config = env && *env ? env : access("signet.json", R_OK) == 0 ? "signet.json" : NULL;
+        if (*config)
+            fprintf(stderr, "signet: configuration %s (no --config)\n", *config);
     }
     if (*config == NULL || purpose == NULL || (positional && *positional == NULL))
         return -1;
@@ -65,7 +74,8 @@ int cli_csr(int argc, char **argv)
     char why[512], *pem = NULL;
     int rc = 1;
     if (parse(argc, argv, &config, NULL) != 0) {
-        fprintf(stderr, "usage: signet csr --config FILE --purpose devices\n");
+        fprintf(stderr, "usage: signet csr [--config FILE] --purpose devices\n"
+                        "       (without --config: $SIGNET_CONFIG, else ./signet.json)\n");
         return 2;
     }
     if (open_devices(config, &cfg, &sg) != 0)
@@ -93,7 +103,8 @@ int cli_import_cert(int argc, char **argv)
     int rc = 1;
     FILE *f = NULL;
     if (parse(argc, argv, &config, &path) != 0) {
-        fprintf(stderr, "usage: signet import-cert --config FILE --purpose devices CHAIN.pem\n");
+        fprintf(stderr, "usage: signet import-cert [--config FILE] --purpose devices CHAIN.pem\n"
+                        "       (without --config: $SIGNET_CONFIG, else ./signet.json)\n");
         return 2;
     }
     if ((f = fopen(path, "rb")) == NULL) {

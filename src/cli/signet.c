@@ -29,16 +29,18 @@
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: signet init --config FILE\n"
-                    "       signet token-hash TOKEN|-\n"
-                    "       signet verify-log [--keys KEYS.json] EVENTS.json|URL\n"
-                    "       signet verify-manifest --keys KEYS.json MANIFEST.json IMAGE\n"
-                    "       signet push FILE --name N --version V --hardware H "
-                    "--security-version S [--format swu] [--url URL]\n"
-                    "       signet accept-store --config FILE\n"
-                    "       signet events-catalogue\n"
-                    "       signet csr --config FILE --purpose devices\n"
-                    "       signet import-cert --config FILE --purpose devices CHAIN.pem\n");
+    fprintf(stderr,
+            "usage: signet init --config FILE\n"
+            "       signet token-hash TOKEN|-\n"
+            "       signet verify-log [--keys KEYS.json] EVENTS.json|URL\n"
+            "       signet verify-manifest --keys KEYS.json MANIFEST.json IMAGE\n"
+            "       signet push FILE --name N --version V --hardware H "
+            "--security-version S [--format swu] [--url URL]\n"
+            "       signet accept-store --config FILE\n"
+            "       signet events-catalogue\n"
+            "       signet csr [--config FILE] --purpose devices\n"
+            "       signet import-cert [--config FILE] --purpose devices CHAIN.pem\n"
+            "       (csr, import-cert: without --config, $SIGNET_CONFIG or ./signet.json)\n");
     return 2;
 }
 
