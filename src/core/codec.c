@@ -1,10 +1,12 @@
 /* codec.c - hex, base64, SHA-256, UUIDs, clocks, constant-time compare.
- * Pure helpers: no global state, no I/O. */
+ * Pure helpers: no I/O; the only global state is the fetched SHA-256 method
+ * and the per-thread id randomness pool. */
 #include "codec.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,10 +121,23 @@ bad:
 
 /*** hashing, comparison, ids, time ***/
 
+/* SHA-256 fetched from the default provider once: EVP_sha256() makes
+ * OpenSSL 3 fetch the implementation again at every digest (a lock and a
+ * method-store look-up, most of the cost of hashing a short message). The
+ * fetched method is kept for the life of the process. */
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_fetch(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 void sg_sha256(const void *data, size_t len, uint8_t out[SG_SHA256_LEN])
 {
     unsigned int n = 0;
-    EVP_Digest(data, len, out, &n, EVP_sha256(), NULL);
+    pthread_once(&sha256_once, sha256_fetch);
+    EVP_Digest(data, len, out, &n, sha256_md ? sha256_md : EVP_sha256(), NULL);
 }
 
 void sg_sha256_hex(const void *data, size_t len, char out[SG_HEX256_LEN + 1])

@@ -75,7 +75,11 @@ struct sequencer {
     char aggregates[512]; /* "name@version,..." of o.aggregates, for the checkpoint */
 
     pthread_mutex_t mu;
-    pthread_cond_t wake; /* queue non-empty, committer progress, stop */
+    /* Each thread waits on its own condition, so a request queued wakes the
+     * sequencer alone, and only when the queue was empty (the sequencer waits
+     * for requests only then), never the committer. */
+    pthread_cond_t wake;  /* sequencer: queue non-empty, committer progress, stop */
+    pthread_cond_t cwake; /* committer: a batch queued, the sequencer done */
     struct wreq *qhead, *qtail;
     struct batch *chead, *ctail; /* committer queue */
     int committing;              /* committer busy with a batch */
@@ -458,7 +462,7 @@ static void *committer_main(void *arg)
     pthread_mutex_lock(&q->mu);
     for (;;) {
         while (q->chead == NULL && !q->seq_done)
-            pthread_cond_wait(&q->wake, &q->mu);
+            pthread_cond_wait(&q->cwake, &q->mu);
         struct batch *b = q->chead;
         if (b == NULL)
             break;
@@ -710,7 +714,7 @@ static void run_batch(sequencer *q, struct wreq *list, size_t n)
     else
         q->chead = b;
     q->ctail = b;
-    pthread_cond_broadcast(&q->wake);
+    pthread_cond_signal(&q->cwake);
     pthread_mutex_unlock(&q->mu);
 }
 
@@ -835,7 +839,7 @@ static void *sequencer_main(void *arg)
         pthread_mutex_lock(&q->mu);
     }
     q->seq_done = 1;
-    pthread_cond_broadcast(&q->wake);
+    pthread_cond_broadcast(&q->cwake);
     pthread_mutex_unlock(&q->mu);
     return NULL;
 }
@@ -881,6 +885,7 @@ sg_err sequencer_start(const struct sequencer_opts *o, sequencer **out, char *wh
     q->next_tick = sg_mono_ms() + q->o.tick_ms;
     pthread_mutex_init(&q->mu, NULL);
     pthread_cond_init(&q->wake, NULL);
+    pthread_cond_init(&q->cwake, NULL);
     atomic_store(&q->store_ok, 1);
     chain_genesis(&q->base_at);
     sg_err e = SG_ENOMEM;
@@ -943,6 +948,7 @@ sg_err sequencer_start(const struct sequencer_opts *o, sequencer **out, char *wh
         pthread_mutex_lock(&q->mu);
         q->stopping = q->seq_done = 1;
         pthread_cond_broadcast(&q->wake);
+        pthread_cond_broadcast(&q->cwake);
         pthread_mutex_unlock(&q->mu);
         if (committer)
             pthread_join(q->commit_thread, NULL);
@@ -966,12 +972,14 @@ sg_err sequencer_submit(sequencer *q, struct wreq *r)
         pthread_mutex_unlock(&q->mu);
         return SG_EUNAVAILABLE;
     }
+    int was_empty = q->qhead == NULL;
     if (q->qtail)
         q->qtail->next = r;
     else
         q->qhead = r;
     q->qtail = r;
-    pthread_cond_broadcast(&q->wake);
+    if (was_empty)
+        pthread_cond_signal(&q->wake);
     pthread_mutex_unlock(&q->mu);
     return SG_OK;
 }
