@@ -168,6 +168,11 @@ const char *http_header(struct req *r, const char *name);
 void http_reply_file(struct req *r, int fd, uint64_t size, const char *content_type,
                      const char *etag);
 
+/* A decimal integer in [min, max], nothing else (at most 19 digits). */
+int http_parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *out);
+/* An Idempotency-Key's syntax: 1 to 255 printable ASCII, no spaces. */
+int http_valid_idem_key(const char *k);
+
 /* Route handlers (routes.c). */
 void route_write_request(struct req *r);
 void route_healthz(struct req *r);

@@ -81,8 +81,8 @@ const struct route routes[] = {
 };
 const size_t nroutes = sizeof(routes) / sizeof(routes[0]);
 
-/* A decimal integer in [min, max], nothing else. */
-static int parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *out)
+/* A decimal integer in [min, max], nothing else (internal.h). */
+int http_parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 {
     if (s == NULL || *s == '\0' || strlen(s) > 19)
         return 0;
@@ -104,7 +104,7 @@ static void wreq_done(struct wreq *w, void *ud)
     http_resume(ud);
 }
 
-static int valid_idem_key(const char *k)
+int http_valid_idem_key(const char *k)
 {
     size_t n = strlen(k);
     if (n == 0 || n > 255)
@@ -161,7 +161,7 @@ void route_write_request(struct req *r)
         return;
     }
     const char *idem = http_header(r, "Idempotency-Key");
-    if (idem && !valid_idem_key(idem)) {
+    if (idem && !http_valid_idem_key(idem)) {
         http_problem(r, SG_EBADINPUT,
                      "Idempotency-Key must be 1 to 255 printable ASCII "
                      "characters without spaces");
@@ -222,8 +222,8 @@ int wait_for_position(struct req *r)
     uint64_t min = 0, wait = 2000;
     if (mp == NULL && wm == NULL)
         return 0;
-    if ((mp && !parse_uint(mp, 0, (uint64_t)1 << 53, &min)) ||
-        (wm && !parse_uint(wm, 0, 10000, &wait))) {
+    if ((mp && !http_parse_uint(mp, 0, (uint64_t)1 << 53, &min)) ||
+        (wm && !http_parse_uint(wm, 0, 10000, &wait))) {
         http_problem(r, SG_EBADINPUT,
                      "min_position must be a non-negative integer and wait_ms 0 to 10000");
         return 1;
@@ -247,8 +247,8 @@ void route_events(struct req *r)
 {
     uint64_t after = 0, limit = 100;
     const char *a = http_query(r, "after"), *l = http_query(r, "limit");
-    if ((a && !parse_uint(a, 0, (uint64_t)1 << 53, &after)) ||
-        (l && !parse_uint(l, 1, 1000, &limit))) {
+    if ((a && !http_parse_uint(a, 0, (uint64_t)1 << 53, &after)) ||
+        (l && !http_parse_uint(l, 1, 1000, &limit))) {
         http_problem(r, SG_EBADINPUT, "after must be a non-negative integer, limit 1 to 1000");
         return;
     }
@@ -284,8 +284,8 @@ void route_snapshot(struct req *r)
         /* ?after=P&limit=L: a page of a paged snapshot (readmodel.h). */
         const char *a = http_query(r, "after"), *l = http_query(r, "limit");
         uint64_t after = 0, limit = SNAPSHOT_PAGE_MAX;
-        if ((a && !parse_uint(a, 0, (uint64_t)1 << 53, &after)) ||
-            (l && !parse_uint(l, 1, SNAPSHOT_PAGE_MAX, &limit))) {
+        if ((a && !http_parse_uint(a, 0, (uint64_t)1 << 53, &after)) ||
+            (l && !http_parse_uint(l, 1, SNAPSHOT_PAGE_MAX, &limit))) {
             http_problem(r, SG_EBADINPUT, "after must be a non-negative integer, limit 1 to %d",
                          SNAPSHOT_PAGE_MAX);
             return;

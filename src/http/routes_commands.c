@@ -12,21 +12,6 @@
 #define PAGE_DEFAULT 100
 #define PAGE_MAX 1000
 
-/* A decimal integer in [min, max], nothing else. */
-static int parse_count(const char *s, uint64_t min, uint64_t max, uint64_t *out)
-{
-    if (s == NULL || *s == '\0' || strlen(s) > 19)
-        return 0;
-    for (const char *p = s; *p; p++)
-        if (!isdigit((unsigned char)*p))
-            return 0;
-    uint64_t v = strtoull(s, NULL, 10);
-    if (v < min || v > max)
-        return 0;
-    *out = v;
-    return 1;
-}
-
 struct page {
     const char *device_id;
     uint64_t after, limit;
@@ -43,8 +28,8 @@ void route_device_commands(struct req *r)
 {
     struct page p = {.device_id = r->param, .after = 0, .limit = PAGE_DEFAULT};
     const char *a = http_query(r, "after"), *l = http_query(r, "limit");
-    if ((a && !parse_count(a, 0, (uint64_t)1 << 53, &p.after)) ||
-        (l && !parse_count(l, 1, PAGE_MAX, &p.limit))) {
+    if ((a && !http_parse_uint(a, 0, (uint64_t)1 << 53, &p.after)) ||
+        (l && !http_parse_uint(l, 1, PAGE_MAX, &p.limit))) {
         http_problem(r, SG_EBADINPUT, "after must be a non-negative integer, limit 1 to %d",
                      PAGE_MAX);
         return;

@@ -89,17 +89,6 @@ static enum MHD_Result unknown_param(void *cls, enum MHD_ValueKind kind, const c
     return MHD_NO;
 }
 
-static int valid_idem(const char *k)
-{
-    size_t n = strlen(k);
-    if (n == 0 || n > 255)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (k[i] < 0x21 || k[i] > 0x7e)
-            return 0;
-    return 1;
-}
-
 /* The head: query, media type, declared length, Idempotency-Key; then the
  * temporary file and the format. Refusals here are answered before any body
  * byte is read. */
@@ -136,7 +125,7 @@ static void upload_open(struct req *r)
                      (unsigned long long)cfg->max_image_bytes);
         return;
     }
-    if (idem && !valid_idem(idem)) {
+    if (idem && !http_valid_idem_key(idem)) {
         http_problem(r, SG_EBADINPUT,
                      "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces");
         return;

@@ -38,24 +38,6 @@
 
 /*** state ***/
 
-/* Store v's canonical form under ns/key. */
-static sg_err put_canonical(wstate *s, const char *ns, const char *key, const json_t *v)
-{
-    char *text = NULL;
-    size_t len;
-    sg_err e = jcs_dump(v, &text, &len);
-    if (e == SG_OK)
-        e = wstate_set(s, ns, key, text);
-    free(text);
-    return e;
-}
-
-static json_t *get_json(wstate *s, const char *ns, const char *key)
-{
-    const char *v = wstate_get(s, ns, key);
-    return v ? json_loads(v, 0, NULL) : NULL;
-}
-
 /* Append v (stolen) to the array member k of o, keeping the last max. */
 static void push_capped(json_t *o, const char *k, json_t *v, size_t max)
 {
@@ -79,21 +61,21 @@ static sg_err apply_offers(wstate *s, const char *type, const json_t *data, json
     if (strcmp(type, "RolloutStarted") == 0 && rid) {
         ro = json_pack("{s:O, s:O, s:[I]}", "firmware_id", json_object_get(data, "firmware_id"),
                        "hardware", json_object_get(data, "hardware"), "install", pos);
-        e = ro ? put_canonical(s, NS_ROLLOUT, rid, ro) : SG_ENOMEM;
+        e = ro ? wstate_put_json(s, NS_ROLLOUT, rid, ro) : SG_ENOMEM;
     } else if ((strcmp(type, "RolloutResumed") == 0 || strcmp(type, "RolloutRolledBack") == 0) &&
-               rid && (ro = get_json(s, NS_ROLLOUT, rid)) != NULL) {
+               rid && (ro = wstate_get_json(s, NS_ROLLOUT, rid)) != NULL) {
         if (strcmp(type, "RolloutResumed") == 0)
             push_capped(ro, "install", json_integer(pos), MAX_EPOCHS);
         else
             json_object_set_new(ro, "rollback", json_integer(pos));
-        e = put_canonical(s, NS_ROLLOUT, rid, ro);
+        e = wstate_put_json(s, NS_ROLLOUT, rid, ro);
     } else if (strcmp(type, "DeviceReported") == 0) {
         const char *dev = json_string_value(json_object_get(data, "device_id"));
         const char *st = json_string_value(json_object_get(data, "status"));
         json_t *fw = json_object_get(data, "firmware_id");
         if (dev == NULL || st == NULL || strcmp(st, "installed") != 0 || !json_is_string(fw))
             return SG_OK;
-        json_t *rec = get_json(s, NS_INSTALLED, dev);
+        json_t *rec = wstate_get_json(s, NS_INSTALLED, dev);
         if (rec == NULL)
             rec = json_array();
         size_t i;
@@ -108,7 +90,7 @@ static sg_err apply_offers(wstate *s, const char *type, const json_t *data, json
             return SG_ENOMEM;
         if (i == json_array_size(rec))
             push_capped(wrap, "list", json_copy(fw), MAX_INSTALLED);
-        e = put_canonical(s, NS_INSTALLED, dev, json_object_get(wrap, "list"));
+        e = wstate_put_json(s, NS_INSTALLED, dev, json_object_get(wrap, "list"));
         json_decref(wrap);
     }
     json_decref(ro);
@@ -124,13 +106,13 @@ static sg_err ddi_apply(wstate *s, const char *type, const json_t *event)
     if (strcmp(type, "DeviceAttributesRecorded") == 0) {
         if (dev == NULL)
             return SG_EINTERNAL;
-        return put_canonical(s, NS_ATTRS, dev, json_object_get(data, "attributes"));
+        return wstate_put_json(s, NS_ATTRS, dev, json_object_get(data, "attributes"));
     }
     if (strcmp(type, "OfferCancelAcknowledged") == 0) {
         if (dev == NULL)
             return SG_EINTERNAL;
         json_t *rec = json_pack("{s:O}", "action_id", json_object_get(data, "action_id"));
-        sg_err e = rec ? put_canonical(s, NS_CANCEL, dev, rec) : SG_ENOMEM;
+        sg_err e = rec ? wstate_put_json(s, NS_CANCEL, dev, rec) : SG_ENOMEM;
         json_decref(rec);
         return e;
     }
@@ -326,7 +308,7 @@ static void find_in_rollout(const char *rid, const char *value, void *ud)
                 snprintf(f->firmware_id, sizeof(f->firmware_id), "%s", fw);
         }
         json_t *rb = json_object_get(ro, "rollback");
-        json_t *mine = json_is_integer(rb) ? get_json(f->s, NS_INSTALLED, f->device) : NULL;
+        json_t *mine = json_is_integer(rb) ? wstate_get_json(f->s, NS_INSTALLED, f->device) : NULL;
         json_array_foreach(mine, i, ep)
         {
             const char *prev = json_string_value(ep);

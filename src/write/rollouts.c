@@ -35,25 +35,6 @@
 
 /*** state helpers ***/
 
-/* The value of ns/key parsed (new reference), or NULL. */
-static json_t *get_json(wstate *s, const char *ns, const char *key)
-{
-    const char *v = wstate_get(s, ns, key);
-    return v ? json_loads(v, 0, NULL) : NULL;
-}
-
-/* Set ns/key to the canonical form of v (v is borrowed). */
-static sg_err put_json(wstate *s, const char *ns, const char *key, const json_t *v)
-{
-    char *text = NULL;
-    size_t len;
-    sg_err e = jcs_dump(v, &text, &len);
-    if (e == SG_OK)
-        e = wstate_set(s, ns, key, text);
-    free(text);
-    return e;
-}
-
 static void class_key(char *out, size_t n, const char *hw, const char *group)
 {
     if (group)
@@ -93,11 +74,11 @@ static char *deciding_rollout(wstate *s, const char *hw, const char *group)
     json_t *k = NULL;
     if (group) {
         class_key(key, sizeof(key), hw, group);
-        k = get_json(s, NS_KEY, key);
+        k = wstate_get_json(s, NS_KEY, key);
     }
     if (k == NULL) {
         class_key(key, sizeof(key), hw, NULL);
-        k = get_json(s, NS_KEY, key);
+        k = wstate_get_json(s, NS_KEY, key);
     }
     char *id = k && str_of(k, "rollout_id") ? strdup(str_of(k, "rollout_id")) : NULL;
     json_decref(k);
@@ -120,10 +101,10 @@ static json_int_t firmware_sv(wstate *s, const char *firmware_id)
 
 static sg_err set_field(wstate *s, const char *id, const char *field, json_t *value)
 {
-    json_t *ro = get_json(s, NS_ROLLOUT, id);
+    json_t *ro = wstate_get_json(s, NS_ROLLOUT, id);
     sg_err e = SG_EINTERNAL;
     if (ro && value && json_object_set_new(ro, field, value) == 0)
-        e = put_json(s, NS_ROLLOUT, id, ro);
+        e = wstate_put_json(s, NS_ROLLOUT, id, ro);
     else
         json_decref(ro == NULL ? value : NULL);
     json_decref(ro);
@@ -143,12 +124,12 @@ static sg_err apply_started(wstate *s, const json_t *data)
     json_object_set_new(ro, "state", json_string("active"));
     json_object_set_new(ro, "installed", json_integer(0));
     json_object_set_new(ro, "failed", json_integer(0));
-    if ((e = put_json(s, NS_ROLLOUT, id, ro)) != SG_OK)
+    if ((e = wstate_put_json(s, NS_ROLLOUT, id, ro)) != SG_OK)
         goto out;
     char key[160];
     class_key(key, sizeof(key), str_of(data, "hardware"), str_of(data, "group"));
     json_t *k = json_pack("{s:s}", "rollout_id", id);
-    e = k ? put_json(s, NS_KEY, key, k) : SG_ENOMEM;
+    e = k ? wstate_put_json(s, NS_KEY, key, k) : SG_ENOMEM;
     json_decref(k);
 out:
     json_decref(ro);
@@ -162,18 +143,18 @@ static sg_err apply_reported(wstate *s, const json_t *data)
     const char *status = str_of(data, "status"), *rid = str_of(data, "rollout_id");
     int installed = status && strcmp(status, "installed") == 0;
     int rollback = json_is_true(json_object_get(data, "rollback"));
-    json_t *devfw = get_json(s, NS_DEVFW, dev);
+    json_t *devfw = wstate_get_json(s, NS_DEVFW, dev);
     sg_err e = SG_OK;
     if (rid && !rollback) {
         char key[160];
         rdev_key(key, sizeof(key), rid, dev);
-        json_t *rd = get_json(s, NS_RDEV, key), *ro = get_json(s, NS_ROLLOUT, rid);
+        json_t *rd = wstate_get_json(s, NS_RDEV, key), *ro = wstate_get_json(s, NS_ROLLOUT, rid);
         const char *old = rd ? str_of(rd, "status") : NULL;
         if (ro && (old == NULL || strcmp(old, status) != 0)) {
             if (old)
                 json_object_set_new(ro, old, json_integer(int_of(ro, old) - 1));
             json_object_set_new(ro, status, json_integer(int_of(ro, status) + 1));
-            e = put_json(s, NS_ROLLOUT, rid, ro);
+            e = wstate_put_json(s, NS_ROLLOUT, rid, ro);
         }
         if (rd == NULL)
             rd = json_object();
@@ -182,7 +163,7 @@ static sg_err apply_reported(wstate *s, const json_t *data)
         if (installed && json_object_get(rd, "prev") == NULL && cur && strcmp(cur, fw) != 0)
             json_object_set_new(rd, "prev", json_string(cur));
         if (e == SG_OK)
-            e = put_json(s, NS_RDEV, key, rd);
+            e = wstate_put_json(s, NS_RDEV, key, rd);
         json_decref(rd);
         json_decref(ro);
     }
@@ -192,7 +173,7 @@ static sg_err apply_reported(wstate *s, const json_t *data)
                             : -1;
         json_int_t max = devfw ? int_of(devfw, "max_sv") : -1;
         json_t *rec = json_pack("{s:s, s:I}", "current", fw, "max_sv", sv > max ? sv : max);
-        e = rec ? put_json(s, NS_DEVFW, dev, rec) : SG_ENOMEM;
+        e = rec ? wstate_put_json(s, NS_DEVFW, dev, rec) : SG_ENOMEM;
         json_decref(rec);
     }
     json_decref(devfw);
@@ -312,9 +293,9 @@ static void start_decide(struct wreq *r, struct decision *d)
     char id[37], key[160];
     sg_uuid_v4(id);
     class_key(key, sizeof(key), hw, group);
-    json_t *k = get_json(s, NS_KEY, key);
+    json_t *k = wstate_get_json(s, NS_KEY, key);
     const char *old_id = k ? str_of(k, "rollout_id") : NULL;
-    old = old_id ? get_json(s, NS_ROLLOUT, old_id) : NULL;
+    old = old_id ? wstate_get_json(s, NS_ROLLOUT, old_id) : NULL;
     json_t *data = json_deep_copy(r->input);
     if (data) {
         json_object_set_new(data, "rollout_id", json_string(id));
@@ -363,7 +344,7 @@ static sg_err switch_validate(const json_t *body, const char *path_id, json_t **
 static json_t *rollout_or_404(struct wreq *r, wstate *s)
 {
     const char *id = str_of(r->input, "rollout_id");
-    json_t *ro = get_json(s, NS_ROLLOUT, id);
+    json_t *ro = wstate_get_json(s, NS_ROLLOUT, id);
     if (ro == NULL)
         wreq_fail(r, SG_ENOTFOUND, "no rollout %s", id);
     return ro;
@@ -372,7 +353,7 @@ static json_t *rollout_or_404(struct wreq *r, wstate *s)
 static void respond_state(struct wreq *r, struct decision *d, uint64_t pos)
 {
     const char *id = str_of(r->input, "rollout_id");
-    json_t *ro = get_json(decision_state(d), NS_ROLLOUT, id);
+    json_t *ro = wstate_get_json(decision_state(d), NS_ROLLOUT, id);
     if (ro == NULL) {
         wreq_fail(r, SG_EINTERNAL, "rollout %s vanished", id);
         return;
@@ -460,7 +441,7 @@ static void count_rollback(const char *key, const char *value, void *ud)
     json_t *rd = json_loads(value, 0, NULL);
     const char *prev = rd ? str_of(rd, "prev") : NULL;
     if (rd && prev && strcmp(str_of(rd, "status"), "installed") == 0) {
-        json_t *devfw = get_json(c->s, NS_DEVFW, key + c->plen);
+        json_t *devfw = wstate_get_json(c->s, NS_DEVFW, key + c->plen);
         json_int_t max = devfw ? int_of(devfw, "max_sv") : -1;
         json_int_t sv = firmware_sv(c->s, prev);
         c->devices++;
@@ -544,13 +525,13 @@ static void attribute_report(wstate *s, const json_t *dev, json_t *data)
 {
     const char *dev_id = str_of(data, "device_id"), *fw = str_of(data, "firmware_id");
     char *rid = deciding_rollout(s, str_of(dev, "hardware"), str_of(dev, "group"));
-    json_t *ro = rid ? get_json(s, NS_ROLLOUT, rid) : NULL;
+    json_t *ro = rid ? wstate_get_json(s, NS_ROLLOUT, rid) : NULL;
     if (ro == NULL)
         goto out;
     if (state_is(ro, "rolled_back")) {
         char key[160];
         rdev_key(key, sizeof(key), rid, dev_id);
-        json_t *rd = get_json(s, NS_RDEV, key);
+        json_t *rd = wstate_get_json(s, NS_RDEV, key);
         if (rd && str_of(rd, "prev") && strcmp(str_of(rd, "prev"), fw) == 0) {
             json_object_set_new(data, "rollout_id", json_string(rid));
             json_object_set_new(data, "rollback", json_true());
@@ -637,7 +618,7 @@ static void halt_on_event(struct decision *d, const json_t *event)
     const char *rid = str_of(data, "rollout_id");
     if (rid == NULL || json_is_true(json_object_get(data, "rollback")))
         return;
-    json_t *ro = get_json(decision_state(d), NS_ROLLOUT, rid);
+    json_t *ro = wstate_get_json(decision_state(d), NS_ROLLOUT, rid);
     if (ro && trips(ro))
         decision_follow_new(d, &wreq_halt_rollout, json_pack("{s:s}", "rollout_id", rid));
     json_decref(ro);

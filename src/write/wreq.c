@@ -75,3 +75,20 @@ void wreq_fail(struct wreq *r, sg_err err, const char *fmt, ...)
     va_end(ap);
     r->err = err;
 }
+
+json_t *wstate_get_json(wstate *s, const char *ns, const char *key)
+{
+    const char *v = wstate_get(s, ns, key);
+    return v ? json_loads(v, 0, NULL) : NULL;
+}
+
+sg_err wstate_put_json(wstate *s, const char *ns, const char *key, const json_t *v)
+{
+    char *text = NULL;
+    size_t len;
+    sg_err e = jcs_dump(v, &text, &len);
+    if (e == SG_OK)
+        e = wstate_set(s, ns, key, text);
+    free(text);
+    return e;
+}

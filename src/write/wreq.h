@@ -175,6 +175,12 @@ extern const struct wreq_type wreq_ack_cancel;
 extern const struct wreq_type wreq_ddi_feedback;
 extern const struct aggregate ddi_aggregate;
 
+/* Write state as JSON, for aggregates that keep canonical JSON values:
+ * ns/key parsed (a new reference), or NULL; and ns/key set to v's canonical
+ * form (v borrowed). */
+json_t *wstate_get_json(wstate *s, const char *ns, const char *key);
+sg_err wstate_put_json(wstate *s, const char *ns, const char *key, const json_t *v);
+
 /* Syntax shared by ids (device, hardware, group): ^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$ */
 int sg_valid_id(const char *s);
 

@@ -29,79 +29,7 @@
 #include "hsm/signer.h"
 #include "store/chain.h"
 #include "write/sequencer.h"
-
-/*** the stand-in signer (what sequencer.c links against) ***/
-
-struct signer {
-    EVP_PKEY *key;
-    char key_id[65];
-};
-
-static struct signer fake;
-
-sg_err signer_sign_batch(signer *s, enum key_purpose p, struct signer_item *items, size_t n)
-{
-    (void)p;
-    for (size_t i = 0; i < n; i++) {
-        EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(s->key, NULL);
-        items[i].siglen = SIGNER_MAX_SIG;
-        int ok = ctx && EVP_PKEY_sign_init(ctx) == 1 &&
-                 EVP_PKEY_sign(ctx, items[i].sig, &items[i].siglen, items[i].digest, 32) == 1;
-        EVP_PKEY_CTX_free(ctx);
-        if (!ok)
-            return SG_EHSM;
-    }
-    return SG_OK;
-}
-
-sg_err signer_sign_digest(signer *s, enum key_purpose p, const uint8_t digest[32], uint8_t *sig,
-                          size_t *siglen)
-{
-    struct signer_item it;
-    memcpy(it.digest, digest, 32);
-    sg_err e = signer_sign_batch(s, p, &it, 1);
-    if (e == SG_OK) {
-        memcpy(sig, it.sig, it.siglen);
-        *siglen = it.siglen;
-    }
-    return e;
-}
-
-sg_err signer_sign_doc(signer *s, enum key_purpose p, json_t *doc)
-{
-    char *bytes, sig64[128];
-    size_t len, siglen;
-    uint8_t digest[32], sig[SIGNER_MAX_SIG];
-    if (doc_signed_bytes(doc, &bytes, &len) != SG_OK)
-        return SG_EBADINPUT;
-    sg_sha256(bytes, len, digest);
-    free(bytes);
-    sg_err e = signer_sign_digest(s, p, digest, sig, &siglen);
-    if (e)
-        return e;
-    sg_b64_encode(sig, siglen, sig64);
-    json_object_set_new(doc, "key_id", json_string(s->key_id));
-    json_object_set_new(doc, "sig", json_string(sig64));
-    return SG_OK;
-}
-
-const char *signer_key_id(const signer *s, enum key_purpose p)
-{
-    (void)p;
-    return s->key_id;
-}
-
-EVP_PKEY *signer_public_key(const signer *s, enum key_purpose p)
-{
-    (void)p;
-    return s->key;
-}
-
-int signer_healthy(const signer *s)
-{
-    (void)s;
-    return 1;
-}
+#include "standin_signer.h"
 
 /*** harness ***/
 
@@ -160,7 +88,7 @@ static sequencer *start_on(int fresh)
         set_clock(T0);
     }
     struct sequencer_opts o = {.store_uri = uri,
-                               .signer = &fake,
+                               .signer = &standin,
                                .kr = kr,
                                .cfg = &cfg,
                                .checkpoint_path = ckpt,
@@ -284,13 +212,13 @@ static int setup(void **state)
     (void)state;
     if (mkdtemp(tmpdir) == NULL)
         return -1;
-    fake.key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    standin.key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
     kr = keyring_new();
-    if (fake.key == NULL || key_id_of(fake.key, fake.key_id) != SG_OK)
+    if (standin.key == NULL || key_id_of(standin.key, standin.key_id) != SG_OK)
         return -1;
-    if (keyring_add(kr, KEY_EVENTS, fake.key) != SG_OK)
+    if (keyring_add(kr, KEY_EVENTS, standin.key) != SG_OK)
         return -1;
-    return keyring_add(kr, KEY_DEVICES, fake.key) == SG_OK ? 0 : -1;
+    return keyring_add(kr, KEY_DEVICES, standin.key) == SG_OK ? 0 : -1;
 }
 
 static int teardown(void **state)
@@ -298,7 +226,7 @@ static int teardown(void **state)
     (void)state;
     char cmd[300];
     keyring_free(kr);
-    EVP_PKEY_free(fake.key);
+    EVP_PKEY_free(standin.key);
     snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
     return system(cmd) == 0 ? 0 : -1;
 }
