@@ -476,37 +476,51 @@ static char *join_details(const json_t *details, size_t max)
  * action offered the device (found on the write side: wreq_ddi_feedback, so
  * a write-only node serves it too); every other execution is acknowledged
  * and recorded nowhere (suricatta sends its whole log as "proceeding"). */
-void route_ddi_feedback(struct req *r)
+/* What both feedback routes start with: the path, the action id, the body
+ * and its execution. Returns the body (new reference) of a closed feedback,
+ * with *action and *finished set; NULL when r is answered already (resumed,
+ * refused, or any other execution: 200, recorded nowhere). */
+static json_t *feedback_begin(struct req *r, struct ddi_path *p, int32_t *action,
+                              const char **finished)
 {
     if (r->state == REQ_RESUMED && r->wreq) {
         answer_resumed(r);
-        return;
+        return NULL;
     }
-    struct ddi_path p;
-    if (ddi_begin(r, &p))
-        return;
-    int32_t action = action_id_of(p.arg);
-    if (action == 0) {
-        http_problem(r, SG_ENOTFOUND, "no action %s", p.arg);
-        return;
+    if (ddi_begin(r, p))
+        return NULL;
+    if ((*action = action_id_of(p->arg)) == 0) {
+        http_problem(r, SG_ENOTFOUND, "no action %s", p->arg);
+        return NULL;
     }
     json_t *b = lenient_body(r);
     if (b == NULL)
-        return;
-    const char *execution, *finished;
-    feedback_status(b, &execution, &finished);
+        return NULL;
+    const char *execution;
+    feedback_status(b, &execution, finished);
     if (!one_of(execution, executions)) {
         json_decref(b);
         http_problem(r, SG_EBADINPUT,
                      "status.execution must be one of closed, proceeding, "
                      "canceled, scheduled, rejected, resumed, downloaded, download");
-        return;
+        return NULL;
     }
     if (strcmp(execution, "closed") != 0) {
         json_decref(b);
         http_reply_json(r, 200, json_object());
-        return;
+        return NULL;
     }
+    return b;
+}
+
+void route_ddi_feedback(struct req *r)
+{
+    struct ddi_path p;
+    int32_t action;
+    const char *finished;
+    json_t *b = feedback_begin(r, &p, &action, &finished);
+    if (b == NULL)
+        return;
     const char *status = finished && strcmp(finished, "success") == 0   ? "installed"
                          : finished && strcmp(finished, "failure") == 0 ? "failed"
                                                                         : NULL;
@@ -555,37 +569,13 @@ void route_ddi_cancel(struct req *r)
  * poll stops showing it); anything else is acknowledged and not recorded. */
 void route_ddi_cancel_feedback(struct req *r)
 {
-    if (r->state == REQ_RESUMED && r->wreq) {
-        answer_resumed(r);
-        return;
-    }
     struct ddi_path p;
-    if (ddi_begin(r, &p))
-        return;
-    int32_t action = action_id_of(p.arg);
-    if (action == 0) {
-        http_problem(r, SG_ENOTFOUND, "no action %s", p.arg);
-        return;
-    }
-    json_t *b = lenient_body(r);
+    int32_t action;
+    const char *finished;
+    json_t *b = feedback_begin(r, &p, &action, &finished);
     if (b == NULL)
         return;
-    const char *execution, *finished;
-    feedback_status(b, &execution, &finished);
-    (void)finished;
-    if (!one_of(execution, executions)) {
-        json_decref(b);
-        http_problem(r, SG_EBADINPUT,
-                     "status.execution must be one of closed, proceeding, "
-                     "canceled, scheduled, rejected, resumed, downloaded, download");
-        return;
-    }
-    int closed = strcmp(execution, "closed") == 0;
     json_decref(b);
-    if (!closed) {
-        http_reply_json(r, 200, json_object());
-        return;
-    }
     json_t *input = json_pack("{s:i}", "action_id", (int)action);
     if (input == NULL) {
         http_problem(r, SG_ENOMEM, "out of memory");
