@@ -1,11 +1,12 @@
 #!/usr/bin/python3
-"""Contract probe (throwaway, NOT registered in CMake): acts as the outside
-suite of issues 7, 8 and 9 and speaks only what API.md and CONFIG.md
-promise (documented paths, fields, status codes and command lines). It
-prints one line per check, OK or DEVIATION, and a summary; exit status 1
-when anything deviates.
+"""The contract as an outside suite sees it: firmware and OTA, command
+authorization and the DDI facade, spoken only through what API.md and
+CONFIG.md promise (documented paths, fields, status codes and command
+lines; canonical bytes made here, not taken from the service). It prints
+one line per check, OK or DEVIATION, and a summary; exit status 1 when
+anything deviates.
 
-Run: SIGNET_BUILD_DIR=$PWD/build python3 tests/e2e/contract_probe.py
+Run: SIGNET_BUILD_DIR=$PWD/build python3 tests/e2e/test_contract.py
 """
 
 import base64
