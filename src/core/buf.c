@@ -73,6 +73,7 @@ char *buf_steal(buf *b, size_t *len)
         return NULL;
     }
     char *p = b->data;
+    p[b->len] = '\0'; /* an empty buffer was never written to */
     if (len)
         *len = b->len;
     memset(b, 0, sizeof(*b));

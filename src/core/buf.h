@@ -18,7 +18,8 @@ void buf_append(buf *b, const void *p, size_t n);
 void buf_puts(buf *b, const char *s);
 void buf_putc(buf *b, char c);
 void buf_printf(buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Hand the bytes to the caller (who frees them); the buffer is reset. NULL on oom. */
+/* Hand the bytes to the caller (who frees them), NUL-terminated even when
+ * nothing was written; the buffer is reset. NULL on oom. */
 char *buf_steal(buf *b, size_t *len);
 void buf_free(buf *b);
 

@@ -991,6 +991,8 @@ def odds(W):
     c = request("PUT", W.rp, "/ddi/DEFAULT/controller/v1/%s/configData" % d,
                 body={"mode": "merge", "data": {"a": "1"}}, headers=dict(auth, **{"Content-Type": "application/json"}))
     check(c.status == 200, "configData PUT 200", c)
+    if isinstance(c.body, dict) and c.body.get("position"):  # the poll reads the read model
+        W.r("GET", "/v1/snapshots/devices?min_position=%d&wait_ms=10000" % c.body["position"], "ops")
     p = request("GET", W.rp, "/ddi/DEFAULT/controller/v1/%s" % d, headers=auth)
     check("configData" not in p.body.get("_links", {}), "no configData link once attributes are sent", p.body)
     for m, rest in (("GET", "/deploymentBase/12345"), ("POST", "/deploymentBase/12345/feedback"),

@@ -9,6 +9,7 @@
 
 #include <cmocka.h>
 
+#include "core/buf.h"
 #include "core/codec.h"
 
 /*** hex ***/
@@ -265,9 +266,29 @@ static void test_rfc3339_now_format(void **state)
     assert_true(hh <= 23 && mm <= 59 && ss <= 60);
 }
 
+/* buf_steal() of a buffer nothing was written to is "" (the DDI feedback
+ * without details read past the end of it). */
+static void test_buf_steal_empty(void **state)
+{
+    (void)state;
+    buf b = {0};
+    size_t n = 99;
+    char *p = buf_steal(&b, &n);
+    assert_non_null(p);
+    assert_int_equal(n, 0);
+    assert_int_equal(p[0], '\0');
+    free(p);
+    buf_puts(&b, "ab");
+    p = buf_steal(&b, &n);
+    assert_int_equal(n, 2);
+    assert_string_equal(p, "ab");
+    free(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_buf_steal_empty),
         cmocka_unit_test(test_hex_round_trip),
         cmocka_unit_test(test_hex_bad_input),
         cmocka_unit_test(test_b64_rfc4648_vectors),
