@@ -370,20 +370,26 @@ static void answer_resumed(struct req *r)
     http_reply(r, 200, "application/json", body, strlen(body));
 }
 
-/* Validate body (borrowed) with type's validate and submit it for the
- * device; answers or suspends r. */
-static void submit(struct req *r, const struct wreq_type *type, const json_t *body,
-                   const char *device)
+/* Validate body (taken; NULL: out of memory) with type's validate and
+ * submit it for the device; answers or suspends r. */
+static void submit_new(struct req *r, const struct wreq_type *type, json_t *body,
+                       const char *device)
 {
     json_t *input = NULL;
     char detail[256] = "";
+    if (body == NULL) {
+        http_problem(r, SG_ENOMEM, "out of memory");
+        return;
+    }
     if (r->srv->app->seq == NULL) {
+        json_decref(body);
         http_problem(r, SG_EUNAVAILABLE,
                      "this node has no write side (--role read): send DDI's POST and PUT to the "
                      "write listener");
         return;
     }
     sg_err e = type->validate(body, device, &input, detail, sizeof(detail));
+    json_decref(body);
     if (e) {
         http_problem(r, e, "%s", detail);
         return;
@@ -536,12 +542,7 @@ void route_ddi_feedback(struct req *r)
         json_object_set_new(fb, "detail", json_string(detail));
     free(detail);
     json_decref(b);
-    if (fb == NULL) {
-        http_problem(r, SG_ENOMEM, "out of memory");
-        return;
-    }
-    submit(r, r->route->wreq_type, fb, p.device); /* wreq_ddi_feedback */
-    json_decref(fb);
+    submit_new(r, r->route->wreq_type, fb, p.device); /* wreq_ddi_feedback */
 }
 
 /*** GET /ddi/.../cancelAction/{action_id} and its feedback ***/
@@ -576,13 +577,8 @@ void route_ddi_cancel_feedback(struct req *r)
     if (b == NULL)
         return;
     json_decref(b);
-    json_t *input = json_pack("{s:i}", "action_id", (int)action);
-    if (input == NULL) {
-        http_problem(r, SG_ENOMEM, "out of memory");
-        return;
-    }
-    submit(r, r->route->wreq_type, input, p.device); /* wreq_ack_cancel */
-    json_decref(input);
+    submit_new(r, r->route->wreq_type, json_pack("{s:i}", "action_id", (int)action),
+               p.device); /* wreq_ack_cancel */
 }
 
 /*** PUT /ddi/.../configData ***/
@@ -619,10 +615,5 @@ void route_ddi_config_data(struct req *r)
     if (input && json_object_get(b, "data"))
         json_object_set(input, "data", json_object_get(b, "data"));
     json_decref(b);
-    if (input == NULL) {
-        http_problem(r, SG_ENOMEM, "out of memory");
-        return;
-    }
-    submit(r, r->route->wreq_type, input, p.device); /* wreq_record_attributes */
-    json_decref(input);
+    submit_new(r, r->route->wreq_type, input, p.device); /* wreq_record_attributes */
 }
