@@ -25,6 +25,16 @@ const struct projection_pager *projection_pager_find(const char *name)
     return NULL;
 }
 
+sg_err projection_page_new(uint64_t after, int64_t count, const char *key, json_t *list, int more,
+                           int64_t last, json_t **out)
+{
+    *out = json_pack("{s:I, s:I, s:o}", "after", (json_int_t)after, "count", (json_int_t)count, key,
+                     list);
+    if (*out && more)
+        json_object_set_new(*out, "next_after", json_integer((json_int_t)last));
+    return *out ? SG_OK : SG_ENOMEM;
+}
+
 const struct projection *projection_find(const char *name)
 {
     for (size_t i = 0; i < SG_ARRAY_LEN(projections); i++)

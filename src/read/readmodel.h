@@ -64,6 +64,10 @@ extern const struct projection ddi_projection;       /* view_ddi.c */
 
 /* The projection with this name, or NULL. */
 const struct projection *projection_find(const char *name);
+/* A pager's page: {"after","count",<key>: list (stolen), "next_after": last
+ * when more entries follow}. SG_ENOMEM. */
+sg_err projection_page_new(uint64_t after, int64_t count, const char *key, json_t *list, int more,
+                           int64_t last, json_t **out);
 /* The pager of the snapshot with this name, or NULL (it is not paged). */
 const struct projection_pager *projection_pager_find(const char *name);
 

@@ -131,11 +131,7 @@ sg_err firmware_view_page(sqlite3 *db, uint64_t after, unsigned limit, json_t **
         json_decref(list);
         return SG_ESTORE;
     }
-    *out = json_pack("{s:I, s:I, s:o}", "after", (json_int_t)after, "count", (json_int_t)count,
-                     "firmware", list);
-    if (*out && more)
-        json_object_set_new(*out, "next_after", json_integer((json_int_t)last));
-    return *out ? SG_OK : SG_ENOMEM;
+    return projection_page_new(after, count, "firmware", list, more, last, out);
 }
 
 /* The snapshot's state: the first page; the others through page (see
