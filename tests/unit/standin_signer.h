@@ -15,4 +15,10 @@ struct signer {
 
 extern struct signer standin;
 
+/* A fresh P-256 key for standin, and a keyring holding its public half for
+ * the events and devices purposes (NULL on failure); standin_close frees
+ * both. */
+keyring *standin_open(void);
+void standin_close(keyring *kr);
+
 #endif

@@ -212,21 +212,14 @@ static int setup(void **state)
     (void)state;
     if (mkdtemp(tmpdir) == NULL)
         return -1;
-    standin.key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-    kr = keyring_new();
-    if (standin.key == NULL || key_id_of(standin.key, standin.key_id) != SG_OK)
-        return -1;
-    if (keyring_add(kr, KEY_EVENTS, standin.key) != SG_OK)
-        return -1;
-    return keyring_add(kr, KEY_DEVICES, standin.key) == SG_OK ? 0 : -1;
+    return (kr = standin_open()) != NULL ? 0 : -1;
 }
 
 static int teardown(void **state)
 {
     (void)state;
     char cmd[300];
-    keyring_free(kr);
-    EVP_PKEY_free(standin.key);
+    standin_close(kr);
     snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
     return system(cmd) == 0 ? 0 : -1;
 }
