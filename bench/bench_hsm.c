@@ -1,13 +1,18 @@
 /* bench_hsm.c - raw signing rate of a PKCS#11 token through libp11, in-process.
  * Signs a 32-byte SHA-256 digest (ECDSA P-256, DER) with the token's `events` key
- * on 1 and 2 threads for a fixed time each; prints signatures per second. */
+ * on 1 and 2 threads for a fixed time each; prints signatures per second.
+ * Then, on one thread, the two raw PKCS#11 ways (C_SignInit + C_Sign, CKM_ECDSA,
+ * no DER): with the token's key object, and with a session copy of it, which
+ * is how signetd signs (src/hsm/signer.c). */
 
 #define _POSIX_C_SOURCE 200809L
 
+#include <dlfcn.h>
 #include <libp11.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
+#include <p11-kit/pkcs11.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -136,6 +141,74 @@ out:
     return rc;
 }
 
+/* Raw PKCS#11 on one thread for `seconds` with key k on session h: prints
+ * raw_sign_<name>_1thread_per_s and _cpu_us. Returns 0, or 1 on a failure. */
+static int run_raw(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE k, const char *name,
+                   double seconds)
+{
+    CK_MECHANISM m = {CKM_ECDSA, NULL, 0};
+    unsigned char digest[SHA256_DIGEST_LENGTH], rs[132];
+    unsigned long i = 0, signs = 0;
+    double t0 = now_s(), c0 = cpu_s(), end = t0 + seconds;
+    while (now_s() < end) {
+        CK_ULONG n = sizeof(rs);
+        SHA256((const unsigned char *)&i, sizeof(i), digest);
+        i++;
+        if (f->C_SignInit(h, &m, k) != CKR_OK || f->C_Sign(h, digest, sizeof(digest), rs, &n) != CKR_OK) {
+            fprintf(stderr, "bench_hsm: raw signing (%s) failed\n", name);
+            return 1;
+        }
+        signs++;
+    }
+    printf("raw_sign_%s_1thread_per_s %.0f\nraw_sign_%s_1thread_cpu_us %.1f\n", name,
+           (double)signs / (now_s() - t0), name, (cpu_s() - c0) * 1e6 / (double)signs);
+    fflush(stdout);
+    return 0;
+}
+
+/* The raw PKCS#11 figures: the module loaded again (the same instance libp11
+ * initialized and logged in), a session, the key by label. */
+static int raw_runs(const char *module, PKCS11_SLOT *slot, const char *key_label, double seconds)
+{
+    CK_C_GetFunctionList get;
+    CK_FUNCTION_LIST *f = NULL;
+    CK_SESSION_HANDLE h = 0;
+    CK_OBJECT_HANDLE key = 0, copy = 0;
+    CK_ULONG n = 0;
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                        {CKA_LABEL, (void *)key_label, strlen(key_label)}};
+    CK_BBOOL no = CK_FALSE;
+    CK_ATTRIBUTE session_only[] = {{CKA_TOKEN, &no, sizeof(no)}};
+    int rc = 1;
+    void *dl = dlopen(module, RTLD_NOW | RTLD_LOCAL);
+    *(void **)&get = dl ? dlsym(dl, "C_GetFunctionList") : NULL;
+    if (get == NULL || get(&f) != CKR_OK ||
+        f->C_OpenSession(PKCS11_get_slotid_from_slot(slot), CKF_SERIAL_SESSION, NULL, NULL, &h) !=
+            CKR_OK) {
+        fprintf(stderr, "bench_hsm: cannot open a raw PKCS#11 session\n");
+        goto out;
+    }
+    if (f->C_FindObjectsInit(h, t, 2) != CKR_OK || f->C_FindObjects(h, &key, 1, &n) != CKR_OK ||
+        f->C_FindObjectsFinal(h) != CKR_OK || n != 1) {
+        fprintf(stderr, "bench_hsm: raw PKCS#11 does not find key \"%s\"\n", key_label);
+        goto out;
+    }
+    if (run_raw(f, h, key, "token_object", seconds))
+        goto out;
+    if (f->C_CopyObject(h, key, session_only, 1, &copy) != CKR_OK) {
+        fprintf(stderr, "bench_hsm: the token refuses a session copy of \"%s\"\n", key_label);
+        goto out;
+    }
+    rc = run_raw(f, h, copy, "session_copy", seconds);
+out:
+    if (h)
+        f->C_CloseSession(h);
+    if (dl)
+        dlclose(dl);
+    return rc;
+}
+
 static void usage(void)
 {
     fprintf(stderr,
@@ -259,6 +332,8 @@ int main(int argc, char **argv)
         fflush(stdout);
         p = *end == ',' ? end + 1 : end;
     }
+    if (rc == 0)
+        rc = raw_runs(module, slot, key_label, seconds);
 out:
     EVP_PKEY_free(pkey);
     if (slots)

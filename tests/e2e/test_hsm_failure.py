@@ -99,6 +99,23 @@ class HsmFailure(FaultyHsmTestCase):
     def test_token_removed(self):
         self.fault_cycle("removed")
 
+    def test_token_refusing_key_copies(self):
+        """signetd signs with session copies of the token's keys; a token that
+        refuses to copy them (CKA_COPYABLE false) is signed with through its
+        key objects, and says so: writes succeed and the chain verifies."""
+        self.assertNotIn("refused session copies", self.srv.output_text())
+        self.srv.stop()
+        self.set_fault("nocopy")
+        type(self).srv = self.dep.start()
+        try:
+            self.assertIn("refused session copies", self.srv.output_text())
+            for _ in range(3):
+                self.assertStatus(register(self.wp, self.ops, self.dev()), 201)
+            events, _ = fetch_all_events(self.rp, self.audit)
+            verify_chain(events, self.keys)
+        finally:
+            self.srv.stop()
+
     def test_flapping_under_load(self):
         """8 writers while the HSM fails and recovers every 0.3 s: every answer
         is 201 or 503; every 201 is in the log at its position; no device

@@ -15,7 +15,7 @@
 
 #define DEFAULT_TARGET "/usr/lib/softhsm/libsofthsm2.so"
 
-enum mode { MODE_OK, MODE_SIGN, MODE_REMOVED, MODE_BLOCK, MODE_NOSESSION };
+enum mode { MODE_OK, MODE_SIGN, MODE_REMOVED, MODE_BLOCK, MODE_NOSESSION, MODE_NOCOPY };
 
 static pthread_once_t load_once = PTHREAD_ONCE_INIT;
 static CK_FUNCTION_LIST_PTR real; /* the target's list; NULL if loading failed */
@@ -47,6 +47,8 @@ static enum mode read_mode(void)
         return MODE_BLOCK;
     if (strcmp(word, "nosession") == 0)
         return MODE_NOSESSION;
+    if (strcmp(word, "nocopy") == 0)
+        return MODE_NOCOPY;
     return MODE_OK;
 }
 
@@ -107,7 +109,6 @@ WRAP(any,  C_SetOperationState,  (S s, B st, L n, O ek, O ak), (s, st, n, ek, ak
 WRAP(any,  C_Login,              (S s, CK_USER_TYPE u, B pin, L n), (s, u, pin, n))
 WRAP(any,  C_Logout,             (S s), (s))
 WRAP(any,  C_CreateObject,       (S s, A t, L n, CK_OBJECT_HANDLE_PTR o), (s, t, n, o))
-WRAP(any,  C_CopyObject,         (S s, O o, A t, L n, CK_OBJECT_HANDLE_PTR no), (s, o, t, n, no))
 WRAP(any,  C_DestroyObject,      (S s, O o), (s, o))
 WRAP(any,  C_GetObjectSize,      (S s, O o, LP n), (s, o, n))
 WRAP(any,  C_GetAttributeValue,  (S s, O o, A t, L n), (s, o, t, n))
@@ -235,6 +236,17 @@ static CK_RV w_C_CloseSession(S s)
     pthread_mutex_unlock(&sessions_mu);
     CK_RV rv = fault_any();
     return rv != CKR_OK ? rv : real->C_CloseSession(s);
+}
+
+/* "nocopy": a token whose keys may not be copied (CKA_COPYABLE false). */
+static CK_RV w_C_CopyObject(S s, O o, A t, L n, CK_OBJECT_HANDLE_PTR no)
+{
+    enum mode m = read_mode();
+    if (m == MODE_REMOVED)
+        return CKR_DEVICE_REMOVED;
+    if (m == MODE_NOCOPY)
+        return CKR_ACTION_PROHIBITED;
+    return real->C_CopyObject(s, o, t, n, no);
 }
 
 /* "removed": asked for slots with a token, there are none; the full slot list is forwarded. */
