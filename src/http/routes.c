@@ -339,7 +339,7 @@ void route_keys(struct req *r)
 
 struct health {
     int hsm, store, halted, broken;
-    uint64_t head, pos, halted_at, broken_at;
+    uint64_t head, pos, halted_at, broken_at, rebuilding;
     struct signer_stats hsm_stats;
     char why[256], broken_why[384];
 };
@@ -357,7 +357,11 @@ static void health(struct req *r, struct health *h)
         h->store = 0;
     if (app->proj && !projector_store_ok(app->proj))
         h->store = 0;
+    /* The rebuild's target before the position: the projector clears it
+     * only once the position has reached it, so the pair is consistent. */
+    uint64_t rebuild_to = app->proj ? projector_rebuilding(app->proj) : 0;
     h->pos = app->proj ? projector_position(app->proj, NULL) : h->head;
+    h->rebuilding = rebuild_to > h->pos ? rebuild_to : 0;
     h->halted = app->proj && projector_halted(app->proj, &h->halted_at, h->why, sizeof(h->why));
     h->broken = integrity_failure(&h->broken_at, h->broken_why, sizeof(h->broken_why));
 }
@@ -374,7 +378,10 @@ void route_healthz(struct req *r)
         "store", h.store ? "ok" : "unavailable", "projector",
         !r->srv->app->proj ? "off"
         : h.halted         ? "halted"
+        : h.rebuilding     ? "rebuilding"
                            : "ok");
+    if (doc && h.rebuilding && !h.halted)
+        json_object_set_new(doc, "rebuilding_to", json_integer((json_int_t)h.rebuilding));
     if (doc && h.halted) {
         json_object_set_new(doc, "halted_at", json_integer((json_int_t)h.halted_at));
         json_object_set_new(doc, "halted_reason", json_string(h.why));
@@ -418,6 +425,10 @@ void route_metrics(struct req *r)
                "# HELP signet_projector_halted 1 if an event failed verification.\n"
                "# TYPE signet_projector_halted gauge\n"
                "signet_projector_halted %d\n"
+               "# HELP signet_projector_rebuilding 1 while the read models are rebuilt and not yet "
+               "back where the replaced ones were.\n"
+               "# TYPE signet_projector_rebuilding gauge\n"
+               "signet_projector_rebuilding %d\n"
                "# HELP signet_integrity_ok 0 once any check found the stored chain broken.\n"
                "# TYPE signet_integrity_ok gauge\n"
                "signet_integrity_ok %d\n"
@@ -453,7 +464,8 @@ void route_metrics(struct req *r)
                (unsigned long long)atomic_load(&sg_metrics.sign_failures),
                (unsigned long long)atomic_load(&sg_metrics.store_failures),
                (unsigned long long)h.head, (unsigned long long)h.pos,
-               (unsigned long long)(h.head > h.pos ? h.head - h.pos : 0), h.halted, !h.broken,
+               (unsigned long long)(h.head > h.pos ? h.head - h.pos : 0), h.halted, h.rebuilding != 0,
+               !h.broken,
                (unsigned long long)atomic_load(&sg_metrics.scrub_position),
                (unsigned long long)atomic_load(&sg_metrics.scrub_passes),
                (unsigned long long)atomic_load(&sg_metrics.scrub_verified), h.hsm,

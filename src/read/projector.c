@@ -46,8 +46,10 @@ struct projector {
     atomic_int store_ok;
     pthread_t thread;
     /* A rebuild (readmodel.h) not yet back where the replaced read model
-     * was: that position (0 if none) and when it started. Projector thread. */
+     * was: that position (0 if none) and when it started. Projector thread;
+     * rebuilding mirrors rebuild_to for /healthz and /metrics. */
     uint64_t rebuild_to, rebuild_t0;
+    atomic_uint_fast64_t rebuilding;
 };
 
 /*** one batch ***/
@@ -142,6 +144,7 @@ static long project_batch(projector *p)
                 "model was, in %llu ms",
                 (unsigned long long)b.pos, (unsigned long long)(sg_mono_ms() - p->rebuild_t0));
         p->rebuild_to = 0;
+        atomic_store(&p->rebuilding, 0);
     }
     return n;
 }
@@ -240,6 +243,7 @@ sg_err projector_start(const char *store_uri, const char *readmodel_path, const 
                 "model was at position %llu",
                 (unsigned long long)p->pos, (unsigned long long)p->rebuild_to);
         p->rebuild_t0 = sg_mono_ms();
+        atomic_store(&p->rebuilding, p->rebuild_to);
     } else {
         p->rebuild_to = 0;
     }
@@ -303,6 +307,11 @@ int projector_halted(projector *p, uint64_t *at, char *why, size_t whylen)
         snprintf(why, whylen, "%s", p->halted_why);
     pthread_mutex_unlock(&p->mu);
     return h;
+}
+
+uint64_t projector_rebuilding(projector *p)
+{
+    return atomic_load(&p->rebuilding);
 }
 
 int projector_store_ok(projector *p)

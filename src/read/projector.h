@@ -32,6 +32,9 @@ uint64_t projector_position(projector *p, char hash[65]);
 int projector_halted(projector *p, uint64_t *at, char *why, size_t whylen);
 /* 1 if the last read of the store worked. */
 int projector_store_ok(projector *p);
+/* While the read models are rebuilt (readmodel.h) and not yet back where the
+ * replaced read model was: that position; otherwise 0. */
+uint64_t projector_rebuilding(projector *p);
 
 /* Call fn(ud) once, from the projector thread, when the position reaches min
  * or at deadline_ms (sg_mono_ms clock), whichever is first. */

@@ -29,10 +29,12 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import http.client  # noqa: E402
+
 from client import get_keys, in_threads, register, request  # noqa: E402
 from deploy import E2ETestCase  # noqa: E402
 from tamper import copy_store, restore_store, stored_hashes  # noqa: E402
-from verify import verify_snapshot  # noqa: E402
+from verify import metric_value, parse_metrics, verify_snapshot  # noqa: E402
 
 # Every view, in registry order (src/read/readmodel.c).
 VIEWS = ("devices", "commands", "firmware", "rollouts", "ddi")
@@ -147,10 +149,12 @@ class Upgrade(E2ETestCase):
             os.unlink(f)
         shutil.copyfile(self.pristine, read_db(self.dep))
 
-    def start_and_watch(self):
+    def start_and_watch(self, rebuilding=False):
         """Start signetd and, until its read model is at the head, check what
         /healthz and the devices snapshot say against what is true at the
-        position they name. Returns (server, observations seen behind)."""
+        position they name (and, with rebuilding, that /healthz says
+        "rebuilding" up to the head while behind it, "ok" after; without,
+        never "rebuilding"). Returns (server, observations seen behind)."""
         srv = self.dep.spawn("all")
         behind = 0
         deadline = time.monotonic() + 60
@@ -167,6 +171,12 @@ class Upgrade(E2ETestCase):
             self.assertStatus(h, 200)
             self.assertEqual(h.body["head"], self.head, h.body)
             self.assertEqual(h.body["position"] + h.body["lag"], self.head, h.body)
+            if rebuilding and h.body["position"] < self.head:
+                self.assertEqual((h.body["projector"], h.body.get("rebuilding_to")),
+                                 ("rebuilding", self.head), h.body)
+            else:
+                self.assertEqual(h.body["projector"], "ok", h.body)
+                self.assertNotIn("rebuilding_to", h.body)
             self.assertLessEqual(int(h.headers["signet-position"]), self.head)
             self.assertStatus(s, 200)
             verify_snapshot(s.body, self.keys)
@@ -221,7 +231,7 @@ class Upgrade(E2ETestCase):
         view (the others' tables absent)."""
         rm_sql(self.dep, "DROP TABLE IF EXISTS meta", "DROP TABLE IF EXISTS witness",
                *["DROP TABLE %s" % t for t in NEW_VIEW_TABLES])
-        srv, behind = self.start_and_watch()
+        srv, behind = self.start_and_watch(rebuilding=True)
         self.assert_complete(srv)
         line = self.rebuild_line(srv)
         self.assertIn("projections it does not name", line)
@@ -237,7 +247,7 @@ class Upgrade(E2ETestCase):
         old = self.current.replace("firmware@", "firmware@9")  # another version
         rm_sql(self.dep, ("UPDATE meta SET value = ? WHERE key = 'projections'", (old,)),
                "DELETE FROM firmware", "UPDATE devices SET hardware = 'old-shape'")
-        srv, _ = self.start_and_watch()
+        srv, _ = self.start_and_watch(rebuilding=True)
         self.assert_complete(srv)
         self.assertIn('projections \\"%s\\"' % old, self.rebuild_line(srv))
         # Recorded now: the next start keeps it.
@@ -267,6 +277,78 @@ class Upgrade(E2ETestCase):
                 out = run_refused(self, self.dep)
                 self.assertIn("behind the read model's checkpoint", out)
                 self.assertNotIn("rebuilding", out)
+
+
+class RebuildHealth(E2ETestCase):
+    """While an upgrade rebuilds the read models, /healthz says so (200,
+    "projector":"rebuilding", rebuilding_to = where the replaced read model
+    was) exactly while the position is behind that, and "ok" from there on;
+    /metrics signet_projector_rebuilding follows. A log of 4,000 events, so
+    that the rebuild lasts long enough to be seen by polling /healthz alone."""
+
+    EVENTS = 4000
+
+    def test_healthz_says_rebuilding(self):
+        dep = self.deployment()
+        dep.init()
+        ops = dep.token("ops")
+        srv = dep.start()
+
+        def batch(t):
+            conn = http.client.HTTPConnection("127.0.0.1", dep.write_port, timeout=30)
+            for i in range(t, self.EVENTS, 8):
+                r = register(dep.write_port, ops, "rb-%04d" % i, conn=conn)
+                assert r.status == 201, r
+            conn.close()
+            return t
+        self.assertEqual(len(in_threads(8, batch, timeout=300)), 8, "registrations did not finish")
+        head = max(stored_hashes(dep))
+        self.assertEqual(srv.stop(), 0)
+        current = recorded(dep)[1]
+        rm_sql(dep, ("UPDATE meta SET value = ? WHERE key = 'projections'",
+                     (current.replace("devices@", "devices@9"),)))
+
+        srv = dep.spawn("all")
+        seen, metrics_during = [], None
+        conn = None
+        deadline = time.monotonic() + 120
+        while True:
+            self.assertLess(time.monotonic(), deadline, "read model never reached the head")
+            if not srv.running():
+                self.fail("signetd exited:\n" + srv.output_text()[-3000:])
+            try:
+                conn = conn or http.client.HTTPConnection("127.0.0.1", dep.read_port, timeout=5)
+                h = request("GET", dep.read_port, "/healthz", conn=conn)
+                if metrics_during is None and h.body.get("projector") == "rebuilding":
+                    # /metrics between two "rebuilding" answers must say 1.
+                    m = request("GET", dep.read_port, "/metrics", conn=conn)
+                    h = request("GET", dep.read_port, "/healthz", conn=conn)
+                    if h.body.get("projector") == "rebuilding":
+                        metrics_during = m
+            except (OSError, http.client.HTTPException):
+                conn = None
+                time.sleep(0.005)
+                continue
+            self.assertStatus(h, 200)
+            seen.append((h.body["position"], h.body["projector"], h.body.get("rebuilding_to")))
+            if h.body["position"] == head:
+                break
+        conn.close()
+        for pos, state, to in seen:
+            if pos < head:
+                self.assertEqual((state, to), ("rebuilding", head), seen[:5])
+            else:
+                self.assertEqual((state, to), ("ok", None))
+        rebuilding = [x for x in seen if x[1] == "rebuilding"]
+        self.assertTrue(rebuilding, "no /healthz answer saw the rebuild (%d answers)" % len(seen))
+        self.assertIsNotNone(metrics_during, "no /metrics read between two rebuilding answers")
+        m = parse_metrics(metrics_during.raw.decode())
+        self.assertEqual(metric_value(m, "signet_projector_rebuilding"), 1.0)
+        after = parse_metrics(request("GET", dep.read_port, "/metrics").raw.decode())
+        self.assertEqual(metric_value(after, "signet_projector_rebuilding"), 0.0)
+        print("\n  rebuild of %d events: %d /healthz answers, %d of them rebuilding"
+              % (head, len(seen), len(rebuilding)), file=sys.stderr)
+        self.assertEqual(srv.stop(), 0)
 
 
 class InterruptedRebuild(E2ETestCase):
