@@ -294,8 +294,8 @@ static int raw_sign(signer *s, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE key, struct
            der_of_raw(rs, n, it->sig, sizeof(it->sig), &it->siglen);
 }
 
-/* The handle of libp11's key k in keys_session: by class, label and id, and
- * only if exactly one object matches. 0: none. */
+/* The handle of libp11's key k in keys_session: by class, label and id (if
+ * it has one), and only if exactly one object matches. 0: none. */
 static CK_OBJECT_HANDLE raw_find(signer *s, const PKCS11_KEY *k)
 {
     CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
@@ -305,7 +305,7 @@ static CK_OBJECT_HANDLE raw_find(signer *s, const PKCS11_KEY *k)
     CK_OBJECT_HANDLE o[2] = {0};
     CK_ULONG n = 0;
     CK_FUNCTION_LIST *f = s->rt.f;
-    if (f->C_FindObjectsInit(s->keys_session, t, SG_ARRAY_LEN(t)) != CKR_OK)
+    if (f->C_FindObjectsInit(s->keys_session, t, k->id_len ? 3 : 2) != CKR_OK)
         return 0;
     if (f->C_FindObjects(s->keys_session, o, 2, &n) != CKR_OK)
         n = 0;
@@ -318,8 +318,9 @@ static CK_OBJECT_HANDLE raw_find(signer *s, const PKCS11_KEY *k)
  * key, and a test signature with it checked against the token's public key.
  * A module that cannot be used raw (not the instance libp11 loaded) leaves
  * signing to libp11, and says so once; a token that refuses the copy is
- * signed with through its key object. A token that cannot open a session or
- * make the test signature is an error: the prober tries again. */
+ * signed with through its key object, and a key that is not one object by
+ * label and id through libp11. A token that cannot open a session or make
+ * the test signature is an error: the prober tries again. */
 static sg_err raw_setup(signer *s, PKCS11_SLOT *slot, PKCS11_KEY *priv[KEY_PURPOSES],
                         EVP_PKEY *tpub[KEY_PURPOSES], char *why, size_t whylen)
 {
@@ -352,10 +353,13 @@ static sg_err raw_setup(signer *s, PKCS11_SLOT *slot, PKCS11_KEY *priv[KEY_PURPO
         CK_OBJECT_HANDLE key = raw_find(s, priv[p]), copy = 0;
         CK_BBOOL no = CK_FALSE;
         CK_ATTRIBUTE session_only[] = {{CKA_TOKEN, &no, sizeof(no)}};
-        if (key == 0)
-            return sg_say(why, whylen, SG_EHSM,
-                          "private key \"%s\" of token \"%s\" is not one object by label and id",
-                          name, s->label);
+        if (key == 0) { /* libp11 picked one of several: so does its EVP_PKEY */
+            if (!s->raw_said)
+                sg_warn("hsm: key \"%s\" is not one object by label and id; signing with it "
+                        "through libp11",
+                        name);
+            continue;
+        }
         rv = f->C_CopyObject(s->keys_session, key, session_only, 1, &copy);
         if (rv == CKR_OK)
             key = copy;
