@@ -22,6 +22,7 @@
 #include "../hsm/anchor.h"
 #include "../hsm/cert.h"
 #include "../http/http.h"
+#include "../read/ddi_hashes.h"
 #include "../read/readmodel.h"
 #include "../read/scrub.h"
 #include "../store/chain.h"
@@ -264,6 +265,7 @@ fail:
     fprintf(stderr, "signetd: %s\n", why[0] ? why : "start-up failed");
 out:
     http_quiesce(http);
+    ddi_hashes_stop();
     snapshots_stop(snaps);
     sequencer_stop(seq);
     int keeper_stuck = anchor_keeper_stop(keeper, 2000);

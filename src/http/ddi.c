@@ -261,12 +261,48 @@ static void artifact_name(const char *name, const char *version, char *out, size
             *c = '_';
 }
 
+static void hashes_done(void *ud)
+{
+    http_resume(ud);
+}
+
+/* The image's SHA-1 and MD5: from memory, from r's ticket once the hashing
+ * thread answered it; or HASHING: r is suspended until the
+ * hashing thread has read the image (never on a request thread: a first
+ * offer of a large image would hold every connection of this thread). */
+#define HASHING 1
+static int image_hashes(struct req *r, const char *firmware_id, char sha1[41], char md5[33],
+                        uint64_t *size, sg_err *e)
+{
+    if (r->work && strcmp(ddi_hash_ticket_image(r->work), firmware_id) == 0) {
+        *e = ddi_hash_ticket_result(r->work, sha1, md5, size);
+        return 0;
+    }
+    if (ddi_hashes_cached(firmware_id, sha1, md5, size)) {
+        *e = SG_OK;
+        return 0;
+    }
+    if (r->work_free) /* a ticket for the image offered before: the offer changed */
+        r->work_free(r->work);
+    r->work = ddi_hash_ticket_new(r->srv->app->cfg->data_dir, firmware_id, hashes_done, r);
+    r->work_free = r->work ? ddi_hash_ticket_free : NULL;
+    if (r->work == NULL) {
+        *e = SG_ENOMEM;
+        return 0;
+    }
+    http_suspend(r);
+    if (ddi_hashes_submit(r->work) != SG_OK)
+        http_resume(r); /* the ticket says why */
+    return HASHING;
+}
+
 void route_ddi_deployment(struct req *r)
 {
     struct ddi_path p;
     struct ddi_look l;
     char base[512], rest[512], file[160], sha1[41], md5[33], id[16];
     uint64_t size;
+    sg_err e = SG_OK;
     if (ddi_begin(r, &p) || look(r, p.device, &l))
         return;
     int32_t action = action_id_of(p.arg);
@@ -275,18 +311,23 @@ void route_ddi_deployment(struct req *r)
         http_problem(r, SG_ENOTFOUND, "no open action %s for device %s", p.arg, p.device);
         return;
     }
+    if (!base_url(r, &p, base, sizeof(base))) {
+        e = SG_EBADINPUT;
+    } else if (image_hashes(r, l.a.firmware_id, sha1, md5, &size, &e) == HASHING) {
+        update_answer_free(&l.a); /* asked again when resumed */
+        return;
+    }
     json_t *m = json_loads(l.a.manifest, 0, NULL);
     const char *name = json_string_value(json_object_get(m, "name"));
     const char *version = json_string_value(json_object_get(m, "version"));
     const char *sha256 = json_string_value(json_object_get(m, "sha256"));
-    sg_err e = base_url(r, &p, base, sizeof(base))
-                   ? ddi_hashes_get(r->srv->app->cfg->data_dir, l.a.firmware_id, sha1, md5, &size)
-                   : SG_EBADINPUT;
     if (e || m == NULL || sha256 == NULL) {
         json_decref(m);
         update_answer_free(&l.a);
         if (e == SG_EBADINPUT)
             http_problem(r, e, "the Host header must be a plain host[:port]");
+        else if (e == SG_EUNAVAILABLE)
+            http_problem(r, e, "cannot read the image of action %d now; retry later", (int)action);
         else
             http_problem(r,
                          e == SG_ENOTFOUND ? SG_ESTORE

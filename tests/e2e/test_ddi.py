@@ -22,7 +22,8 @@ from verify import sha256_hex, verify_snapshot  # noqa: E402
 import swupdate_device as S  # noqa: E402
 
 TENANT = "DEFAULT"
-DEVICE_IDS = (["d-%02d" % i for i in range(12)] + ["sw-%02d" % i for i in range(12)])
+DEVICE_IDS = (["d-%02d" % i for i in range(12)] + ["sw-%02d" % i for i in range(12)]
+              + ["hs-%02d" % i for i in range(8)])
 DEV_TOKENS = {d: "tok_" + secrets.token_urlsafe(24) for d in DEVICE_IDS}
 
 
@@ -530,6 +531,52 @@ class DdiSwu(DdiBase):
         evs = self.events_after(mark)
         self.assertEqual([(e["type"], e["data"]["status"], e["data"]["detail"]) for e in evs],
                          [("DeviceReported", "failed", "ERROR : bad; ERROR : worse")])
+
+    def test_first_deployment_fetched_by_many_at_once(self):
+        """An image's SHA-1 and MD5 are read on the hashing thread (each
+        request waits suspended, and the first reading answers them all):
+        8 devices asking for a new 8 MiB image's deploymentBase at the same
+        moment are all answered with the image's hashes, and /healthz on the
+        same listener keeps answering meanwhile."""
+        import client
+        devs = ["hs-%02d" % i for i in range(8)]
+        self.register_all(devs, "hw-hash")
+        up = self.upload_swu("hw-hash", [("big.bin", secrets.token_bytes(8 << 20))])
+        _, pos = self.rollout(up["firmware_id"], "hw-hash")
+        self.wait_read(pos)
+        actions = [self.poll(d)["_links"]["deploymentBase"]["href"].rsplit("/", 1)[1] for d in devs]
+
+        def fetch(i):
+            return i, ddi("GET", self.rp, devs[i], "/deploymentBase/%s" % actions[i])
+        health = []
+        stop = threading.Event()
+
+        def probe():
+            while not stop.is_set():
+                health.append(request("GET", self.rp, "/healthz").status)
+        t = threading.Thread(target=probe)
+        t.start()
+        try:
+            answers = client.in_threads(8, fetch, together=True)
+        finally:
+            stop.set()
+            t.join()
+        self.assertEqual(len(answers), 8)
+        answers = [r for _, r in sorted(answers, key=lambda x: x[0])]
+        h = {"Authorization": "TargetToken " + DEV_TOKENS[devs[0]]}
+        self.assertStatus(answers[0], 200)
+        (art0,) = answers[0].body["deployment"]["chunks"][0]["artifacts"]
+        path = art0["_links"]["download-http"]["href"][len("http://127.0.0.1:%d" % self.rp):]
+        img = request("GET", self.rp, path, headers=h)
+        self.assertStatus(img, 200)
+        want = {"sha1": hashlib.sha1(img.raw).hexdigest(), "md5": hashlib.md5(img.raw).hexdigest(),
+                "sha256": hashlib.sha256(img.raw).hexdigest()}
+        for r in answers:
+            self.assertStatus(r, 200)
+            (art,) = r.body["deployment"]["chunks"][0]["artifacts"]
+            self.assertEqual(art["hashes"], want)
+            self.assertEqual(art["size"], len(img.raw))
+        self.assertTrue(health and all(s == 200 for s in health), health[:10])
 
     def test_cancel_action_after_a_pause(self):
         dev = "sw-03"

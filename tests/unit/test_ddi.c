@@ -2,7 +2,10 @@
  * of configData, cancel acknowledgements and closed feedback, and apply()
  * folding events into the state the facade decides on (attributes, the last
  * acknowledged cancel, the rollouts' offer epochs, the images a device
- * installed). The decisions run end to end in tests/e2e/test_ddi.py. */
+ * installed), and the hashing thread that reads an image's SHA-1 and MD5
+ * for deploymentBase off the request threads. The decisions run end to end
+ * in tests/e2e/test_ddi.py. */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,9 +13,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
+#include "read/ddi_hashes.h"
 #include "write/wreq.h"
 
 #define FW1 "sha256:1111111111111111111111111111111111111111111111111111111111111111"
@@ -169,12 +175,102 @@ static void test_apply(void **state)
     wstate_free(s);
 }
 
+/*** the hashing thread ***/
+
+/* sha256("abc"): the blob's name; its SHA-1 and MD5 are the FIPS / RFC 1321
+ * test vectors. */
+#define ABC_ID "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+#define ABC_SHA1 "a9993e364706816aba3e25717850c26c9cd0d89d"
+#define ABC_MD5 "900150983cd24fb0d6963f7d28e17f72"
+
+static pthread_mutex_t done_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t done_cv = PTHREAD_COND_INITIALIZER;
+static int ndone;
+
+static void on_done(void *ud)
+{
+    pthread_mutex_lock(&done_mu);
+    (*(int *)ud)++;
+    ndone++;
+    pthread_cond_broadcast(&done_cv);
+    pthread_mutex_unlock(&done_mu);
+}
+
+static void wait_done(int n)
+{
+    pthread_mutex_lock(&done_mu);
+    while (ndone < n)
+        pthread_cond_wait(&done_cv, &done_mu);
+    pthread_mutex_unlock(&done_mu);
+}
+
+static void test_hashing_thread(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/test_ddi.XXXXXX", path[256], sha1[41], md5[33];
+    uint64_t size = 0;
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/blobs", dir);
+    assert_int_equal(mkdir(path, 0700), 0);
+    snprintf(path, sizeof(path), "%s/blobs/sha256", dir);
+    assert_int_equal(mkdir(path, 0700), 0);
+    snprintf(path, sizeof(path), "%s/blobs/sha256/%s", dir, ABC_ID + 7);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("abc", f);
+    fclose(f);
+
+    assert_false(ddi_hashes_cached(ABC_ID, sha1, md5, &size));
+    /* Three tickets for one image and one for an image with no blob: each
+     * done exactly once; the first reading answers all three. */
+    int calls[4] = {0};
+    ddi_hash_ticket *t[4];
+    for (int i = 0; i < 4; i++) {
+        t[i] = ddi_hash_ticket_new(dir, i < 3 ? ABC_ID : FW1, on_done, &calls[i]);
+        assert_non_null(t[i]);
+        assert_int_equal(ddi_hashes_submit(t[i]), SG_OK);
+    }
+    wait_done(4);
+    for (int i = 0; i < 3; i++) {
+        memset(sha1, 0, sizeof(sha1));
+        assert_int_equal(calls[i], 1);
+        assert_string_equal(ddi_hash_ticket_image(t[i]), ABC_ID);
+        assert_int_equal(ddi_hash_ticket_result(t[i], sha1, md5, &size), SG_OK);
+        assert_string_equal(sha1, ABC_SHA1);
+        assert_string_equal(md5, ABC_MD5);
+        assert_int_equal(size, 3);
+    }
+    assert_int_equal(calls[3], 1);
+    assert_int_equal(ddi_hash_ticket_result(t[3], sha1, md5, &size), SG_ENOTFOUND);
+    for (int i = 0; i < 4; i++)
+        ddi_hash_ticket_free(t[i]);
+    memset(sha1, 0, sizeof(sha1));
+    assert_true(ddi_hashes_cached(ABC_ID, sha1, md5, &size));
+    assert_string_equal(sha1, ABC_SHA1);
+
+    /* Stopped: a submit is refused (and its done never called). */
+    ddi_hashes_stop();
+    int late = 0;
+    ddi_hash_ticket *l = ddi_hash_ticket_new(dir, ABC_ID, on_done, &late);
+    assert_int_equal(ddi_hashes_submit(l), SG_EUNAVAILABLE);
+    assert_int_equal(ddi_hash_ticket_result(l, sha1, md5, &size), SG_EUNAVAILABLE);
+    assert_int_equal(late, 0);
+    ddi_hash_ticket_free(l);
+    assert_int_equal(unlink(path), 0);
+    snprintf(path, sizeof(path), "%s/blobs/sha256", dir);
+    rmdir(path);
+    snprintf(path, sizeof(path), "%s/blobs", dir);
+    rmdir(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_attributes_validate),
         cmocka_unit_test(test_cancel_and_feedback_validate),
         cmocka_unit_test(test_apply),
+        cmocka_unit_test(test_hashing_thread), /* last: it stops the thread for good */
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
