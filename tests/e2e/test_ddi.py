@@ -551,9 +551,11 @@ class DdiSwu(DdiBase):
         health = []
         stop = threading.Event()
 
-        def probe():
-            while not stop.is_set():
+        def probe():  # at least once, however soon the fetches end
+            while True:
                 health.append(request("GET", self.rp, "/healthz").status)
+                if stop.is_set():
+                    break
         t = threading.Thread(target=probe)
         t.start()
         try:
