@@ -154,7 +154,8 @@ static int run_raw(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE k,
         CK_ULONG n = sizeof(rs);
         SHA256((const unsigned char *)&i, sizeof(i), digest);
         i++;
-        if (f->C_SignInit(h, &m, k) != CKR_OK || f->C_Sign(h, digest, sizeof(digest), rs, &n) != CKR_OK) {
+        if (f->C_SignInit(h, &m, k) != CKR_OK ||
+            f->C_Sign(h, digest, sizeof(digest), rs, &n) != CKR_OK) {
             fprintf(stderr, "bench_hsm: raw signing (%s) failed\n", name);
             return 1;
         }

@@ -3,13 +3,14 @@
  * libp11 finds the token, logs in, and reads the keys and certificates.
  * Runtime signing is raw PKCS#11 (C_SignInit + C_Sign, CKM_ECDSA): each
  * worker has its own session, and the private key is a session copy of the
- * token's key (C_CopyObject, CKA_TOKEN false: it stays sensitive and inside
- * the token). With SoftHSM2 that is 29 against 41 us of CPU a signature: a
+ * token's key (C_CopyObject, CKA_TOKEN false; read back: sensitive,
+ * unextractable, session-only), checked by a test signature at every
+ * connect. With SoftHSM2 that is 29 against 41 us of CPU a signature: a
  * token object is re-read from its file at every C_SignInit. A token that
- * refuses the copy is signed with through its key object; a key raw PKCS#11
- * cannot use (or a module not shared with libp11) through libp11's EVP_PKEY.
- * A PKCS#11 call cannot be cancelled, so only the signer's own threads make
- * them:
+ * refuses the copy is signed with through its key object; a key that is not
+ * one token object by label and id (or a module not shared with libp11)
+ * through libp11's EVP_PKEY (raw_setup). A PKCS#11 call cannot be
+ * cancelled, so only the signer's own threads make them:
  *   - workers take sign jobs (a batch of digests with one deadline) from a
  *     queue; the caller waits on a condition variable until the job is done,
  *     fails, or is late: one of its calls has run for sign_timeout_ms, or it
@@ -113,7 +114,6 @@ struct signer {
     CK_SLOT_ID slot_id;
     CK_SESSION_HANDLE keys_session;        /* holds the session copies of the keys; 0: none */
     CK_OBJECT_HANDLE rawkey[KEY_PURPOSES]; /* 0: sign through priv[] */
-    int raw_said;                          /* the first connect said how it signs */
     int raw_off;                           /* the module cannot be used raw */
 
     atomic_int healthy;
@@ -283,48 +283,78 @@ static int der_of_raw(const uint8_t *rs, size_t n, uint8_t *out, size_t outlen, 
     return ok;
 }
 
-/* Sign it->digest with key on session h. Returns 1 on success. */
-static int raw_sign(signer *s, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE key, struct signer_item *it)
+/* Sign it->digest with key on session h: CKR_OK, the call's error, or
+ * CKR_FUNCTION_FAILED if the signature is not r || s. */
+static CK_RV raw_sign(signer *s, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE key, struct signer_item *it)
 {
     CK_MECHANISM m = {CKM_ECDSA, NULL, 0};
     CK_BYTE rs[2 * 66];
     CK_ULONG n = sizeof(rs);
-    return s->rt.f->C_SignInit(h, &m, key) == CKR_OK &&
-           s->rt.f->C_Sign(h, it->digest, sizeof(it->digest), rs, &n) == CKR_OK &&
-           der_of_raw(rs, n, it->sig, sizeof(it->sig), &it->siglen);
+    CK_RV rv = s->rt.f->C_SignInit(h, &m, key);
+    if (rv == CKR_OK)
+        rv = s->rt.f->C_Sign(h, it->digest, sizeof(it->digest), rs, &n);
+    if (rv == CKR_OK && !der_of_raw(rs, n, it->sig, sizeof(it->sig), &it->siglen))
+        rv = CKR_FUNCTION_FAILED;
+    return rv;
 }
 
-/* The handle of libp11's key k in keys_session: by class, label and id (if
- * it has one), and only if exactly one object matches. 0: none. */
-static CK_OBJECT_HANDLE raw_find(signer *s, const PKCS11_KEY *k)
+/* libp11's key k as a token object in keys_session, by class, label and id
+ * (if it has one): CKR_OK and *out (0 unless exactly one object matches),
+ * or the error of the search. */
+static CK_RV raw_find(signer *s, const PKCS11_KEY *k, CK_OBJECT_HANDLE *out)
 {
     CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_BBOOL yes = CK_TRUE;
     CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                        {CKA_TOKEN, &yes, sizeof(yes)},
                         {CKA_LABEL, k->label, strlen(k->label)},
                         {CKA_ID, k->id, k->id_len}};
     CK_OBJECT_HANDLE o[2] = {0};
     CK_ULONG n = 0;
     CK_FUNCTION_LIST *f = s->rt.f;
-    if (f->C_FindObjectsInit(s->keys_session, t, k->id_len ? 3 : 2) != CKR_OK)
-        return 0;
-    if (f->C_FindObjects(s->keys_session, o, 2, &n) != CKR_OK)
-        n = 0;
+    *out = 0;
+    CK_RV rv = f->C_FindObjectsInit(s->keys_session, t, k->id_len ? 4 : 3);
+    if (rv != CKR_OK)
+        return rv;
+    rv = f->C_FindObjects(s->keys_session, o, 2, &n);
     f->C_FindObjectsFinal(s->keys_session);
-    return n == 1 ? o[0] : 0;
+    if (rv == CKR_OK && n == 1)
+        *out = o[0];
+    return rv;
+}
+
+/* Errors of C_CopyObject that mean "this token does not copy this key",
+ * not "the token failed". */
+static int copy_refused(CK_RV rv)
+{
+    return rv == CKR_ACTION_PROHIBITED || rv == CKR_FUNCTION_NOT_SUPPORTED ||
+           rv == CKR_ATTRIBUTE_READ_ONLY || rv == CKR_TEMPLATE_INCONSISTENT;
+}
+
+/* 1 if the copy is what it must be: sensitive, not extractable, session only. */
+static int copy_is_sealed(signer *s, CK_OBJECT_HANDLE copy)
+{
+    CK_BBOOL sensitive = CK_FALSE, extractable = CK_TRUE, token = CK_TRUE;
+    CK_ATTRIBUTE t[] = {{CKA_SENSITIVE, &sensitive, sizeof(sensitive)},
+                        {CKA_EXTRACTABLE, &extractable, sizeof(extractable)},
+                        {CKA_TOKEN, &token, sizeof(token)}};
+    return s->rt.f->C_GetAttributeValue(s->keys_session, copy, t, SG_ARRAY_LEN(t)) == CKR_OK &&
+           sensitive == CK_TRUE && extractable == CK_FALSE && token == CK_FALSE;
 }
 
 /* Set up raw signing for the private keys libp11 found (write lock held, or
  * before the signer is shared): a session for the key copies, a copy of each
  * key, and a test signature with it checked against the token's public key.
  * A module that cannot be used raw (not the instance libp11 loaded) leaves
- * signing to libp11, and says so once; a token that refuses the copy is
- * signed with through its key object, and a key that is not one object by
- * label and id through libp11. A token that cannot open a session or make
- * the test signature is an error: the prober tries again. */
+ * signing to libp11, and says so once. A token that refuses the copy, or
+ * makes one that is not sensitive, unextractable and session-only, is
+ * signed with through its key object; a key that is not one token object by
+ * label and id through libp11 (as libp11 picks one); each connect that ends
+ * so says so. A token that fails a call here is an error: the prober tries
+ * again. */
 static sg_err raw_setup(signer *s, PKCS11_SLOT *slot, PKCS11_KEY *priv[KEY_PURPOSES],
                         EVP_PKEY *tpub[KEY_PURPOSES], char *why, size_t whylen)
 {
-    char refused[64] = "";
     if (s->rt.f == NULL && !s->raw_off) {
         /* C_Initialize succeeding means another instance of the module than
          * libp11's, whose sessions would not be logged in. */
@@ -350,24 +380,38 @@ static sg_err raw_setup(signer *s, PKCS11_SLOT *slot, PKCS11_KEY *priv[KEY_PURPO
         if (priv[p] == NULL)
             continue;
         const char *name = key_purpose_name[p];
-        CK_OBJECT_HANDLE key = raw_find(s, priv[p]), copy = 0;
+        CK_OBJECT_HANDLE key = 0, copy = 0;
         CK_BBOOL no = CK_FALSE;
         CK_ATTRIBUTE session_only[] = {{CKA_TOKEN, &no, sizeof(no)}};
-        if (key == 0) { /* libp11 picked one of several: so does its EVP_PKEY */
-            if (!s->raw_said)
-                sg_warn("hsm: key \"%s\" is not one object by label and id; signing with it "
-                        "through libp11",
-                        name);
+        if ((rv = raw_find(s, priv[p], &key)) != CKR_OK)
+            return sg_say(why, whylen, SG_EHSM, "cannot search token \"%s\" for key \"%s\" (0x%lx)",
+                          s->label, name, rv);
+        if (key == 0) {
+            sg_warn("hsm: key \"%s\" is not one token object by label and id; signing with it "
+                    "through libp11",
+                    name);
             continue;
         }
         rv = f->C_CopyObject(s->keys_session, key, session_only, 1, &copy);
-        if (rv == CKR_OK)
+        if (rv != CKR_OK && !copy_refused(rv))
+            return sg_say(why, whylen, SG_EHSM, "cannot copy key \"%s\" into a session (0x%lx)",
+                          name, rv);
+        if (rv == CKR_OK && !copy_is_sealed(s, copy)) {
+            f->C_DestroyObject(s->keys_session, copy);
+            sg_warn("hsm: the session copy of key \"%s\" is not sensitive, unextractable and "
+                    "session-only; signing with the token's key object",
+                    name);
+        } else if (rv == CKR_OK) {
             key = copy;
-        else
-            snprintf(refused, sizeof(refused), "0x%lx", rv);
+        } else {
+            sg_info("hsm: signing with the token's key object \"%s\": it refused session "
+                    "copies (0x%lx)",
+                    name, rv);
+        }
         struct signer_item it = {.digest = {'s', 'i', 'g', 'n', 'e', 't'}};
-        if (!raw_sign(s, s->keys_session, key, &it))
-            return sg_say(why, whylen, SG_EHSM, "a test signature with key \"%s\" failed", name);
+        if ((rv = raw_sign(s, s->keys_session, key, &it)) != CKR_OK)
+            return sg_say(why, whylen, SG_EHSM, "a test signature with key \"%s\" failed (0x%lx)",
+                          name, rv);
         EVP_PKEY_CTX *c = EVP_PKEY_CTX_new(tpub[p], NULL);
         int ok = c && EVP_PKEY_verify_init(c) == 1 &&
                  EVP_PKEY_verify(c, it.sig, it.siglen, it.digest, sizeof(it.digest)) == 1;
@@ -380,10 +424,6 @@ static sg_err raw_setup(signer *s, PKCS11_SLOT *slot, PKCS11_KEY *priv[KEY_PURPO
                           name);
         s->rawkey[p] = key;
     }
-    if (refused[0] && !s->raw_said)
-        sg_info("hsm: signing with the token's key objects: it refused session copies (%s)",
-                refused);
-    s->raw_said = 1;
     return SG_OK;
 }
 
@@ -536,11 +576,14 @@ static int sign_one(signer *s, struct worker *w, enum key_purpose p, struct sign
         if (w->session == 0 && s->rt.f->C_OpenSession(s->slot_id, CKF_SERIAL_SESSION, NULL, NULL,
                                                       &w->session) != CKR_OK)
             w->session = 0;
-        ok = w->session && raw_sign(s, w->session, s->rawkey[p], it);
-        if (!ok && w->session) {
+        CK_RV rv = w->session ? raw_sign(s, w->session, s->rawkey[p], it) : CKR_SESSION_CLOSED;
+        ok = rv == CKR_OK;
+        /* A failed call: start the next on a new session. One the token no
+         * longer knows is not closed: its handle may be someone else's now. */
+        if (!ok && w->session && rv != CKR_SESSION_HANDLE_INVALID && rv != CKR_SESSION_CLOSED)
             s->rt.f->C_CloseSession(w->session);
+        if (!ok)
             w->session = 0;
-        }
     } else {
         EVP_PKEY_CTX *c = s->priv[p] ? EVP_PKEY_CTX_new(s->priv[p], NULL) : NULL;
         size_t len = sizeof(it->sig);
