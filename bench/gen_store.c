@@ -167,7 +167,7 @@ int main(int argc, char **argv)
     if (anchor) {
         struct chain_pos p = {.position = g.head};
         memcpy(p.hash, g.prev, sizeof(p.hash));
-        if (anchors_open(cfg, &an, why, sizeof(why)) != SG_OK ||
+        if (anchors_open(cfg, g.sg, &an, why, sizeof(why)) != SG_OK ||
             anchors_save(an, g.sg, &p, why, sizeof(why)) != SG_OK)
             goto out;
     }

@@ -388,7 +388,7 @@ static int cmd_accept_store(int argc, char **argv)
         return 1;
     }
     if (signer_open(cfg, 1u << KEY_EVENTS, &sg, why, sizeof(why)) != SG_OK ||
-        anchors_open(cfg, &an, why, sizeof(why)) != SG_OK ||
+        anchors_open(cfg, sg, &an, why, sizeof(why)) != SG_OK ||
         store_open(cfg->store, &st, why, sizeof(why)) != SG_OK)
         goto fail;
     if ((kr = keyring_new()) == NULL ||

@@ -211,7 +211,7 @@ int main(int argc, char **argv)
     }
     snprintf(readmodel, n, "%s/read.db", cfg->data_dir);
     snprintf(checkpoint, n, "%s/writestate.ckpt", cfg->data_dir);
-    if (anchors_open(cfg, &an, why, sizeof(why)) != SG_OK ||
+    if (anchors_open(cfg, sg, &an, why, sizeof(why)) != SG_OK ||
         check_store(cfg, kr, an, readmodel, &anchor, &head, why, sizeof(why)) != SG_OK)
         goto fail;
     /* Idempotency-Key expiry: before the sequencer looks any record up. */

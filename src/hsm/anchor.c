@@ -30,12 +30,13 @@ struct anchors {
     void *dl;
     CK_FUNCTION_LIST *f;
     char *label, *pin;
+    signer *s;          /* held (signer_hold) during each operation */
     pthread_mutex_t mu; /* one operation at a time */
 };
 
 /*** PKCS#11 ***/
 
-sg_err anchors_open(const sg_config *cfg, anchors **out, char *why, size_t whylen)
+sg_err anchors_open(const sg_config *cfg, signer *s, anchors **out, char *why, size_t whylen)
 {
     CK_C_GetFunctionList get;
     CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK};
@@ -75,8 +76,28 @@ sg_err anchors_open(const sg_config *cfg, anchors **out, char *why, size_t whyle
         return sg_say(why, whylen, SG_EHSM, "C_Initialize of %s failed (0x%lx)", cfg->pkcs11_module,
                       rv);
     }
+    a->s = s;
     *out = a;
     return SG_OK;
+}
+
+/* One operation at a time, with the signer's reconnects held off: a
+ * reconnect closes every session of the slot, ours too, and the token may
+ * then hand our handle to a signing session, which our close would end. */
+static sg_err begin(anchors *a, char *why, size_t whylen)
+{
+    if (a->s && !signer_hold(a->s))
+        return sg_say(why, whylen, SG_EHSM,
+                      "the signer is reconnecting to token \"%s\"; the anchor waits", a->label);
+    pthread_mutex_lock(&a->mu);
+    return SG_OK;
+}
+
+static void end(anchors *a)
+{
+    pthread_mutex_unlock(&a->mu);
+    if (a->s)
+        signer_release(a->s);
 }
 
 void anchors_close(anchors *a)
@@ -182,9 +203,12 @@ sg_err anchors_load(anchors *a, const keyring *kr, struct chain_pos *out, char *
     int found = 0;
     if (buf == NULL)
         return sg_say(why, whylen, SG_ENOMEM, "out of memory");
-    pthread_mutex_lock(&a->mu);
-    sg_err e = session(a, &h, why, whylen);
-    if (e)
+    sg_err e = begin(a, why, whylen);
+    if (e) {
+        free(buf);
+        return e;
+    }
+    if ((e = session(a, &h, why, whylen)) != SG_OK)
         goto unlock;
     if ((e = find_all(a, h, objs, &n)) != SG_OK)
         sg_say(why, whylen, e, "cannot search token \"%s\" for anchors", a->label);
@@ -205,7 +229,7 @@ sg_err anchors_load(anchors *a, const keyring *kr, struct chain_pos *out, char *
         e = SG_ENOTFOUND;
     a->f->C_CloseSession(h);
 unlock:
-    pthread_mutex_unlock(&a->mu);
+    end(a);
     free(buf);
     return e;
 }
@@ -245,7 +269,10 @@ sg_err anchors_save(anchors *a, signer *s, const struct chain_pos *p, char *why,
         {CKA_APPLICATION, (void *)"signet", 6},
         {CKA_VALUE, doc, len},
     };
-    pthread_mutex_lock(&a->mu);
+    if ((e = begin(a, why, whylen)) != SG_OK) {
+        free(doc);
+        return e;
+    }
     if ((e = session(a, &h, why, whylen)) != SG_OK)
         goto unlock;
     /* Create the new one first: a crash between the two steps leaves two
@@ -261,7 +288,7 @@ sg_err anchors_save(anchors *a, signer *s, const struct chain_pos *p, char *why,
     }
     a->f->C_CloseSession(h);
 unlock:
-    pthread_mutex_unlock(&a->mu);
+    end(a);
     free(doc);
     return e;
 }

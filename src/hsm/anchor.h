@@ -16,8 +16,9 @@ typedef struct anchors anchors;
 
 /* Load the PKCS#11 module of cfg and find its token. Call after
  * signer_open() and close before signer_close(): the module is shared with
- * the signer and only the signer initialises and finalises it. */
-sg_err anchors_open(const sg_config *cfg, anchors **out, char *why, size_t whylen);
+ * the signer s, only the signer initialises and finalises it, and every
+ * operation here holds off the signer's reconnects (signer_hold). */
+sg_err anchors_open(const sg_config *cfg, signer *s, anchors **out, char *why, size_t whylen);
 void anchors_close(anchors *a);
 
 /* The newest anchor in the token, verified with kr's events keys: SG_OK and

@@ -1054,6 +1054,17 @@ EVP_PKEY *signer_public_key(const signer *s, enum key_purpose p)
     return s->pub[p];
 }
 
+int signer_hold(signer *s)
+{
+    struct timespec ts = mono_at(sg_mono_ms() + s->timeout_ms);
+    return pthread_rwlock_clockrdlock(&s->lock, CLOCK_MONOTONIC, &ts) == 0;
+}
+
+void signer_release(signer *s)
+{
+    pthread_rwlock_unlock(&s->lock);
+}
+
 int signer_healthy(const signer *s)
 {
     return atomic_load(&s->healthy);

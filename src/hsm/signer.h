@@ -92,6 +92,14 @@ sg_err signer_store_chain(signer *s, enum key_purpose purpose, STACK_OF(X509) * 
  * the calling thread without the deadline. SG_EHSM. */
 sg_err signer_sign_x509(signer *s, enum key_purpose purpose, X509 *cert, X509_REQ *req);
 
+/* Hold off reconnects while the caller works on PKCS#11 sessions of its own
+ * (the anchor keeper): a reconnect closes every session of the token's slot,
+ * and a closed session's handle may be handed out again. 1 if held (pair
+ * with signer_release), 0 if a reconnect kept the signer for longer than the
+ * sign deadline. */
+int signer_hold(signer *s);
+void signer_release(signer *s);
+
 /* 1 if the HSM is up, 0 if down, as the prober and the last calls left it.
  * Cheap (an atomic read); never calls the HSM. */
 int signer_healthy(const signer *s);
