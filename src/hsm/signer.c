@@ -110,7 +110,7 @@ struct signer {
     int loaded;
     EVP_PKEY *priv[KEY_PURPOSES];
     /* raw signing, set by connect_token under the write lock */
-    struct p11 rt;                         /* the same module, loaded raw */
+    struct p11 rt; /* the same module, loaded raw */
     CK_SLOT_ID slot_id;
     CK_SESSION_HANDLE keys_session;        /* holds the session copies of the keys; 0: none */
     CK_OBJECT_HANDLE rawkey[KEY_PURPOSES]; /* 0: sign through priv[] */

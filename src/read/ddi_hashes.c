@@ -208,8 +208,7 @@ sg_err ddi_hashes_submit(ddi_hash_ticket *t)
     return e;
 }
 
-sg_err ddi_hash_ticket_result(const ddi_hash_ticket *t, char sha1[41], char md5[33],
-                              uint64_t *size)
+sg_err ddi_hash_ticket_result(const ddi_hash_ticket *t, char sha1[41], char md5[33], uint64_t *size)
 {
     if (t->err == SG_OK) {
         memcpy(sha1, t->sha1, 41);

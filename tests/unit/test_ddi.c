@@ -268,8 +268,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_attributes_validate),
-        cmocka_unit_test(test_cancel_and_feedback_validate),
-        cmocka_unit_test(test_apply),
+        cmocka_unit_test(test_cancel_and_feedback_validate), cmocka_unit_test(test_apply),
         cmocka_unit_test(test_hashing_thread), /* last: it stops the thread for good */
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
