@@ -4,6 +4,7 @@
  * is set. No PKCS#11. */
 #include "standin_signer.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -78,22 +79,27 @@ int signer_healthy(const signer *s)
     return 1; /* as the prober would say before it notices */
 }
 
-keyring *standin_open(void)
+keyring *standin_open(char *tmpdir)
 {
+    if (mkdtemp(tmpdir) == NULL)
+        return NULL;
     keyring *kr = keyring_new();
     standin.key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
     if (kr == NULL || standin.key == NULL || key_id_of(standin.key, standin.key_id) != SG_OK ||
         keyring_add(kr, KEY_EVENTS, standin.key) != SG_OK ||
         keyring_add(kr, KEY_DEVICES, standin.key) != SG_OK) {
-        standin_close(kr);
+        standin_close(kr, tmpdir);
         return NULL;
     }
     return kr;
 }
 
-void standin_close(keyring *kr)
+int standin_close(keyring *kr, const char *tmpdir)
 {
+    char cmd[300];
     keyring_free(kr);
     EVP_PKEY_free(standin.key);
     standin.key = NULL;
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
+    return system(cmd) == 0 ? 0 : -1;
 }

@@ -15,10 +15,11 @@ struct signer {
 
 extern struct signer standin;
 
-/* A fresh P-256 key for standin, and a keyring holding its public half for
- * the events and devices purposes (NULL on failure); standin_close frees
- * both. */
-keyring *standin_open(void);
-void standin_close(keyring *kr);
+/* A fresh P-256 key for standin, a keyring holding its public half for the
+ * events and devices purposes, and the test's temporary directory made from
+ * the mkdtemp template tmpdir (NULL on failure). standin_close frees both
+ * and removes the directory: 0, or -1 if it cannot. */
+keyring *standin_open(char *tmpdir);
+int standin_close(keyring *kr, const char *tmpdir);
 
 #endif

@@ -284,18 +284,13 @@ static int count_device(const char *id)
 static int setup(void **state)
 {
     (void)state;
-    if (mkdtemp(tmpdir) == NULL)
-        return -1;
-    return (kr = standin_open()) != NULL ? 0 : -1;
+    return (kr = standin_open(tmpdir)) != NULL ? 0 : -1;
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[300];
-    standin_close(kr);
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
-    return system(cmd) == 0 ? 0 : -1;
+    return standin_close(kr, tmpdir);
 }
 
 /*** tests ***/
