@@ -19,38 +19,23 @@
 #include <cmocka.h>
 
 #include "read/ddi_hashes.h"
+#include "validate_check.h"
 #include "write/wreq.h"
 
 #define FW1 "sha256:1111111111111111111111111111111111111111111111111111111111111111"
 #define FW2 "sha256:2222222222222222222222222222222222222222222222222222222222222222"
 
-static sg_err validate(const struct wreq_type *t, const char *body, const char *path_id,
-                       json_t **input)
-{
-    char detail[256] = "";
-    json_t *b = json_loads(body, 0, NULL);
-    assert_non_null(b);
-    *input = NULL;
-    sg_err e = t->validate(b, path_id, input, detail, sizeof(detail));
-    if (e)
-        assert_true(detail[0] != '\0'); /* every refusal says why */
-    else
-        assert_non_null(*input);
-    json_decref(b);
-    return e;
-}
-
 static void test_attributes_validate(void **state)
 {
     (void)state;
     json_t *in;
-    assert_int_equal(validate(&wreq_record_attributes, "{\"data\":{\"board\":\"b\",\"rev\":\"1\"}}",
-                              "dev-1", &in),
+    assert_int_equal(validate_check(&wreq_record_attributes,
+                                    "{\"data\":{\"board\":\"b\",\"rev\":\"1\"}}", "dev-1", &in),
                      SG_OK);
     assert_string_equal(json_string_value(json_object_get(in, "mode")), "merge");
     json_decref(in);
     assert_int_equal(
-        validate(&wreq_record_attributes, "{\"mode\":\"replace\",\"data\":{}}", "dev-1", &in),
+        validate_check(&wreq_record_attributes, "{\"mode\":\"replace\",\"data\":{}}", "dev-1", &in),
         SG_OK);
     json_decref(in);
     char big[700];
@@ -69,8 +54,10 @@ static void test_attributes_validate(void **state)
         body,
     };
     for (size_t i = 0; i < SG_ARRAY_LEN(bad); i++)
-        assert_int_equal(validate(&wreq_record_attributes, bad[i], "dev-1", &in), SG_EBADINPUT);
-    assert_int_equal(validate(&wreq_record_attributes, "{\"data\":{}}", "../x", &in), SG_EBADINPUT);
+        assert_int_equal(validate_check(&wreq_record_attributes, bad[i], "dev-1", &in),
+                         SG_EBADINPUT);
+    assert_int_equal(validate_check(&wreq_record_attributes, "{\"data\":{}}", "../x", &in),
+                     SG_EBADINPUT);
     /* 65 attributes: too many */
     json_t *many = json_object();
     for (int i = 0; i < 65; i++) {
@@ -89,27 +76,29 @@ static void test_cancel_and_feedback_validate(void **state)
 {
     (void)state;
     json_t *in;
-    assert_int_equal(validate(&wreq_ack_cancel, "{\"action_id\":2147483647}", "dev-1", &in), SG_OK);
+    assert_int_equal(validate_check(&wreq_ack_cancel, "{\"action_id\":2147483647}", "dev-1", &in),
+                     SG_OK);
     json_decref(in);
-    assert_int_equal(validate(&wreq_ack_cancel, "{\"action_id\":2147483648}", "dev-1", &in),
+    assert_int_equal(validate_check(&wreq_ack_cancel, "{\"action_id\":2147483648}", "dev-1", &in),
                      SG_EBADINPUT);
-    assert_int_equal(validate(&wreq_ack_cancel, "{\"action_id\":0}", "dev-1", &in), SG_EBADINPUT);
-    assert_int_equal(validate(&wreq_ack_cancel, "{\"action_id\":\"5\"}", "dev-1", &in),
+    assert_int_equal(validate_check(&wreq_ack_cancel, "{\"action_id\":0}", "dev-1", &in),
                      SG_EBADINPUT);
-    assert_int_equal(validate(&wreq_ddi_feedback,
-                              "{\"action_id\":7,\"status\":\"failed\",\"detail\":\"x\"}", "dev-1",
-                              &in),
+    assert_int_equal(validate_check(&wreq_ack_cancel, "{\"action_id\":\"5\"}", "dev-1", &in),
+                     SG_EBADINPUT);
+    assert_int_equal(validate_check(&wreq_ddi_feedback,
+                                    "{\"action_id\":7,\"status\":\"failed\",\"detail\":\"x\"}",
+                                    "dev-1", &in),
                      SG_OK);
     json_decref(in);
     assert_int_equal(
-        validate(&wreq_ddi_feedback, "{\"action_id\":7,\"status\":\"maybe\"}", "dev-1", &in),
+        validate_check(&wreq_ddi_feedback, "{\"action_id\":7,\"status\":\"maybe\"}", "dev-1", &in),
         SG_EBADINPUT);
-    assert_int_equal(
-        validate(&wreq_ddi_feedback, "{\"action_id\":-1,\"status\":\"installed\"}", "dev-1", &in),
-        SG_EBADINPUT);
-    assert_int_equal(validate(&wreq_ddi_feedback,
-                              "{\"action_id\":7,\"status\":\"installed\",\"more\":1}", "dev-1",
-                              &in),
+    assert_int_equal(validate_check(&wreq_ddi_feedback,
+                                    "{\"action_id\":-1,\"status\":\"installed\"}", "dev-1", &in),
+                     SG_EBADINPUT);
+    assert_int_equal(validate_check(&wreq_ddi_feedback,
+                                    "{\"action_id\":7,\"status\":\"installed\",\"more\":1}",
+                                    "dev-1", &in),
                      SG_EBADINPUT);
 }
 

@@ -17,43 +17,31 @@
 #include "core/membership.h"
 #include "read/readmodel.h"
 #include "read/update.h"
+#include "validate_check.h"
 #include "write/wreq.h"
 #include <unistd.h>
 
 #define FW1 "sha256:1111111111111111111111111111111111111111111111111111111111111111"
 #define FW2 "sha256:2222222222222222222222222222222222222222222222222222222222222222"
 
-static sg_err validate(const struct wreq_type *t, const char *body, const char *path_id,
-                       json_t **input)
-{
-    char detail[256] = "";
-    json_t *b = json_loads(body, 0, NULL);
-    assert_non_null(b);
-    *input = NULL;
-    sg_err e = t->validate(b, path_id, input, detail, sizeof(detail));
-    if (e)
-        assert_true(detail[0] != '\0'); /* every refusal says why */
-    json_decref(b);
-    return e;
-}
-
 static void test_start_validate(void **state)
 {
     (void)state;
     json_t *in;
     assert_int_equal(
-        validate(&wreq_start_rollout,
-                 "{\"firmware_id\":\"" FW1 "\",\"hardware\":\"hw-a\",\"group\":\"g\","
-                 "\"stages\":[5,25,100],\"failure_threshold\":0.05,\"min_reports\":20}",
-                 NULL, &in),
+        validate_check(&wreq_start_rollout,
+                       "{\"firmware_id\":\"" FW1 "\",\"hardware\":\"hw-a\",\"group\":\"g\","
+                       "\"stages\":[5,25,100],\"failure_threshold\":0.05,\"min_reports\":20}",
+                       NULL, &in),
         SG_OK);
     assert_int_equal(json_integer_value(json_object_get(in, "failure_threshold_ppm")), 50000);
     assert_string_equal(json_string_value(json_object_get(in, "group")), "g");
     json_decref(in);
-    assert_int_equal(validate(&wreq_start_rollout,
-                              "{\"firmware_id\":\"" FW1 "\",\"hardware\":\"hw-a\",\"stages\":[50],"
-                              "\"failure_threshold\":1,\"min_reports\":1}",
-                              NULL, &in),
+    assert_int_equal(validate_check(&wreq_start_rollout,
+                                    "{\"firmware_id\":\"" FW1
+                                    "\",\"hardware\":\"hw-a\",\"stages\":[50],"
+                                    "\"failure_threshold\":1,\"min_reports\":1}",
+                                    NULL, &in),
                      SG_OK);
     assert_int_equal(json_integer_value(json_object_get(in, "failure_threshold_ppm")), 1000000);
     json_decref(in);
@@ -80,18 +68,18 @@ static void test_start_validate(void **state)
     for (size_t i = 0; i < SG_ARRAY_LEN(bad); i++) {
         snprintf(body, sizeof(body), "{\"firmware_id\":\"" FW1 "\",\"hardware\":\"hw-a\",%s}",
                  bad[i]);
-        if (validate(&wreq_start_rollout, body, NULL, &in) != SG_EBADINPUT)
+        if (validate_check(&wreq_start_rollout, body, NULL, &in) != SG_EBADINPUT)
             fail_msg("accepted %s", body);
     }
-    assert_int_equal(validate(&wreq_start_rollout,
-                              "{\"firmware_id\":\"sha256:12\",\"hardware\":\"hw-a\","
-                              "\"stages\":[100],\"failure_threshold\":0,\"min_reports\":1}",
-                              NULL, &in),
+    assert_int_equal(validate_check(&wreq_start_rollout,
+                                    "{\"firmware_id\":\"sha256:12\",\"hardware\":\"hw-a\","
+                                    "\"stages\":[100],\"failure_threshold\":0,\"min_reports\":1}",
+                                    NULL, &in),
                      SG_EBADINPUT);
-    assert_int_equal(validate(&wreq_start_rollout,
-                              "{\"firmware_id\":\"" FW1 "\",\"hardware\":\"hw/a\","
-                              "\"stages\":[100],\"failure_threshold\":0,\"min_reports\":1}",
-                              NULL, &in),
+    assert_int_equal(validate_check(&wreq_start_rollout,
+                                    "{\"firmware_id\":\"" FW1 "\",\"hardware\":\"hw/a\","
+                                    "\"stages\":[100],\"failure_threshold\":0,\"min_reports\":1}",
+                                    NULL, &in),
                      SG_EBADINPUT);
 }
 
@@ -99,21 +87,21 @@ static void test_switch_and_report_validate(void **state)
 {
     (void)state;
     json_t *in;
-    assert_int_equal(validate(&wreq_advance_rollout, "{}", "r-1", &in), SG_OK);
+    assert_int_equal(validate_check(&wreq_advance_rollout, "{}", "r-1", &in), SG_OK);
     assert_string_equal(json_string_value(json_object_get(in, "rollout_id")), "r-1");
     json_decref(in);
-    assert_int_equal(validate(&wreq_pause_rollout, "{}", "../x", &in), SG_EBADINPUT);
-    assert_int_equal(validate(&wreq_report,
-                              "{\"firmware_id\":\"" FW1 "\",\"status\":\"failed\","
-                              "\"detail\":\"boot loop\"}",
-                              "dev-1", &in),
+    assert_int_equal(validate_check(&wreq_pause_rollout, "{}", "../x", &in), SG_EBADINPUT);
+    assert_int_equal(validate_check(&wreq_report,
+                                    "{\"firmware_id\":\"" FW1 "\",\"status\":\"failed\","
+                                    "\"detail\":\"boot loop\"}",
+                                    "dev-1", &in),
                      SG_OK);
     assert_string_equal(json_string_value(json_object_get(in, "device_id")), "dev-1");
     json_decref(in);
-    assert_int_equal(
-        validate(&wreq_report, "{\"firmware_id\":\"" FW1 "\",\"status\":\"ok\"}", "dev-1", &in),
-        SG_EBADINPUT);
-    assert_int_equal(validate(&wreq_report, "{\"status\":\"installed\"}", "dev-1", &in),
+    assert_int_equal(validate_check(&wreq_report, "{\"firmware_id\":\"" FW1 "\",\"status\":\"ok\"}",
+                                    "dev-1", &in),
+                     SG_EBADINPUT);
+    assert_int_equal(validate_check(&wreq_report, "{\"status\":\"installed\"}", "dev-1", &in),
                      SG_EBADINPUT);
     char big[800];
     memset(big, 'x', 513);
@@ -121,11 +109,11 @@ static void test_switch_and_report_validate(void **state)
     char body[1000];
     snprintf(body, sizeof(body),
              "{\"firmware_id\":\"" FW1 "\",\"status\":\"failed\",\"detail\":\"%s\"}", big);
-    assert_int_equal(validate(&wreq_report, body, "dev-1", &in), SG_EBADINPUT);
+    assert_int_equal(validate_check(&wreq_report, body, "dev-1", &in), SG_EBADINPUT);
     big[512] = '\0';
     snprintf(body, sizeof(body),
              "{\"firmware_id\":\"" FW1 "\",\"status\":\"failed\",\"detail\":\"%s\"}", big);
-    assert_int_equal(validate(&wreq_report, body, "dev-1", &in), SG_OK);
+    assert_int_equal(validate_check(&wreq_report, body, "dev-1", &in), SG_OK);
     json_decref(in);
 }
 
