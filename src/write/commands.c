@@ -54,27 +54,14 @@ static uint64_t rfc3339_ms(const char *s)
 /* The command's write state as a new object, or NULL. */
 static json_t *cmd_load(wstate *s, const char *id)
 {
-    const char *text = id ? wstate_get(s, NS, id) : NULL;
-    return text ? json_loads(text, 0, NULL) : NULL;
-}
-
-/* Store obj (borrowed) as the command's state. */
-static sg_err cmd_store(wstate *s, const char *id, const json_t *obj)
-{
-    char *text = NULL;
-    size_t len;
-    sg_err e = jcs_dump(obj, &text, &len);
-    if (e == SG_OK)
-        e = wstate_set(s, NS, id, text);
-    free(text);
-    return e;
+    return id ? wstate_get_json(s, NS, id) : NULL;
 }
 
 /* A decided command keeps only what later requests are answered from. */
 static sg_err cmd_decided(wstate *s, const char *id, const char *state, const char *requester)
 {
     json_t *o = json_pack("{s:s, s:s}", "state", state, "requester", requester ? requester : "");
-    sg_err e = o ? cmd_store(s, id, o) : SG_ENOMEM;
+    sg_err e = o ? wstate_put_json(s, NS, id, o) : SG_ENOMEM;
     json_decref(o);
     if (e == SG_OK)
         e = wstate_del(s, NS_PENDING, id);
@@ -124,7 +111,7 @@ static sg_err apply_requested(wstate *s, const json_t *event, const json_t *data
         json_object_get(data, "approvals_required"), "state", "pending", "approvers");
     char ms[24];
     snprintf(ms, sizeof(ms), "%" PRIu64, not_after);
-    sg_err e = cmd ? cmd_store(s, id, cmd) : SG_EINTERNAL;
+    sg_err e = cmd ? wstate_put_json(s, NS, id, cmd) : SG_EINTERNAL;
     if (e == SG_OK)
         e = wstate_set(s, NS_PENDING, id, ms);
     json_decref(cmd);
@@ -139,7 +126,7 @@ static sg_err apply_approved(wstate *s, const json_t *event, const json_t *data)
     const char *who = str_of(event, "actor");
     if (cmd && who &&
         json_array_append_new(json_object_get(cmd, "approvers"), json_string(who)) == 0)
-        e = cmd_store(s, id, cmd);
+        e = wstate_put_json(s, NS, id, cmd);
     json_decref(cmd);
     return e;
 }
@@ -351,7 +338,7 @@ static json_t *pending_command(struct wreq *r, struct decision *d, int approving
     json_t *cmd = cmd_load(decision_state(d), id);
     const char *state = str_of(cmd, "state");
     if (cmd == NULL || state == NULL) {
-        wreq_fail(r, SG_ENOTFOUND, "no command %s", id);
+        wreq_fail(r, SG_ENOTFOUND, "no command %s", id ? id : "(none)");
     } else if (approving && strcmp(str_of(cmd, "requester"), me) == 0) {
         wreq_fail(r, SG_EFORBIDDEN, "%s requested command %s and may not approve it", me, id);
     } else if (strcmp(state, "pending") != 0) {

@@ -23,16 +23,11 @@ static sg_err devices_apply(wstate *s, const char *type, const json_t *event)
     json_t *data = json_object_get(event, "data");
     const char *id = json_string_value(json_object_get(data, "device_id"));
     json_t *rec = json_deep_copy(data);
-    char *text = NULL;
-    size_t len;
     sg_err e = SG_ENOMEM;
-    if (id == NULL) {
+    if (id == NULL)
         e = SG_EINTERNAL;
-    } else if (rec && json_object_del(rec, "device_id") == 0 &&
-               jcs_dump(rec, &text, &len) == SG_OK) {
-        e = wstate_set(s, NS, id, text);
-    }
-    free(text);
+    else if (rec && json_object_del(rec, "device_id") == 0)
+        e = wstate_put_json(s, NS, id, rec);
     json_decref(rec);
     return e;
 }

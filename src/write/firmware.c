@@ -56,14 +56,12 @@ static sg_err firmware_apply(wstate *s, const char *type, const json_t *event)
                             json_object_get(m, "security_version"), "size",
                             json_object_get(m, "size"), "sha256", json_object_get(m, "sha256"),
                             "format", json_object_get(data, "format"));
-    char *text = NULL, key[160];
-    size_t len;
-    sg_err e = SG_ENOMEM;
-    if (rec && jcs_dump(rec, &text, &len) == SG_OK && (e = wstate_set(s, NS, id, text)) == SG_OK) {
+    char key[160];
+    sg_err e = rec ? wstate_put_json(s, NS, id, rec) : SG_ENOMEM;
+    if (e == SG_OK) {
         version_key(name, version, key, sizeof(key));
         e = wstate_set(s, NS_VERSION, key, id);
     }
-    free(text);
     json_decref(rec);
     return e;
 }
