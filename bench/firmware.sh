@@ -19,22 +19,15 @@
 # same file system: on a busy or slow disk that, not hashing, sets the pace.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BUILD=${1:-build}
-if [[ ! -d $BUILD && -d $ROOT/$BUILD ]]; then
-    BUILD=$ROOT/$BUILD
-fi
-BUILD=$(cd "$BUILD" && pwd)
+NAME=firmware.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+BUILD=$(build_dir "${1:-build}")
 MODULE=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 MIB=${BENCH_FW_MIB:-1024}
 RUNS=${BENCH_FW_RUNS:-3}
 
-for f in signet signetd; do
-    [[ -x $BUILD/$f ]] || { echo "firmware.sh: $BUILD/$f is missing; build first" >&2; exit 2; }
-done
-for tool in python3 curl sha256sum od dd; do
-    command -v "$tool" >/dev/null || { echo "firmware.sh: $tool is required" >&2; exit 2; }
-done
+require_built "$BUILD" signet signetd
+require_tools python3 curl sha256sum od dd
 
 TMP=$(mktemp -d "${TMPDIR:-/var/tmp}/signet-fwbench.XXXXXX")
 SIGNETD_PID=
@@ -52,7 +45,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-randhex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
 fail() {
     echo "firmware.sh: $*" >&2
     [[ -s $TMP/signetd.log ]] && tail -n 20 "$TMP/signetd.log" >&2

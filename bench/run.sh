@@ -12,12 +12,9 @@
 #        BENCH_UPDATES (1: then bench/update_checks.py, which reads BENCH_DEVICES)
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BUILD=${1:-build}
-if [[ ! -d $BUILD && -d $ROOT/$BUILD ]]; then
-    BUILD=$ROOT/$BUILD
-fi
-BUILD=$(cd "$BUILD" && pwd)
+NAME=run.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+BUILD=$(build_dir "${1:-build}")
 MODULE=${SOFTHSM2_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 HSM_SECONDS=${BENCH_HSM_SECONDS:-3}
 HTTP_SECONDS=${BENCH_HTTP_SECONDS:-5}
@@ -25,12 +22,8 @@ HTTP_WARMUP=${BENCH_HTTP_WARMUP:-1}
 CONNECTIONS=${BENCH_CONNECTIONS:-64}
 HTTP_THREADS=${BENCH_HTTP_THREADS:-2}
 
-for f in signet signetd bench/bench_hsm bench/bench_http; do
-    [[ -x $BUILD/$f ]] || { echo "run.sh: $BUILD/$f is missing; build first" >&2; exit 2; }
-done
-for tool in python3 curl sha256sum od; do
-    command -v "$tool" >/dev/null || { echo "run.sh: $tool is required" >&2; exit 2; }
-done
+require_built "$BUILD" signet signetd bench/bench_hsm bench/bench_http
+require_tools python3 curl sha256sum od
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/signet-bench.XXXXXX")
 SIGNETD_PID=
@@ -46,7 +39,6 @@ trap 'exit 130' INT TERM
 
 # value KEY FILE: the value of a "key value" line of a bench output
 value() { awk -v k="$1" '$1 == k { print $2 }' "$2" | tail -n 1; }
-randhex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
 fail() {
     echo "run.sh: $*" >&2
     if [[ -s $TMP/signetd.log ]]; then
