@@ -266,11 +266,11 @@ static void hashes_done(void *ud)
     http_resume(ud);
 }
 
-/* The image's SHA-1 and MD5: from memory, from r's ticket once the hashing
- * thread answered it; or HASHING: r is suspended until the
- * hashing thread has read the image (never on a request thread: a first
- * offer of a large image would hold every connection of this thread). */
-#define HASHING 1
+/* The image's SHA-1 and MD5 into *e and the buffers (0): from memory, or
+ * from r's ticket once the hashing thread answered it. Otherwise 1: r is
+ * suspended until the hashing thread has read the image (never a request
+ * thread: a first offer of a large image would hold every connection of
+ * that thread), and this route runs again then. */
 static int image_hashes(struct req *r, const char *firmware_id, char sha1[41], char md5[33],
                         uint64_t *size, sg_err *e)
 {
@@ -293,7 +293,7 @@ static int image_hashes(struct req *r, const char *firmware_id, char sha1[41], c
     http_suspend(r);
     if (ddi_hashes_submit(r->work) != SG_OK)
         http_resume(r); /* the ticket says why */
-    return HASHING;
+    return 1;
 }
 
 void route_ddi_deployment(struct req *r)
@@ -313,7 +313,7 @@ void route_ddi_deployment(struct req *r)
     }
     if (!base_url(r, &p, base, sizeof(base))) {
         e = SG_EBADINPUT;
-    } else if (image_hashes(r, l.a.firmware_id, sha1, md5, &size, &e) == HASHING) {
+    } else if (image_hashes(r, l.a.firmware_id, sha1, md5, &size, &e)) {
         update_answer_free(&l.a); /* asked again when resumed */
         return;
     }
