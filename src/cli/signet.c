@@ -188,7 +188,20 @@ struct chain {
     const keyring *kr;
     uint64_t n;
     char prev[65];
+    uint64_t head; /* the head the export (its last /v1/events page) names */
+    int have_head; /* 0: the export names no head (an array, JSON lines) */
 };
+
+/* Note the head a /v1/events page names: the last page read is the export's
+ * word on where the log ends. */
+static void chain_note_head(struct chain *ch, const json_t *page)
+{
+    json_t *h = json_object_get(page, "head");
+    if (json_is_integer(h) && json_integer_value(h) >= 0) {
+        ch->head = (uint64_t)json_integer_value(h);
+        ch->have_head = 1;
+    }
+}
 
 /* Verify the next event. Returns 0, or 1 after printing the failure. */
 static int chain_next(struct chain *ch, const json_t *ev)
@@ -249,6 +262,7 @@ static int verify_file(struct chain *ch, const char *path)
         json_t *page = json_object_get(v, "events");
         if (!array && json_is_array(page)) {
             size_t i;
+            chain_note_head(ch, v);
             json_t *ev;
             json_array_foreach(page, i, ev) if ((rc = chain_next(ch, ev)) != 0) break;
         } else {
@@ -277,6 +291,7 @@ static int verify_url(struct chain *ch, const char *base)
         size_t i, n = json_array_size(evs);
         json_t *ev;
         int rc = 0;
+        chain_note_head(ch, page);
         json_array_foreach(evs, i, ev) if ((rc = chain_next(ch, ev)) != 0) break;
         json_decref(page);
         if (rc || n == 0)
@@ -293,12 +308,11 @@ static keyring *load_keys(const char *keys_path, const char *url)
         doc = json_load_file(keys_path, 0, &err);
         if (doc == NULL)
             fprintf(stderr, "signet: %s: %s\n", keys_path, err.text);
-    } else {
+    } else if ((doc = http_get_json(url, "/v1/keys")) != NULL) {
         fprintf(stderr,
                 "signet: warning: keys fetched from %s/v1/keys, not pinned "
                 "(pass --keys to check against keys you trust)\n",
                 url);
-        doc = http_get_json(url, "/v1/keys");
     }
     keyring *kr = doc ? keyring_new() : NULL;
     if (kr && keyring_load_json(kr, doc, why, sizeof(why)) != SG_OK) {
@@ -342,6 +356,19 @@ static int cmd_verify_log(int argc, char **argv)
         printf("FAIL: the log holds no events\n");
         rc = 1;
     }
+    /* Events cut off the end leave a chain that verifies: only the head the
+     * export names can tell. */
+    if (rc == 0 && ch.have_head && ch.head != ch.n) {
+        printf("FAIL: the export holds positions 1 to %llu but names its head as %llu: %s\n",
+               (unsigned long long)ch.n, (unsigned long long)ch.head,
+               ch.head > ch.n ? "events are missing at its end" : "it does not hold together");
+        rc = 1;
+    }
+    if (rc == 0 && !ch.have_head)
+        fprintf(stderr,
+                "signet: note: %s names no head, so events cut off its end cannot be "
+                "noticed (verify a /v1/events page or the URL)\n",
+                src);
     if (rc == 0)
         printf("ok: %llu events, head %llu %s\n", (unsigned long long)ch.n,
                (unsigned long long)ch.n, ch.prev);
