@@ -594,6 +594,9 @@ static int sign_one(signer *s, struct worker *w, enum key_purpose p, struct sign
             it->siglen = len;
     }
     pthread_rwlock_unlock(&s->lock);
+    /* Only the low-S form leaves the signer (codec.h): a token's s is either. */
+    if (ok && sg_ecdsa_low_s(it->sig, &it->siglen, sizeof(it->sig)) < 0)
+        ok = 0;
     if (!ok)
         ERR_clear_error();
     return ok;
