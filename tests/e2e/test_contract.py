@@ -1251,6 +1251,23 @@ def doc_probes(W):
     for side, path in (("w", "/healthz"), ("w", "/v1/keys"), ("w", "/metrics"), ("r", "/metrics")):
         r = (W.w if side == "w" else W.r)("GET", path, None)
         check(r.status == 200, "GET %s on the %s listener 200" % (path, "write" if side == "w" else "read"), r)
+    rid = [e for e in W.events() if e.get("type") == "RolloutStarted"][-1]["data"]["rollout_id"]
+    r = W.w("POST", "/v1/rollouts/%s/pause" % rid, "ops", body={"why": "x"})
+    check(is_problem(r, 400), "a body on a route that takes none 400", r)
+    auth = {"Authorization": "TargetToken " + DEV_TOK[d]}
+    base = "/ddi/DEFAULT/controller/v1/%s" % d
+    r = request("PUT", W.rp, base + "/configData", body='{"data":{}}', headers=dict(auth, **{"Content-Type": "text/plain"}))
+    check(is_problem(r, 415), "DDI configData text/plain 415", r)
+    r = request("PUT", W.wp, base + "/configData", body={"data": {"k": "v" * 70000}}, headers=auth)
+    check(is_problem(r, 413), "DDI configData over max_json_bytes 413 (write listener)", r)
+    r = request("POST", W.wp, base + "/deploymentBase/1/feedback", body={"status": {"execution": "bogus"}},
+                headers=auth)
+    check(is_problem(r, 400), "DDI feedback with an unknown execution 400 (write listener)", r)
+    r = request("PUT", W.rp, base + "/configData", body="{", headers=dict(auth, **{"Content-Type": "application/json"}))
+    check(is_problem(r, 400), "DDI configData not JSON 400", r)
+    # Whatever the answer to a repeated query parameter, it is one the document declares.
+    W.r("GET", "/v1/events?after=0&after=1", "audit")
+    W.r("GET", "/v1/devices/%s/commands?after=0&after=1" % d, "ops")
 
 
 @section
