@@ -2,17 +2,18 @@
 document declares for its operation?
 
 Owns: `Spec` (the document, its $refs, which operation a request reaches on
-which listener) and `Spec.problems`, which judges one answer: its status is
+which listener), `Spec.problems`, which judges one answer: its status is
 declared for the operation (405 for a method the path does not have, 404 for
 a path no operation has); its media type is one the declared response
 lists; the declared response's required headers are present;
 `Signet-Position` is on every answer of the read listener and on none of the
 write listener; and a JSON body has the required properties, with the
-declared types, of the declared schema (a small hand-written check:
-$ref, allOf/anyOf/oneOf, type, required, properties, items, enum,
-additionalProperties: false); and `role_problems`, what `x-roles` says about
-who got an answer. Nothing here talks to a server: the contract
-test (test_contract.py) records its answers and hands them over.
+declared types, of the declared schema (a small hand-written check: $ref,
+allOf/anyOf/oneOf, type, required, properties, items, enum, pattern,
+minimum/maximum, maxLength/maxItems, additionalProperties: false); and
+`Spec.role_problems`, what `x-roles` says about who got an answer. Nothing
+here talks to a server: the contract test (test_contract.py) records its
+answers and hands them over.
 """
 
 import copy
@@ -176,6 +177,13 @@ class Spec:
             return out + ["%s is %s, not %s" % (where, type(v).__name__, t)]
         if "enum" in s and v not in s["enum"]:
             out.append("%s is %r, not one of %s" % (where, v, s["enum"]))
+        if isinstance(v, str) and "pattern" in s and not re.search(s["pattern"], v):
+            out.append("%s %r does not match %s" % (where, v[:80], s["pattern"]))
+        if isinstance(v, (str, list)) and len(v) > s.get("maxLength", s.get("maxItems", len(v))):
+            out.append("%s is longer than declared" % where)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if v < s.get("minimum", v) or v > s.get("maximum", v):
+                out.append("%s is %r, outside [%s, %s]" % (where, v, s.get("minimum"), s.get("maximum")))
         if isinstance(v, dict):
             props = s.get("properties") or {}
             for k in s.get("required", []):
