@@ -1,5 +1,5 @@
 /* module.c - the PKCS#11 module and its PINs (see module.h): the only file in
- * signet that loads a PKCS#11 module (libp11's context and dlopen of the same
+ * src/ that loads a PKCS#11 module (libp11's context and dlopen of the same
  * instance for raw calls), reads a PIN from the environment, or logs in.
  * Everything else in src/hsm/ borrows through module_p11.h. */
 #include "module_p11.h"

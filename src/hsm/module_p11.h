@@ -39,8 +39,9 @@ int hsm_module_find_slot(hsm_module *m, int free_slot, CK_SLOT_ID *out);
 sg_err hsm_module_session(hsm_module *m, CK_SESSION_HANDLE *h, int *logged_in, char *why,
                           size_t whylen);
 
-/* Raw, for signet init (hsm_module_open with HSM_MODULE_SO_PIN): 1 if the SO
- * PIN was given. */
+/* Raw, for signet init (hsm_module_open with HSM_MODULE_SO_PIN; opened
+ * without it, as signetd opens it, there is no SO PIN and the two calls
+ * below refuse): 1 if the SO PIN was given. */
 int hsm_module_has_so_pin(const hsm_module *m);
 /* Initialise the token in slot with the SO PIN and the module's label. */
 CK_RV hsm_module_init_token(hsm_module *m, CK_SLOT_ID slot);

@@ -3,8 +3,9 @@
  * what is fixed at open (key ids, public keys, certificate chains) and the
  * hold on reconnects. The token and its keys are token.c's, signing and the
  * prober pool.c's; provisioning (signet init, certificates) is provision.c,
- * which signetd does not link. Only the files of the signer and the anchors
- * (anchor.c) make PKCS#11 calls, all on the module module.c loaded. */
+ * which signetd does not link. This file makes no PKCS#11 call itself;
+ * those are in module.c, token.c, pool.c, anchor.c and provision.c, all on
+ * the one module module.c loaded. */
 #include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>

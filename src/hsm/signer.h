@@ -1,8 +1,8 @@
 /* signer.h - signing in the HSM, through PKCS#11: everything outside src/hsm/
  * sees digests in and DER signatures out. The signer borrows the module and
- * the PIN from their one owner (module.h); with the anchors (anchor.h) and
- * provisioning (provision.h, the CLI's only) it is all that makes PKCS#11
- * calls.
+ * the PIN from their one owner (module.h). Only src/hsm/ touches libp11 or
+ * PKCS#11: the module owner, the signer, the anchors (anchor.h) and
+ * provisioning (provision.h, the CLI's only).
  *
  * Private keys live in the token (sensitive, never extractable). One key per
  * purpose, found by label: "events", "devices", "snapshots". Failures are
