@@ -99,7 +99,9 @@ sg_err hsm_module_open(const sg_config *cfg, unsigned flags, hsm_module **out, c
     char *pin = NULL, *so = NULL;
     *out = NULL;
     sg_err e = take_env(cfg->pin_env, &pin);
-    if (e == SG_OK && cfg->so_pin_env)
+    if (e == SG_OK && cfg->so_pin_env && strcmp(cfg->so_pin_env, cfg->pin_env) == 0)
+        e = pin && (so = strdup(pin)) == NULL ? SG_ENOMEM : SG_OK; /* one variable for both */
+    else if (e == SG_OK && cfg->so_pin_env)
         e = take_env(cfg->so_pin_env, &so);
     if (e == SG_OK && (pin == NULL || pin[0] == '\0'))
         e = sg_say(why, whylen, SG_ECONFIG, "environment variable %s (pkcs11.pin_env) is not set",
