@@ -19,7 +19,8 @@
 #include "../core/event.h"
 #include "../core/log.h"
 #include "../hsm/anchor.h"
-#include "../hsm/cert.h"
+#include "../hsm/module.h"
+#include "../hsm/provision.h"
 #include "../hsm/signer.h"
 #include "../read/readmodel.h"
 #include "../store/chain.h"
@@ -71,6 +72,7 @@ static int cmd_init(int argc, char **argv)
     char why[512];
     sg_config *cfg;
     store *st;
+    hsm_module *hm = NULL;
     signer *sg;
     if (argc != 3 || strcmp(argv[1], "--config") != 0)
         return usage();
@@ -91,22 +93,23 @@ static int cmd_init(int argc, char **argv)
         store_close(st);
         printf("store %s ready\n", cfg->store + 7);
     }
-    if (signer_init_token(cfg, report, why, sizeof(why)) != SG_OK ||
-        signer_open(cfg, 1u << KEY_EVENTS | 1u << KEY_DEVICES | 1u << KEY_SNAPSHOTS, &sg, why,
+    if (hsm_module_open(cfg, HSM_MODULE_SO_PIN, &hm, why, sizeof(why)) != SG_OK ||
+        signer_init_token(hm, report, why, sizeof(why)) != SG_OK ||
+        signer_open(hm, cfg, 1u << KEY_EVENTS | 1u << KEY_DEVICES | 1u << KEY_SNAPSHOTS, &sg, why,
                     sizeof(why)) != SG_OK) {
         fprintf(stderr, "signet: %s\n", why);
         goto out;
     }
     for (int p = 0; p < KEY_PURPOSES; p++)
         printf("key %-9s key_id %s\n", key_purpose_name[p], signer_key_id(sg, (enum key_purpose)p));
-    if (cert_ensure(sg, KEY_DEVICES, cfg->token_label, report, why, sizeof(why)) != SG_OK) {
+    if (cert_ensure(sg, KEY_DEVICES, cfg->token_label, report, why, sizeof(why)) != SG_OK)
         fprintf(stderr, "signet: %s\n", why);
-        signer_close(sg);
-        goto out;
-    }
-    signer_close(sg);
-    rc = 0;
+    else
+        rc = 0;
+    if (signer_close(sg) != 0)
+        hm = NULL; /* a PKCS#11 call is stuck: leave the module loaded */
 out:
+    hsm_module_close(hm);
     config_free(cfg);
     return rc;
 }
@@ -402,6 +405,7 @@ static int cmd_accept_store(int argc, char **argv)
 {
     char why[512], readmodel[4096];
     sg_config *cfg = NULL;
+    hsm_module *hm = NULL;
     signer *sg = NULL;
     anchors *an = NULL;
     keyring *kr = NULL;
@@ -414,8 +418,9 @@ static int cmd_accept_store(int argc, char **argv)
         fprintf(stderr, "signet: %s\n", why);
         return 1;
     }
-    if (signer_open(cfg, 1u << KEY_EVENTS, &sg, why, sizeof(why)) != SG_OK ||
-        anchors_open(cfg, sg, &an, why, sizeof(why)) != SG_OK ||
+    if (hsm_module_open(cfg, 0, &hm, why, sizeof(why)) != SG_OK ||
+        signer_open(hm, cfg, 1u << KEY_EVENTS, &sg, why, sizeof(why)) != SG_OK ||
+        anchors_open(hm, sg, &an, why, sizeof(why)) != SG_OK ||
         store_open(cfg->store, &st, why, sizeof(why)) != SG_OK)
         goto fail;
     if ((kr = keyring_new()) == NULL ||
@@ -464,7 +469,8 @@ out:
     store_close(st);
     keyring_free(kr);
     anchors_close(an);
-    signer_close(sg);
+    if (signer_close(sg) == 0) /* else a PKCS#11 call is stuck: leave the module */
+        hsm_module_close(hm);
     config_free(cfg);
     return rc;
 }
