@@ -559,6 +559,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (*upload_data_size && r->sink_open) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
+        if (atomic_load(&r->srv->stopping))
+            return MHD_NO;       /* stopping: a body still arriving is cut, not waited for */
         if (r->refused == SG_OK) /* once refused, the rest is discarded */
             r->route->sink->write(r, upload_data, n);
         return MHD_YES;
@@ -867,10 +869,15 @@ void http_quiesce(http_server *h)
 
 void http_stop(http_server *h)
 {
+    http_stop_by(h, sg_mono_ms() + 10000);
+}
+
+void http_stop_by(http_server *h, uint64_t deadline_ms)
+{
     if (h == NULL)
         return;
     atomic_store(&h->stopping, 1);
-    for (int i = 0; i < 1000 && atomic_load(&h->inflight) > 0; i++)
+    while (atomic_load(&h->inflight) > 0 && sg_mono_ms() < deadline_ms)
         usleep(10000);
     for (int i = 0; i < 2; i++) {
         if (h->daemons[i])
