@@ -187,6 +187,19 @@ static void request_digest(upload *u, char out[65])
     buf_free(&b);
 }
 
+/* 1 if the answer body names firmware sha256:hex. A retried upload with the
+ * same Idempotency-Key is answered with the first upload's answer: when its
+ * stored bytes differ (a `swu` is signed anew), its own blob is in no
+ * event and must go. */
+static int answer_names(const char *body, const char *hex)
+{
+    json_t *doc = body ? json_loads(body, 0, NULL) : NULL;
+    const char *id = json_string_value(json_object_get(doc, "firmware_id"));
+    int yes = id && strncmp(id, "sha256:", 7) == 0 && strcmp(id + 7, hex) == 0;
+    json_decref(doc);
+    return yes;
+}
+
 /* The write request is final (a sequencer thread). */
 static void upload_done(struct wreq *w, void *ud)
 {
@@ -194,9 +207,9 @@ static void upload_done(struct wreq *w, void *ud)
     /* The blob stays if the event that names it is durable, or if the image
      * was there already (an earlier event names it); otherwise it goes
      * unless another upload in flight holds it. */
-    int keep = w->err == SG_OK || firmware_failed_as_present(w);
+    int keep = (w->err == SG_OK && answer_names(w->body, u->hex)) || firmware_failed_as_present(w);
     blob_release(u->pool->cfg->data_dir, u->hex, keep);
-    if (w->err == SG_OK)
+    if (w->err == SG_OK && keep)
         sg_info("firmware: stored sha256:%s (%llu bytes): body %llu ms, durable %llu ms later, "
                 "event %llu ms later",
                 u->hex, (unsigned long long)u->received,
