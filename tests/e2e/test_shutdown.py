@@ -102,6 +102,7 @@ class Shutdown(E2ETestCase):
                         "stopped in %.2f s; the budget is %.1f s" % (self.srv.stop_seconds,
                                                                      BUDGET_S))
         self.assertIn("signetd: stopped", err)
+        print("  stopped in %.2f s" % self.srv.stop_seconds, file=sys.stderr)
 
     def assert_in_log(self, acked):
         """acked: [(position, type, field, value)] of acknowledged writes;
@@ -160,6 +161,22 @@ class Shutdown(E2ETestCase):
         self.assertIn(201, answers, "no upload was acknowledged before the stop")
         events = self.assert_in_log(acked)
         self.assertNotIn("stream-", repr([e for e in events if e["type"] == "FirmwareUploaded"]))
+        tmp = os.path.join(self.dep.dir, "var", "tmp")
+        self.assertEqual(os.listdir(tmp) if os.path.isdir(tmp) else [], [])
+
+    def test_upload_stalled_in_flight(self):
+        """An upload whose client stopped sending mid-body is closed with the
+        listeners, within the budget, and nothing of it is kept."""
+        stream = StreamingUpload(self.wp, self.ci, 64 << 20, chunk=1 << 20, pause=0)
+        stream.total = 4 << 20  # send 4 MiB of the 64 declared, then wait
+        time.sleep(0.5)
+        self.assertEqual(stream.sent, 4 << 20)
+        try:
+            self.stop_within_budget()
+        finally:
+            stream.thread.join(30)
+        self.assertIsNone(stream.status(), stream.answer[:300])
+        self.srv = self.dep.start()
         tmp = os.path.join(self.dep.dir, "var", "tmp")
         self.assertEqual(os.listdir(tmp) if os.path.isdir(tmp) else [], [])
 
