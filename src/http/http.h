@@ -37,8 +37,8 @@ typedef struct http_server http_server;
 sg_err http_start(struct http_app *app, int write_listener, int read_listener, http_server **out,
                   char *why, size_t whylen);
 /* Stop accepting connections; requests from here on answer 503, and a
- * streamed body still arriving is cut at its next bytes (the connection is
- * closed without an answer: its sink's abort runs). */
+ * streamed body still arriving is cut (the connection is shut down without
+ * an answer: its sink's abort runs). */
 void http_quiesce(http_server *h);
 /* Wait until deadline_ms (sg_mono_ms clock) at most for requests in flight
  * to be answered, then close every connection. No request may be suspended
