@@ -2,10 +2,15 @@
  * listeners together for --role all|write|read, and stops cleanly on SIGTERM
  * or SIGINT (in-flight commands finish; nothing undurable is acknowledged).
  *
- * Stopping never waits on the HSM: every sign call has a deadline, and a
- * thread still stuck inside PKCS#11 at the end is left behind (the module is
- * not unloaded under it; the process leaves with _exit). A watchdog ends the
- * process if stopping takes longer than the deadline plus a few seconds. */
+ * Stopping has one budget, from the signal to the exit (stop_budget_ms,
+ * docs/behaviour.md), that every part below respects in turn: stop taking
+ * requests and cut bodies still arriving, drain the upload workers, answer
+ * what waits on hashes and snapshots, let the sequencer finish what it was
+ * given, stop the read side, close the listeners, close the signer. Stopping
+ * never waits on the HSM: every sign call has a deadline, and a thread still
+ * stuck inside PKCS#11 at the end is left behind (the module is not unloaded
+ * under it; the process leaves with _exit). A watchdog ends the process when
+ * the budget is spent. */
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -17,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../core/codec.h"
 #include "../core/config.h"
 #include "../core/log.h"
 #include "../hsm/anchor.h"
@@ -28,6 +34,7 @@
 #include "../store/chain.h"
 #include "../write/firmware.h"
 #include "../write/retention.h"
+#include "../write/uploads.h"
 
 static int usage(void)
 {
@@ -110,11 +117,24 @@ static sg_err check_store(const sg_config *cfg, const keyring *kr, anchors *an,
  * for a time proportional to the write state (docs/behaviour.md). */
 #define CHECKPOINT_EVERY 250000
 
-#define WATCHDOG_GRACE_MS 4000 /* on top of pkcs11.sign_timeout_ms */
+/* The stop budget: pkcs11.sign_timeout_ms (a sign call in flight may take
+ * that long before it fails) plus STOP_GRACE_MS for the rest. Within it:
+ * uploads waiting for a worker still start during UPLOADS_START_MS; the
+ * listeners close STOP_RESERVE_MS before the end, which leaves the anchor
+ * keeper and the signer their own waits (2 s and 1.5 s at most, mostly
+ * spent only when the HSM hangs). */
+#define STOP_GRACE_MS 4000
+#define UPLOADS_START_MS 1000
+#define STOP_RESERVE_MS 2000
 
-/* The last resort: a stop that has not finished in time (something blocked
- * that has no deadline of its own) ends here. Every acknowledged write is
- * durable already, so nothing acknowledged is lost. */
+static unsigned stop_budget_ms(const sg_config *cfg)
+{
+    return (cfg ? cfg->sign_timeout_ms : 2000) + STOP_GRACE_MS;
+}
+
+/* The last resort: a stop that has not finished within its budget
+ * (something blocked that has no deadline of its own) ends here. Every
+ * acknowledged write is durable already, so nothing acknowledged is lost. */
 static void *watchdog_main(void *arg)
 {
     unsigned ms = *(unsigned *)arg;
@@ -127,11 +147,11 @@ static void *watchdog_main(void *arg)
     return NULL;
 }
 
-static void start_watchdog(const sg_config *cfg)
+static void start_watchdog(unsigned budget_ms)
 {
     static unsigned ms;
     pthread_t t;
-    ms = (cfg ? cfg->sign_timeout_ms : 2000) + WATCHDOG_GRACE_MS;
+    ms = budget_ms;
     if (pthread_create(&t, NULL, watchdog_main, &ms) == 0)
         pthread_detach(t);
 }
@@ -171,6 +191,8 @@ int main(int argc, char **argv)
     int status = 1;
     char *readmodel = NULL, *checkpoint = NULL;
     retention *rt = NULL;
+    uploads *ups = NULL;
+    uint64_t stop_at = 0, budget = 0; /* sg_mono_ms of the signal; the budget */
 
     /* Signals are taken by sigwait() below; every thread inherits the mask. */
     sigset_t stop;
@@ -238,6 +260,8 @@ int main(int argc, char **argv)
         sequencer_on_commit(seq, on_commit, &committed);
         /* Before the listeners: no upload is in flight yet. */
         firmware_sweep(seq, cfg->data_dir);
+        if (uploads_start(cfg, sg, seq, &ups, why, sizeof(why)) != SG_OK)
+            goto fail;
     }
     if (scrub_start(cfg->store, kr, cfg->scrub_events_per_second, &scr, why, sizeof(why)) != SG_OK)
         goto fail;
@@ -252,28 +276,37 @@ int main(int argc, char **argv)
     }
     if (eventlog_open(cfg->store, &events, why, sizeof(why)) != SG_OK)
         goto fail;
-    app = (struct http_app){cfg, sg, seq, proj, snaps, events, NULL, 0};
+    app = (struct http_app){cfg, sg, seq, proj, snaps, events, NULL, 0, ups};
     if (http_start(&app, do_write, do_read, &http, why, sizeof(why)) != SG_OK)
         goto fail;
     sg_info("signetd: running, role %s", role);
 
     int sig;
     sigwait(&stop, &sig);
-    sg_info("signetd: signal %d, stopping", sig);
-    start_watchdog(cfg);
+    budget = stop_budget_ms(cfg);
+    sg_info("signetd: signal %d, stopping (budget %llu ms)", sig, (unsigned long long)budget);
+    start_watchdog((unsigned)budget);
     status = 0;
     goto out;
 fail:
     fprintf(stderr, "signetd: %s\n", why[0] ? why : "start-up failed");
+    budget = stop_budget_ms(cfg);
 out:
+    stop_at = sg_mono_ms();
+    /* Nothing new comes in; a body still arriving is cut (its client gets
+     * no answer, so never a 201 for an image that is not durable). */
     http_quiesce(http);
+    /* Uploads whose body has arrived finish and reach the sequencer, or
+     * are answered 503; no worker is left to submit after this. */
+    uploads_stop(ups, stop_at + UPLOADS_START_MS);
     ddi_hashes_stop();
     snapshots_stop(snaps);
-    sequencer_stop(seq);
+    sequencer_stop(seq); /* every request it took is answered, durable or failed */
     int keeper_stuck = anchor_keeper_stop(keeper, 2000);
     scrub_stop(scr);
-    projector_stop(proj);
-    http_stop(http);
+    projector_stop(proj); /* long-polls are answered */
+    http_stop_by(http, stop_at + budget - STOP_RESERVE_MS);
+    uploads_free(ups);
     eventlog_close(events);
     snapshots_free(snaps);
     projector_free(proj);

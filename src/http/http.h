@@ -13,7 +13,8 @@
 #include "../read/snapshot.h"
 #include "../write/sequencer.h"
 
-struct route; /* src/http/internal.h */
+struct route;   /* src/http/internal.h */
+struct uploads; /* src/write/uploads.h */
 
 struct http_app {
     const sg_config *cfg;
@@ -25,6 +26,7 @@ struct http_app {
     /* The route table; NULL: the API's (routes.c). Unit tests give their own. */
     const struct route *routes;
     size_t nroutes;
+    struct uploads *uploads; /* firmware uploads' workers; NULL in --role read */
 };
 
 typedef struct http_server http_server;
@@ -34,9 +36,16 @@ typedef struct http_server http_server;
  * tests). */
 sg_err http_start(struct http_app *app, int write_listener, int read_listener, http_server **out,
                   char *why, size_t whylen);
-/* Stop accepting connections; requests from here on answer 503. */
+/* Stop accepting connections; requests from here on answer 503, and a
+ * streamed body still arriving is cut (the connection is shut down without
+ * an answer: its sink's abort runs). */
 void http_quiesce(http_server *h);
-/* Wait (at most 10 s) for requests in flight to be answered, then close. */
+/* Wait until deadline_ms (sg_mono_ms clock) at most for requests in flight
+ * to be answered, then close every connection. No request may be suspended
+ * by then: stop whatever resumes them (uploads, sequencer, projector...)
+ * first. */
+void http_stop_by(http_server *h, uint64_t deadline_ms);
+/* http_stop_by() with a deadline 10 s from now. */
 void http_stop(http_server *h);
 
 #endif

@@ -1,11 +1,10 @@
-/* routes_firmware.c - the firmware routes: POST /v1/firmware (the body
- * streamed through an upload format into a temporary blob, made durable and
- * content addressed on a worker thread, then decided as an UploadFirmware
- * write request), and the read side's GET/HEAD /v1/firmware/{id} and
- * /v1/firmware/{id}/image. Business rules are in src/write/firmware.c; the
- * blob store in src/write/blobs.c and src/read/blobs.c. */
-#include <openssl/evp.h>
-#include <pthread.h>
+/* routes_firmware.c - the firmware routes: POST /v1/firmware (the head
+ * checked here, the body streamed to an upload of the write side, which
+ * finishes it on its own workers: src/write/uploads.h; this file only moves
+ * bytes and waits, suspended, for the answer), and the read side's GET/HEAD
+ * /v1/firmware/{id} and /v1/firmware/{id}/image. Business rules are in
+ * src/write/firmware.c; the blob store in src/write/blobs.c and
+ * src/read/blobs.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,57 +15,12 @@
 #include "../core/log.h"
 #include "../read/blobs.h"
 #include "../read/view_firmware.h"
-#include "../write/blobs.h"
 #include "../write/firmware.h"
 #include "../write/upload.h"
+#include "../write/uploads.h"
 #include "internal.h"
 
 /*** POST /v1/firmware ***/
-
-struct upload {
-    struct req *r;
-    const sg_config *cfg;
-    const struct upload_format *fmt;
-    struct upload_env env;
-    void *fstate;
-    blob_upload *blob;
-    uint64_t received;
-    json_t *query; /* {"name","version","hardware","security_version","format"} */
-    char *idem;
-    char request_sha256[65];
-    /* A format that rewrites the body (swu) stores other bytes than were
-     * sent: Idempotency-Key then compares the SHA-256 of the body as sent. */
-    EVP_MD_CTX *sent_md;
-    /* set by the worker and the write request's done, read once resumed */
-    sg_err err;
-    char why[256];
-    char hex[65];
-    int holds_ref;
-    uint64_t t_open, t_body, t_durable; /* sg_mono_ms, for the log */
-};
-
-/* Close the format and the temporary file: nothing of the upload is left
- * unless it was linked into the store (then its reference says). */
-static void upload_discard(struct upload *u)
-{
-    if (u->fmt && u->fstate)
-        u->fmt->free(u->fstate);
-    u->fstate = NULL;
-    blob_upload_free(u->blob);
-    u->blob = NULL;
-}
-
-static void upload_free(void *v)
-{
-    struct upload *u = v;
-    if (u == NULL)
-        return;
-    upload_discard(u);
-    json_decref(u->query);
-    free(u->idem);
-    EVP_MD_CTX_free(u->sent_md);
-    free(u);
-}
 
 static int is_octet_stream(const char *ct)
 {
@@ -89,10 +43,38 @@ static enum MHD_Result unknown_param(void *cls, enum MHD_ValueKind kind, const c
     return MHD_NO;
 }
 
+/* What Idempotency-Key compares, as routes.c's request digest but with the
+ * image's SHA-256 for the body: this is the text before that hash, which
+ * the upload adds (uploads.h). NULL if out of memory. */
+static char *digest_prefix(struct req *r)
+{
+    const char *path, *query;
+    size_t plen, qlen;
+    int has_query;
+    http_raw_target(r, &path, &plen, &query, &qlen, &has_query);
+    buf b = {0};
+    buf_printf(&b, "signet-request-v1\n%zu:%s,", strlen(r->method), r->method);
+    buf_printf(&b, "%zu:", plen);
+    buf_append(&b, path, plen);
+    buf_printf(&b, ",%c%zu:", has_query ? '?' : '-', qlen);
+    buf_append(&b, query, qlen);
+    buf_puts(&b, ",");
+    if (b.oom) {
+        buf_free(&b);
+        return NULL;
+    }
+    return b.data;
+}
+
+static void work_free(void *u)
+{
+    upload_free(u);
+}
+
 /* The head: query, media type, declared length, Idempotency-Key; then the
- * temporary file and the format. Refusals here are answered before any body
- * byte is read. */
-static void upload_open(struct req *r)
+ * upload (uploads.h) that takes the body. Refusals here are answered before
+ * any body byte is read. */
+static void upload_open_sink(struct req *r)
 {
     const sg_config *cfg = r->srv->app->cfg;
     char detail[256], unknown[96] = "";
@@ -110,8 +92,7 @@ static void upload_open(struct req *r)
         http_problem(r, SG_EBADINPUT, "%s", detail);
         return;
     }
-    const struct upload_format *fmt = upload_format_find(format ? format : "raw");
-    if (fmt == NULL) {
+    if (format && upload_format_find(format) == NULL) {
         http_problem(r, SG_EBADINPUT, "format %s is not supported by this version of signet",
                      format);
         return;
@@ -130,204 +111,77 @@ static void upload_open(struct req *r)
                      "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces");
         return;
     }
-    struct upload *u = calloc(1, sizeof(*u));
-    if (u == NULL || (idem && (u->idem = strdup(idem)) == NULL) ||
-        (u->query =
-             json_pack("{s:s, s:s, s:s, s:I, s:s}", "name", name, "version", version, "hardware",
-                       hw, "security_version", (json_int_t)sv, "format", fmt->name)) == NULL ||
-        (idem && strcmp(fmt->name, "raw") != 0 &&
-         ((u->sent_md = EVP_MD_CTX_new()) == NULL ||
-          EVP_DigestInit_ex(u->sent_md, EVP_sha256(), NULL) != 1))) {
-        upload_free(u);
+    if (r->srv->app->uploads == NULL) {
+        http_problem(r, SG_EUNAVAILABLE, "this node takes no uploads");
+        return;
+    }
+    char *prefix = idem ? digest_prefix(r) : NULL;
+    if (idem && prefix == NULL) {
         http_problem(r, SG_ENOMEM, "out of memory");
         return;
     }
-    u->r = r;
-    u->t_open = sg_mono_ms();
-    u->cfg = cfg;
-    u->fmt = fmt;
-    u->env = (struct upload_env){cfg, r->srv->app->signer};
-    sg_err e = blob_upload_open(cfg->data_dir, &u->blob, detail, sizeof(detail));
-    if (e == SG_OK)
-        e = fmt->open(&u->fstate, u->blob, &u->env, detail, sizeof(detail));
+    struct upload_request rq = {name, version, hw, format, sv, r->who, idem, prefix};
+    upload *u;
+    sg_err e = upload_open(r->srv->app->uploads, &rq, &u, detail, sizeof(detail));
+    free(prefix);
     if (e) {
         sg_warn("firmware: upload refused: %s", detail);
-        upload_free(u);
         http_problem(r, e, "%s", detail);
         return;
     }
     r->work = u;
-    r->work_free = upload_free;
+    r->work_free = work_free;
 }
 
-static void upload_write(struct req *r, const char *data, size_t len)
+static void upload_write_sink(struct req *r, const char *data, size_t len)
 {
-    struct upload *u = r->work;
     char why[256];
-    if (len > u->cfg->max_image_bytes - u->received) {
-        upload_discard(u);
-        http_refuse_body(r, SG_ETOOBIG,
-                         "the image is larger than limits.max_image_bytes (%llu bytes)",
-                         (unsigned long long)u->cfg->max_image_bytes);
-        return;
-    }
-    u->received += len;
-    if (u->sent_md)
-        EVP_DigestUpdate(u->sent_md, data, len);
-    sg_err e = u->fmt->write(u->fstate, data, len, why, sizeof(why));
+    sg_err e = upload_write(r->work, data, len, why, sizeof(why));
     if (e) {
-        if (e != SG_EBADINPUT)
+        if (e != SG_EBADINPUT && e != SG_ETOOBIG)
             sg_warn("firmware: upload refused: %s", why);
-        upload_discard(u);
         http_refuse_body(r, e, "%s", why);
     }
 }
 
-static void upload_abort(struct req *r, enum MHD_RequestTerminationCode why)
+static void upload_abort_sink(struct req *r, enum MHD_RequestTerminationCode why)
 {
-    struct upload *u = r->work;
     if (why != MHD_REQUEST_TERMINATED_COMPLETED_OK)
-        sg_info("firmware: an upload ended before its body did (%llu bytes received); "
-                "nothing was kept",
-                (unsigned long long)u->received);
-    upload_discard(u);
+        sg_info("firmware: an upload ended before its body did; nothing was kept");
+    upload_free(r->work); /* its temporary file goes now, not with the connection */
+    r->work = NULL;
 }
 
-const struct body_sink firmware_upload_sink = {upload_open, upload_write, upload_abort};
+const struct body_sink firmware_upload_sink = {upload_open_sink, upload_write_sink,
+                                               upload_abort_sink};
 
-/* What Idempotency-Key compares: as routes.c's request digest, with the
- * image's SHA-256 for the body. */
-static void upload_digest(struct req *r, const char *hex, char out[65])
+static void upload_answered(void *ud)
 {
-    const char *path, *query;
-    size_t plen, qlen;
-    int has_query;
-    http_raw_target(r, &path, &plen, &query, &qlen, &has_query);
-    buf b = {0};
-    buf_printf(&b, "signet-request-v1\n%zu:%s,", strlen(r->method), r->method);
-    buf_printf(&b, "%zu:", plen);
-    buf_append(&b, path, plen);
-    buf_printf(&b, ",%c%zu:", has_query ? '?' : '-', qlen);
-    buf_append(&b, query, qlen);
-    buf_printf(&b, ",sha256:%s", hex);
-    if (b.oom)
-        memset(out, 0, 65); /* no key can match an empty digest */
-    else
-        sg_sha256_hex(b.data, b.len, out);
-    buf_free(&b);
+    http_resume(ud);
 }
 
-/* The hex SHA-256 Idempotency-Key compares: of the body as sent. */
-static const char *sent_hex(struct upload *u, char out[65])
-{
-    uint8_t d[32];
-    unsigned n = 0;
-    if (u->sent_md == NULL)
-        return u->hex; /* stored as sent */
-    if (EVP_DigestFinal_ex(u->sent_md, d, &n) != 1)
-        memset(d, 0, sizeof(d));
-    sg_hex_encode(d, sizeof(d), out);
-    return out;
-}
-
-static void upload_done(struct wreq *w, void *ud)
-{
-    struct upload *u = ud;
-    /* The blob stays if the event is durable, or if the image was there
-     * already (an earlier event names it); otherwise it goes unless another
-     * upload in flight holds it. */
-    blob_release(u->cfg->data_dir, u->hex, w->err == SG_OK || firmware_failed_as_present(w));
-    if (w->err == SG_OK)
-        sg_info("firmware: stored sha256:%s (%llu bytes): body %llu ms, durable %llu ms later, "
-                "event %llu ms later",
-                u->hex, (unsigned long long)u->received,
-                (unsigned long long)(u->t_body - u->t_open),
-                (unsigned long long)(u->t_durable - u->t_body),
-                (unsigned long long)(sg_mono_ms() - u->t_durable));
-    u->holds_ref = 0;
-    http_resume(u->r);
-}
-
-/* The worker: finish the format, make the blob durable and linked, then
- * submit the write request (its done resumes the HTTP request). */
-static void *upload_worker(void *arg)
-{
-    struct upload *u = arg;
-    struct req *r = u->r;
-    sg_err e = u->fmt->finish(u->fstate, u->why, sizeof(u->why));
-    if (e == SG_OK && blob_upload_size(u->blob) == 0)
-        e = sg_say(u->why, sizeof(u->why), SG_EBADINPUT, "the image is empty");
-    if (e == SG_OK && (e = blob_upload_commit(u->blob, u->hex, u->why, sizeof(u->why))) == SG_OK)
-        u->holds_ref = 1;
-    u->t_durable = sg_mono_ms();
-    uint64_t size = u->blob ? blob_upload_size(u->blob) : 0;
-    upload_discard(u);
-    json_t *in = NULL;
-    if (e == SG_OK) {
-        in = json_deep_copy(u->query);
-        if (in == NULL || json_object_set_new(in, "size", json_integer((json_int_t)size)) ||
-            json_object_set_new(in, "sha256", json_string(u->hex)))
-            e = sg_say(u->why, sizeof(u->why), SG_ENOMEM, "out of memory");
-    }
-    json_t *input = NULL;
-    if (e == SG_OK)
-        e = wreq_upload_firmware.validate(in, NULL, &input, u->why, sizeof(u->why));
-    json_decref(in);
-    if (e == SG_OK &&
-        (r->wreq = wreq_new(&wreq_upload_firmware, r->who, input, NULL, u->idem)) == NULL) {
-        json_decref(input);
-        e = sg_say(u->why, sizeof(u->why), SG_ENOMEM, "out of memory");
-    }
-    if (e == SG_OK) {
-        char sent[65];
-        if (u->idem)
-            upload_digest(r, sent_hex(u, sent), r->wreq->request_sha256);
-        r->wreq->done = upload_done;
-        r->wreq->ud = u;
-        if (sequencer_submit(r->srv->app->seq, r->wreq) == SG_OK)
-            return NULL; /* upload_done resumes r */
-        e = sg_say(u->why, sizeof(u->why), SG_EUNAVAILABLE, "shutting down");
-    }
-    if (e != SG_EBADINPUT)
-        sg_warn("firmware: upload failed: %s", u->why);
-    if (u->holds_ref)
-        blob_release(u->cfg->data_dir, u->hex, 0);
-    u->holds_ref = 0;
-    u->err = e;
-    http_resume(r);
-    return NULL;
-}
-
-/* The route's finish: the whole body has arrived. */
+/* The route's finish: the whole body has arrived. The upload goes to the
+ * write side's workers; the request waits suspended for their answer. A
+ * full queue is answered 503 (with Retry-After) at once. */
 void route_firmware_upload(struct req *r)
 {
-    struct upload *u = r->work;
+    const char *detail;
+    char why[256];
+    char *body;
+    int status;
     if (r->state == REQ_RESUMED) {
-        struct wreq *w = r->wreq;
-        if (u->err) {
-            http_problem(r, u->err, "%s", u->why);
-        } else if (w->err) {
-            http_problem(r, w->err, "%s", w->detail);
-        } else {
-            char *body = w->body;
-            w->body = NULL;
-            http_reply(r, w->status, "application/json", body, strlen(body));
-        }
+        sg_err e = upload_result(r->work, &status, &body, &detail);
+        if (e)
+            http_problem(r, e, "%s", detail);
+        else
+            http_reply(r, status, "application/json", body, strlen(body));
         return;
     }
-    pthread_t t;
-    pthread_attr_t attr;
-    u->t_body = sg_mono_ms();
-    http_suspend(r);
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&t, &attr, upload_worker, u) != 0) {
-        upload_discard(u);
-        u->err =
-            sg_say(u->why, sizeof(u->why), SG_EUNAVAILABLE, "cannot start the upload's worker");
-        http_resume(r);
-    }
-    pthread_attr_destroy(&attr);
+    sg_err e = upload_submit(r->work, upload_answered, r, why, sizeof(why));
+    if (e)
+        http_problem(r, e, "%s", why); /* not queued: the pool is full or stopping */
+    else
+        http_suspend(r); /* a resume that came first is remembered (server.c) */
 }
 
 /*** GET /v1/firmware/{id} and /v1/firmware/{id}/image ***/

@@ -417,7 +417,8 @@ struct conn_track {
     MHD_socket fd;
     atomic_uint_fast64_t deadline; /* monotonic ms; 0: head complete, no deadline */
     unsigned requests;             /* request lines seen (MHD thread only) */
-    int cut;                       /* shut down by the reaper (under conns_mu) */
+    int cut;                       /* shut down by the reaper or quiesce (under conns_mu) */
+    atomic_int body;               /* a streamed body is arriving: cut by http_quiesce() */
 };
 
 static struct conn_track *track_of(struct MHD_Connection *conn)
@@ -550,6 +551,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         atomic_fetch_add(&r->srv->inflight, 1);
         atomic_store(&r->state, REQ_BODY);
         begin(r, version);
+        if (r->sink_open && r->track)
+            atomic_store(&r->track->body, 1); /* http_quiesce() cuts it */
         return r->failed ? MHD_NO : MHD_YES;
     }
     if (st == REQ_DONE) {
@@ -559,6 +562,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (*upload_data_size && r->sink_open) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
+        if (atomic_load(&r->srv->stopping))
+            return MHD_NO;       /* stopping: a body still arriving is cut, not waited for */
         if (r->refused == SG_OK) /* once refused, the rest is discarded */
             r->route->sink->write(r, upload_data, n);
         return MHD_YES;
@@ -574,6 +579,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     switch (st) {
     case REQ_BODY:
+        if (r->track)
+            atomic_store(&r->track->body, 0); /* the body has ended */
         if (r->refused)
             http_problem(r, r->refused, "%s", r->refusal ? r->refusal : "the body was refused");
         else if (r->too_big)
@@ -606,9 +613,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     (void)cls;
     struct req *r = *con_cls;
     struct conn_track *t = track_of(conn);
-    if (t) /* the next request line is due within the idle timeout */
+    if (t) { /* the next request line is due within the idle timeout */
+        atomic_store(&t->body, 0);
         atomic_store(&t->deadline,
                      sg_mono_ms() + ((struct req *)cls)->srv->app->cfg->idle_timeout_ms);
+    }
     if (r == NULL)
         return;
     if (r->counted)
@@ -863,14 +872,28 @@ void http_quiesce(http_server *h)
         if (h->daemons[i] && h->quiesced[i] == MHD_INVALID_SOCKET &&
             (h->quiesced[i] = MHD_quiesce_daemon(h->daemons[i])) != MHD_INVALID_SOCKET)
             shutdown(h->quiesced[i], SHUT_RDWR); /* new connections are refused at once */
+    /* A streamed body still arriving is cut now, not when its next bytes
+     * come (or the listeners close): shut down like the reaper does. */
+    pthread_mutex_lock(&h->conns_mu);
+    for (struct conn_track *t = h->conns; t; t = t->next)
+        if (!t->cut && atomic_load(&t->body)) {
+            shutdown(t->fd, SHUT_RDWR);
+            t->cut = 1;
+        }
+    pthread_mutex_unlock(&h->conns_mu);
 }
 
 void http_stop(http_server *h)
 {
+    http_stop_by(h, sg_mono_ms() + 10000);
+}
+
+void http_stop_by(http_server *h, uint64_t deadline_ms)
+{
     if (h == NULL)
         return;
     atomic_store(&h->stopping, 1);
-    for (int i = 0; i < 1000 && atomic_load(&h->inflight) > 0; i++)
+    while (atomic_load(&h->inflight) > 0 && sg_mono_ms() < deadline_ms)
         usleep(10000);
     for (int i = 0; i < 2; i++) {
         if (h->daemons[i])

@@ -537,6 +537,25 @@ class SwuUpload(E2ETestCase):
         other = upload(self.dep, swu + b"\0" * 512, name, "1", headers={"Idempotency-Key": name})
         assert_problem(other, 422, msg="same key, other body")
 
+    def test_idempotency_key_retries_leave_no_blob(self):
+        """Issue 14, defect 24: each retry of one .swu with the same
+        Idempotency-Key is signed anew, so it stores other bytes than the
+        first; it is answered with the first answer, and its own blob, which
+        no event names, must go at once (6 tries left 5 full-size orphans
+        until the next restart)."""
+        w = self.workdir()
+        data = os.urandom(200000)
+        swu = cpio_archive([("sw-description", sw_description([("p", data)], w)), ("p", data)])
+        name = self.unique("orphan")
+        before = set(self.blobs())
+        first = upload(self.dep, swu, name, "1", headers={"Idempotency-Key": name})
+        self.assertEqual(first.status, 201, first.body)
+        for i in range(5):
+            again = upload(self.dep, swu, name, "1", headers={"Idempotency-Key": name})
+            self.assertEqual((again.status, again.body), (first.status, first.body), i)
+        self.assertEqual(set(self.blobs()) - before, {first.body["sha256"]},
+                         "retries left blobs no event names")
+
     def test_signet_push_format_swu(self):
         w = self.workdir()
         data = os.urandom(10000)
