@@ -23,7 +23,7 @@ from verify import canonical, sha256_hex, verify_signed_doc, verify_snapshot  # 
 # Device principals of this file (each bound to its own device id).
 DEVICE_IDS = (["m-000"] + ["h-%02d" % i for i in range(30)] + ["b1-%d" % i for i in range(4)]
               + ["b2-%d" % i for i in range(4)] + ["p-%d" % i for i in range(4)]
-              + ["s-%d" % i for i in range(4)])
+              + ["s-%d" % i for i in range(4)] + ["r-%d" % i for i in range(4)])
 DEV_TOKENS = {d: "tok_" + secrets.token_urlsafe(24) for d in DEVICE_IDS}
 
 
@@ -389,6 +389,49 @@ class Rollouts(E2ETestCase):
         self.assertEqual(len(started), 1)
 
     # ---- bad input ----
+
+    def test_reports_of_unknown_images_and_repeats(self):
+        """Issue 14, defects 16 and 24: a report naming an image signet does
+        not know is 404 and appends nothing; an identical repeat of the
+        device's last report appends nothing and answers that report's
+        position."""
+        devs = ["r-0", "r-1"]
+        self.register_all(devs, "hw-r")
+        fw = self.upload("hw-r", 1)
+        h = self.head()
+        r = request("POST", self.wp, "/v1/devices/r-0/reports", token=DEV_TOKENS["r-0"],
+                    body={"firmware_id": "sha256:" + "e" * 64, "status": "installed"})
+        self.assertProblem(r, 404)
+        self.assertIn("sha256:" + "e" * 64, r.body["detail"])
+        self.assertEqual(self.head(), h)
+        first = self.report("r-0", fw, "failed", detail="disk full")
+        for _ in range(5):
+            self.assertEqual(self.report("r-0", fw, "failed", detail="disk full"), first)
+        self.assertEqual(self.head(), first)
+        # Anything that differs is a report of its own.
+        p2 = self.report("r-0", fw, "failed", detail="disk still full")
+        p3 = self.report("r-0", fw, "installed")
+        p4 = self.report("r-0", fw, "failed", detail="disk full")
+        self.assertEqual(self.report("r-1", fw, "failed", detail="disk full"), p4 + 1)
+        self.assertEqual((p2, p3, p4), (first + 1, first + 2, first + 3))
+        self.assertEqual(len(self.events_of(h, {"DeviceReported"})), 5)
+
+    def test_no_install_offer_below_the_security_version_floor(self):
+        """Issue 14, defect 13: a new rollout of an image older (by
+        security_version) than one the device reported installed is not
+        offered to it, over REST as over DDI (the same answer)."""
+        devs = ["r-2", "r-3"]
+        self.register_all(devs, "hw-f")
+        old, new = self.upload("hw-f", 1), self.upload("hw-f", 2)
+        self.report("r-2", new, "installed")
+        rid, pos = self.start(old, "hw-f", [100])
+        self.assertEqual(self.update("r-2", pos, token=DEV_TOKENS["r-2"]).status, 204)
+        self.assertEqual(self.update("r-2", pos).status, 204)
+        r = self.update("r-3", pos, token=DEV_TOKENS["r-3"])
+        self.assertEqual(r.status, 200)
+        self.check_offer(r, old, "install")
+        # Withdrawn by a pause: r-3 had the offer, r-2 never had one.
+        self.switch(rid, "pause")
 
     def test_bad_input_leaves_the_log_unchanged(self):
         register(self.wp, self.ops, "x-0", hardware="hw-x")
