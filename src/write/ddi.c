@@ -326,6 +326,10 @@ static void attrs_decide(struct wreq *r, struct decision *d)
         wreq_respond_new(r, 200, json_object());
         return;
     }
+    if (devices_over_rate(r, d)) {
+        json_decref(attrs);
+        return;
+    }
     uint64_t pos =
         decision_emit_new(d, "DeviceAttributesRecorded",
                           json_pack("{s:s, s:o}", "device_id", r->path_id, "attributes", attrs));
@@ -381,6 +385,8 @@ static void cancel_decide(struct wreq *r, struct decision *d)
             return;
         }
     }
+    if (devices_over_rate(r, d))
+        return;
     uint64_t pos =
         decision_emit_new(d, "OfferCancelAcknowledged",
                           json_pack("{s:s, s:I}", "device_id", r->path_id, "action_id", id));

@@ -613,7 +613,10 @@ static void report_decide(struct wreq *r, struct decision *d)
     json_decref(last);
     if (same)
         json_decref(data);
-    else
+    else if (devices_over_rate(r, d)) {
+        json_decref(data);
+        return;
+    } else
         pos = decision_emit_new(d, "DeviceReported", data);
     if (pos)
         wreq_respond_new(r, 202, json_pack("{s:I}", "position", (json_int_t)pos));

@@ -133,6 +133,12 @@ extern const struct wreq_type wreq_register_device;
 extern const struct aggregate devices_aggregate;
 /* The device's {"hardware","group"?} as canonical JSON, or NULL. */
 const char *devices_get(wstate *s, const char *device_id);
+/* 1 (having failed r with SG_ETOOMANY, 429) if r's principal is a device
+ * that has added limits.device_events_per_minute events in this minute of
+ * the batch clock already (reports, DDI attributes, cancel
+ * acknowledgements); else 0. Call it just before emitting such an event, so
+ * that what changes nothing is answered whatever the rate. */
+int devices_over_rate(struct wreq *r, struct decision *d);
 
 /* device commands (commands.c, issue 8) */
 extern const struct wreq_type wreq_request_command;

@@ -12,6 +12,7 @@ import os
 import secrets
 import sys
 import threading
+import time
 import unittest
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -355,6 +356,37 @@ class Ddi(DdiBase):
         self.assertProblem(ddi("POST", self.rp, dev, "/deploymentBase/77/feedback", body=b"{}",
                                headers={"Content-Type": "text/plain"}), 415)
         self.assertEqual(self.head(), mark)
+
+
+class DdiRate(DdiBase):
+    """Issue 14, defect 16 over DDI: configData alternating two values adds
+    at most limits.device_events_per_minute events (here 4), then 429."""
+
+    @classmethod
+    def setUpClass(cls):
+        def cfg(c):
+            ddi_config(c)
+            c["limits"]["device_events_per_minute"] = 4
+            return c
+        cls.start_deployment(mutate=cfg)
+        cls.ci = cls.dep.token("ci")
+        cls.versions = iter(range(1, 1000000))
+
+    def test_alternating_config_data(self):
+        self.register_all(["d-00", "d-01"], "hw-rate")
+        if time.time() % 60 > 45:  # all of it within one minute of the clock
+            time.sleep(61 - time.time() % 60)
+        mark = self.head()
+        answers = [ddi("PUT", self.wp, "d-00", "/configData", body={"data": {"v": str(i % 2)}})
+                   for i in range(10)]
+        # four changes recorded; then each change is 429, and each PUT of
+        # what is recorded already ("v": "1") changes nothing: 200, no event
+        self.assertEqual([a.status for a in answers], [200] * 4 + [429, 200] * 3)
+        self.assertEqual([a.body for a in answers[5::2]], [{}] * 3)
+        self.assertProblem(answers[-2], 429, "too-many-requests")
+        self.assertEqual(self.head(), mark + 4)
+        self.assertStatus(ddi("PUT", self.wp, "d-01", "/configData", body={"data": {"v": "1"}}), 200)
+        self.assertEqual(self.head(), mark + 5)
 
 
 class DdiFirstPoll(DdiBase):

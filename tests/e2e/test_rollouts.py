@@ -13,6 +13,7 @@ import os
 import secrets
 import struct
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -526,6 +527,60 @@ class Rollouts(E2ETestCase):
                     self.assertLess(r.status, 500, r)
                 else:
                     self.assertProblem(r, 403, msg="%s %s as %s" % (method, path, name))
+
+
+class DeviceRate(E2ETestCase):
+    """Issue 14, defect 16: a device principal adds at most
+    limits.device_events_per_minute events a minute (here 5); beyond it
+    429 with Retry-After and nothing appended, while what changes nothing
+    (an identical repeat) and other principals are answered as usual."""
+
+    @classmethod
+    def setUpClass(cls):
+        def cfg(c):
+            add_devices(c)
+            c["limits"]["device_events_per_minute"] = 5
+            return c
+        cls.start_deployment(mutate=cfg)
+
+    def test_reports_beyond_the_rate(self):
+        ci, tok = self.dep.token("ci"), DEV_TOKENS["s-0"]
+        for d in ("s-0", "s-1"):
+            self.assertStatus(register(self.wp, self.ops, d, hardware="hw-s"), 201)
+        body = b"rate image " + secrets.token_bytes(32)
+        r = request("POST", self.wp, "/v1/firmware?name=fw-rate&version=1&hardware=hw-s"
+                    "&security_version=1", token=ci, body=body,
+                    headers={"Content-Type": "application/octet-stream"})
+        self.assertStatus(r, 201)
+        fw = r.body["firmware_id"]
+        if time.time() % 60 > 40:  # all of it within one minute of the clock
+            time.sleep(61 - time.time() % 60)
+
+        def report(dev, detail):
+            return request("POST", self.wp, "/v1/devices/%s/reports" % dev,
+                           token=DEV_TOKENS[dev],
+                           body={"firmware_id": fw, "status": "failed", "detail": detail})
+
+        for i in range(5):
+            self.assertStatus(report("s-0", "try %d" % i), 202)
+        h = head_of(self.rp, self.audit)
+        for i in range(5, 8):
+            r = report("s-0", "try %d" % i)
+            self.assertProblem(r, 429, "too-many-requests")
+            self.assertTrue(1 <= int(r.headers["Retry-After"]) <= 60, r.headers)
+            self.assertIn("limits.device_events_per_minute", r.body["detail"])
+        # an identical repeat of its last report changes nothing: answered
+        r = report("s-0", "try 4")
+        self.assertStatus(r, 202)
+        self.assertEqual(r.body["position"], h)
+        # another device is not limited by this one
+        self.assertStatus(report("s-1", "fine"), 202)
+        self.assertEqual(head_of(self.rp, self.audit), h + 1)
+        # a restart keeps the count (it is write state, rebuilt from the log)
+        if time.time() % 60 < 55:
+            self.srv.stop()
+            type(self).srv = self.dep.start()
+            self.assertProblem(report("s-0", "after restart"), 429)
 
 
 if __name__ == "__main__":

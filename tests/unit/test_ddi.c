@@ -249,6 +249,34 @@ static void test_offer_index(void **state)
     wstate_free(s);
 }
 
+/* The devices aggregate counts each device principal's events per minute
+ * of their time (what devices_over_rate() decides on). */
+static void test_device_rate_count(void **state)
+{
+    (void)state;
+    wstate *s = wstate_new();
+    const char *times[] = {"2026-12-08T00:01:59.900Z", "2026-12-08T00:02:00.000Z",
+                           "2026-12-08T00:02:30.000Z"};
+    const char *types[] = {"DeviceReported", "DeviceAttributesRecorded", "OfferCancelAcknowledged"};
+    for (int i = 0; i < 3; i++) {
+        json_t *ev =
+            json_pack("{s:s, s:i, s:s, s:s, s:{s:s, s:s, s:s, s:i, s:{}}}", "type", types[i],
+                      "position", i + 1, "actor", "dev:d1", "time", times[i], "data", "device_id",
+                      "d1", "firmware_id", FW1, "status", "failed", "action_id", 5, "attributes");
+        assert_int_equal(devices_aggregate.apply(s, types[i], ev), SG_OK);
+        json_decref(ev);
+    }
+    assert_state(s, "device_rate", "dev:d1", "{\"events\":2,\"minute\":\"2026-12-08T00:02\"}");
+    /* other events are not counted */
+    json_t *ev =
+        json_pack("{s:s, s:i, s:s, s:s, s:{s:s, s:s}}", "type", "DeviceRegistered", "position", 9,
+                  "actor", "ops", "time", times[2], "data", "device_id", "d2", "hardware", "hw");
+    assert_int_equal(devices_aggregate.apply(s, "DeviceRegistered", ev), SG_OK);
+    json_decref(ev);
+    assert_state(s, "device_rate", "ops", NULL);
+    wstate_free(s);
+}
+
 /*** the hashing thread ***/
 
 /* sha256("abc"): the blob's name; its SHA-1 and MD5 are the FIPS / RFC 1321
@@ -345,6 +373,7 @@ int main(void)
         cmocka_unit_test(test_cancel_and_feedback_validate),
         cmocka_unit_test(test_apply),
         cmocka_unit_test(test_offer_index),
+        cmocka_unit_test(test_device_rate_count),
         cmocka_unit_test(test_hashing_thread), /* last: it stops the thread for good */
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
