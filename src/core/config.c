@@ -290,16 +290,14 @@ static sg_err load_approvals(struct ctx *c, sg_config *cfg, json_t *a)
 
 static sg_err load_limits(struct ctx *c, sg_config *cfg, json_t *l)
 {
-    static const char *const keys[] = {"max_image_bytes",
-                                       "max_json_bytes",
-                                       "header_timeout_ms",
-                                       "idle_timeout_ms",
-                                       "connections_per_listener",
-                                       "connections_per_address",
-                                       NULL};
+    static const char *const keys[] = {"max_image_bytes",          "max_json_bytes",
+                                       "header_timeout_ms",        "idle_timeout_ms",
+                                       "connections_per_listener", "connections_per_address",
+                                       "device_events_per_minute", NULL};
     long long img = (long long)cfg->max_image_bytes, js = (long long)cfg->max_json_bytes;
     long long hdr = cfg->header_timeout_ms, idle = cfg->idle_timeout_ms;
     long long conns = cfg->connections_per_listener, per = cfg->connections_per_address;
+    long long dev_ev = cfg->device_events_per_minute;
     sg_err e;
     if (!json_is_object(l))
         return bad(c, "\"limits\" must be an object");
@@ -309,8 +307,10 @@ static sg_err load_limits(struct ctx *c, sg_config *cfg, json_t *l)
         (e = get_int(c, l, "limits", "header_timeout_ms", 100, 600000, &hdr)) ||
         (e = get_int(c, l, "limits", "idle_timeout_ms", 1000, 3600000, &idle)) ||
         (e = get_int(c, l, "limits", "connections_per_listener", 1, 1000000, &conns)) ||
-        (e = get_int(c, l, "limits", "connections_per_address", 1, 1000000, &per)))
+        (e = get_int(c, l, "limits", "connections_per_address", 1, 1000000, &per)) ||
+        (e = get_int(c, l, "limits", "device_events_per_minute", 0, 1000000, &dev_ev)))
         return e;
+    cfg->device_events_per_minute = (unsigned)dev_ev;
     cfg->max_image_bytes = (uint64_t)img;
     cfg->max_json_bytes = (uint64_t)js;
     cfg->header_timeout_ms = (unsigned)hdr;
@@ -454,6 +454,7 @@ sg_err config_load(const char *path, sg_config **out, char *why, size_t whylen)
     cfg->idle_timeout_ms = 30000;
     cfg->connections_per_listener = 4000;
     cfg->connections_per_address = 256;
+    cfg->device_events_per_minute = 60;
     cfg->idempotency_ttl_hours = 24;
     cfg->scrub_events_per_second = 2000;
     cfg->ddi_poll_seconds = 300;

@@ -54,6 +54,7 @@ typedef struct sg_config {
     unsigned idle_timeout_ms;          /* limits: a connection silent this long is closed */
     unsigned connections_per_listener; /* limits */
     unsigned connections_per_address;  /* limits: per client IP address, per listener */
+    unsigned device_events_per_minute; /* limits: per device principal; 0: none */
     unsigned idempotency_ttl_hours;    /* Idempotency-Key records are kept this long */
     unsigned scrub_events_per_second;  /* background re-verification rate; 0: off */
     char *ddi_tenant;                  /* ddi.tenant */

@@ -30,6 +30,7 @@ static const struct {
     [SG_ENOMEM] = {500, "internal", "Out of memory"},
     [SG_EINTEGRITY] = {503, "integrity-failure", "Event store failed verification"},
     [SG_ENOSPACE] = {507, "insufficient-storage", "Insufficient storage"},
+    [SG_ETOOMANY] = {429, "too-many-requests", "Too many requests"},
 };
 
 static int known(sg_err e)

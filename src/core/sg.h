@@ -29,6 +29,7 @@ typedef enum {
     SG_ENOMEM,         /* 500 */
     SG_EINTEGRITY,     /* 503: the event store failed verification; writes are stopped */
     SG_ENOSPACE,       /* 507: no room left on disk for an upload */
+    SG_ETOOMANY,       /* 429: a principal over its rate (Retry-After) */
 } sg_err;
 
 /* The HTTP status for an error code (500 for codes with no HTTP meaning). */

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../core/codec.h"
@@ -43,6 +44,11 @@ static void common_headers(struct req *r, struct MHD_Response *resp, int status)
         MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
     if (status == 503)
         MHD_add_response_header(resp, "Retry-After", "1");
+    if (status == 429) { /* rates are per minute of the wall clock (UTC) */
+        char left[8];
+        snprintf(left, sizeof(left), "%d", 60 - (int)(time(NULL) % 60));
+        MHD_add_response_header(resp, "Retry-After", left);
+    }
     if (status == 405 && r->allow[0])
         MHD_add_response_header(resp, "Allow", r->allow);
 }

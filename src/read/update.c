@@ -38,7 +38,8 @@ static const char *const sql[NQ] = {
                  "= d.hardware LEFT JOIN ro_devfw f ON f.device_id = d.device_id WHERE "
                  "d.device_id = ?",
     [Q_ROLLOUT] = "SELECT firmware_id, stages, stage, state, install_epoch, "
-                  "coalesce(rollback_epoch, 0), supersedes, superseded_from FROM ro_rollouts "
+                  "coalesce(rollback_epoch, 0), supersedes, superseded_from, "
+                  "coalesce(security_version, -1) FROM ro_rollouts "
                   "WHERE rollout_id = ?",
     [Q_REPORT] = "SELECT status, prev FROM ro_reports WHERE rollout_id = ? AND device_id = ?",
     [Q_MANIFEST] = "SELECT manifest, signature, key_id, coalesce(format, 'raw') FROM ro_firmware "
@@ -97,6 +98,7 @@ struct rollout_row {
     char id[72], fw[80], state[16], superseded_from[16], supersedes[72];
     int percent;
     int64_t install_epoch, rollback_epoch;
+    int64_t security_version; /* of its image, -1 if unknown */
 };
 
 static void copy_col(char *dst, size_t n, sqlite3_stmt *s, int col)
@@ -134,6 +136,7 @@ static sg_err load_rollout(struct uctx *c, const char *rid, struct rollout_row *
         r->rollback_epoch = sqlite3_column_int64(s, 5);
         copy_col(r->supersedes, sizeof(r->supersedes), s, 6);
         copy_col(r->superseded_from, sizeof(r->superseded_from), s, 7);
+        r->security_version = sqlite3_column_int64(s, 8);
     }
     stmt_done(c, s);
     return rc == SQLITE_ROW ? SG_OK : rc == SQLITE_DONE ? SG_ENOTFOUND : SG_ESTORE;
@@ -197,12 +200,15 @@ static int64_t firmware_sv(struct uctx *c, const char *fw)
 }
 
 /* The install offer of ro that dev would stand under, if it is a member
- * that has neither reported on it nor runs its image. */
+ * that has neither reported on it nor runs its image, and the image is not
+ * below the highest security_version the device reported installed
+ * (max_sv): an older image is never offered, as for rollbacks. */
 static int32_t open_install_offer(struct uctx *c, const struct rollout_row *ro, const char *dev,
-                                  const char *current, int *err)
+                                  const char *current, int64_t max_sv, int *err)
 {
     char status[16], prev[80];
-    if (!membership_in(ro->id, dev, ro->percent) || strcmp(current, ro->fw) == 0)
+    if (!membership_in(ro->id, dev, ro->percent) || strcmp(current, ro->fw) == 0 ||
+        ro->security_version < max_sv)
         return 0;
     if (report_of(c, ro->id, dev, status, prev) != 0) {
         *err = 1;
@@ -247,14 +253,14 @@ static sg_err answer(struct uctx *c, const char *dev, struct update_answer *out)
 
     const char *target = NULL;
     if (strcmp(ro.state, "active") == 0) {
-        if ((out->offer = open_install_offer(c, &ro, dev, current, &err)) != 0) {
+        if ((out->offer = open_install_offer(c, &ro, dev, current, max_sv, &err)) != 0) {
             out->action = UPDATE_INSTALL;
             target = ro.fw;
         }
     } else if (strcmp(ro.state, "paused") == 0 || strcmp(ro.state, "halted") == 0) {
-        out->withdrawn = open_install_offer(c, &ro, dev, current, &err);
+        out->withdrawn = open_install_offer(c, &ro, dev, current, max_sv, &err);
     } else if (strcmp(ro.state, "rolled_back") == 0) {
-        out->withdrawn = open_install_offer(c, &ro, dev, current, &err);
+        out->withdrawn = open_install_offer(c, &ro, dev, current, max_sv, &err);
         if (report_of(c, rid, dev, status, prev) != 0)
             return SG_ESTORE;
         /* Back to the image it ran before, unless it runs it already, or it
@@ -279,7 +285,7 @@ static sg_err answer(struct uctx *c, const char *dev, struct update_answer *out)
     if (!out->withdrawn && ro.supersedes[0] && load_rollout(c, ro.supersedes, &old) == SG_OK &&
         (strcmp(old.superseded_from, "active") == 0 || strcmp(old.superseded_from, "paused") == 0 ||
          strcmp(old.superseded_from, "halted") == 0)) {
-        out->withdrawn = open_install_offer(c, &old, dev, current, &err);
+        out->withdrawn = open_install_offer(c, &old, dev, current, max_sv, &err);
         if (out->withdrawn)
             snprintf(out->withdrawn_rollout, sizeof(out->withdrawn_rollout), "%s", old.id);
     }

@@ -5,14 +5,22 @@
  * that action offered.
  *
  * Write state: "ddi_attrs" (device_id -> canonical attributes object),
- * "ddi_cancel" (device_id -> {"action_id"}), and what it takes to find the
- * image of an action id without the read side (a write-only node has none):
- * "ddi_rollout" (rollout_id -> {"firmware_id","hardware","install":[epochs],
- * "rollback":epoch}) and "ddi_installed" (device_id -> [firmware_id...]).
+ * "ddi_cancel" (device_id -> {"action_id"}), and the index that finds the
+ * offer an action id names without the read side (a write-only node has
+ * none), in O(1) whatever the number of rollouts:
+ *   "ddi_rollout" rollout_id -> {"firmware_id","hardware","sv","active",
+ *                 "install":[[epoch,percent]...],"rollback"?:epoch}
+ *   "ddi_class"   "<hardware>" or "<hardware>/<group>" -> [rollout_id...],
+ *                 the last DDI_RECENT rollouts started for that class.
  * Action ids are offer numbers (core/membership.h), recomputed here from the
  * same inputs as the read side's update answer: the epochs are the positions
- * of RolloutStarted and RolloutResumed (install) and RolloutRolledBack
- * (rollback, to an image the device reported installed).
+ * of RolloutStarted and RolloutResumed (install), each with the highest
+ * percentage reached before the next (the device must have been a member),
+ * and of RolloutRolledBack (rollback, to the image rollouts.c says the
+ * device is pointed back to). Only the rollouts that can have decided for
+ * the device (its class's and its group's last DDI_RECENT) are searched, so
+ * an unknown action id costs a bounded number of hashes; feedback naming an
+ * offer of an older rollout is 404 like any offer never made.
  *
  * Attributes and acknowledgements make an event only when they change state,
  * so a device that sends the same thing on every start adds nothing. */
@@ -27,10 +35,10 @@
 #define NS_ATTRS "ddi_attrs"
 #define NS_CANCEL "ddi_cancel"
 #define NS_ROLLOUT "ddi_rollout"
-#define NS_INSTALLED "ddi_installed"
+#define NS_CLASS "ddi_class"
 
-#define MAX_EPOCHS 32    /* install epochs kept per rollout (resumes) */
-#define MAX_INSTALLED 16 /* images kept per device as rollback targets */
+#define MAX_EPOCHS 32 /* install epochs kept per rollout (resumes) */
+#define DDI_RECENT 8  /* rollouts searched per class (hardware, hardware/group) */
 
 #define DDI_MAX_ATTRS 64
 #define DDI_MAX_KEY 128
@@ -51,48 +59,64 @@ static void push_capped(json_t *o, const char *k, json_t *v, size_t max)
         json_array_remove(a, 0);
 }
 
-/* The offers' inputs: rollouts (firmware, hardware, epochs) and the images
- * each device reported installed. */
+/* The last install epoch's [epoch, percent] of a ddi_rollout record. */
+static json_t *last_epoch(json_t *ro)
+{
+    json_t *a = json_object_get(ro, "install");
+    return json_array_get(a, json_array_size(a) - 1);
+}
+
+static sg_err apply_started(wstate *s, const json_t *data, json_int_t pos)
+{
+    const char *rid = json_string_value(json_object_get(data, "rollout_id"));
+    const char *hw = json_string_value(json_object_get(data, "hardware"));
+    const char *group = json_string_value(json_object_get(data, "group"));
+    json_t *sv = json_object_get(data, "security_version");
+    if (rid == NULL || hw == NULL)
+        return SG_EINTERNAL;
+    json_t *ro = json_pack("{s:O, s:s, s:I, s:b, s:[[I,O]]}", "firmware_id",
+                           json_object_get(data, "firmware_id"), "hardware", hw, "sv",
+                           json_is_integer(sv) ? json_integer_value(sv) : (json_int_t)-1, "active",
+                           1, "install", pos, json_array_get(json_object_get(data, "stages"), 0));
+    sg_err e = ro ? wstate_put_json(s, NS_ROLLOUT, rid, ro) : SG_ENOMEM;
+    json_decref(ro);
+    char key[160];
+    snprintf(key, sizeof(key), "%s%s%s", hw, group ? "/" : "", group ? group : "");
+    json_t *recent = e == SG_OK ? wstate_get_json(s, NS_CLASS, key) : NULL;
+    json_t *wrap = e == SG_OK ? json_pack("{s:o}", "list", recent ? recent : json_array()) : NULL;
+    if (e == SG_OK && wrap == NULL)
+        e = SG_ENOMEM;
+    if (wrap) {
+        push_capped(wrap, "list", json_string(rid), DDI_RECENT);
+        e = wstate_put_json(s, NS_CLASS, key, json_object_get(wrap, "list"));
+    }
+    json_decref(wrap);
+    return e;
+}
+
+/* The offers' inputs: rollouts (firmware, hardware, epochs with the
+ * percentage each reached, whether the last one stands). */
 static sg_err apply_offers(wstate *s, const char *type, const json_t *data, json_int_t pos)
 {
     const char *rid = json_string_value(json_object_get(data, "rollout_id"));
-    json_t *ro = NULL;
-    sg_err e = SG_OK;
-    if (strcmp(type, "RolloutStarted") == 0 && rid) {
-        ro = json_pack("{s:O, s:O, s:[I]}", "firmware_id", json_object_get(data, "firmware_id"),
-                       "hardware", json_object_get(data, "hardware"), "install", pos);
-        e = ro ? wstate_put_json(s, NS_ROLLOUT, rid, ro) : SG_ENOMEM;
-    } else if ((strcmp(type, "RolloutResumed") == 0 || strcmp(type, "RolloutRolledBack") == 0) &&
-               rid && (ro = wstate_get_json(s, NS_ROLLOUT, rid)) != NULL) {
-        if (strcmp(type, "RolloutResumed") == 0)
-            push_capped(ro, "install", json_integer(pos), MAX_EPOCHS);
-        else
-            json_object_set_new(ro, "rollback", json_integer(pos));
-        e = wstate_put_json(s, NS_ROLLOUT, rid, ro);
-    } else if (strcmp(type, "DeviceReported") == 0) {
-        const char *dev = json_string_value(json_object_get(data, "device_id"));
-        const char *st = json_string_value(json_object_get(data, "status"));
-        json_t *fw = json_object_get(data, "firmware_id");
-        if (dev == NULL || st == NULL || strcmp(st, "installed") != 0 || !json_is_string(fw))
-            return SG_OK;
-        json_t *rec = wstate_get_json(s, NS_INSTALLED, dev);
-        if (rec == NULL)
-            rec = json_array();
-        size_t i;
-        json_t *v;
-        json_array_foreach(rec, i, v)
-        {
-            if (json_equal(v, fw))
-                break;
-        }
-        json_t *wrap = json_pack("{s:o}", "list", rec);
-        if (wrap == NULL)
-            return SG_ENOMEM;
-        if (i == json_array_size(rec))
-            push_capped(wrap, "list", json_copy(fw), MAX_INSTALLED);
-        e = wstate_put_json(s, NS_INSTALLED, dev, json_object_get(wrap, "list"));
-        json_decref(wrap);
+    if (strcmp(type, "RolloutStarted") == 0)
+        return apply_started(s, data, pos);
+    json_t *ro = rid ? wstate_get_json(s, NS_ROLLOUT, rid) : NULL;
+    if (ro == NULL)
+        return SG_OK;
+    if (strcmp(type, "RolloutResumed") == 0) {
+        json_t *ep = json_pack("[I,O]", pos, json_array_get(last_epoch(ro), 1));
+        push_capped(ro, "install", ep, MAX_EPOCHS);
+        json_object_set_new(ro, "active", json_true());
+    } else if (strcmp(type, "RolloutAdvanced") == 0) {
+        json_array_set(last_epoch(ro), 1, json_object_get(data, "percent"));
+    } else if (strcmp(type, "RolloutRolledBack") == 0) {
+        json_object_set_new(ro, "rollback", json_integer(pos));
+        json_object_set_new(ro, "active", json_false());
+    } else { /* paused, halted, superseded: its offers are withdrawn */
+        json_object_set_new(ro, "active", json_false());
     }
+    sg_err e = wstate_put_json(s, NS_ROLLOUT, rid, ro);
     json_decref(ro);
     return e;
 }
@@ -101,7 +125,7 @@ static sg_err ddi_apply(wstate *s, const char *type, const json_t *event)
 {
     json_t *data = json_object_get(event, "data");
     const char *dev = json_string_value(json_object_get(data, "device_id"));
-    if (strncmp(type, "Rollout", 7) == 0 || strcmp(type, "DeviceReported") == 0)
+    if (strncmp(type, "Rollout", 7) == 0)
         return apply_offers(s, type, data, json_integer_value(json_object_get(event, "position")));
     if (strcmp(type, "DeviceAttributesRecorded") == 0) {
         if (dev == NULL)
@@ -119,7 +143,87 @@ static sg_err ddi_apply(wstate *s, const char *type, const json_t *event)
     return SG_OK;
 }
 
-const struct aggregate ddi_aggregate = {"ddi", 1, ddi_apply};
+/* 2: the offer index ("ddi_class", epochs with percentages) */
+const struct aggregate ddi_aggregate = {"ddi", 2, ddi_apply};
+
+/*** the offer an action id names ***/
+
+/* One rollout's offers to the device: is one of them action? */
+static int find_in_rollout(wstate *s, const char *rid, const char *device, const char *hardware,
+                           int32_t action, struct ddi_offer *out)
+{
+    json_t *ro = wstate_get_json(s, NS_ROLLOUT, rid);
+    const char *fw = json_string_value(json_object_get(ro, "firmware_id"));
+    const char *hw = json_string_value(json_object_get(ro, "hardware"));
+    json_t *install = json_object_get(ro, "install"), *rb = json_object_get(ro, "rollback");
+    int found = 0;
+    /* Percentages only grow: not a member at the last one, never offered. */
+    if (fw == NULL || hw == NULL || strcmp(hw, hardware) != 0 ||
+        !membership_in(rid, device, (int)json_integer_value(json_array_get(last_epoch(ro), 1))))
+        goto out;
+    json_int_t sv = json_integer_value(json_object_get(ro, "sv"));
+    size_t i, n = json_array_size(install);
+    json_t *ep;
+    if (sv >= rollouts_max_sv(s, device)) { /* the security_version floor */
+        json_array_foreach(install, i, ep)
+        {
+            json_int_t epoch = json_integer_value(json_array_get(ep, 0));
+            int pct = (int)json_integer_value(json_array_get(ep, 1));
+            if (membership_in(rid, device, pct) &&
+                membership_offer(rid, device, "install", fw, (uint64_t)epoch) == action) {
+                snprintf(out->firmware_id, sizeof(out->firmware_id), "%s", fw);
+                out->withdrawn = i + 1 < n || !json_is_true(json_object_get(ro, "active"));
+                found = 1;
+                goto out;
+            }
+        }
+    }
+    char prev[80];
+    if (json_is_integer(rb) && rollouts_rollback_image(s, rid, device, prev) &&
+        membership_offer(rid, device, "rollback", prev, (uint64_t)json_integer_value(rb)) ==
+            action) {
+        snprintf(out->firmware_id, sizeof(out->firmware_id), "%s", prev);
+        out->rollback = 1;
+        found = 1;
+    }
+out:
+    if (found)
+        snprintf(out->rollout_id, sizeof(out->rollout_id), "%s", rid);
+    json_decref(ro);
+    return found;
+}
+
+/* The rollouts of one class key, newest first. */
+static int find_in_class(wstate *s, const char *key, const char *device, const char *hardware,
+                         int32_t action, struct ddi_offer *out)
+{
+    json_t *recent = wstate_get_json(s, NS_CLASS, key);
+    int found = 0;
+    for (size_t i = json_array_size(recent); i-- > 0 && !found;)
+        found = find_in_rollout(s, json_string_value(json_array_get(recent, i)), device, hardware,
+                                action, out);
+    json_decref(recent);
+    return found;
+}
+
+int ddi_find_offer(wstate *s, const char *device_id, int32_t action, struct ddi_offer *out)
+{
+    memset(out, 0, sizeof(*out));
+    const char *v = devices_get(s, device_id);
+    json_t *dev = v ? json_loads(v, 0, NULL) : NULL;
+    const char *hw = json_string_value(json_object_get(dev, "hardware"));
+    const char *group = json_string_value(json_object_get(dev, "group"));
+    char key[160];
+    int found = 0;
+    if (hw && group) {
+        snprintf(key, sizeof(key), "%s/%s", hw, group);
+        found = find_in_class(s, key, device_id, hw, action, out);
+    }
+    if (hw && !found)
+        found = find_in_class(s, hw, device_id, hw, action, out);
+    json_decref(dev);
+    return found;
+}
 
 /* The device must be registered; otherwise r fails with 404. */
 static int registered_or_404(struct wreq *r, struct decision *d)
@@ -222,6 +326,10 @@ static void attrs_decide(struct wreq *r, struct decision *d)
         wreq_respond_new(r, 200, json_object());
         return;
     }
+    if (devices_over_rate(r, d)) {
+        json_decref(attrs);
+        return;
+    }
     uint64_t pos =
         decision_emit_new(d, "DeviceAttributesRecorded",
                           json_pack("{s:s, s:o}", "device_id", r->path_id, "attributes", attrs));
@@ -261,6 +369,12 @@ static void cancel_decide(struct wreq *r, struct decision *d)
     if (!registered_or_404(r, d))
         return;
     json_int_t id = json_integer_value(json_object_get(r->input, "action_id"));
+    struct ddi_offer o;
+    if (!ddi_find_offer(decision_state(d), r->path_id, (int32_t)id, &o) || !o.withdrawn) {
+        wreq_fail(r, SG_ENOTFOUND, "action %d names no withdrawn offer to device %s", (int)id,
+                  r->path_id);
+        return;
+    }
     const char *rec = wstate_get(decision_state(d), NS_CANCEL, r->path_id);
     if (rec) {
         json_t *o = json_loads(rec, 0, NULL);
@@ -271,6 +385,8 @@ static void cancel_decide(struct wreq *r, struct decision *d)
             return;
         }
     }
+    if (devices_over_rate(r, d))
+        return;
     uint64_t pos =
         decision_emit_new(d, "OfferCancelAcknowledged",
                           json_pack("{s:s, s:I}", "device_id", r->path_id, "action_id", id));
@@ -281,46 +397,6 @@ static void cancel_decide(struct wreq *r, struct decision *d)
 const struct wreq_type wreq_ack_cancel = {"AcknowledgeCancel", cancel_validate, cancel_decide};
 
 /*** POST /ddi/{tenant}/controller/v1/{id}/deploymentBase/{action_id}/feedback ***/
-
-struct find {
-    wstate *s;
-    const char *device, *hardware;
-    int32_t action;
-    char firmware_id[80];
-};
-
-/* One rollout: does one of its offers to the device have this number? */
-static void find_in_rollout(const char *rid, const char *value, void *ud)
-{
-    struct find *f = ud;
-    if (f->firmware_id[0])
-        return;
-    json_t *ro = json_loads(value, 0, NULL);
-    const char *fw = json_string_value(json_object_get(ro, "firmware_id"));
-    const char *hw = json_string_value(json_object_get(ro, "hardware"));
-    size_t i;
-    json_t *ep;
-    if (fw && hw && strcmp(hw, f->hardware) == 0) {
-        json_array_foreach(json_object_get(ro, "install"), i, ep)
-        {
-            if (membership_offer(rid, f->device, "install", fw, (uint64_t)json_integer_value(ep)) ==
-                f->action)
-                snprintf(f->firmware_id, sizeof(f->firmware_id), "%s", fw);
-        }
-        json_t *rb = json_object_get(ro, "rollback");
-        json_t *mine = json_is_integer(rb) ? wstate_get_json(f->s, NS_INSTALLED, f->device) : NULL;
-        json_array_foreach(mine, i, ep)
-        {
-            const char *prev = json_string_value(ep);
-            if (prev && !f->firmware_id[0] &&
-                membership_offer(rid, f->device, "rollback", prev,
-                                 (uint64_t)json_integer_value(rb)) == f->action)
-                snprintf(f->firmware_id, sizeof(f->firmware_id), "%s", prev);
-        }
-        json_decref(mine);
-    }
-    json_decref(ro);
-}
 
 /* input: {"action_id","status":"installed"|"failed","detail"?}, path_id the
  * device. */
@@ -354,15 +430,10 @@ static void feedback_decide(struct wreq *r, struct decision *d)
 {
     if (!registered_or_404(r, d))
         return;
-    wstate *s = decision_state(d);
-    json_t *dev = json_loads(devices_get(s, r->path_id), 0, NULL);
-    struct find f = {s, r->path_id, json_string_value(json_object_get(dev, "hardware")),
-                     (int32_t)json_integer_value(json_object_get(r->input, "action_id")), ""};
-    if (f.hardware)
-        wstate_each(s, NS_ROLLOUT, find_in_rollout, &f);
-    json_decref(dev);
-    if (!f.firmware_id[0]) {
-        wreq_fail(r, SG_ENOTFOUND, "action %d was never offered to device %s", (int)f.action,
+    int32_t action = (int32_t)json_integer_value(json_object_get(r->input, "action_id"));
+    struct ddi_offer f;
+    if (!ddi_find_offer(decision_state(d), r->path_id, action, &f)) {
+        wreq_fail(r, SG_ENOTFOUND, "action %d was never offered to device %s", (int)action,
                   r->path_id);
         return;
     }

@@ -15,6 +15,8 @@
  *   "device_fw"   device_id -> {"current","max_sv"}: what the device last
  *                 reported installed, and the highest security_version it
  *                 has ever reported installed
+ *   "device_report" device_id -> {"data","position"}: the device's last
+ *                 DeviceReported, so that an identical repeat adds nothing
  * It decides only on write state; it never reads a read model. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +31,7 @@
 #define NS_KEY "rollout_key"
 #define NS_RDEV "rollout_dev"
 #define NS_DEVFW "device_fw"
+#define NS_LAST "device_report"
 
 #define MAX_STAGES 20
 #define MAX_DETAIL 512
@@ -136,8 +139,9 @@ out:
     return e;
 }
 
-/* A report: the rollout's counts of distinct devices, the device's record. */
-static sg_err apply_reported(wstate *s, const json_t *data)
+/* A report: the rollout's counts of distinct devices, the device's record,
+ * its last report. */
+static sg_err apply_reported(wstate *s, const json_t *data, json_int_t pos)
 {
     const char *dev = str_of(data, "device_id"), *fw = str_of(data, "firmware_id");
     const char *status = str_of(data, "status"), *rid = str_of(data, "rollout_id");
@@ -177,6 +181,11 @@ static sg_err apply_reported(wstate *s, const json_t *data)
         json_decref(rec);
     }
     json_decref(devfw);
+    if (e == SG_OK) {
+        json_t *last = json_pack("{s:O, s:I}", "data", data, "position", pos);
+        e = last ? wstate_put_json(s, NS_LAST, dev, last) : SG_ENOMEM;
+        json_decref(last);
+    }
     return e;
 }
 
@@ -199,11 +208,37 @@ static sg_err rollouts_apply(wstate *s, const char *type, const json_t *event)
     if (strcmp(type, "RolloutRolledBack") == 0)
         return set_field(s, id, "state", json_string("rolled_back"));
     if (strcmp(type, "DeviceReported") == 0)
-        return apply_reported(s, data);
+        return apply_reported(s, data, int_of(event, "position"));
     return SG_OK;
 }
 
-const struct aggregate rollouts_aggregate = {"rollouts", 1, rollouts_apply};
+/* 2: the device's last report ("device_report") */
+const struct aggregate rollouts_aggregate = {"rollouts", 2, rollouts_apply};
+
+json_int_t rollouts_max_sv(wstate *s, const char *device_id)
+{
+    json_t *devfw = wstate_get_json(s, NS_DEVFW, device_id);
+    json_int_t max = devfw ? int_of(devfw, "max_sv") : -1;
+    json_decref(devfw);
+    return max;
+}
+
+int rollouts_rollback_image(wstate *s, const char *rollout_id, const char *device_id, char out[80])
+{
+    char key[160];
+    rdev_key(key, sizeof(key), rollout_id, device_id);
+    json_t *rd = wstate_get_json(s, NS_RDEV, key);
+    const char *prev = rd ? str_of(rd, "prev") : NULL;
+    int ok = prev && strcmp(str_of(rd, "status"), "installed") == 0;
+    if (ok) {
+        json_int_t sv = firmware_sv(s, prev);
+        ok = sv >= 0 && sv >= rollouts_max_sv(s, device_id);
+    }
+    if (ok)
+        snprintf(out, 80, "%s", prev);
+    json_decref(rd);
+    return ok;
+}
 
 /*** POST /v1/rollouts ***/
 
@@ -556,17 +591,35 @@ static void report_decide(struct wreq *r, struct decision *d)
         wreq_fail(r, SG_ENOTFOUND, "no device %s", dev_id);
         return;
     }
+    const char *fw = str_of(r->input, "firmware_id");
+    if (firmware_get(s, fw) == NULL) {
+        json_decref(dev);
+        wreq_fail(r, SG_ENOTFOUND, "no firmware %s", fw);
+        return;
+    }
     json_t *data = json_deep_copy(r->input);
     if (data) {
         attribute_report(s, dev, data);
-        json_int_t sv = firmware_sv(s, str_of(data, "firmware_id"));
+        json_int_t sv = firmware_sv(s, fw);
         if (sv >= 0)
             json_object_set_new(data, "security_version", json_integer(sv));
     }
-    uint64_t pos = decision_emit_new(d, "DeviceReported", data);
+    json_decref(dev);
+    /* An identical repeat of the device's last report changes nothing: it
+     * is answered with that report's position, and no event. */
+    json_t *last = wstate_get_json(s, NS_LAST, dev_id);
+    int same = data && last && json_equal(json_object_get(last, "data"), data);
+    uint64_t pos = same ? (uint64_t)int_of(last, "position") : 0;
+    json_decref(last);
+    if (same)
+        json_decref(data);
+    else if (devices_over_rate(r, d)) {
+        json_decref(data);
+        return;
+    } else
+        pos = decision_emit_new(d, "DeviceReported", data);
     if (pos)
         wreq_respond_new(r, 202, json_pack("{s:I}", "position", (json_int_t)pos));
-    json_decref(dev);
 }
 
 const struct wreq_type wreq_report = {"Report", report_validate, report_decide};

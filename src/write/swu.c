@@ -141,6 +141,62 @@ static int hexval(int ch)
     return isdigit(ch) ? ch - '0' : tolower(ch) - 'a' + 10;
 }
 
+/* Why text is not printable UTF-8 (not UTF-8, or a control character), or
+ * NULL when it is. */
+static const char *unprintable(const char *text)
+{
+    const unsigned char *p = (const unsigned char *)text;
+    while (*p) {
+        size_t n = *p < 0x80             ? 1
+                   : (*p & 0xe0) == 0xc0 ? 2
+                   : (*p & 0xf0) == 0xe0 ? 3
+                   : (*p & 0xf8) == 0xf0 ? 4
+                                         : 0;
+        if (n == 0)
+            return "is not UTF-8";
+        uint32_t cp = n == 1 ? *p : *p & (0x7fu >> n);
+        for (size_t i = 1; i < n; i++) {
+            if ((p[i] & 0xc0) != 0x80)
+                return "is not UTF-8";
+            cp = cp << 6 | (p[i] & 0x3f);
+        }
+        /* overlong forms, surrogates, beyond U+10FFFF */
+        if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) ||
+            (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff)
+            return "is not UTF-8";
+        if (cp < 0x20 || (cp >= 0x7f && cp <= 0x9f))
+            return "holds a control character";
+        p += n;
+    }
+    return NULL;
+}
+
+/* Why name is no safe archive member name, or NULL when it is: empty, not
+ * printable UTF-8, a leading '/', or a ".." component (a device extracting
+ * it would write outside its directory). */
+static const char *unsafe_name(const char *name)
+{
+    const char *why = unprintable(name);
+    if (why)
+        return why;
+    if (name[0] == '\0')
+        return "is empty";
+    if (name[0] == '/')
+        return "starts with /";
+    for (const char *seg = name; seg; seg = strchr(seg, '/')) {
+        seg += *seg == '/';
+        if (strncmp(seg, "..", 2) == 0 && (seg[2] == '\0' || seg[2] == '/'))
+            return "has a .. component";
+    }
+    return NULL;
+}
+
+/* The name for a detail: itself when it is printable, else a stand-in. */
+static const char *shown(const char *name)
+{
+    return unprintable(name) ? "(unprintable)" : name;
+}
+
 /* One payload named in sw-description: filename (NULL: not a payload, as
  * SWUpdate skips it too) and its sha256 (NULL: missing). */
 static sg_err add_payload(swu_check *c, const char *filename, const char *sha256)
@@ -150,6 +206,10 @@ static sg_err add_payload(swu_check *c, const char *filename, const char *sha256
         return SG_OK;
     if (filename[0] == '\0' || strlen(filename) > SWU_MAX_NAME)
         return refuse(c, "sw-description names a payload with an empty or over-long filename");
+    const char *bad = unsafe_name(filename);
+    if (bad)
+        return refuse(c, "sw-description names payload \"%s\", whose filename %s", shown(filename),
+                      bad);
     if (sha256 == NULL)
         return refuse(c,
                       "payload \"%s\" has no sha256 in sw-description (every payload needs "
@@ -340,6 +400,9 @@ static sg_err begin_entry(swu_check *c)
     uint64_t size = c->fields[F_SIZE];
     if (name[c->name_len - 1] != '\0' || strlen(name) != c->name_len - 1)
         return refuse(c, "a cpio entry name is not NUL-terminated");
+    const char *bad = unsafe_name(name);
+    if (bad)
+        return refuse(c, "cpio entry \"%s\" is refused: its name %s", shown(name), bad);
     c->data_left = size;
     c->pad_left = pad4(size);
     c->current = NULL;

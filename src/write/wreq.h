@@ -133,6 +133,12 @@ extern const struct wreq_type wreq_register_device;
 extern const struct aggregate devices_aggregate;
 /* The device's {"hardware","group"?} as canonical JSON, or NULL. */
 const char *devices_get(wstate *s, const char *device_id);
+/* 1 (having failed r with SG_ETOOMANY, 429) if r's principal is a device
+ * that has added limits.device_events_per_minute events in this minute of
+ * the batch clock already (reports, DDI attributes, cancel
+ * acknowledgements); else 0. Call it just before emitting such an event, so
+ * that what changes nothing is answered whatever the rate. */
+int devices_over_rate(struct wreq *r, struct decision *d);
 
 /* device commands (commands.c, issue 8) */
 extern const struct wreq_type wreq_request_command;
@@ -154,6 +160,13 @@ extern const struct wreq_type wreq_rollback_rollout;
 extern const struct wreq_type wreq_report;
 extern const struct aggregate rollouts_aggregate;
 extern const struct process_manager rollout_halter;
+/* The highest security_version device_id has reported installed (-1: none):
+ * no install is offered below it. */
+json_int_t rollouts_max_sv(wstate *s, const char *device_id);
+/* 1 with the image (into out) that rollout_id's rollback points device_id
+ * back to, when the device reported the rollout's image installed and that
+ * image is known and not below its security_version floor; else 0. */
+int rollouts_rollback_image(wstate *s, const char *rollout_id, const char *device_id, char out[80]);
 /* The halt rule: at least min_reports reports, and
  * failed / (installed + failed) > threshold_ppm / 1e6 (integer arithmetic). */
 int rollout_should_halt(json_int_t installed, json_int_t failed, json_int_t min_reports,
@@ -174,6 +187,20 @@ extern const struct wreq_type wreq_ack_cancel;
  * the device; decided as wreq_report for the image that action offered. */
 extern const struct wreq_type wreq_ddi_feedback;
 extern const struct aggregate ddi_aggregate;
+/* The offer an action id names to a device. */
+struct ddi_offer {
+    char rollout_id[72];
+    char firmware_id[80]; /* the image offered */
+    int rollback;         /* a rollback offer (else an install) */
+    int withdrawn;        /* it no longer stands (paused, halted, rolled back, superseded,
+                             resumed since) */
+};
+/* 1 (out filled) if action was offered to device_id by one of the last
+ * rollouts that can decide for it (its class's, its group's), as the read
+ * side's update answer offers: a member at the percentage, not below its
+ * security_version floor; else 0. A bounded number of hashes, whatever the
+ * number of rollouts. */
+int ddi_find_offer(wstate *s, const char *device_id, int32_t action, struct ddi_offer *out);
 
 /* Write state as JSON, for aggregates that keep canonical JSON values:
  * ns/key parsed (a new reference), or NULL; and ns/key set to v's canonical

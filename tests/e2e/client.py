@@ -32,6 +32,7 @@ PROBLEM_SLUGS = {
     413: {"too-large"},
     415: {"unsupported-media-type"},
     422: {"unprocessable"},
+    429: {"too-many-requests"},
     500: {"internal"},
     501: {"not-implemented"},
     503: {"hsm-unavailable", "store-unavailable", "unavailable", "integrity-failure"},
@@ -261,8 +262,8 @@ def problem_errors(resp, status):
                         % (m.group(1), status, sorted(PROBLEM_SLUGS[status])))
     if status == 401 and not (hdrs.get("WWW-Authenticate") or "").startswith("Bearer"):
         errs.append("401 without WWW-Authenticate: Bearer (got %r)" % hdrs.get("WWW-Authenticate"))
-    if status == 503 and hdrs.get("Retry-After") is None:
-        errs.append("503 without Retry-After")
+    if status in (429, 503) and hdrs.get("Retry-After") is None:
+        errs.append("%d without Retry-After" % status)
     return errs
 
 

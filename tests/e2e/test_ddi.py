@@ -12,6 +12,7 @@ import os
 import secrets
 import sys
 import threading
+import time
 import unittest
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -23,7 +24,7 @@ import swupdate_device as S  # noqa: E402
 
 TENANT = "DEFAULT"
 DEVICE_IDS = (["d-%02d" % i for i in range(12)] + ["sw-%02d" % i for i in range(12)]
-              + ["hs-%02d" % i for i in range(8)])
+              + ["hs-%02d" % i for i in range(8)] + ["nm-%02d" % i for i in range(8)])
 DEV_TOKENS = {d: "tok_" + secrets.token_urlsafe(24) for d in DEVICE_IDS}
 
 
@@ -285,6 +286,56 @@ class Ddi(DdiBase):
         ev = self.closed(dev, offer3, "success")
         self.assertEqual((ev["data"]["firmware_id"], ev["data"].get("rollback")), (fw1, True))
 
+    def test_feedback_and_cancel_only_for_offers_made(self):
+        """Issue 14, defects 22 and 16: a device outside the rollout that
+        computes its would-be action id (the formula is public) gets 404 for
+        its closed feedback, and so does a cancelAction feedback for an offer
+        that was never withdrawn; nothing is recorded."""
+        devs = ["nm-%02d" % i for i in range(8)]
+        self.register_all(devs, "hw-nm")
+        fw = self.upload("hw-nm", b"nm " + secrets.token_bytes(64))["firmware_id"]
+        rid, pos = self.rollout(fw, "hw-nm", stages=(30,))
+
+        def in_rollout(d):
+            h = hashlib.sha256(("%s:%s" % (rid, d)).encode()).digest()
+            return int.from_bytes(h[:4], "big") % 10000 < 30 * 100
+
+        def would_be(d):
+            h = hashlib.sha256(("signet-offer-v1:%s:%s:install:%s:%d" % (rid, d, fw, pos)).encode())
+            return (int.from_bytes(h.digest()[:4], "big") & 0x7FFFFFFF) or 1
+
+        outside = [d for d in devs if not in_rollout(d)]
+        inside = [d for d in devs if in_rollout(d)]
+        self.assertTrue(outside, "every device is in the rollout: change its stages")
+        self.wait_read(pos)
+        mark = self.head()
+        for d in outside:
+            r = request("GET", self.rp, "/v1/devices/%s/update" % d, token=self.ops)
+            self.assertEqual(r.status, 204, d)
+            action = would_be(d)
+            for port in (self.rp, self.wp):
+                self.assertProblem(ddi("POST", port, d, "/deploymentBase/%d/feedback" % action,
+                                       body=feedback(action, "closed", "failure")), 404)
+        ack = {"id": 0, "status": {"result": {"finished": "success"}, "execution": "closed"}}
+        for d in inside:
+            offer, _ = self.update_offer(d, pos, "install")
+            self.assertEqual(offer, would_be(d))
+            # the offer stands: there is nothing to cancel
+            for action in (offer, offer ^ 1):
+                ack["id"] = action
+                self.assertProblem(ddi("POST", self.rp, d, "/cancelAction/%d/feedback" % action,
+                                       body=ack), 404)
+        self.assertEqual(self.head(), mark)
+        # Advanced to 100 %: the outsiders are offered it now, and their
+        # feedback is taken.
+        r = request("POST", self.wp, "/v1/rollouts/%s/advance" % rid, token=self.ops)
+        self.assertProblem(r, 409)  # one stage only: a new rollout instead
+        rid2, pos = self.rollout(fw, "hw-nm", stages=(100,))
+        d = outside[0]
+        offer, _ = self.update_offer(d, pos, "install")
+        ev = self.closed(d, offer, "failure")
+        self.assertEqual((ev["data"]["firmware_id"], ev["data"].get("rollout_id")), (fw, rid2))
+
     def test_feedback_without_an_open_action(self):
         dev = "d-04"
         self.register_all([dev], "hw-fb")
@@ -305,6 +356,37 @@ class Ddi(DdiBase):
         self.assertProblem(ddi("POST", self.rp, dev, "/deploymentBase/77/feedback", body=b"{}",
                                headers={"Content-Type": "text/plain"}), 415)
         self.assertEqual(self.head(), mark)
+
+
+class DdiRate(DdiBase):
+    """Issue 14, defect 16 over DDI: configData alternating two values adds
+    at most limits.device_events_per_minute events (here 4), then 429."""
+
+    @classmethod
+    def setUpClass(cls):
+        def cfg(c):
+            ddi_config(c)
+            c["limits"]["device_events_per_minute"] = 4
+            return c
+        cls.start_deployment(mutate=cfg)
+        cls.ci = cls.dep.token("ci")
+        cls.versions = iter(range(1, 1000000))
+
+    def test_alternating_config_data(self):
+        self.register_all(["d-00", "d-01"], "hw-rate")
+        if time.time() % 60 > 45:  # all of it within one minute of the clock
+            time.sleep(61 - time.time() % 60)
+        mark = self.head()
+        answers = [ddi("PUT", self.wp, "d-00", "/configData", body={"data": {"v": str(i % 2)}})
+                   for i in range(10)]
+        # four changes recorded; then each change is 429, and each PUT of
+        # what is recorded already ("v": "1") changes nothing: 200, no event
+        self.assertEqual([a.status for a in answers], [200] * 4 + [429, 200] * 3)
+        self.assertEqual([a.body for a in answers[5::2]], [{}] * 3)
+        self.assertProblem(answers[-2], 429, "too-many-requests")
+        self.assertEqual(self.head(), mark + 4)
+        self.assertStatus(ddi("PUT", self.wp, "d-01", "/configData", body={"data": {"v": "1"}}), 200)
+        self.assertEqual(self.head(), mark + 5)
 
 
 class DdiFirstPoll(DdiBase):

@@ -13,6 +13,7 @@ import os
 import secrets
 import struct
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +24,7 @@ from verify import canonical, sha256_hex, verify_signed_doc, verify_snapshot  # 
 # Device principals of this file (each bound to its own device id).
 DEVICE_IDS = (["m-000"] + ["h-%02d" % i for i in range(30)] + ["b1-%d" % i for i in range(4)]
               + ["b2-%d" % i for i in range(4)] + ["p-%d" % i for i in range(4)]
-              + ["s-%d" % i for i in range(4)])
+              + ["s-%d" % i for i in range(4)] + ["r-%d" % i for i in range(4)])
 DEV_TOKENS = {d: "tok_" + secrets.token_urlsafe(24) for d in DEVICE_IDS}
 
 
@@ -390,6 +391,49 @@ class Rollouts(E2ETestCase):
 
     # ---- bad input ----
 
+    def test_reports_of_unknown_images_and_repeats(self):
+        """Issue 14, defects 16 and 24: a report naming an image signet does
+        not know is 404 and appends nothing; an identical repeat of the
+        device's last report appends nothing and answers that report's
+        position."""
+        devs = ["r-0", "r-1"]
+        self.register_all(devs, "hw-r")
+        fw = self.upload("hw-r", 1)
+        h = self.head()
+        r = request("POST", self.wp, "/v1/devices/r-0/reports", token=DEV_TOKENS["r-0"],
+                    body={"firmware_id": "sha256:" + "e" * 64, "status": "installed"})
+        self.assertProblem(r, 404)
+        self.assertIn("sha256:" + "e" * 64, r.body["detail"])
+        self.assertEqual(self.head(), h)
+        first = self.report("r-0", fw, "failed", detail="disk full")
+        for _ in range(5):
+            self.assertEqual(self.report("r-0", fw, "failed", detail="disk full"), first)
+        self.assertEqual(self.head(), first)
+        # Anything that differs is a report of its own.
+        p2 = self.report("r-0", fw, "failed", detail="disk still full")
+        p3 = self.report("r-0", fw, "installed")
+        p4 = self.report("r-0", fw, "failed", detail="disk full")
+        self.assertEqual(self.report("r-1", fw, "failed", detail="disk full"), p4 + 1)
+        self.assertEqual((p2, p3, p4), (first + 1, first + 2, first + 3))
+        self.assertEqual(len(self.events_of(h, {"DeviceReported"})), 5)
+
+    def test_no_install_offer_below_the_security_version_floor(self):
+        """Issue 14, defect 13: a new rollout of an image older (by
+        security_version) than one the device reported installed is not
+        offered to it, over REST as over DDI (the same answer)."""
+        devs = ["r-2", "r-3"]
+        self.register_all(devs, "hw-f")
+        old, new = self.upload("hw-f", 1), self.upload("hw-f", 2)
+        self.report("r-2", new, "installed")
+        rid, pos = self.start(old, "hw-f", [100])
+        self.assertEqual(self.update("r-2", pos, token=DEV_TOKENS["r-2"]).status, 204)
+        self.assertEqual(self.update("r-2", pos).status, 204)
+        r = self.update("r-3", pos, token=DEV_TOKENS["r-3"])
+        self.assertEqual(r.status, 200)
+        self.check_offer(r, old, "install")
+        # Withdrawn by a pause: r-3 had the offer, r-2 never had one.
+        self.switch(rid, "pause")
+
     def test_bad_input_leaves_the_log_unchanged(self):
         register(self.wp, self.ops, "x-0", hardware="hw-x")
         fw = self.upload("hw-x", 1)
@@ -483,6 +527,60 @@ class Rollouts(E2ETestCase):
                     self.assertLess(r.status, 500, r)
                 else:
                     self.assertProblem(r, 403, msg="%s %s as %s" % (method, path, name))
+
+
+class DeviceRate(E2ETestCase):
+    """Issue 14, defect 16: a device principal adds at most
+    limits.device_events_per_minute events a minute (here 5); beyond it
+    429 with Retry-After and nothing appended, while what changes nothing
+    (an identical repeat) and other principals are answered as usual."""
+
+    @classmethod
+    def setUpClass(cls):
+        def cfg(c):
+            add_devices(c)
+            c["limits"]["device_events_per_minute"] = 5
+            return c
+        cls.start_deployment(mutate=cfg)
+
+    def test_reports_beyond_the_rate(self):
+        ci, tok = self.dep.token("ci"), DEV_TOKENS["s-0"]
+        for d in ("s-0", "s-1"):
+            self.assertStatus(register(self.wp, self.ops, d, hardware="hw-s"), 201)
+        body = b"rate image " + secrets.token_bytes(32)
+        r = request("POST", self.wp, "/v1/firmware?name=fw-rate&version=1&hardware=hw-s"
+                    "&security_version=1", token=ci, body=body,
+                    headers={"Content-Type": "application/octet-stream"})
+        self.assertStatus(r, 201)
+        fw = r.body["firmware_id"]
+        if time.time() % 60 > 40:  # all of it within one minute of the clock
+            time.sleep(61 - time.time() % 60)
+
+        def report(dev, detail):
+            return request("POST", self.wp, "/v1/devices/%s/reports" % dev,
+                           token=DEV_TOKENS[dev],
+                           body={"firmware_id": fw, "status": "failed", "detail": detail})
+
+        for i in range(5):
+            self.assertStatus(report("s-0", "try %d" % i), 202)
+        h = head_of(self.rp, self.audit)
+        for i in range(5, 8):
+            r = report("s-0", "try %d" % i)
+            self.assertProblem(r, 429, "too-many-requests")
+            self.assertTrue(1 <= int(r.headers["Retry-After"]) <= 60, r.headers)
+            self.assertIn("limits.device_events_per_minute", r.body["detail"])
+        # an identical repeat of its last report changes nothing: answered
+        r = report("s-0", "try 4")
+        self.assertStatus(r, 202)
+        self.assertEqual(r.body["position"], h)
+        # another device is not limited by this one
+        self.assertStatus(report("s-1", "fine"), 202)
+        self.assertEqual(head_of(self.rp, self.audit), h + 1)
+        # a restart keeps the count (it is write state, rebuilt from the log)
+        if time.time() % 60 < 40:  # room for a restart within the minute
+            self.srv.stop()
+            type(self).srv = self.dep.start()
+            self.assertProblem(report("s-0", "after restart"), 429)
 
 
 if __name__ == "__main__":

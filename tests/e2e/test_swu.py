@@ -73,7 +73,7 @@ def run(args, cwd, env=None, timeout=120):
 # ---- building .swu archives ----
 
 def cpio_entry(name, data, crc=False, mode=0o100644):
-    nb = name.encode() + b"\0"
+    nb = (name if isinstance(name, bytes) else name.encode()) + b"\0"
     check = sum(data) & 0xFFFFFFFF if crc else 0
     fields = [1, mode, 0, 0, 1, 1700000000, len(data), 0, 0, 0, 0, len(nb), check]
     hdr = (b"070702" if crc else b"070701") + b"".join(b"%08X" % f for f in fields)
@@ -508,6 +508,21 @@ class SwuUpload(E2ETestCase):
                                     ("extra", b"x")]),
              '"extra" is not a payload sw-description names'),
         ]
+        # Path tricks (issue 14, defect 19): named in sw-description, or only
+        # in the archive; and names that are not printable UTF-8.
+        for trick in ("../../etc/x", "/etc/x", "a/../../x", ".."):
+            tf = [("a.img", a), (trick, b)]
+            cases.append(("path trick %s" % trick,
+                          arch([("sw-description", sw_description(tf, w)), ("a.img", a),
+                                (trick, b)]),
+                          'names payload "%s", whose filename ' % trick))
+            cases.append(("unnamed path trick %s" % trick,
+                          arch([("sw-description", desc), (trick, b)]),
+                          'cpio entry "%s" is refused: its name ' % trick))
+        for raw in (b"a\x01b", b"\xffb.img", b"\xc0\xaf"):
+            cases.append(("unprintable name %r" % raw,
+                          arch([("sw-description", desc), ("a.img", a), (raw, b)]),
+                          'cpio entry "(unprintable)" is refused'))
         head = head_of(self.dep.read_port, self.audit)
         blobs = self.blobs()
         for what, data, detail in cases:

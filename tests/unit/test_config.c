@@ -267,6 +267,7 @@ static void test_resilience_keys(void **state)
     assert_int_equal(cfg->idle_timeout_ms, 30000);
     assert_int_equal(cfg->connections_per_listener, 4000);
     assert_int_equal(cfg->connections_per_address, 256);
+    assert_int_equal(cfg->device_events_per_minute, 60);
     assert_int_equal(cfg->idempotency_ttl_hours, 24);
     assert_int_equal(cfg->scrub_events_per_second, 2000);
     assert_string_equal(cfg->ddi_tenant, "DEFAULT");
@@ -276,9 +277,9 @@ static void test_resilience_keys(void **state)
     json_t *root = minimal();
     json_object_set_new(json_object_get(root, "pkcs11"), "sign_timeout_ms", json_integer(750));
     json_object_set_new(root, "limits",
-                        json_pack("{s:i, s:i, s:i, s:i}", "header_timeout_ms", 2500,
+                        json_pack("{s:i, s:i, s:i, s:i, s:i}", "header_timeout_ms", 2500,
                                   "idle_timeout_ms", 9000, "connections_per_listener", 100,
-                                  "connections_per_address", 10));
+                                  "connections_per_address", 10, "device_events_per_minute", 0));
     json_object_set_new(root, "idempotency_ttl_hours", json_integer(48));
     json_object_set_new(root, "scrub_events_per_second", json_integer(0));
     json_object_set_new(root, "ddi", json_pack("{s:s, s:i}", "tenant", "acme", "poll_seconds", 60));
@@ -288,6 +289,7 @@ static void test_resilience_keys(void **state)
     assert_int_equal(cfg->idle_timeout_ms, 9000);
     assert_int_equal(cfg->connections_per_listener, 100);
     assert_int_equal(cfg->connections_per_address, 10);
+    assert_int_equal(cfg->device_events_per_minute, 0);
     assert_int_equal(cfg->idempotency_ttl_hours, 48);
     assert_int_equal(cfg->scrub_events_per_second, 0);
     assert_string_equal(cfg->ddi_tenant, "acme");

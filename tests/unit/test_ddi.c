@@ -14,10 +14,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
+#include "core/membership.h"
 #include "read/ddi_hashes.h"
 #include "validate_check.h"
 #include "write/wreq.h"
@@ -139,28 +141,139 @@ static void test_apply(void **state)
                     "hardware", "hw", "stages", 100, "failure_threshold_ppm", 1, "min_reports", 1,
                     "security_version", 1));
     assert_state(s, "ddi_rollout", "r1",
-                 "{\"firmware_id\":\"" FW2 "\",\"hardware\":\"hw\",\"install\":[10]}");
+                 "{\"active\":true,\"firmware_id\":\"" FW2
+                 "\",\"hardware\":\"hw\",\"install\":[[10,100]],\"sv\":1}");
+    assert_state(s, "ddi_class", "hw", "[\"r1\"]");
     apply(s, "RolloutPaused", 11, json_pack("{s:s}", "rollout_id", "r1"));
     apply(s, "RolloutResumed", 12, json_pack("{s:s}", "rollout_id", "r1"));
     apply(s, "RolloutRolledBack", 13,
           json_pack("{s:s, s:i, s:i}", "rollout_id", "r1", "devices", 1, "blocked", 0));
     assert_state(s, "ddi_rollout", "r1",
-                 "{\"firmware_id\":\"" FW2
-                 "\",\"hardware\":\"hw\",\"install\":[10,12],\"rollback\":13}");
+                 "{\"active\":false,\"firmware_id\":\"" FW2
+                 "\",\"hardware\":\"hw\",\"install\":[[10,100],[12,100]],\"rollback\":13,"
+                 "\"sv\":1}");
     /* an unknown rollout's switch changes nothing */
     apply(s, "RolloutResumed", 14, json_pack("{s:s}", "rollout_id", "nope"));
     assert_state(s, "ddi_rollout", "nope", NULL);
+    wstate_free(s);
+}
 
-    /* images a device installed: distinct, failures not counted */
-    const char *fws[] = {FW1, FW2, FW1};
-    for (size_t i = 0; i < SG_ARRAY_LEN(fws); i++)
-        apply(s, "DeviceReported", 20 + (json_int_t)i,
-              json_pack("{s:s, s:s, s:s}", "device_id", "d1", "firmware_id", fws[i], "status",
-                        "installed"));
-    apply(s, "DeviceReported", 30,
-          json_pack("{s:s, s:s, s:s}", "device_id", "d2", "firmware_id", FW1, "status", "failed"));
-    assert_state(s, "ddi_installed", "d1", "[\"" FW1 "\",\"" FW2 "\"]");
-    assert_state(s, "ddi_installed", "d2", NULL);
+/*** the offer index (issue 14, defects 13, 16, 17 and 22) ***/
+
+/* Fold an event through every aggregate, as the sequencer does. */
+static void fold(wstate *s, const char *type, json_int_t pos, json_t *data)
+{
+    json_t *ev = json_pack("{s:s, s:I, s:o}", "type", type, "position", pos, "data", data);
+    assert_non_null(ev);
+    for (size_t i = 0; i < sg_naggregates; i++)
+        assert_int_equal(sg_aggregates[i]->apply(s, type, ev), SG_OK);
+    json_decref(ev);
+}
+
+static void start_rollout(wstate *s, const char *rid, json_int_t pos, int first_pct)
+{
+    fold(s, "RolloutStarted", pos,
+         json_pack("{s:s, s:s, s:s, s:[i,i], s:i, s:i, s:i}", "rollout_id", rid, "firmware_id", FW1,
+                   "hardware", "hw", "stages", first_pct, 100, "failure_threshold_ppm", 1,
+                   "min_reports", 1, "security_version", 1));
+}
+
+static double mono_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+static void test_offer_index(void **state)
+{
+    (void)state;
+    wstate *s = wstate_new();
+    assert_non_null(s);
+    /* a device in r1 at 100 % but not at 10 % */
+    char dev[16] = "";
+    for (int i = 0; i < 1000 && !dev[0]; i++) {
+        snprintf(dev, sizeof(dev), "d%d", i);
+        if (membership_in("r1", dev, 10) || !membership_in("r1", dev, 100))
+            dev[0] = '\0';
+    }
+    assert_true(dev[0]);
+    fold(s, "DeviceRegistered", 1, json_pack("{s:s, s:s}", "device_id", dev, "hardware", "hw"));
+    start_rollout(s, "r1", 5, 10);
+    struct ddi_offer o;
+    int32_t at5 = membership_offer("r1", dev, "install", FW1, 5);
+    /* Not a member yet: its would-be action id names no offer (defect 22). */
+    assert_false(ddi_find_offer(s, dev, at5, &o));
+    fold(s, "RolloutAdvanced", 6,
+         json_pack("{s:s, s:i, s:i}", "rollout_id", "r1", "stage", 1, "percent", 100));
+    assert_true(ddi_find_offer(s, dev, at5, &o));
+    assert_string_equal(o.rollout_id, "r1");
+    assert_string_equal(o.firmware_id, FW1);
+    assert_false(o.rollback);
+    assert_false(o.withdrawn);
+    assert_false(ddi_find_offer(s, dev, at5 ^ 1, &o));
+    assert_false(ddi_find_offer(s, "nobody", at5, &o));
+    /* Paused: withdrawn; resumed: a new offer, the old one stays withdrawn. */
+    fold(s, "RolloutPaused", 7, json_pack("{s:s}", "rollout_id", "r1"));
+    assert_true(ddi_find_offer(s, dev, at5, &o));
+    assert_true(o.withdrawn);
+    fold(s, "RolloutResumed", 8, json_pack("{s:s}", "rollout_id", "r1"));
+    assert_true(ddi_find_offer(s, dev, membership_offer("r1", dev, "install", FW1, 8), &o));
+    assert_false(o.withdrawn);
+    assert_true(ddi_find_offer(s, dev, at5, &o));
+    assert_true(o.withdrawn);
+    /* The security_version floor (defect 13): once the device reported an
+     * image of security_version 2 installed, the offer of 1 was never made. */
+    fold(s, "DeviceReported", 9,
+         json_pack("{s:s, s:s, s:s, s:i}", "device_id", dev, "firmware_id", FW2, "status",
+                   "installed", "security_version", 2));
+    assert_false(ddi_find_offer(s, dev, at5, &o));
+
+    /* 10,000 rollouts of the device's class (defect 17): an unknown action id
+     * costs the same as with one. */
+    fold(s, "DeviceRegistered", 10, json_pack("{s:s, s:s}", "device_id", "x", "hardware", "hw"));
+    char rid[32];
+    for (int i = 0; i < 10000; i++) {
+        snprintf(rid, sizeof(rid), "r%d", 100 + i);
+        start_rollout(s, rid, 100 + i, 100);
+    }
+    assert_true(ddi_find_offer(s, "x", membership_offer(rid, "x", "install", FW1, 100 + 9999), &o));
+    assert_string_equal(o.rollout_id, rid);
+    double t0 = mono_ms();
+    int n = 0;
+    for (int32_t a = 1; a <= 200; a++)
+        n += ddi_find_offer(s, "x", a, &o);
+    double each = (mono_ms() - t0) / 200;
+    print_message("an unknown action id with 10,000 rollouts: %.3f ms\n", each);
+    assert_true(each < 2.0); /* 23.7 ms before the index */
+    wstate_free(s);
+}
+
+/* The devices aggregate counts each device principal's events per minute
+ * of their time (what devices_over_rate() decides on). */
+static void test_device_rate_count(void **state)
+{
+    (void)state;
+    wstate *s = wstate_new();
+    const char *times[] = {"2026-12-08T00:01:59.900Z", "2026-12-08T00:02:00.000Z",
+                           "2026-12-08T00:02:30.000Z"};
+    const char *types[] = {"DeviceReported", "DeviceAttributesRecorded", "OfferCancelAcknowledged"};
+    for (int i = 0; i < 3; i++) {
+        json_t *ev =
+            json_pack("{s:s, s:i, s:s, s:s, s:{s:s, s:s, s:s, s:i, s:{}}}", "type", types[i],
+                      "position", i + 1, "actor", "dev:d1", "time", times[i], "data", "device_id",
+                      "d1", "firmware_id", FW1, "status", "failed", "action_id", 5, "attributes");
+        assert_int_equal(devices_aggregate.apply(s, types[i], ev), SG_OK);
+        json_decref(ev);
+    }
+    assert_state(s, "device_rate", "dev:d1", "{\"events\":2,\"minute\":\"2026-12-08T00:02\"}");
+    /* other events are not counted */
+    json_t *ev =
+        json_pack("{s:s, s:i, s:s, s:s, s:{s:s, s:s}}", "type", "DeviceRegistered", "position", 9,
+                  "actor", "ops", "time", times[2], "data", "device_id", "d2", "hardware", "hw");
+    assert_int_equal(devices_aggregate.apply(s, "DeviceRegistered", ev), SG_OK);
+    json_decref(ev);
+    assert_state(s, "device_rate", "ops", NULL);
     wstate_free(s);
 }
 
@@ -257,7 +370,10 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_attributes_validate),
-        cmocka_unit_test(test_cancel_and_feedback_validate), cmocka_unit_test(test_apply),
+        cmocka_unit_test(test_cancel_and_feedback_validate),
+        cmocka_unit_test(test_apply),
+        cmocka_unit_test(test_offer_index),
+        cmocka_unit_test(test_device_rate_count),
         cmocka_unit_test(test_hashing_thread), /* last: it stops the thread for good */
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

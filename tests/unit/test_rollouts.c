@@ -23,6 +23,7 @@
 
 #define FW1 "sha256:1111111111111111111111111111111111111111111111111111111111111111"
 #define FW2 "sha256:2222222222222222222222222222222222222222222222222222222222222222"
+#define FW3 "sha256:3333333333333333333333333333333333333333333333333333333333333333"
 
 static void test_start_validate(void **state)
 {
@@ -354,6 +355,26 @@ static void test_update_answer(void **state)
     assert_string_equal(a.rollout_id, "r3");
     ask("d1", &a);
     assert_string_equal(a.rollout_id, "r2");
+
+    /* The security_version floor on install offers (issue 14, defect 13):
+     * a device that reported an image of security_version 2 installed is
+     * not offered r2's image of 1; one that reported nothing is. */
+    project("DeviceRegistered", json_pack("{s:s, s:s}", "device_id", "d4", "hardware", "hw-a"));
+    project("DeviceRegistered", json_pack("{s:s, s:s}", "device_id", "d5", "hardware", "hw-a"));
+    upload(FW3, 2);
+    project("DeviceReported", json_pack("{s:s, s:s, s:s, s:i}", "device_id", "d4", "firmware_id",
+                                        FW3, "status", "installed", "security_version", 2));
+    ask("d4", &a);
+    assert_string_equal(a.rollout_id, "r2");
+    assert_int_equal(a.action, UPDATE_NONE);
+    assert_int_equal(a.offer, 0);
+    ask("d5", &a);
+    assert_int_equal(a.action, UPDATE_INSTALL);
+    assert_string_equal(a.firmware_id, FW2);
+    /* ... nor is it withdrawn from it once paused: it never had it */
+    project("RolloutPaused", json_pack("{s:s}", "rollout_id", "r2"));
+    ask("d4", &a);
+    assert_int_equal(a.withdrawn, 0);
     update_answer_free(&a);
     sqlite3_close(rm);
     char cmd[128];

@@ -301,6 +301,85 @@ static void test_unnamed_entry(void **state)
     buf_free(&b);
 }
 
+/* Path tricks and unprintable bytes in entry names, and in the filenames
+ * sw-description gives: refused (400), never echoed raw. */
+static void test_unsafe_names(void **state)
+{
+    (void)state;
+    static const char *const names[] = {"../../etc/x",
+                                        "/etc/x",
+                                        "a/../../x",
+                                        "..",
+                                        "a/..",
+                                        "a\001b",
+                                        "a\177b",
+                                        "\xff",
+                                        "a\xc0\xaf"
+                                        "b",
+                                        "\xc2\x85"};
+    for (size_t i = 0; i < SG_ARRAY_LEN(names); i++) {
+        buf b = {0};
+        int path_trick = strchr(names[i], '/') || strstr(names[i], "..");
+        /* as a filename sw-description names (JSON cannot hold the others) */
+        char desc[512];
+        snprintf(desc, sizeof(desc),
+                 "{\"software\":{\"version\":\"1\",\"images\":[{\"filename\":\"%s\","
+                 "\"sha256\":\"%s\"}]}}",
+                 names[i], hex_of(payload_a));
+        if (path_trick) {
+            entry(&b, 0, "sw-description", desc, strlen(desc), 0100644);
+            entry(&b, 0, names[i], payload_a, strlen(payload_a), 0100644);
+            trailer(&b, 0);
+            expect_refused(&b, "\", whose filename ");
+            buf_free(&b);
+            memset(&b, 0, sizeof(b));
+        }
+        /* as an entry sw-description does not name */
+        entry(&b, 0, "sw-description", good_cfg(), strlen(good_cfg()), 0100644);
+        entry(&b, 0, names[i], "x", 1, 0100644);
+        trailer(&b, 0);
+        expect_refused(&b, "is refused: its name");
+        if (!path_trick) {
+            swu_check *k = swu_check_new();
+            assert_int_equal(run(k, &b, 0), SG_EBADINPUT);
+            assert_non_null(strstr(swu_check_detail(k), "(unprintable)"));
+            swu_check_free(k);
+        }
+        buf_free(&b);
+    }
+    /* a control character through a JSON escape */
+    char desc[512];
+    snprintf(desc, sizeof(desc),
+             "{\"software\":{\"version\":\"1\",\"images\":[{\"filename\":\"a\\u0007\","
+             "\"sha256\":\"%s\"}]}}",
+             hex_of(payload_a));
+    buf b = {0};
+    entry(&b, 0, "sw-description", desc, strlen(desc), 0100644);
+    entry(&b, 0, "a\007", payload_a, strlen(payload_a), 0100644);
+    trailer(&b, 0);
+    expect_refused(&b, "whose filename holds a control character");
+    buf_free(&b);
+    memset(&b, 0, sizeof(b));
+    /* the first entry's name, unprintable: refused without echoing it */
+    entry(&b, 0, "\xffsw", "x", 1, 0100644);
+    trailer(&b, 0);
+    expect_refused(&b, "\"(unprintable)\" is refused: its name is not UTF-8");
+    buf_free(&b);
+    /* names with dots that are no path tricks are fine */
+    memset(&b, 0, sizeof(b));
+    snprintf(desc, sizeof(desc),
+             "{\"software\":{\"version\":\"1\",\"images\":[{\"filename\":\"..a/b..c\","
+             "\"sha256\":\"%s\"}]}}",
+             hex_of(payload_a));
+    entry(&b, 0, "sw-description", desc, strlen(desc), 0100644);
+    entry(&b, 0, "..a/b..c", payload_a, strlen(payload_a), 0100644);
+    trailer(&b, 0);
+    swu_check *k = swu_check_new();
+    assert_int_equal(run(k, &b, 0), SG_OK);
+    swu_check_free(k);
+    buf_free(&b);
+}
+
 static void test_existing_signature(void **state)
 {
     (void)state;
@@ -405,6 +484,7 @@ int main(void)
         cmocka_unit_test(test_wrong_hash),
         cmocka_unit_test(test_missing_payload),
         cmocka_unit_test(test_unnamed_entry),
+        cmocka_unit_test(test_unsafe_names),
         cmocka_unit_test(test_existing_signature),
         cmocka_unit_test(test_bad_crc),
         cmocka_unit_test(test_truncated),
