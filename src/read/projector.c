@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../core/bg.h"
 #include "../core/catalogue.h"
 #include "../core/integrity.h"
 #include "../core/log.h"
@@ -44,7 +45,7 @@ struct projector {
     uint64_t halted_at;
     char halted_why[256];
     atomic_int store_ok;
-    pthread_t thread;
+    bg_thread thread;
     /* A rebuild (readmodel.h) not yet back where the replaced read model
      * was: that position (0 if none) and when it started. Projector thread;
      * rebuilding mirrors rebuild_to for /healthz and /metrics. */
@@ -177,7 +178,6 @@ static void wake_waiters(projector *p)
 static void *projector_main(void *arg)
 {
     projector *p = arg;
-    pthread_setname_np(pthread_self(), "sg-projector");
     for (;;) {
         pthread_mutex_lock(&p->mu);
         int stop = p->stop, halted = p->halted;
@@ -229,11 +229,7 @@ sg_err projector_start(const char *store_uri, const char *readmodel_path, const 
     if (e == SG_OK && (e = readmodel_witness(p->db, &p->rebuild_to, whash)) != SG_OK)
         snprintf(why, whylen, "read model %s: cannot read its witness", readmodel_path);
     if (e) {
-        store_close(p->st);
-        sqlite3_close(p->db);
-        sqlite3_close(p->reader);
-        free(p->path);
-        free(p);
+        projector_free(p);
         return e;
     }
     /* p->pos belongs to the projector thread (under p->mu) once it runs. */
@@ -247,7 +243,10 @@ sg_err projector_start(const char *store_uri, const char *readmodel_path, const 
     } else {
         p->rebuild_to = 0;
     }
-    pthread_create(&p->thread, NULL, projector_main, p);
+    if ((e = bg_start(&p->thread, "sg-projector", projector_main, p, why, whylen)) != SG_OK) {
+        projector_free(p);
+        return e;
+    }
     *out = p;
     return SG_OK;
 }
@@ -260,7 +259,7 @@ void projector_stop(projector *p)
     p->stop = 1;
     pthread_cond_signal(&p->cond);
     pthread_mutex_unlock(&p->mu);
-    pthread_join(p->thread, NULL);
+    bg_join(&p->thread); /* returns at once if it never started */
 }
 
 void projector_free(projector *p)

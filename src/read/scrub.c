@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "../core/bg.h"
 #include "../core/codec.h"
 #include "../core/integrity.h"
 #include "../core/log.h"
@@ -20,7 +21,7 @@ struct scrub {
     store *st;
     const keyring *kr;
     unsigned rate;
-    pthread_t thread;
+    bg_thread thread;
     pthread_mutex_t mu;
     pthread_cond_t cond;
     int stop;
@@ -48,7 +49,6 @@ static void *scrub_main(void *arg)
     scrub *s = arg;
     struct chain_pos at, to;
     char why[384];
-    pthread_setname_np(pthread_self(), "sg-scrub");
     chain_genesis(&at);
     uint64_t started = sg_mono_ms(), done_this_pass = 0;
     for (;;) {
@@ -94,10 +94,8 @@ sg_err scrub_start(const char *store_uri, const keyring *kr, unsigned rate, scru
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cond, NULL);
     sg_err e = store_open(store_uri, &s->st, why, whylen);
-    if (e == SG_OK && pthread_create(&s->thread, NULL, scrub_main, s) != 0) {
-        snprintf(why, whylen, "cannot start the scrub thread");
-        e = SG_ENOMEM;
-    }
+    if (e == SG_OK)
+        e = bg_start(&s->thread, "sg-scrub", scrub_main, s, why, whylen);
     if (e) {
         store_close(s->st);
         pthread_mutex_destroy(&s->mu);
@@ -117,7 +115,7 @@ void scrub_stop(scrub *s)
     s->stop = 1;
     pthread_cond_broadcast(&s->cond);
     pthread_mutex_unlock(&s->mu);
-    pthread_join(s->thread, NULL);
+    bg_join(&s->thread);
     store_close(s->st);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cond);

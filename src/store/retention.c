@@ -13,9 +13,10 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "../core/bg.h"
 #include "../core/log.h"
 #include "../core/metrics.h"
-#include "../store/store.h"
+#include "store.h"
 
 #define PRUNE_CHUNK 2000    /* rows per transaction */
 #define PRUNE_PAUSE_MS 20   /* between chunks */
@@ -23,7 +24,7 @@
 
 struct retention {
     store *st; /* retention thread only */
-    pthread_t thread;
+    bg_thread thread;
     pthread_mutex_t mu;
     pthread_cond_t cond; /* CLOCK_MONOTONIC; signalled on stop */
     int stop;
@@ -51,7 +52,6 @@ static int pause_ms(retention *r, long ms)
 static void *retention_main(void *arg)
 {
     retention *r = arg;
-    pthread_setname_np(pthread_self(), "sg-retention");
     do {
         size_t total = 0, n;
         int stopped = 0;
@@ -88,13 +88,12 @@ sg_err retention_start(const char *store_uri, unsigned ttl_hours, retention **ou
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&r->cond, &ca);
     pthread_condattr_destroy(&ca);
-    if (pthread_create(&r->thread, NULL, retention_main, r) != 0) {
-        snprintf(why, whylen, "cannot start the idempotency retention thread");
+    if ((e = bg_start(&r->thread, "sg-retention", retention_main, r, why, whylen)) != SG_OK) {
         store_close(r->st);
         pthread_cond_destroy(&r->cond);
         pthread_mutex_destroy(&r->mu);
         free(r);
-        return SG_EINTERNAL;
+        return e;
     }
     *out = r;
     return SG_OK;
@@ -108,7 +107,7 @@ void retention_stop(retention *r)
     r->stop = 1;
     pthread_cond_signal(&r->cond);
     pthread_mutex_unlock(&r->mu);
-    pthread_join(r->thread, NULL);
+    bg_join(&r->thread);
     store_close(r->st);
     pthread_cond_destroy(&r->cond);
     pthread_mutex_destroy(&r->mu);
