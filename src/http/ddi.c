@@ -108,38 +108,19 @@ static int base_url(struct req *r, const struct ddi_path *p, char *out, size_t n
 
 /*** the read side ***/
 
-struct ddi_look {
-    const char *device;
-    struct update_answer a;
-    sg_err found; /* update_for_device_db's answer: SG_OK or SG_ENOTFOUND (not registered) */
-    int has_attributes;
-    int32_t cancel_acked;
-};
-
-static sg_err look_db(sqlite3 *db, void *ud)
-{
-    struct ddi_look *l = ud;
-    l->found = update_for_device_db(db, l->device, &l->a);
-    if (l->found != SG_OK && l->found != SG_ENOTFOUND)
-        return l->found;
-    return ddi_view_device(db, l->device, &l->has_attributes, &l->cancel_acked);
-}
-
 /* The device's update answer and DDI state, in one read transaction. Returns
  * 1 if it answered (no read side here, or the read model failed). */
 static int look(struct req *r, const char *device, struct ddi_look *l)
 {
     memset(l, 0, sizeof(*l));
-    l->device = device;
     if (r->srv->app->proj == NULL) {
         http_problem(r, SG_EUNAVAILABLE,
                      "this node has no read side (--role write): the DDI facade reads on a node "
                      "with --role all or read");
         return 1;
     }
-    sg_err e = projector_read(r->srv->app->proj, look_db, l);
+    sg_err e = ddi_view_look(r->srv->app->proj, device, l);
     if (e) {
-        update_answer_free(&l->a);
         http_problem(r, e == SG_ENOMEM ? e : SG_ESTORE, "cannot read the read model");
         return 1;
     }

@@ -338,12 +338,6 @@ struct lookup {
     uint64_t size;
 };
 
-static sg_err lookup(sqlite3 *db, void *ud)
-{
-    struct lookup *l = ud;
-    return firmware_view_get(db, l->id, &l->doc, &l->size);
-}
-
 /* The projected firmware of the path's id, or an answer (1). */
 static int find(struct req *r, struct lookup *l)
 {
@@ -355,7 +349,7 @@ static int find(struct req *r, struct lookup *l)
     }
     if (wait_for_position(r))
         return 1;
-    sg_err e = projector_read(r->srv->app->proj, lookup, l);
+    sg_err e = firmware_view_find(r->srv->app->proj, l->id, &l->doc, &l->size);
     if (e == SG_ENOTFOUND)
         http_problem(r, e, "no firmware %s", r->param);
     else if (e)

@@ -15,6 +15,7 @@
 #include "../core/log.h"
 #include "../core/metrics.h"
 #include "../store/store.h"
+#include "rconn.h"
 #include "readmodel.h"
 
 #define PROJECT_BATCH 512
@@ -31,8 +32,9 @@ struct projector {
     const keyring *kr;
     store *st;
     sqlite3 *db;     /* projector thread: writes */
-    sqlite3 *reader; /* HTTP threads, under rmu */
+    sqlite3 *reader; /* readers whose own connection (rconn.h) cannot open, under rmu */
     char *path;      /* the read-model file */
+    uint64_t owner;  /* names this opening to rconn.h */
     pthread_mutex_t rmu;
 
     pthread_mutex_t mu;
@@ -210,6 +212,7 @@ sg_err projector_start(const char *store_uri, const char *readmodel_path, const 
     if (p == NULL)
         return SG_ENOMEM;
     p->kr = kr;
+    p->owner = rconn_owner_new();
     if ((p->path = strdup(readmodel_path)) == NULL) {
         free(p);
         return SG_ENOMEM;
@@ -271,11 +274,6 @@ void projector_free(projector *p)
     sqlite3_close(p->reader);
     free(p->path);
     free(p);
-}
-
-const char *projector_path(projector *p)
-{
-    return p->path;
 }
 
 void projector_kick(projector *p)
@@ -342,14 +340,31 @@ sg_err projector_wait(projector *p, uint64_t min, uint64_t deadline_ms, void (*f
     return SG_OK;
 }
 
+static const char sql_begin[] = "BEGIN", sql_commit[] = "COMMIT";
+
+/* fn inside one read transaction on db. */
+static sg_err read_tx(sqlite3 *db, sg_err (*fn)(sqlite3 *db, void *ud), void *ud)
+{
+    sqlite3_stmt *b = rconn_stmt(db, sql_begin), *c = NULL;
+    sg_err e = SG_ESTORE;
+    if (b && sqlite3_step(b) == SQLITE_DONE) {
+        e = fn(db, ud);
+        c = rconn_stmt(db, sql_commit);
+        if (c == NULL || sqlite3_step(c) != SQLITE_DONE)
+            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL); /* never leave it open */
+    }
+    rconn_stmt_done(db, b);
+    rconn_stmt_done(db, c);
+    return e;
+}
+
 sg_err projector_read(projector *p, sg_err (*fn)(sqlite3 *db, void *ud), void *ud)
 {
+    sqlite3 *db = rconn_get(p->owner, p->path);
+    if (db)
+        return read_tx(db, fn, ud);
     pthread_mutex_lock(&p->rmu);
-    sg_err e = SG_ESTORE;
-    if (sqlite3_exec(p->reader, "BEGIN", NULL, NULL, NULL) == SQLITE_OK) {
-        e = fn(p->reader, ud);
-        sqlite3_exec(p->reader, "COMMIT", NULL, NULL, NULL);
-    }
+    sg_err e = read_tx(p->reader, fn, ud);
     pthread_mutex_unlock(&p->rmu);
     return e;
 }

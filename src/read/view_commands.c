@@ -9,6 +9,7 @@
 #include "../core/codec.h"
 #include "../core/jcs.h"
 #include "readmodel.h"
+#include "view_commands.h"
 
 static const char *str_of(const json_t *o, const char *k)
 {
@@ -221,6 +222,27 @@ sg_err commands_page(sqlite3 *db, const char *device_id, uint64_t after, size_t 
         json_object_set_new(*out, "next_after", json_integer(last));
     json_decref(list);
     return e;
+}
+
+struct page {
+    const char *device_id;
+    uint64_t after;
+    size_t limit;
+    json_t **out;
+};
+
+static sg_err page_db(sqlite3 *db, void *ud)
+{
+    struct page *p = ud;
+    return commands_page(db, p->device_id, p->after, p->limit, p->out);
+}
+
+sg_err commands_view_page(projector *p, const char *device_id, uint64_t after, size_t limit,
+                          json_t **out)
+{
+    struct page k = {device_id, after, limit, out};
+    *out = NULL;
+    return projector_read(p, page_db, &k);
 }
 
 /*** the `commands` snapshot ***/

@@ -10,6 +10,7 @@
 
 #include "../core/codec.h"
 #include "../core/jcs.h"
+#include "rconn.h"
 #include "readmodel.h"
 
 static sg_err firmware_apply(sqlite3 *db, const char *type, const json_t *event)
@@ -50,14 +51,14 @@ static sg_err firmware_apply(sqlite3 *db, const char *type, const json_t *event)
     return rc == SQLITE_DONE ? SG_OK : SG_ESTORE;
 }
 
+static const char sql_get[] =
+    "SELECT manifest, signature, key_id, size FROM firmware WHERE firmware_id = ?";
+
 sg_err firmware_view_get(sqlite3 *db, const char *firmware_id, json_t **doc, uint64_t *size)
 {
-    sqlite3_stmt *s;
+    sqlite3_stmt *s = rconn_stmt(db, sql_get);
     sg_err e = SG_ESTORE;
-    if (sqlite3_prepare_v2(db,
-                           "SELECT manifest, signature, key_id, size FROM firmware WHERE "
-                           "firmware_id = ?",
-                           -1, &s, NULL) != SQLITE_OK)
+    if (s == NULL)
         return SG_ESTORE;
     sqlite3_bind_text(s, 1, firmware_id, -1, SQLITE_STATIC);
     int rc = sqlite3_step(s);
@@ -80,8 +81,26 @@ sg_err firmware_view_get(sqlite3 *db, const char *firmware_id, json_t **doc, uin
         json_decref(m);
         free(b64);
     }
-    sqlite3_finalize(s);
+    rconn_stmt_done(db, s);
     return e;
+}
+
+struct find {
+    const char *id;
+    json_t **doc;
+    uint64_t *size;
+};
+
+static sg_err find_db(sqlite3 *db, void *ud)
+{
+    struct find *f = ud;
+    return firmware_view_get(db, f->id, f->doc, f->size);
+}
+
+sg_err firmware_view_find(projector *p, const char *firmware_id, json_t **doc, uint64_t *size)
+{
+    struct find f = {firmware_id, doc, size};
+    return projector_read(p, find_db, &f);
 }
 
 sg_err firmware_view_page(sqlite3 *db, uint64_t after, unsigned limit, json_t **out)
