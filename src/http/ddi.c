@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../read/blobs.h"
+#include "../read/images.h"
 #include "../read/ddi_hashes.h"
 #include "../read/update.h"
 #include "../read/view_ddi.h"
@@ -409,7 +409,7 @@ void route_ddi_artifact(struct req *r)
     int ok = l.found == SG_OK && deliverable(&l.a) && strcmp(p.arg, l.a.firmware_id + 7) == 0 &&
              fl > 4 && strcmp(p.file + fl - 4, ".swu") == 0;
     uint64_t size = 0;
-    int fd = ok ? blob_open(r->srv->app->cfg->data_dir, l.a.firmware_id, &size) : -1;
+    int fd = ok ? image_open(r->srv->app->cfg->data_dir, l.a.firmware_id, &size) : -1;
     update_answer_free(&l.a);
     if (!ok) {
         http_problem(r, SG_ENOTFOUND, "no artifact %s/%s offered to device %s", p.arg, p.file,

@@ -3,7 +3,7 @@
  * content addressed on a worker thread, then decided as an UploadFirmware
  * write request), and the read side's GET/HEAD /v1/firmware/{id} and
  * /v1/firmware/{id}/image. Business rules are in src/write/firmware.c; the
- * blob store in src/write/blobs.c and src/read/blobs.c. */
+ * blob store in src/write/blobs.c and src/read/images.c. */
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -12,9 +12,10 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "../core/blobpath.h"
 #include "../core/codec.h"
 #include "../core/log.h"
-#include "../read/blobs.h"
+#include "../read/images.h"
 #include "../read/view_firmware.h"
 #include "../write/blobs.h"
 #include "../write/firmware.h"
@@ -343,7 +344,7 @@ static int find(struct req *r, struct lookup *l)
 {
     l->id = r->param;
     l->doc = NULL;
-    if (!blob_valid_id(r->param)) {
+    if (!sg_firmware_id_valid(r->param)) {
         http_problem(r, SG_EBADINPUT, "a firmware id is sha256: and 64 lowercase hex digits");
         return 1;
     }
@@ -372,7 +373,7 @@ void route_firmware_image(struct req *r)
         return;
     json_decref(l.doc);
     uint64_t size;
-    int fd = blob_open(r->srv->app->cfg->data_dir, r->param, &size);
+    int fd = image_open(r->srv->app->cfg->data_dir, r->param, &size);
     if (fd < 0 || size != l.size) {
         if (fd >= 0)
             close(fd);

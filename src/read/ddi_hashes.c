@@ -17,7 +17,7 @@
 
 #include "../core/bg.h"
 #include "../core/codec.h"
-#include "blobs.h"
+#include "images.h"
 
 #define SLOTS 64
 #define MAX_WAITING 4096 /* tickets queued (suspended requests) */
@@ -64,7 +64,7 @@ static sg_err compute(const char *data_dir, const char *firmware_id, char sha1[4
                       uint64_t *size, const atomic_int *stop)
 {
     uint64_t len;
-    int fd = blob_open(data_dir, firmware_id, &len);
+    int fd = image_open(data_dir, firmware_id, &len);
     if (fd < 0)
         return SG_ENOTFOUND;
     sg_err e = SG_ESTORE;
