@@ -380,11 +380,17 @@ static json_t *rollout_json(sqlite3 *db, sqlite3_stmt *r)
 /* Rollouts started after position `after`, in start order, at most limit:
  * {"after","count" (all rollouts),"rollouts":[...],"next_after"? (when more
  * follow)}. A page is bounded by its rollouts, never by the fleet. */
+static json_t *rollout_row(sqlite3 *db, sqlite3_stmt *s, void *ud)
+{
+    (void)ud;
+    return rollout_json(db, s);
+}
+
 static sg_err rollouts_page(sqlite3 *db, uint64_t after, unsigned limit, json_t **out)
 {
-    sqlite3_int64 count = 0, last = 0;
-    int rc = SQLITE_ERROR, more = 0;
-    unsigned n = 0;
+    sqlite3_int64 count = 0;
+    int64_t last = 0;
+    int more = 0;
     if (limit == 0 || limit > SNAPSHOT_PAGE_MAX)
         limit = SNAPSHOT_PAGE_MAX;
     sqlite3_stmt *s = prep(db, "SELECT count(*) FROM ro_rollouts", "");
@@ -402,22 +408,11 @@ static sg_err rollouts_page(sqlite3 *db, uint64_t after, unsigned limit, json_t 
         json_decref(list);
         return SG_ESTORE;
     }
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        if (++n > limit) {
-            more = 1;
-            continue;
-        }
-        last = sqlite3_column_int64(s, 9);
-        json_t *o = rollout_json(db, s);
-        if (o == NULL || json_array_append_new(list, o)) {
-            rc = SQLITE_NOMEM;
-            break;
-        }
-    }
+    sg_err e = readmodel_page_rows(db, s, limit, 9, rollout_row, NULL, list, &more, &last);
     sqlite3_finalize(s);
-    if (rc != SQLITE_DONE) {
+    if (e) {
         json_decref(list);
-        return SG_ESTORE;
+        return e;
     }
     return projection_page_new(after, count, "rollouts", list, more, last, out);
 }
