@@ -94,7 +94,7 @@ def value(text, key):
     return 0.0
 
 
-def print_ddi(rest, r1, r2, r1p99, r2p99, d, dp99, dout, dratio):
+def print_ddi(rest, r1, r2, r1p99, r2p99, d, dp99, dout, dratio, cpu):
     print("update_checks_device_token_per_s %.0f (runs: %.0f, %.0f; p99 %.2f / %.2f ms)"
           % (rest, r1, r2, r1p99, r2p99))
     bad = sum(float(line.split()[1]) for line in dout.splitlines()
@@ -102,6 +102,10 @@ def print_ddi(rest, r1, r2, r1p99, r2p99, d, dp99, dout, dratio):
     print("ddi_polls_per_s %.0f (p99 %.2f ms, non-2xx %.0f)" % (d, dp99, bad))
     print("ratio_ddi_over_update %.2f (%s the 0.8 aim)"
           % (dratio, "meets" if dratio >= 0.8 else "below"))
+    # signetd's CPU per answer moves less with other load on the machine
+    print("cpu_per_update_check_us %.1f\ncpu_per_ddi_poll_us %.1f" % cpu)
+    if cpu[1]:
+        print("cpu_ratio_update_over_ddi %.2f" % (cpu[0] / cpu[1]))
 
 
 def main():
@@ -221,18 +225,20 @@ def main():
             print("ddi_sample_offers %d of %d" % (offers, n))
             print("== GET /v1/devices/{id}/update over %d devices, each its own token" % n,
                   flush=True)
-            r1, r1p99, _ = run("/v1/devices/u-%05lu/update", n, "Bearer", tokens_file)
+            r1, r1p99, r1out = run("/v1/devices/u-%05lu/update", n, "Bearer", tokens_file)
             print("== GET /ddi/%s/controller/v1/{id} (DDI polls) over the same devices" % TENANT,
                   flush=True)
             d, dp99, dout = run("/ddi/%s/controller/v1/u-%%05lu" % TENANT, n, "TargetToken",
                                 tokens_file)
             print("== GET /v1/devices/{id}/update again", flush=True)
-            r2, r2p99, _ = run("/v1/devices/u-%05lu/update", n, "Bearer", tokens_file)
+            r2, r2p99, r2out = run("/v1/devices/u-%05lu/update", n, "Bearer", tokens_file)
             rest = (r1 + r2) / 2
+            cpu = ((value(r1out, "cpu_per_write_us") + value(r2out, "cpu_per_write_us")) / 2,
+                   value(dout, "cpu_per_write_us"))
             dratio = d / rest if rest else 0
         if not HEALTHZ:
             print("\n== summary")
-            print_ddi(rest, r1, r2, r1p99, r2p99, d, dp99, dout, dratio)
+            print_ddi(rest, r1, r2, r1p99, r2p99, d, dp99, dout, dratio, cpu)
             return
 
         print("== GET /healthz", flush=True)
@@ -253,7 +259,7 @@ def main():
         print("ratio_update_over_healthz %.2f (%s the 0.5 aim)"
               % (ratio, "meets" if ratio >= 0.5 else "below"))
         if DDI:
-            print_ddi(rest, r1, r2, r1p99, r2p99, d, dp99, dout, dratio)
+            print_ddi(rest, r1, r2, r1p99, r2p99, d, dp99, dout, dratio, cpu)
     finally:
         if proc and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
