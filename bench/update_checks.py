@@ -237,8 +237,9 @@ def main():
                    value(dout, "cpu_per_write_us"))
             dratio = d / rest if rest else 0
         if not HEALTHZ:
-            print("\n== summary")
-            print_ddi(rest, r1, r2, r1p99, r2p99, d, dp99, dout, dratio, cpu)
+            if DDI:
+                print("\n== summary")
+                print_ddi(rest, r1, r2, r1p99, r2p99, d, dp99, dout, dratio, cpu)
             return
 
         print("== GET /healthz", flush=True)
