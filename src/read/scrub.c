@@ -2,10 +2,8 @@
  * one thread; it reads the log a chunk at a time and never writes. */
 #include "scrub.h"
 
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
 #include "../core/bg.h"
 #include "../core/codec.h"
@@ -22,26 +20,13 @@ struct scrub {
     const keyring *kr;
     unsigned rate;
     bg_thread thread;
-    pthread_mutex_t mu;
-    pthread_cond_t cond;
-    int stop;
 };
 
 /* Sleep until sg_mono_ms() reaches until, or stop. Returns 1 if stopping. */
 static int rest_until(scrub *s, uint64_t until)
 {
-    pthread_mutex_lock(&s->mu);
-    while (!s->stop) {
-        uint64_t now = sg_mono_ms();
-        if (now >= until)
-            break;
-        uint64_t ms = until - now > 100 ? 100 : until - now;
-        struct timespec ts = sg_realtime_in(ms);
-        pthread_cond_timedwait(&s->cond, &s->mu, &ts);
-    }
-    int stop = s->stop;
-    pthread_mutex_unlock(&s->mu);
-    return stop;
+    uint64_t now = sg_mono_ms();
+    return bg_sleep(&s->thread, until > now ? until - now : 0);
 }
 
 static void *scrub_main(void *arg)
@@ -91,15 +76,11 @@ sg_err scrub_start(const char *store_uri, const keyring *kr, unsigned rate, scru
         return SG_ENOMEM;
     s->kr = kr;
     s->rate = rate;
-    pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->cond, NULL);
     sg_err e = store_open(store_uri, &s->st, why, whylen);
     if (e == SG_OK)
         e = bg_start(&s->thread, "sg-scrub", scrub_main, s, why, whylen);
     if (e) {
         store_close(s->st);
-        pthread_mutex_destroy(&s->mu);
-        pthread_cond_destroy(&s->cond);
         free(s);
         return e;
     }
@@ -111,13 +92,7 @@ void scrub_stop(scrub *s)
 {
     if (s == NULL)
         return;
-    pthread_mutex_lock(&s->mu);
-    s->stop = 1;
-    pthread_cond_broadcast(&s->cond);
-    pthread_mutex_unlock(&s->mu);
-    bg_join(&s->thread);
+    bg_stop(&s->thread);
     store_close(s->st);
-    pthread_mutex_destroy(&s->mu);
-    pthread_cond_destroy(&s->cond);
     free(s);
 }

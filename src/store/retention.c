@@ -6,12 +6,9 @@
  * It never touches events. */
 #include "retention.h"
 
-#include <errno.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
 #include "../core/bg.h"
 #include "../core/log.h"
@@ -25,28 +22,12 @@
 struct retention {
     store *st; /* retention thread only */
     bg_thread thread;
-    pthread_mutex_t mu;
-    pthread_cond_t cond; /* CLOCK_MONOTONIC; signalled on stop */
-    int stop;
 };
 
 /* Sleep ms unless asked to stop; nonzero if asked to stop. */
 static int pause_ms(retention *r, long ms)
 {
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += ms / 1000;
-    until.tv_nsec += (ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
-    pthread_mutex_lock(&r->mu);
-    while (!r->stop && pthread_cond_timedwait(&r->cond, &r->mu, &until) != ETIMEDOUT)
-        ;
-    int stop = r->stop;
-    pthread_mutex_unlock(&r->mu);
-    return stop;
+    return bg_sleep(&r->thread, (uint64_t)ms);
 }
 
 static void *retention_main(void *arg)
@@ -72,7 +53,6 @@ static void *retention_main(void *arg)
 sg_err retention_start(const char *store_uri, unsigned ttl_hours, retention **out, char *why,
                        size_t whylen)
 {
-    pthread_condattr_t ca;
     retention *r = calloc(1, sizeof(*r));
     *out = NULL;
     if (r == NULL)
@@ -83,15 +63,8 @@ sg_err retention_start(const char *store_uri, unsigned ttl_hours, retention **ou
         return e;
     }
     store_idem_set_ttl((uint64_t)ttl_hours * 3600);
-    pthread_mutex_init(&r->mu, NULL);
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&r->cond, &ca);
-    pthread_condattr_destroy(&ca);
     if ((e = bg_start(&r->thread, "sg-retention", retention_main, r, why, whylen)) != SG_OK) {
         store_close(r->st);
-        pthread_cond_destroy(&r->cond);
-        pthread_mutex_destroy(&r->mu);
         free(r);
         return e;
     }
@@ -103,13 +76,7 @@ void retention_stop(retention *r)
 {
     if (r == NULL)
         return;
-    pthread_mutex_lock(&r->mu);
-    r->stop = 1;
-    pthread_cond_signal(&r->cond);
-    pthread_mutex_unlock(&r->mu);
-    bg_join(&r->thread);
+    bg_stop(&r->thread);
     store_close(r->st);
-    pthread_cond_destroy(&r->cond);
-    pthread_mutex_destroy(&r->mu);
     free(r);
 }

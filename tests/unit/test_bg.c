@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -73,6 +74,37 @@ static void test_start_fails(void **state)
     assert_int_equal(ran, 0);
 }
 
+/* bg_sleep sleeps its time, and returns 1 at once when bg_stop asks. */
+static void *sleeper(void *arg)
+{
+    bg_thread *t = arg;
+    while (!bg_sleep(t, 60000))
+        ;
+    return NULL;
+}
+
+static void test_sleep_and_stop(void **state)
+{
+    (void)state;
+    bg_thread t = BG_THREAD_INIT;
+    struct timespec a, b;
+    assert_int_equal(bg_start(&t, "sg-sleeper", sleeper, &t, NULL, 0), SG_OK);
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    bg_stop(&t); /* a 60 s sleep cut short */
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    assert_true(b.tv_sec - a.tv_sec < 5);
+    assert_false(bg_started(&t));
+    bg_stop(&t); /* twice is fine */
+
+    /* A thread that ends by itself is joined; a sleeper is not stopping until asked. */
+    bg_thread u = BG_THREAD_INIT;
+    assert_int_equal(bg_start(&u, "sg-short", named, &(int){0}, NULL, 0), SG_OK);
+    bg_join(&u);
+    assert_int_equal(bg_start(&u, "sg-sleeper", sleeper, &u, NULL, 0), SG_OK);
+    assert_false(bg_stopping(&u));
+    bg_stop(&u);
+}
+
 static char dir[64];
 
 /* Every read-side owner of a thread answers the same error when it cannot
@@ -116,6 +148,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_start_join),
         cmocka_unit_test(test_start_fails),
+        cmocka_unit_test(test_sleep_and_stop),
         cmocka_unit_test(test_owners_report_it),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
