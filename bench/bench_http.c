@@ -8,7 +8,10 @@
  * With --get TEMPLATE --ids N it sends GETs instead: TEMPLATE is a path with
  * one %lu, replaced by a device index cycling through 0..N-1 (e.g.
  * /v1/devices/u-%05lu/update), and every 2xx counts (a plain path such as
- * /healthz works too). */
+ * /healthz works too). --auth SCHEME sends "SCHEME <token>" instead of
+ * "Bearer <token>" (TargetToken for the DDI facade), and BENCH_TOKENS_FILE
+ * (one token a line) gives device index i the token on line i, so each GET
+ * can carry the token of the device it names. */
 
 #define _POSIX_C_SOURCE 200809L
 
@@ -64,6 +67,9 @@ static struct sockaddr_in g_addr;
 static const char *g_host = "127.0.0.1";
 static const char *g_path = "/v1/devices";
 static const char *g_token;
+static const char *g_auth = "Bearer"; /* --auth */
+static char **g_tokens;               /* BENCH_TOKENS_FILE's lines, or NULL */
+static unsigned long g_ntokens;
 static const char *g_get; /* --get: a GET path template, or NULL */
 static unsigned long g_ids = 1;
 static char g_run_id[24];
@@ -162,8 +168,9 @@ static int conn_send_next(struct worker *w, struct conn *c)
                        ? -1
                        : snprintf(c->req, sizeof(c->req),
                                   "GET %s HTTP/1.1\r\nHost: %s:%d\r\n"
-                                  "Authorization: Bearer %s\r\n\r\n",
-                                  path, g_host, ntohs(g_addr.sin_port), g_token);
+                                  "Authorization: %s %s\r\n\r\n",
+                                  path, g_host, ntohs(g_addr.sin_port), g_auth,
+                                  g_tokens ? g_tokens[idx % g_ntokens] : g_token);
         if (rlen < 0 || (size_t)rlen >= sizeof(c->req))
             return -1;
         c->req_len = (size_t)rlen;
@@ -519,13 +526,48 @@ static double pct_ms(const uint32_t *v, size_t n, double q)
     return v[rank - 1] / 1000.0;
 }
 
+/* Read one token a line into g_tokens. 0, or -1 (nothing kept). */
+static int load_tokens(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    char line[256];
+    unsigned long cap = 0;
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof(line), f)) {
+        line[strcspn(line, "\r\n")] = '\0';
+        if (!*line)
+            continue;
+        if (g_ntokens == cap) {
+            char **t = realloc(g_tokens, (cap = cap ? 2 * cap : 256) * sizeof(*t));
+            if (!t)
+                break;
+            g_tokens = t;
+        }
+        if (!(g_tokens[g_ntokens] = strdup(line)))
+            break;
+        g_ntokens++;
+    }
+    int ok = !ferror(f) && feof(f) && g_ntokens > 0;
+    fclose(f);
+    if (!ok) {
+        for (unsigned long i = 0; i < g_ntokens; i++)
+            free(g_tokens[i]);
+        free(g_tokens);
+        g_tokens = NULL;
+        g_ntokens = 0;
+    }
+    return ok ? 0 : -1;
+}
+
 static void usage(void)
 {
     fprintf(stderr,
             "usage: bench_http --port PORT [--host 127.0.0.1] [--connections 64] [--threads 2]\n"
             "                  [--duration 5] [--warmup 1] [--path /v1/devices]\n"
-            "                  [--server-pid PID] [--get TEMPLATE --ids N]\n"
-            "env: BENCH_TOKEN, the bearer token of an operator (required)\n");
+            "                  [--server-pid PID] [--get TEMPLATE --ids N] [--auth Bearer]\n"
+            "env: BENCH_TOKEN, the bearer token of an operator (required), or with --get\n"
+            "     BENCH_TOKENS_FILE, a file with the token of device index i on line i\n");
 }
 
 int main(int argc, char **argv)
@@ -564,6 +606,8 @@ int main(int argc, char **argv)
             g_get = v;
         else if (!strcmp(a, "--ids"))
             g_ids = strtoul(v, NULL, 10);
+        else if (!strcmp(a, "--auth"))
+            g_auth = v;
         else if (!strcmp(a, "--server-pid"))
             server_pid = atoi(v);
         else {
@@ -572,6 +616,13 @@ int main(int argc, char **argv)
         }
     }
     g_token = getenv("BENCH_TOKEN");
+    if (getenv("BENCH_TOKENS_FILE") && (!g_get || load_tokens(getenv("BENCH_TOKENS_FILE")) != 0)) {
+        fprintf(stderr,
+                "bench_http: BENCH_TOKENS_FILE needs --get and a readable file of tokens\n");
+        return 2;
+    }
+    if (g_tokens)
+        g_token = g_tokens[0];
     if (port < 1 || port > 65535 || nconns < 1 || nconns > MAX_CONNS || nthreads < 1 ||
         nthreads > MAX_THREADS || duration <= 0 || duration > 600 || warmup < 0 || warmup > 600 ||
         !g_token || !*g_token || g_ids < 1) {

@@ -59,6 +59,17 @@ size_t sg_b64_encoded_len(size_t len)
     return (len + 2) / 3 * 4 + 1;
 }
 
+int sg_is_hex256(const char *s)
+{
+    size_t n = 0;
+    if (s == NULL)
+        return 0;
+    for (; s[n]; n++)
+        if (n == SG_HEX256_LEN || !((s[n] >= '0' && s[n] <= '9') || (s[n] >= 'a' && s[n] <= 'f')))
+            return 0;
+    return n == SG_HEX256_LEN;
+}
+
 void sg_b64_encode(const uint8_t *in, size_t len, char *out)
 {
     size_t o = 0, i = 0;

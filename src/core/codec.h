@@ -18,6 +18,10 @@ void sg_hex_encode(const uint8_t *in, size_t len, char *out);
  * Returns SG_EBADINPUT if in is not exactly that. */
 sg_err sg_hex_decode(const char *in, uint8_t *out, size_t outlen);
 
+/* 1 if s is exactly 64 lowercase hex digits (a SHA-256 as signet writes
+ * it), 0 otherwise (NULL included). */
+int sg_is_hex256(const char *s);
+
 /* Standard base64 with padding. out must hold sg_b64_encoded_len(len) bytes
  * (NUL included). */
 size_t sg_b64_encoded_len(size_t len);

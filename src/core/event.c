@@ -186,17 +186,11 @@ sg_err ecdsa_verify_digest(EVP_PKEY *pk, const uint8_t digest[SG_SHA256_LEN], co
     return ok ? SG_OK : SG_EVERIFY;
 }
 
-static int is_hex64(const char *s)
-{
-    uint8_t tmp[32];
-    return s && sg_hex_decode(s, tmp, 32) == SG_OK;
-}
-
 /* Verify sig_b64 over digest with the key (key_id, purpose) of kr. */
 static sg_err verify_sig(const uint8_t digest[32], const char *sig_b64, const char *key_id,
                          const keyring *kr, enum key_purpose purpose, char *why, size_t whylen)
 {
-    if (!is_hex64(key_id))
+    if (!sg_is_hex256(key_id))
         return fail(why, whylen, "key_id is not 64 hex digits");
     EVP_PKEY *pk = keyring_find(kr, key_id, purpose);
     if (pk == NULL)

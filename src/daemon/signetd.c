@@ -32,8 +32,8 @@
 #include "../read/readmodel.h"
 #include "../read/scrub.h"
 #include "../store/chain.h"
+#include "../store/retention.h"
 #include "../write/firmware.h"
-#include "../write/retention.h"
 #include "../write/uploads.h"
 
 static int usage(void)

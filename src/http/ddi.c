@@ -7,11 +7,12 @@
  * acknowledgements are write requests (write/ddi.c). Every success is 200: suricatta counts 201 and
  * 204 as errors. */
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../read/blobs.h"
+#include "../read/images.h"
 #include "../read/ddi_hashes.h"
 #include "../read/update.h"
 #include "../read/view_ddi.h"
@@ -108,38 +109,76 @@ static int base_url(struct req *r, const struct ddi_path *p, char *out, size_t n
 
 /*** the read side ***/
 
-struct ddi_look {
-    const char *device;
-    struct update_answer a;
-    sg_err found; /* update_for_device_db's answer: SG_OK or SG_ENOTFOUND (not registered) */
-    int has_attributes;
-    int32_t cancel_acked;
-};
+/*** a device reads its own writes ***/
 
-static sg_err look_db(sqlite3 *db, void *ud)
+/* How long a DDI GET waits for the read model to reach the device's last
+ * acknowledged write before it answers 503 (as min_position's default). */
+#define OWN_WRITE_WAIT_MS 2000
+
+/* The position of the last acknowledged write of the devices whose id
+ * hashes to each slot: the largest, so a collision only makes a device wait
+ * for a position the projector reaches anyway, and no device's write is
+ * ever forgotten (until a restart, when the read model is caught up before
+ * anything is served). */
+#define WRITTEN_SLOTS 4096
+static _Atomic uint64_t written[WRITTEN_SLOTS];
+
+static uint64_t device_hash(const char *id);
+
+/* Note that device's write at position pos was acknowledged: called before
+ * its 200 is sent, so its next request sees it. */
+static void written_note(const char *device, uint64_t pos)
 {
-    struct ddi_look *l = ud;
-    l->found = update_for_device_db(db, l->device, &l->a);
-    if (l->found != SG_OK && l->found != SG_ENOTFOUND)
-        return l->found;
-    return ddi_view_device(db, l->device, &l->has_attributes, &l->cancel_acked);
+    _Atomic uint64_t *w = &written[device_hash(device) % WRITTEN_SLOTS];
+    uint64_t was = atomic_load(w);
+    while (was < pos && !atomic_compare_exchange_weak(w, &was, pos))
+        ;
 }
 
-/* The device's update answer and DDI state, in one read transaction. Returns
- * 1 if it answered (no read side here, or the read model failed). */
+static void own_write_done(void *ud)
+{
+    http_resume(ud);
+}
+
+/* Wait (suspended, at most OWN_WRITE_WAIT_MS) until the read model reaches
+ * the device's last acknowledged write. Returns 1 if it suspended r or
+ * answered it (503 when the wait ran out), 0 to go on. */
+static int wait_own_writes(struct req *r, const char *device)
+{
+    projector *p = r->srv->app->proj;
+    uint64_t min = atomic_load(&written[device_hash(device) % WRITTEN_SLOTS]);
+    uint64_t pos = projector_position(p, NULL);
+    if (pos >= min)
+        return 0;
+    if (r->state == REQ_RESUMED) {
+        http_problem(r, SG_EUNAVAILABLE,
+                     "the read model is at position %llu, not yet at this device's last write "
+                     "(%llu)",
+                     (unsigned long long)pos, (unsigned long long)min);
+        return 1;
+    }
+    http_suspend(r);
+    if (projector_wait(p, min, sg_mono_ms() + OWN_WRITE_WAIT_MS, own_write_done, r) != SG_OK)
+        http_resume(r);
+    return 1;
+}
+
+/* The device's update answer and DDI state, in one read transaction, once
+ * the read model has the device's own writes. Returns 1 if it answered (no
+ * read side here, the read model failed or lags) or suspended r. */
 static int look(struct req *r, const char *device, struct ddi_look *l)
 {
     memset(l, 0, sizeof(*l));
-    l->device = device;
     if (r->srv->app->proj == NULL) {
         http_problem(r, SG_EUNAVAILABLE,
                      "this node has no read side (--role write): the DDI facade reads on a node "
                      "with --role all or read");
         return 1;
     }
-    sg_err e = projector_read(r->srv->app->proj, look_db, l);
+    if (wait_own_writes(r, device))
+        return 1;
+    sg_err e = ddi_view_look(r->srv->app->proj, device, l);
     if (e) {
-        update_answer_free(&l->a);
         http_problem(r, e == SG_ENOMEM ? e : SG_ESTORE, "cannot read the read model");
         return 1;
     }
@@ -370,7 +409,7 @@ void route_ddi_artifact(struct req *r)
     int ok = l.found == SG_OK && deliverable(&l.a) && strcmp(p.arg, l.a.firmware_id + 7) == 0 &&
              fl > 4 && strcmp(p.file + fl - 4, ".swu") == 0;
     uint64_t size = 0;
-    int fd = ok ? blob_open(r->srv->app->cfg->data_dir, l.a.firmware_id, &size) : -1;
+    int fd = ok ? image_open(r->srv->app->cfg->data_dir, l.a.firmware_id, &size) : -1;
     update_answer_free(&l.a);
     if (!ok) {
         http_problem(r, SG_ENOTFOUND, "no artifact %s/%s offered to device %s", p.arg, p.file,
@@ -402,6 +441,8 @@ static void answer_resumed(struct req *r)
         http_problem(r, w->err, "%s", w->detail);
         return;
     }
+    if (r->who && r->who->device_id)
+        written_note(r->who->device_id, w->position);
     char *body = w->body;
     w->body = NULL;
     if (body == NULL && (body = strdup("{}")) == NULL) {

@@ -6,37 +6,26 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../read/readmodel.h"
+#include "../read/view_commands.h"
 #include "internal.h"
 
 #define PAGE_DEFAULT 100
 #define PAGE_MAX 1000
 
-struct page {
-    const char *device_id;
-    uint64_t after, limit;
-    json_t *out;
-};
-
-static sg_err read_page(sqlite3 *db, void *ud)
-{
-    struct page *p = ud;
-    return commands_page(db, p->device_id, p->after, (size_t)p->limit, &p->out);
-}
-
 void route_device_commands(struct req *r)
 {
-    struct page p = {.device_id = r->param, .after = 0, .limit = PAGE_DEFAULT};
+    uint64_t after = 0, limit = PAGE_DEFAULT;
+    json_t *out = NULL;
     const char *a = http_query(r, "after"), *l = http_query(r, "limit");
-    if ((a && !http_parse_uint(a, 0, (uint64_t)1 << 53, &p.after)) ||
-        (l && !http_parse_uint(l, 1, PAGE_MAX, &p.limit))) {
+    if ((a && !http_parse_uint(a, 0, (uint64_t)1 << 53, &after)) ||
+        (l && !http_parse_uint(l, 1, PAGE_MAX, &limit))) {
         http_problem(r, SG_EBADINPUT, "after must be a non-negative integer, limit 1 to %d",
                      PAGE_MAX);
         return;
     }
     if (wait_for_position(r))
         return;
-    sg_err e = projector_read(r->srv->app->proj, read_page, &p);
+    sg_err e = commands_view_page(r->srv->app->proj, r->param, after, (size_t)limit, &out);
     if (e == SG_ENOTFOUND)
         http_problem(r, e, "no device %s", r->param);
     else if (e == SG_ENOMEM)
@@ -44,5 +33,5 @@ void route_device_commands(struct req *r)
     else if (e)
         http_problem(r, e, "cannot read the commands read model");
     else
-        http_reply_json(r, 200, p.out);
+        http_reply_json(r, 200, out);
 }

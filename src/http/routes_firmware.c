@@ -4,16 +4,17 @@
  * bytes and waits, suspended, for the answer), and the read side's GET/HEAD
  * /v1/firmware/{id} and /v1/firmware/{id}/image. Business rules are in
  * src/write/firmware.c; the blob store in src/write/blobs.c and
- * src/read/blobs.c. */
+ * src/read/images.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
 
+#include "../core/blobpath.h"
 #include "../core/codec.h"
 #include "../core/log.h"
-#include "../read/blobs.h"
+#include "../read/images.h"
 #include "../read/view_firmware.h"
 #include "../write/firmware.h"
 #include "../write/upload.h"
@@ -192,24 +193,18 @@ struct lookup {
     uint64_t size;
 };
 
-static sg_err lookup(sqlite3 *db, void *ud)
-{
-    struct lookup *l = ud;
-    return firmware_view_get(db, l->id, &l->doc, &l->size);
-}
-
 /* The projected firmware of the path's id, or an answer (1). */
 static int find(struct req *r, struct lookup *l)
 {
     l->id = r->param;
     l->doc = NULL;
-    if (!blob_valid_id(r->param)) {
+    if (!sg_firmware_id_valid(r->param)) {
         http_problem(r, SG_EBADINPUT, "a firmware id is sha256: and 64 lowercase hex digits");
         return 1;
     }
     if (wait_for_position(r))
         return 1;
-    sg_err e = projector_read(r->srv->app->proj, lookup, l);
+    sg_err e = firmware_view_find(r->srv->app->proj, l->id, &l->doc, &l->size);
     if (e == SG_ENOTFOUND)
         http_problem(r, e, "no firmware %s", r->param);
     else if (e)
@@ -232,7 +227,7 @@ void route_firmware_image(struct req *r)
         return;
     json_decref(l.doc);
     uint64_t size;
-    int fd = blob_open(r->srv->app->cfg->data_dir, r->param, &size);
+    int fd = image_open(r->srv->app->cfg->data_dir, r->param, &size);
     if (fd < 0 || size != l.size) {
         if (fd >= 0)
             close(fd);

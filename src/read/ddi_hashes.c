@@ -15,8 +15,9 @@
 
 #include <openssl/evp.h>
 
+#include "../core/bg.h"
 #include "../core/codec.h"
-#include "blobs.h"
+#include "images.h"
 
 #define SLOTS 64
 #define MAX_WAITING 4096 /* tickets queued (suspended requests) */
@@ -63,7 +64,7 @@ static sg_err compute(const char *data_dir, const char *firmware_id, char sha1[4
                       uint64_t *size, const atomic_int *stop)
 {
     uint64_t len;
-    int fd = blob_open(data_dir, firmware_id, &len);
+    int fd = image_open(data_dir, firmware_id, &len);
     if (fd < 0)
         return SG_ENOTFOUND;
     sg_err e = SG_ESTORE;
@@ -126,8 +127,8 @@ static pthread_mutex_t qmu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t qwake = PTHREAD_COND_INITIALIZER;
 static ddi_hash_ticket *qhead, *qtail; /* under qmu, as the three below */
 static size_t nwaiting;
-static int started, stopped;
-static pthread_t hasher;
+static int stopped;
+static bg_thread hasher;    /* started on the first submit */
 static atomic_int stopping; /* also read while reading a blob */
 
 /* The queue's head (qmu held), or NULL. */
@@ -146,7 +147,6 @@ static ddi_hash_ticket *pop(void)
 static void *hasher_main(void *arg)
 {
     (void)arg;
-    pthread_setname_np(pthread_self(), "sg-ddi-hash");
     pthread_mutex_lock(&qmu);
     for (;;) {
         while (!atomic_load(&stopping) && qhead == NULL)
@@ -190,10 +190,10 @@ sg_err ddi_hashes_submit(ddi_hash_ticket *t)
     pthread_mutex_lock(&qmu);
     if (stopped || nwaiting >= MAX_WAITING) {
         e = SG_EUNAVAILABLE;
-    } else if (!started && pthread_create(&hasher, NULL, hasher_main, NULL) != 0) {
+    } else if (!bg_started(&hasher) &&
+               bg_start(&hasher, "sg-ddi-hash", hasher_main, NULL, NULL, 0) != SG_OK) {
         e = SG_EUNAVAILABLE;
     } else {
-        started = 1;
         if (qtail)
             qtail->next = t;
         else
@@ -237,9 +237,6 @@ void ddi_hashes_stop(void)
     stopped = 1;
     atomic_store(&stopping, 1);
     pthread_cond_broadcast(&qwake);
-    int join = started;
-    started = 0;
     pthread_mutex_unlock(&qmu);
-    if (join)
-        pthread_join(hasher, NULL);
+    bg_join(&hasher); /* stopped: no submit starts it again */
 }

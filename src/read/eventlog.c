@@ -62,9 +62,7 @@ sg_err eventlog_page(eventlog *el, uint64_t after, size_t limit, char **body, si
     *len = 0;
     buf_puts(&pg.out, "{\"events\":[");
     pthread_mutex_lock(&el->mu);
-    sg_err e = store_head(el->st, &head, hash);
-    if (e == SG_OK)
-        e = store_read_after(el->st, after, limit, add_event, &pg);
+    sg_err e = store_read_page(el->st, after, limit, add_event, &pg, &head, hash);
     pthread_mutex_unlock(&el->mu);
     if (e) {
         buf_free(&pg.out);

@@ -20,7 +20,8 @@ void eventlog_close(eventlog *el);
 
 /* The body of GET /v1/events: {"events":[<up to limit stored events with
  * position > after, oldest first, byte for byte as stored>],"head":<head>},
- * head and events read under one lock. On SG_OK *body (malloc'd, caller frees,
+ * head and events read in one read transaction (the head is never below
+ * the last event). On SG_OK *body (malloc'd, caller frees,
  * NUL-terminated) and *len are set; otherwise *body is NULL (SG_ESTORE,
  * SG_ENOMEM). */
 sg_err eventlog_page(eventlog *el, uint64_t after, size_t limit, char **body, size_t *len);

@@ -9,11 +9,13 @@
 #include <string.h>
 #include <time.h>
 
+#include "../core/bg.h"
 #include "../core/catalogue.h"
 #include "../core/integrity.h"
 #include "../core/log.h"
 #include "../core/metrics.h"
 #include "../store/store.h"
+#include "rconn.h"
 #include "readmodel.h"
 
 #define PROJECT_BATCH 512
@@ -30,8 +32,9 @@ struct projector {
     const keyring *kr;
     store *st;
     sqlite3 *db;     /* projector thread: writes */
-    sqlite3 *reader; /* HTTP threads, under rmu */
+    sqlite3 *reader; /* readers whose own connection (rconn.h) cannot open, under rmu */
     char *path;      /* the read-model file */
+    uint64_t owner;  /* names this opening to rconn.h */
     pthread_mutex_t rmu;
 
     pthread_mutex_t mu;
@@ -44,7 +47,7 @@ struct projector {
     uint64_t halted_at;
     char halted_why[256];
     atomic_int store_ok;
-    pthread_t thread;
+    bg_thread thread;
     /* A rebuild (readmodel.h) not yet back where the replaced read model
      * was: that position (0 if none) and when it started. Projector thread;
      * rebuilding mirrors rebuild_to for /healthz and /metrics. */
@@ -177,7 +180,6 @@ static void wake_waiters(projector *p)
 static void *projector_main(void *arg)
 {
     projector *p = arg;
-    pthread_setname_np(pthread_self(), "sg-projector");
     for (;;) {
         pthread_mutex_lock(&p->mu);
         int stop = p->stop, halted = p->halted;
@@ -210,6 +212,7 @@ sg_err projector_start(const char *store_uri, const char *readmodel_path, const 
     if (p == NULL)
         return SG_ENOMEM;
     p->kr = kr;
+    p->owner = rconn_owner_new();
     if ((p->path = strdup(readmodel_path)) == NULL) {
         free(p);
         return SG_ENOMEM;
@@ -229,11 +232,7 @@ sg_err projector_start(const char *store_uri, const char *readmodel_path, const 
     if (e == SG_OK && (e = readmodel_witness(p->db, &p->rebuild_to, whash)) != SG_OK)
         snprintf(why, whylen, "read model %s: cannot read its witness", readmodel_path);
     if (e) {
-        store_close(p->st);
-        sqlite3_close(p->db);
-        sqlite3_close(p->reader);
-        free(p->path);
-        free(p);
+        projector_free(p);
         return e;
     }
     /* p->pos belongs to the projector thread (under p->mu) once it runs. */
@@ -247,7 +246,10 @@ sg_err projector_start(const char *store_uri, const char *readmodel_path, const 
     } else {
         p->rebuild_to = 0;
     }
-    pthread_create(&p->thread, NULL, projector_main, p);
+    if ((e = bg_start(&p->thread, "sg-projector", projector_main, p, why, whylen)) != SG_OK) {
+        projector_free(p);
+        return e;
+    }
     *out = p;
     return SG_OK;
 }
@@ -260,7 +262,7 @@ void projector_stop(projector *p)
     p->stop = 1;
     pthread_cond_signal(&p->cond);
     pthread_mutex_unlock(&p->mu);
-    pthread_join(p->thread, NULL);
+    bg_join(&p->thread); /* returns at once if it never started */
 }
 
 void projector_free(projector *p)
@@ -272,11 +274,6 @@ void projector_free(projector *p)
     sqlite3_close(p->reader);
     free(p->path);
     free(p);
-}
-
-const char *projector_path(projector *p)
-{
-    return p->path;
 }
 
 void projector_kick(projector *p)
@@ -343,14 +340,31 @@ sg_err projector_wait(projector *p, uint64_t min, uint64_t deadline_ms, void (*f
     return SG_OK;
 }
 
+static const char sql_begin[] = "BEGIN", sql_commit[] = "COMMIT";
+
+/* fn inside one read transaction on db. */
+static sg_err read_tx(sqlite3 *db, sg_err (*fn)(sqlite3 *db, void *ud), void *ud)
+{
+    sqlite3_stmt *b = rconn_stmt(db, sql_begin), *c = NULL;
+    sg_err e = SG_ESTORE;
+    if (b && sqlite3_step(b) == SQLITE_DONE) {
+        e = fn(db, ud);
+        c = rconn_stmt(db, sql_commit);
+        if (c == NULL || sqlite3_step(c) != SQLITE_DONE)
+            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL); /* never leave it open */
+    }
+    rconn_stmt_done(db, b);
+    rconn_stmt_done(db, c);
+    return e;
+}
+
 sg_err projector_read(projector *p, sg_err (*fn)(sqlite3 *db, void *ud), void *ud)
 {
+    sqlite3 *db = rconn_get(p->owner, p->path);
+    if (db)
+        return read_tx(db, fn, ud);
     pthread_mutex_lock(&p->rmu);
-    sg_err e = SG_ESTORE;
-    if (sqlite3_exec(p->reader, "BEGIN", NULL, NULL, NULL) == SQLITE_OK) {
-        e = fn(p->reader, ud);
-        sqlite3_exec(p->reader, "COMMIT", NULL, NULL, NULL);
-    }
+    sg_err e = read_tx(p->reader, fn, ud);
     pthread_mutex_unlock(&p->rmu);
     return e;
 }

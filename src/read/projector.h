@@ -41,11 +41,12 @@ uint64_t projector_rebuilding(projector *p);
 sg_err projector_wait(projector *p, uint64_t min, uint64_t deadline_ms, void (*fn)(void *),
                       void *ud);
 
-/* Run fn on a read connection inside one read transaction, so everything it
- * reads (checkpoint included) is from one consistent point. */
+/* The one way into the read models: run fn inside one read transaction, so
+ * everything it reads (checkpoint included) is from one consistent point, on
+ * the calling thread's own read-only connection (rconn.h; no lock shared with
+ * other readers), or on a shared one under a mutex when that cannot open.
+ * Returns fn's answer, or SG_ESTORE when the transaction cannot begin. fn must
+ * not call projector_read itself. */
 sg_err projector_read(projector *p, sg_err (*fn)(sqlite3 *db, void *ud), void *ud);
-/* The read-model file's path (for a module that keeps read-only connections
- * of its own, e.g. one per HTTP thread). */
-const char *projector_path(projector *p);
 
 #endif

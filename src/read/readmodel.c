@@ -35,6 +35,26 @@ sg_err projection_page_new(uint64_t after, int64_t count, const char *key, json_
     return *out ? SG_OK : SG_ENOMEM;
 }
 
+sg_err readmodel_page_rows(sqlite3 *db, sqlite3_stmt *s, size_t limit, int key_col,
+                           json_t *(*row)(sqlite3 *db, sqlite3_stmt *s, void *ud), void *ud,
+                           json_t *list, int *more, int64_t *last)
+{
+    size_t n = 0;
+    int rc;
+    *more = 0;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if (n++ == limit) {
+            *more = 1;
+            return SG_OK;
+        }
+        json_t *o = row(db, s, ud);
+        if (o == NULL || json_array_append_new(list, o) != 0)
+            return SG_ENOMEM;
+        *last = sqlite3_column_int64(s, key_col);
+    }
+    return rc == SQLITE_DONE ? SG_OK : SG_ESTORE;
+}
+
 const struct projection *projection_find(const char *name)
 {
     for (size_t i = 0; i < SG_ARRAY_LEN(projections); i++)

@@ -68,6 +68,15 @@ const struct projection *projection_find(const char *name);
  * when more entries follow}. SG_ENOMEM. */
 sg_err projection_page_new(uint64_t after, int64_t count, const char *key, json_t *list, int more,
                            int64_t last, json_t **out);
+/* The paging loop every paged view shares: step s, a SELECT whose LIMIT is
+ * bound to limit + 1, appending row(db, s, ud) (a new reference, NULL when
+ * out of memory) to list for at most limit rows; *more is 1 when another row
+ * followed, *last the integer in column key_col of the last row appended
+ * (left as it was if none). Resets nothing: the caller finalizes s. SG_OK,
+ * SG_ESTORE or SG_ENOMEM (list then holds the rows appended so far). */
+sg_err readmodel_page_rows(sqlite3 *db, sqlite3_stmt *s, size_t limit, int key_col,
+                           json_t *(*row)(sqlite3 *db, sqlite3_stmt *s, void *ud), void *ud,
+                           json_t *list, int *more, int64_t *last);
 /* The pager of the snapshot with this name, or NULL (it is not paged). */
 const struct projection_pager *projection_pager_find(const char *name);
 

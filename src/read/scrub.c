@@ -2,11 +2,10 @@
  * one thread; it reads the log a chunk at a time and never writes. */
 #include "scrub.h"
 
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
+#include "../core/bg.h"
 #include "../core/codec.h"
 #include "../core/integrity.h"
 #include "../core/log.h"
@@ -20,27 +19,14 @@ struct scrub {
     store *st;
     const keyring *kr;
     unsigned rate;
-    pthread_t thread;
-    pthread_mutex_t mu;
-    pthread_cond_t cond;
-    int stop;
+    bg_thread thread;
 };
 
 /* Sleep until sg_mono_ms() reaches until, or stop. Returns 1 if stopping. */
 static int rest_until(scrub *s, uint64_t until)
 {
-    pthread_mutex_lock(&s->mu);
-    while (!s->stop) {
-        uint64_t now = sg_mono_ms();
-        if (now >= until)
-            break;
-        uint64_t ms = until - now > 100 ? 100 : until - now;
-        struct timespec ts = sg_realtime_in(ms);
-        pthread_cond_timedwait(&s->cond, &s->mu, &ts);
-    }
-    int stop = s->stop;
-    pthread_mutex_unlock(&s->mu);
-    return stop;
+    uint64_t now = sg_mono_ms();
+    return bg_sleep(&s->thread, until > now ? until - now : 0);
 }
 
 static void *scrub_main(void *arg)
@@ -48,7 +34,6 @@ static void *scrub_main(void *arg)
     scrub *s = arg;
     struct chain_pos at, to;
     char why[384];
-    pthread_setname_np(pthread_self(), "sg-scrub");
     chain_genesis(&at);
     uint64_t started = sg_mono_ms(), done_this_pass = 0;
     for (;;) {
@@ -91,17 +76,11 @@ sg_err scrub_start(const char *store_uri, const keyring *kr, unsigned rate, scru
         return SG_ENOMEM;
     s->kr = kr;
     s->rate = rate;
-    pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->cond, NULL);
     sg_err e = store_open(store_uri, &s->st, why, whylen);
-    if (e == SG_OK && pthread_create(&s->thread, NULL, scrub_main, s) != 0) {
-        snprintf(why, whylen, "cannot start the scrub thread");
-        e = SG_ENOMEM;
-    }
+    if (e == SG_OK)
+        e = bg_start(&s->thread, "sg-scrub", scrub_main, s, why, whylen);
     if (e) {
         store_close(s->st);
-        pthread_mutex_destroy(&s->mu);
-        pthread_cond_destroy(&s->cond);
         free(s);
         return e;
     }
@@ -113,13 +92,7 @@ void scrub_stop(scrub *s)
 {
     if (s == NULL)
         return;
-    pthread_mutex_lock(&s->mu);
-    s->stop = 1;
-    pthread_cond_broadcast(&s->cond);
-    pthread_mutex_unlock(&s->mu);
-    pthread_join(s->thread, NULL);
+    bg_stop(&s->thread);
     store_close(s->st);
-    pthread_mutex_destroy(&s->mu);
-    pthread_cond_destroy(&s->cond);
     free(s);
 }

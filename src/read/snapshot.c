@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../core/bg.h"
 #include "../core/jcs.h"
 #include "../core/log.h"
 #include "../core/strmap.h"
@@ -43,8 +44,8 @@ struct snapshots {
     strmap *cache; /* name -> struct cached */
     snapshot_ticket *qhead, *qtail;
     size_t nwaiting;
-    int stopping, started;
-    pthread_t th;
+    int stopping;
+    bg_thread th;
 };
 
 static void cached_free(void *v)
@@ -163,7 +164,6 @@ static void answer(snapshots *ss, snapshot_ticket *t)
 static void *snapshot_main(void *arg)
 {
     snapshots *ss = arg;
-    pthread_setname_np(pthread_self(), "sg-snapshot");
     pthread_mutex_lock(&ss->mu);
     for (;;) {
         while (ss->qhead == NULL && !ss->stopping)
@@ -201,11 +201,10 @@ snapshots *snapshots_new(projector *p, signer *s)
     ss->s = s;
     pthread_mutex_init(&ss->mu, NULL);
     pthread_cond_init(&ss->wake, NULL);
-    if (pthread_create(&ss->th, NULL, snapshot_main, ss) != 0) {
+    if (bg_start(&ss->th, "sg-snapshot", snapshot_main, ss, NULL, 0) != SG_OK) {
         snapshots_free(ss);
         return NULL;
     }
-    ss->started = 1;
     return ss;
 }
 
@@ -217,9 +216,7 @@ void snapshots_stop(snapshots *ss)
     ss->stopping = 1;
     pthread_cond_broadcast(&ss->wake);
     pthread_mutex_unlock(&ss->mu);
-    if (ss->started)
-        pthread_join(ss->th, NULL);
-    ss->started = 0;
+    bg_join(&ss->th);
 }
 
 void snapshots_free(snapshots *ss)

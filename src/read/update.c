@@ -3,13 +3,11 @@
  * rollback, the signed manifest, and the offer numbers (see update.h).
  * Read-only: it never changes the read model.
  *
- * Device polls are the read side's hottest path, so each HTTP thread keeps a
- * read-only connection of its own to the read-model file (WAL: readers never
- * wait on the projector or on each other) with its statements prepared once;
- * it is closed when the thread ends. */
+ * Device polls are the read side's hottest path: the answer is read on the
+ * calling thread's own connection (rconn.h) with its statements prepared
+ * once. */
 #include "update.h"
 
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +15,7 @@
 #include "../core/buf.h"
 #include "../core/codec.h"
 #include "../core/membership.h"
+#include "rconn.h"
 #include "readmodel.h"
 
 /*** statements ***/
@@ -48,48 +47,25 @@ static const char *const sql[NQ] = {
     [Q_CHECKPOINT] = "SELECT position FROM checkpoint WHERE id = 1",
 };
 
-/* A connection and, when cached, its prepared statements. */
+/* The connection the answer is read on. */
 struct uctx {
     sqlite3 *db;
-    sqlite3_stmt *st[NQ];
-    int cached;
 };
 
 /* The statement q with text parameters bound (b may be NULL), or NULL. */
 static sqlite3_stmt *stmt(struct uctx *c, int q, const char *a, const char *b)
 {
-    sqlite3_stmt *s = c->st[q];
-    if (s == NULL &&
-        sqlite3_prepare_v3(c->db, sql[q], -1, c->cached ? SQLITE_PREPARE_PERSISTENT : 0, &s,
-                           NULL) != SQLITE_OK)
-        return NULL;
-    if (c->cached)
-        c->st[q] = s;
-    if (a)
+    sqlite3_stmt *s = rconn_stmt(c->db, sql[q]);
+    if (s && a)
         sqlite3_bind_text(s, 1, a, -1, SQLITE_STATIC);
-    if (b)
+    if (s && b)
         sqlite3_bind_text(s, 2, b, -1, SQLITE_STATIC);
     return s;
 }
 
 static void stmt_done(struct uctx *c, sqlite3_stmt *s)
 {
-    if (s == NULL)
-        return;
-    if (c->cached) {
-        sqlite3_reset(s);
-        sqlite3_clear_bindings(s);
-    } else {
-        sqlite3_finalize(s);
-    }
-}
-
-static void ctx_close(struct uctx *c)
-{
-    for (int i = 0; i < NQ; i++)
-        sqlite3_finalize(c->st[i]);
-    sqlite3_close(c->db);
-    free(c);
+    rconn_stmt_done(c->db, s);
 }
 
 /*** the answer ***/
@@ -313,45 +289,6 @@ sg_err update_for_device_db(sqlite3 *db, const char *device_id, struct update_an
     return answer(&c, device_id, out);
 }
 
-/*** the per-thread connection ***/
-
-static pthread_key_t tls_key;
-static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
-static int tls_ok;
-
-static void tls_free(void *p)
-{
-    ctx_close(p);
-}
-
-static void tls_init(void)
-{
-    tls_ok = pthread_key_create(&tls_key, tls_free) == 0;
-}
-
-/* This thread's connection to path, opened on first use; NULL if it cannot
- * be opened (then the caller goes through projector_read). */
-static struct uctx *thread_ctx(const char *path)
-{
-    pthread_once(&tls_once, tls_init);
-    if (!tls_ok)
-        return NULL;
-    struct uctx *c = pthread_getspecific(tls_key);
-    if (c)
-        return c;
-    if ((c = calloc(1, sizeof(*c))) == NULL)
-        return NULL;
-    c->cached = 1;
-    if (sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
-            SQLITE_OK ||
-        pthread_setspecific(tls_key, c) != 0) {
-        ctx_close(c);
-        return NULL;
-    }
-    sqlite3_busy_timeout(c->db, 10000);
-    return c;
-}
-
 struct call {
     const char *dev;
     struct update_answer *out;
@@ -365,18 +302,9 @@ static sg_err call_db(sqlite3 *db, void *ud)
 
 sg_err update_for_device(projector *p, const char *device_id, struct update_answer *out)
 {
+    struct call k = {device_id, out};
     memset(out, 0, sizeof(*out));
-    struct uctx *c = thread_ctx(projector_path(p));
-    if (c == NULL) {
-        struct call k = {device_id, out};
-        return projector_read(p, call_db, &k);
-    }
-    /* One read transaction: the answer and its position are from one point. */
-    if (sqlite3_exec(c->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
-        return SG_ESTORE;
-    sg_err e = answer(c, device_id, out);
-    sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL);
-    return e;
+    return projector_read(p, call_db, &k);
 }
 
 void update_answer_free(struct update_answer *a)

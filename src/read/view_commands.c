@@ -9,6 +9,7 @@
 #include "../core/codec.h"
 #include "../core/jcs.h"
 #include "readmodel.h"
+#include "view_commands.h"
 
 static const char *str_of(const json_t *o, const char *k)
 {
@@ -175,6 +176,15 @@ static json_t *envelope_entry(const char *text, int len, const char *sig, const 
     return o;
 }
 
+static json_t *envelope_row(sqlite3 *db, sqlite3_stmt *s, void *ud)
+{
+    (void)db;
+    (void)ud;
+    return envelope_entry((const char *)sqlite3_column_text(s, 0), sqlite3_column_bytes(s, 0),
+                          (const char *)sqlite3_column_text(s, 1),
+                          (const char *)sqlite3_column_text(s, 2));
+}
+
 sg_err commands_page(sqlite3 *db, const char *device_id, uint64_t after, size_t limit, json_t **out)
 {
     sg_err e;
@@ -195,32 +205,37 @@ sg_err commands_page(sqlite3 *db, const char *device_id, uint64_t after, size_t 
     sqlite3_bind_text(s, 1, device_id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, 2, (sqlite3_int64)after);
     sqlite3_bind_int64(s, 3, (sqlite3_int64)limit + 1);
-    int rc, more = 0;
-    sqlite3_int64 last = 0;
-    e = SG_OK;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        if (json_array_size(list) == limit) {
-            more = 1;
-            break;
-        }
-        json_t *o = envelope_entry(
-            (const char *)sqlite3_column_text(s, 0), sqlite3_column_bytes(s, 0),
-            (const char *)sqlite3_column_text(s, 1), (const char *)sqlite3_column_text(s, 2));
-        if (o == NULL || json_array_append_new(list, o)) {
-            e = SG_ENOMEM;
-            break;
-        }
-        last = sqlite3_column_int64(s, 3);
-    }
+    int more = 0;
+    int64_t last = 0;
+    e = readmodel_page_rows(db, s, limit, 3, envelope_row, NULL, list, &more, &last);
     sqlite3_finalize(s);
-    if (e == SG_OK && rc != SQLITE_ROW && rc != SQLITE_DONE)
-        e = SG_ESTORE;
     if (e == SG_OK && (*out = json_pack("{s:O}", "commands", list)) == NULL)
         e = SG_ENOMEM;
     if (e == SG_OK && more)
         json_object_set_new(*out, "next_after", json_integer(last));
     json_decref(list);
     return e;
+}
+
+struct page {
+    const char *device_id;
+    uint64_t after;
+    size_t limit;
+    json_t **out;
+};
+
+static sg_err page_db(sqlite3 *db, void *ud)
+{
+    struct page *p = ud;
+    return commands_page(db, p->device_id, p->after, p->limit, p->out);
+}
+
+sg_err commands_view_page(projector *p, const char *device_id, uint64_t after, size_t limit,
+                          json_t **out)
+{
+    struct page k = {device_id, after, limit, out};
+    *out = NULL;
+    return projector_read(p, page_db, &k);
 }
 
 /*** the `commands` snapshot ***/

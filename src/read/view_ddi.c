@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "../core/jcs.h"
+#include "rconn.h"
 #include "readmodel.h"
 
 static sg_err ddi_apply(sqlite3 *db, const char *type, const json_t *event)
@@ -55,16 +56,17 @@ static sg_err ddi_apply(sqlite3 *db, const char *type, const json_t *event)
     return SG_OK;
 }
 
+static const char sql_device[] =
+    "SELECT (SELECT COUNT(*) FROM ddi_attributes WHERE device_id = ?1), "
+    "(SELECT action_id FROM ddi_cancel_acks WHERE device_id = ?1)";
+
 sg_err ddi_view_device(sqlite3 *db, const char *device_id, int *has_attributes,
                        int32_t *cancel_acked)
 {
-    sqlite3_stmt *s;
+    sqlite3_stmt *s = rconn_stmt(db, sql_device);
     *has_attributes = 0;
     *cancel_acked = 0;
-    if (sqlite3_prepare_v2(db,
-                           "SELECT (SELECT COUNT(*) FROM ddi_attributes WHERE device_id = ?1), "
-                           "(SELECT action_id FROM ddi_cancel_acks WHERE device_id = ?1)",
-                           -1, &s, NULL) != SQLITE_OK)
+    if (s == NULL)
         return SG_ESTORE;
     sqlite3_bind_text(s, 1, device_id, -1, SQLITE_STATIC);
     int rc = sqlite3_step(s);
@@ -72,8 +74,33 @@ sg_err ddi_view_device(sqlite3 *db, const char *device_id, int *has_attributes,
         *has_attributes = sqlite3_column_int(s, 0) > 0;
         *cancel_acked = (int32_t)sqlite3_column_int64(s, 1);
     }
-    sqlite3_finalize(s);
+    rconn_stmt_done(db, s);
     return rc == SQLITE_ROW ? SG_OK : SG_ESTORE;
+}
+
+struct look {
+    const char *device_id;
+    struct ddi_look *l;
+};
+
+static sg_err look_db(sqlite3 *db, void *ud)
+{
+    struct look *k = ud;
+    struct ddi_look *l = k->l;
+    l->found = update_for_device_db(db, k->device_id, &l->a);
+    if (l->found != SG_OK && l->found != SG_ENOTFOUND)
+        return l->found;
+    return ddi_view_device(db, k->device_id, &l->has_attributes, &l->cancel_acked);
+}
+
+sg_err ddi_view_look(projector *p, const char *device_id, struct ddi_look *out)
+{
+    struct look k = {device_id, out};
+    memset(out, 0, sizeof(*out));
+    sg_err e = projector_read(p, look_db, &k);
+    if (e)
+        update_answer_free(&out->a);
+    return e;
 }
 
 static sg_err ddi_state(sqlite3 *db, json_t **out)

@@ -10,6 +10,7 @@
 
 #include "../core/codec.h"
 #include "../core/jcs.h"
+#include "rconn.h"
 #include "readmodel.h"
 
 static sg_err firmware_apply(sqlite3 *db, const char *type, const json_t *event)
@@ -50,14 +51,14 @@ static sg_err firmware_apply(sqlite3 *db, const char *type, const json_t *event)
     return rc == SQLITE_DONE ? SG_OK : SG_ESTORE;
 }
 
+static const char sql_get[] =
+    "SELECT manifest, signature, key_id, size FROM firmware WHERE firmware_id = ?";
+
 sg_err firmware_view_get(sqlite3 *db, const char *firmware_id, json_t **doc, uint64_t *size)
 {
-    sqlite3_stmt *s;
+    sqlite3_stmt *s = rconn_stmt(db, sql_get);
     sg_err e = SG_ESTORE;
-    if (sqlite3_prepare_v2(db,
-                           "SELECT manifest, signature, key_id, size FROM firmware WHERE "
-                           "firmware_id = ?",
-                           -1, &s, NULL) != SQLITE_OK)
+    if (s == NULL)
         return SG_ESTORE;
     sqlite3_bind_text(s, 1, firmware_id, -1, SQLITE_STATIC);
     int rc = sqlite3_step(s);
@@ -80,16 +81,48 @@ sg_err firmware_view_get(sqlite3 *db, const char *firmware_id, json_t **doc, uin
         json_decref(m);
         free(b64);
     }
-    sqlite3_finalize(s);
+    rconn_stmt_done(db, s);
     return e;
+}
+
+struct find {
+    const char *id;
+    json_t **doc;
+    uint64_t *size;
+};
+
+static sg_err find_db(sqlite3 *db, void *ud)
+{
+    struct find *f = ud;
+    return firmware_view_get(db, f->id, f->doc, f->size);
+}
+
+sg_err firmware_view_find(projector *p, const char *firmware_id, json_t **doc, uint64_t *size)
+{
+    struct find f = {firmware_id, doc, size};
+    return projector_read(p, find_db, &f);
+}
+
+static json_t *firmware_row(sqlite3 *db, sqlite3_stmt *s, void *ud)
+{
+    (void)db;
+    (void)ud;
+    return json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:s, s:I}", "firmware_id",
+                     sqlite3_column_text(s, 0), "name", sqlite3_column_text(s, 1), "version",
+                     sqlite3_column_text(s, 2), "hardware", sqlite3_column_text(s, 3),
+                     "security_version", (json_int_t)sqlite3_column_int64(s, 4), "size",
+                     (json_int_t)sqlite3_column_int64(s, 5), "format", sqlite3_column_text(s, 6),
+                     "position", (json_int_t)sqlite3_column_int64(s, 7));
 }
 
 sg_err firmware_view_page(sqlite3 *db, uint64_t after, unsigned limit, json_t **out)
 {
     sqlite3_stmt *s = NULL;
     json_t *list = json_array();
-    sqlite3_int64 count = 0, last = 0;
-    int rc = SQLITE_ERROR, more = 0;
+    sqlite3_int64 count = 0;
+    int64_t last = 0;
+    int more = 0;
+    sg_err e = SG_ESTORE;
     if (limit == 0 || limit > SNAPSHOT_PAGE_MAX)
         limit = SNAPSHOT_PAGE_MAX;
     if (list &&
@@ -106,30 +139,12 @@ sg_err firmware_view_page(sqlite3 *db, uint64_t after, unsigned limit, json_t **
                            -1, &s, NULL) == SQLITE_OK) {
         sqlite3_bind_int64(s, 1, (sqlite3_int64)after);
         sqlite3_bind_int64(s, 2, (sqlite3_int64)limit + 1);
-        unsigned n = 0;
-        while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-            if (++n > limit) {
-                more = 1;
-                continue;
-            }
-            last = sqlite3_column_int64(s, 7);
-            json_t *f =
-                json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:s, s:I}", "firmware_id",
-                          sqlite3_column_text(s, 0), "name", sqlite3_column_text(s, 1), "version",
-                          sqlite3_column_text(s, 2), "hardware", sqlite3_column_text(s, 3),
-                          "security_version", (json_int_t)sqlite3_column_int64(s, 4), "size",
-                          (json_int_t)sqlite3_column_int64(s, 5), "format",
-                          sqlite3_column_text(s, 6), "position", (json_int_t)last);
-            if (f == NULL || json_array_append_new(list, f) != 0) {
-                rc = SQLITE_NOMEM;
-                break;
-            }
-        }
+        e = readmodel_page_rows(db, s, limit, 7, firmware_row, NULL, list, &more, &last);
     }
     sqlite3_finalize(s);
-    if (rc != SQLITE_DONE) {
+    if (e) {
         json_decref(list);
-        return SG_ESTORE;
+        return e == SG_ENOMEM ? e : SG_ESTORE;
     }
     return projection_page_new(after, count, "firmware", list, more, last, out);
 }

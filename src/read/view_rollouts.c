@@ -67,15 +67,17 @@ static sqlite3_int64 int_of(const json_t *o, const char *k)
     return (sqlite3_int64)json_integer_value(json_object_get(o, k));
 }
 
-/* The rollout's stages (percentages) and current stage. SG_ENOTFOUND. */
+/* The rollout's stages (percentages) and current stage: SG_OK, SG_ENOTFOUND
+ * or SG_ESTORE, and then no stages (*n and *stage 0). */
 static sg_err load_stages(sqlite3 *db, const char *rid, int stages[MAX_STAGES], int *n, int *stage)
 {
     sqlite3_stmt *s =
         prep(db, "SELECT stages, stage FROM ro_rollouts WHERE rollout_id = ?", "s", rid);
     sg_err e = s ? SG_ENOTFOUND : SG_ESTORE;
+    *n = 0;
+    *stage = 0;
     if (s && sqlite3_step(s) == SQLITE_ROW) {
         json_t *a = json_loads((const char *)sqlite3_column_text(s, 0), 0, NULL);
-        *n = 0;
         for (size_t i = 0; a && i < json_array_size(a) && i < MAX_STAGES; i++)
             stages[(*n)++] = (int)json_integer_value(json_array_get(a, i));
         *stage = sqlite3_column_int(s, 1);
@@ -228,7 +230,7 @@ static sg_err on_reported(sqlite3 *db, const json_t *data)
     if (rid && !json_is_true(json_object_get(data, "rollback"))) {
         int stages[MAX_STAGES], n, stage;
         e = load_stages(db, rid, stages, &n, &stage);
-        int at = membership_stage(membership_bucket(rid, dev), stages, n);
+        int at = e ? -1 : membership_stage(membership_bucket(rid, dev), stages, n);
         char *old = NULL;
         s = e ? NULL
               : prep(db, "SELECT status FROM ro_reports WHERE rollout_id = ? AND device_id = ?",
@@ -378,11 +380,17 @@ static json_t *rollout_json(sqlite3 *db, sqlite3_stmt *r)
 /* Rollouts started after position `after`, in start order, at most limit:
  * {"after","count" (all rollouts),"rollouts":[...],"next_after"? (when more
  * follow)}. A page is bounded by its rollouts, never by the fleet. */
+static json_t *rollout_row(sqlite3 *db, sqlite3_stmt *s, void *ud)
+{
+    (void)ud;
+    return rollout_json(db, s);
+}
+
 static sg_err rollouts_page(sqlite3 *db, uint64_t after, unsigned limit, json_t **out)
 {
-    sqlite3_int64 count = 0, last = 0;
-    int rc = SQLITE_ERROR, more = 0;
-    unsigned n = 0;
+    sqlite3_int64 count = 0;
+    int64_t last = 0;
+    int more = 0;
     if (limit == 0 || limit > SNAPSHOT_PAGE_MAX)
         limit = SNAPSHOT_PAGE_MAX;
     sqlite3_stmt *s = prep(db, "SELECT count(*) FROM ro_rollouts", "");
@@ -400,22 +408,11 @@ static sg_err rollouts_page(sqlite3 *db, uint64_t after, unsigned limit, json_t 
         json_decref(list);
         return SG_ESTORE;
     }
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        if (++n > limit) {
-            more = 1;
-            continue;
-        }
-        last = sqlite3_column_int64(s, 9);
-        json_t *o = rollout_json(db, s);
-        if (o == NULL || json_array_append_new(list, o)) {
-            rc = SQLITE_NOMEM;
-            break;
-        }
-    }
+    sg_err e = readmodel_page_rows(db, s, limit, 9, rollout_row, NULL, list, &more, &last);
     sqlite3_finalize(s);
-    if (rc != SQLITE_DONE) {
+    if (e) {
         json_decref(list);
-        return SG_ESTORE;
+        return e;
     }
     return projection_page_new(after, count, "rollouts", list, more, last, out);
 }

@@ -52,6 +52,12 @@ sg_err store_append_batch(store *st, const struct store_event *evs, size_t nev,
 typedef int (*store_event_cb)(const struct store_event *ev, void *ud);
 sg_err store_read_after(store *st, uint64_t after, size_t limit, store_event_cb cb, void *ud);
 
+/* store_head and store_read_after in one read transaction: *head (and
+ * hash) and the events passed to cb are from one moment, so the head is
+ * never below the last event read. SG_OK or SG_ESTORE. */
+sg_err store_read_page(store *st, uint64_t after, size_t limit, store_event_cb cb, void *ud,
+                       uint64_t *head, char hash[SG_HEX256_LEN + 1]);
+
 /* Position and hash of the last event (0 and 64 zeros if empty). */
 sg_err store_head(store *st, uint64_t *pos, char hash[SG_HEX256_LEN + 1]);
 

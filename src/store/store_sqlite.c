@@ -283,6 +283,20 @@ sg_err store_read_after(store *st, uint64_t after, size_t limit, store_event_cb 
     return rc == SQLITE_DONE ? SG_OK : SG_ESTORE;
 }
 
+sg_err store_read_page(store *st, uint64_t after, size_t limit, store_event_cb cb, void *ud,
+                       uint64_t *head, char hash[SG_HEX256_LEN + 1])
+{
+    if (sqlite3_exec(st->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+        return SG_ESTORE;
+    sg_err e = store_head(st, head, hash);
+    if (e == SG_OK)
+        e = store_read_after(st, after, limit, cb, ud);
+    /* A read transaction: ending it cannot lose anything. */
+    if (sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+    return e;
+}
+
 sg_err store_head(store *st, uint64_t *pos, char hash[SG_HEX256_LEN + 1])
 {
     sqlite3_stmt *s = st->head;

@@ -313,7 +313,7 @@ static sg_err verdict_validate(const json_t *body, const char *path_id, json_t *
         snprintf(detail, dlen, "%s", err.text);
         return SG_EBADINPUT;
     }
-    if (sha && (strlen(sha) != SG_HEX256_LEN || strspn(sha, "0123456789abcdef") != SG_HEX256_LEN)) {
+    if (sha && !sg_is_hex256(sha)) {
         snprintf(detail, dlen, "request_sha256 must be 64 lowercase hex digits");
         return SG_EBADINPUT;
     }

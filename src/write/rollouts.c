@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../core/blobpath.h"
 #include "../core/codec.h"
 #include "../core/jcs.h"
 #include "../core/membership.h"
@@ -242,16 +243,6 @@ int rollouts_rollback_image(wstate *s, const char *rollout_id, const char *devic
 
 /*** POST /v1/rollouts ***/
 
-static int valid_firmware_id(const char *s)
-{
-    if (s == NULL || strncmp(s, "sha256:", 7) != 0 || strlen(s) != 7 + 64)
-        return 0;
-    for (const char *p = s + 7; *p; p++)
-        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
-            return 0;
-    return 1;
-}
-
 static sg_err start_validate(const json_t *body, const char *path_id, json_t **input, char *detail,
                              size_t dlen)
 {
@@ -266,7 +257,7 @@ static sg_err start_validate(const json_t *body, const char *path_id, json_t **i
         snprintf(detail, dlen, "%s", err.text);
         return SG_EBADINPUT;
     }
-    if (!valid_firmware_id(fw)) {
+    if (!sg_firmware_id_valid(fw)) {
         snprintf(detail, dlen, "firmware_id must be sha256:<64 lowercase hex digits>");
         return SG_EBADINPUT;
     }
@@ -529,7 +520,7 @@ static sg_err report_validate(const json_t *body, const char *path_id, json_t **
         snprintf(detail, dlen, "%s", err.text);
         return SG_EBADINPUT;
     }
-    if (!valid_firmware_id(fw)) {
+    if (!sg_firmware_id_valid(fw)) {
         snprintf(detail, dlen, "firmware_id must be sha256:<64 lowercase hex digits>");
         return SG_EBADINPUT;
     }

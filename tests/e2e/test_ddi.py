@@ -24,7 +24,8 @@ import swupdate_device as S  # noqa: E402
 
 TENANT = "DEFAULT"
 DEVICE_IDS = (["d-%02d" % i for i in range(12)] + ["sw-%02d" % i for i in range(12)]
-              + ["hs-%02d" % i for i in range(8)] + ["nm-%02d" % i for i in range(8)])
+              + ["hs-%02d" % i for i in range(8)] + ["nm-%02d" % i for i in range(8)]
+              + ["ry-%02d" % i for i in range(12)])
 DEV_TOKENS = {d: "tok_" + secrets.token_urlsafe(24) for d in DEVICE_IDS}
 
 
@@ -613,6 +614,31 @@ class DdiSwu(DdiBase):
         evs = self.events_after(mark)
         self.assertEqual([(e["type"], e["data"]["status"], e["data"]["detail"]) for e in evs],
                          [("DeviceReported", "failed", "ERROR : bad; ERROR : worse")])
+
+    def test_device_reads_its_own_feedback(self):
+        """Issue 14 defect 25: right after its closed + success feedback is
+        answered 200, the device's next poll no longer advertises that action
+        (nor answers its deploymentBase), on whichever listener the feedback
+        went to: the facade waits until the read model has the device's own
+        write. Twelve devices, so that a lagging read model is caught."""
+        devs = ["ry-%02d" % i for i in range(12)]
+        self.register_all(devs, "hw-ryw")
+        fw = self.upload_swu("hw-ryw", [("app.bin", secrets.token_bytes(2000))])["firmware_id"]
+        _, pos = self.rollout(fw, "hw-ryw")
+        self.wait_read(pos)
+        stale = []
+        for i, dev in enumerate(devs):
+            href = self.poll(dev)["_links"]["deploymentBase"]["href"]
+            action = int(href.rsplit("/", 1)[1])
+            self.assertStatus(ddi("GET", self.rp, dev, "/deploymentBase/%d" % action), 200)
+            r = ddi("POST", self.wp if i % 2 else self.rp, dev,
+                    "/deploymentBase/%d/feedback" % action,
+                    body=feedback(action, "closed", "success", ["Update Installed."]))
+            self.assertStatus(r, 200)
+            links = self.poll(dev)["_links"]
+            if "deploymentBase" in links:
+                stale.append((dev, links["deploymentBase"]["href"]))
+        self.assertEqual(stale, [], "polls right after a closed feedback still offered it")
 
     def test_first_deployment_fetched_by_many_at_once(self):
         """An image's SHA-1 and MD5 are read on the hashing thread (each

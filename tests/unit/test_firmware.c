@@ -15,8 +15,9 @@
 
 #include <cmocka.h>
 
+#include "core/blobpath.h"
 #include "core/codec.h"
-#include "read/blobs.h"
+#include "read/images.h"
 #include "write/blobs.h"
 #include "write/firmware.h"
 #include "write/wreq.h"
@@ -106,15 +107,30 @@ static void test_valid_id(void **state)
     (void)state;
     char id[80];
     snprintf(id, sizeof(id), "sha256:%s", HEX_A);
-    assert_true(blob_valid_id(id));
+    assert_true(sg_firmware_id_valid(id));
     id[10] = 'A';
-    assert_false(blob_valid_id(id));
-    assert_false(blob_valid_id(HEX_A));
-    assert_false(blob_valid_id("sha256:"));
-    assert_false(blob_valid_id("sha256:../../events.db"));
-    assert_false(blob_valid_id(NULL));
+    assert_false(sg_firmware_id_valid(id));
+    assert_false(sg_firmware_id_valid(HEX_A));
+    assert_false(sg_firmware_id_valid("sha256:"));
+    assert_false(sg_firmware_id_valid("sha256:../../events.db"));
+    assert_false(sg_firmware_id_valid(NULL));
     snprintf(id, sizeof(id), "sha256:%s0", HEX_A);
-    assert_false(blob_valid_id(id));
+    assert_false(sg_firmware_id_valid(id));
+
+    /* The shared 64-hex check and the blob path (core/codec, core/blobpath). */
+    char path[128], small[20];
+    assert_true(sg_is_hex256(HEX_A));
+    assert_false(sg_is_hex256(NULL));
+    assert_false(sg_is_hex256(""));
+    assert_false(sg_is_hex256(id + 7)); /* 65 digits */
+    id[7 + 63] = '\0';
+    assert_false(sg_is_hex256(id + 7)); /* 63 */
+    assert_int_equal(sg_blob_path("/d", HEX_A, path, sizeof(path)), 0);
+    assert_string_equal(path + strlen("/d/blobs/sha256/"), HEX_A);
+    assert_int_equal(strncmp(path, "/d/blobs/sha256/", 16), 0);
+    assert_int_equal(sg_blob_path("/d", "../x", path, sizeof(path)), -1);
+    assert_int_equal(sg_blob_path("/d", HEX_A, small, sizeof(small)), -1);
+    assert_string_equal(small, "");
 }
 
 /*** the blob store ***/
@@ -182,7 +198,7 @@ static void test_blob_store(void **state)
     uint64_t size = 0;
     char id[80];
     snprintf(id, sizeof(id), "sha256:%s", hex);
-    int fd = blob_open(dir, id, &size);
+    int fd = image_open(dir, id, &size);
     assert_true(fd >= 0);
     assert_int_equal(size, len);
     close(fd);

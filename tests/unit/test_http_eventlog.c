@@ -3,6 +3,7 @@
  * for byte (events exactly as stored, head), the head, and many threads
  * reading one eventlog at once. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -141,12 +142,86 @@ static void test_threads(void **state)
     eventlog_close(el);
 }
 
+/*** head and page from one moment (issue 14 defect 12) ***/
+
+static char race_uri[340];
+static atomic_int race_done;
+
+/* Appends events 1..RACE_EVENTS to the race store, one transaction each. */
+#define RACE_EVENTS 1500
+static void *appender(void *arg)
+{
+    store *st = arg;
+    char json[64];
+    for (uint64_t p = 1; p <= RACE_EVENTS; p++) {
+        struct store_event se = {.position = p, .json = json};
+        se.json_len =
+            (size_t)snprintf(json, sizeof(json), "{\"position\":%llu}", (unsigned long long)p);
+        memset(se.hash, 'a', 64);
+        se.hash[64] = '\0';
+        if (store_append_batch(st, &se, 1, NULL, 0) != SG_OK)
+            break;
+    }
+    atomic_store(&race_done, 1);
+    return NULL;
+}
+
+/* While events are appended, every page's head is at least the position of
+ * the page's last event: both are read in one read transaction. */
+static void test_head_not_below_page(void **state)
+{
+    (void)state;
+    char why[256], path[280];
+    store *st;
+    eventlog *el;
+    pthread_t t;
+    snprintf(path, sizeof(path), "%s/race.db", tmpdir);
+    snprintf(race_uri, sizeof(race_uri), "sqlite:%s", path);
+    assert_int_equal(store_create(race_uri, &st, why, sizeof(why)), SG_OK);
+    assert_int_equal(eventlog_open(race_uri, &el, why, sizeof(why)), SG_OK);
+    assert_int_equal(pthread_create(&t, NULL, appender, st), 0);
+    unsigned long pages = 0, bad = 0, worst_head = 0, worst_last = 0;
+    while (!atomic_load(&race_done)) {
+        char *body;
+        size_t len;
+        uint64_t head;
+        assert_int_equal(eventlog_head(el, &head), SG_OK);
+        /* the page just behind the head: its end races the appender */
+        assert_int_equal(eventlog_page(el, head > 3 ? head - 3 : 0, 100, &body, &len), SG_OK);
+        const char *h = strstr(body, "\"head\":"), *last = NULL;
+        for (const char *q = body; (q = strstr(q, "{\"position\":")) != NULL; q++)
+            last = q;
+        unsigned long hv = strtoul(h + 7, NULL, 10);
+        unsigned long lv = last ? strtoul(last + 12, NULL, 10) : 0;
+        if (lv > hv && bad++ == 0) {
+            worst_head = hv;
+            worst_last = lv;
+        }
+        pages++;
+        free(body);
+    }
+    pthread_join(t, NULL);
+    eventlog_close(el);
+    store_close(st);
+    static const char *const sfx[] = {"", "-wal", "-shm"};
+    for (size_t i = 0; i < 3; i++) {
+        char p[300];
+        snprintf(p, sizeof(p), "%s%s", path, sfx[i]);
+        unlink(p);
+    }
+    if (bad)
+        fail_msg("%lu of %lu pages had a head below their last event (first: head %lu, last "
+                 "event %lu)",
+                 bad, pages, worst_head, worst_last);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pages),
         cmocka_unit_test(test_bad_uri),
         cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_head_not_below_page),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -382,12 +382,41 @@ static void test_update_answer(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* A report attributed to a rollout the read model does not have (issue 14
+ * defect 2): load_stages fails, and the projection must then neither read
+ * the stage count or array it did not fill (run under valgrind by ctest's
+ * unit_rollouts_memcheck) nor change anything; it answers the failure. */
+static void test_report_unknown_rollout(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/signet-ro-XXXXXX", file[64], why[256];
+    assert_non_null(mkdtemp(path));
+    snprintf(file, sizeof(file), "%s/read.db", path);
+    assert_int_equal(readmodel_open(file, &rm, why, sizeof(why)), SG_OK);
+    project("DeviceRegistered", json_pack("{s:s, s:s}", "device_id", "d1", "hardware", "hw-a"));
+    json_t *ev = json_pack("{s:s, s:I, s:{s:s, s:s, s:s, s:s}}", "type", "DeviceReported",
+                           "position", ++rm_pos, "data", "device_id", "d1", "firmware_id", FW2,
+                           "status", "failed", "rollout_id", "r-gone");
+    assert_int_equal(readmodel_apply(rm, ev), SG_ENOTFOUND);
+    json_decref(ev);
+    sqlite3_stmt *s;
+    assert_int_equal(sqlite3_prepare_v2(rm, "SELECT count(*) FROM ro_reports", -1, &s, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(s, 0), 0);
+    sqlite3_finalize(s);
+    sqlite3_close(rm);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", path);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_start_validate), cmocka_unit_test(test_switch_and_report_validate),
         cmocka_unit_test(test_halt_rule),      cmocka_unit_test(test_apply),
-        cmocka_unit_test(test_update_answer),
+        cmocka_unit_test(test_update_answer),  cmocka_unit_test(test_report_unknown_rollout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -6,16 +6,14 @@
  * It never touches events. */
 #include "retention.h"
 
-#include <errno.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
+#include "../core/bg.h"
 #include "../core/log.h"
 #include "../core/metrics.h"
-#include "../store/store.h"
+#include "store.h"
 
 #define PRUNE_CHUNK 2000    /* rows per transaction */
 #define PRUNE_PAUSE_MS 20   /* between chunks */
@@ -23,35 +21,18 @@
 
 struct retention {
     store *st; /* retention thread only */
-    pthread_t thread;
-    pthread_mutex_t mu;
-    pthread_cond_t cond; /* CLOCK_MONOTONIC; signalled on stop */
-    int stop;
+    bg_thread thread;
 };
 
 /* Sleep ms unless asked to stop; nonzero if asked to stop. */
 static int pause_ms(retention *r, long ms)
 {
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += ms / 1000;
-    until.tv_nsec += (ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
-    pthread_mutex_lock(&r->mu);
-    while (!r->stop && pthread_cond_timedwait(&r->cond, &r->mu, &until) != ETIMEDOUT)
-        ;
-    int stop = r->stop;
-    pthread_mutex_unlock(&r->mu);
-    return stop;
+    return bg_sleep(&r->thread, (uint64_t)ms);
 }
 
 static void *retention_main(void *arg)
 {
     retention *r = arg;
-    pthread_setname_np(pthread_self(), "sg-retention");
     do {
         size_t total = 0, n;
         int stopped = 0;
@@ -72,7 +53,6 @@ static void *retention_main(void *arg)
 sg_err retention_start(const char *store_uri, unsigned ttl_hours, retention **out, char *why,
                        size_t whylen)
 {
-    pthread_condattr_t ca;
     retention *r = calloc(1, sizeof(*r));
     *out = NULL;
     if (r == NULL)
@@ -83,18 +63,10 @@ sg_err retention_start(const char *store_uri, unsigned ttl_hours, retention **ou
         return e;
     }
     store_idem_set_ttl((uint64_t)ttl_hours * 3600);
-    pthread_mutex_init(&r->mu, NULL);
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&r->cond, &ca);
-    pthread_condattr_destroy(&ca);
-    if (pthread_create(&r->thread, NULL, retention_main, r) != 0) {
-        snprintf(why, whylen, "cannot start the idempotency retention thread");
+    if ((e = bg_start(&r->thread, "sg-retention", retention_main, r, why, whylen)) != SG_OK) {
         store_close(r->st);
-        pthread_cond_destroy(&r->cond);
-        pthread_mutex_destroy(&r->mu);
         free(r);
-        return SG_EINTERNAL;
+        return e;
     }
     *out = r;
     return SG_OK;
@@ -104,13 +76,7 @@ void retention_stop(retention *r)
 {
     if (r == NULL)
         return;
-    pthread_mutex_lock(&r->mu);
-    r->stop = 1;
-    pthread_cond_signal(&r->cond);
-    pthread_mutex_unlock(&r->mu);
-    pthread_join(r->thread, NULL);
+    bg_stop(&r->thread);
     store_close(r->st);
-    pthread_cond_destroy(&r->cond);
-    pthread_mutex_destroy(&r->mu);
     free(r);
 }
