@@ -180,6 +180,9 @@ sg_err http_start(struct http_app *app, int write_listener, int read_listener, h
         http_stop(s);
         return e;
     }
+    if (MHD_is_feature_supported(MHD_FEATURE_MESSAGES) != MHD_YES)
+        sg_warn("http: this libmicrohttpd logs nothing, so a head its parser refuses (a "
+                "Content-Length it cannot read) gets its own HTML answer, not problem+json");
     if (write_listener)
         sg_info("http: write listener on %s", app->cfg->write_listen);
     if (read_listener)
