@@ -419,6 +419,9 @@ static void answer_parser_error(struct http_server *s, struct conn_track *t)
         d->deadline = sg_mono_ms() + s->app->cfg->header_timeout_ms;
         d->next = s->drains;
         s->drains = d;
+        sg_info("http: %zu of %zu bytes of the answer to a refused head sent; the reaper "
+                "sends the rest",
+                off, n);
     }
     if (dead >= 0)
         close(dead);
