@@ -3,6 +3,7 @@
  * directory. Holds names of PIN variables, never PINs. */
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <jansson.h>
 #include <libgen.h>
@@ -290,10 +291,16 @@ static sg_err load_approvals(struct ctx *c, sg_config *cfg, json_t *a)
 
 static sg_err load_limits(struct ctx *c, sg_config *cfg, json_t *l)
 {
-    static const char *const keys[] = {"max_image_bytes",          "max_json_bytes",
-                                       "header_timeout_ms",        "idle_timeout_ms",
-                                       "connections_per_listener", "connections_per_address",
-                                       "device_events_per_minute", NULL};
+    static const char *const keys[] = {"max_image_bytes",
+                                       "max_json_bytes",
+                                       "header_timeout_ms",
+                                       "idle_timeout_ms",
+                                       "connections_per_listener",
+                                       "connections_per_address",
+                                       "unauthenticated_connections",
+                                       "device_events_per_minute",
+                                       NULL};
+    long long unauth = -1;
     long long img = (long long)cfg->max_image_bytes, js = (long long)cfg->max_json_bytes;
     long long hdr = cfg->header_timeout_ms, idle = cfg->idle_timeout_ms;
     long long conns = cfg->connections_per_listener, per = cfg->connections_per_address;
@@ -308,6 +315,7 @@ static sg_err load_limits(struct ctx *c, sg_config *cfg, json_t *l)
         (e = get_int(c, l, "limits", "idle_timeout_ms", 1000, 3600000, &idle)) ||
         (e = get_int(c, l, "limits", "connections_per_listener", 1, 1000000, &conns)) ||
         (e = get_int(c, l, "limits", "connections_per_address", 1, 1000000, &per)) ||
+        (e = get_int(c, l, "limits", "unauthenticated_connections", 1, 1000000, &unauth)) ||
         (e = get_int(c, l, "limits", "device_events_per_minute", 0, 1000000, &dev_ev)))
         return e;
     cfg->device_events_per_minute = (unsigned)dev_ev;
@@ -317,9 +325,46 @@ static sg_err load_limits(struct ctx *c, sg_config *cfg, json_t *l)
     cfg->idle_timeout_ms = (unsigned)idle;
     cfg->connections_per_listener = (unsigned)conns;
     cfg->connections_per_address = (unsigned)per;
+    if (unauth > 0)
+        cfg->unauthenticated_connections = (unsigned)unauth;
+    if (unauth > conns)
+        return bad(c, "limits.unauthenticated_connections is larger than "
+                      "limits.connections_per_listener");
     if (per > conns)
         return bad(c, "limits.connections_per_address is larger than "
                       "limits.connections_per_listener");
+    return SG_OK;
+}
+
+/* "http": {"trusted_proxies": ["127.0.0.1", "::1"]}: the peers whose
+ * X-Forwarded-Proto is believed (IP addresses as inet_ntop writes them). */
+static sg_err load_http(struct ctx *c, sg_config *cfg, json_t *h)
+{
+    static const char *const keys[] = {"trusted_proxies", NULL};
+    sg_err e;
+    if (!json_is_object(h))
+        return bad(c, "\"http\" must be an object");
+    if ((e = only_keys(c, h, "http", keys)))
+        return e;
+    json_t *list = json_object_get(h, "trusted_proxies");
+    if (list == NULL)
+        return SG_OK;
+    if (!json_is_array(list) || json_array_size(list) > 64)
+        return bad(c, "http.trusted_proxies must be a list of at most 64 IP addresses");
+    size_t n = json_array_size(list);
+    if (n && (cfg->trusted_proxies = calloc(n, sizeof(char *))) == NULL)
+        return SG_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        const char *a = json_string_value(json_array_get(list, i));
+        unsigned char bin[16];
+        char norm[64];
+        int af = a && strchr(a, ':') ? AF_INET6 : AF_INET;
+        if (a == NULL || inet_pton(af, a, bin) != 1 || !inet_ntop(af, bin, norm, sizeof(norm)))
+            return bad(c, "http.trusted_proxies[%zu] is not an IP address", i);
+        if ((cfg->trusted_proxies[i] = strdup(norm)) == NULL)
+            return SG_ENOMEM;
+        cfg->ntrusted_proxies++;
+    }
     return SG_OK;
 }
 
@@ -359,6 +404,7 @@ static sg_err load_root(struct ctx *c, sg_config *cfg, json_t *root)
                                        "approvals",
                                        "limits",
                                        "ddi",
+                                       "http",
                                        "idempotency_ttl_hours",
                                        "scrub_events_per_second",
                                        NULL};
@@ -392,6 +438,11 @@ static sg_err load_root(struct ctx *c, sg_config *cfg, json_t *root)
         return e;
     if (json_object_get(root, "ddi") && (e = load_ddi(c, cfg, json_object_get(root, "ddi"))))
         return e;
+    if (json_object_get(root, "http") && (e = load_http(c, cfg, json_object_get(root, "http"))))
+        return e;
+    if (cfg->unauthenticated_connections == 0) /* default: a quarter of the listener */
+        cfg->unauthenticated_connections =
+            cfg->connections_per_listener / 4 ? cfg->connections_per_listener / 4 : 1;
 
     /* Defaults, then absolute paths. */
     if (!cfg->data_dir && !(cfg->data_dir = strdup("var")))
@@ -513,5 +564,8 @@ void config_free(sg_config *cfg)
     free(cfg->pin_env);
     free(cfg->so_pin_env);
     free(cfg->ddi_tenant);
+    for (size_t i = 0; i < cfg->ntrusted_proxies; i++)
+        free(cfg->trusted_proxies[i]);
+    free(cfg->trusted_proxies);
     free(cfg);
 }

@@ -49,16 +49,21 @@ typedef struct sg_config {
     size_t napproval_rules;
     uint64_t max_image_bytes;
     uint64_t max_json_bytes;
-    unsigned sign_timeout_ms;          /* pkcs11.sign_timeout_ms: deadline of one sign call */
-    unsigned header_timeout_ms;        /* limits: whole request head must arrive within this */
-    unsigned idle_timeout_ms;          /* limits: a connection silent this long is closed */
-    unsigned connections_per_listener; /* limits */
-    unsigned connections_per_address;  /* limits: per client IP address, per listener */
-    unsigned device_events_per_minute; /* limits: per device principal; 0: none */
-    unsigned idempotency_ttl_hours;    /* Idempotency-Key records are kept this long */
-    unsigned scrub_events_per_second;  /* background re-verification rate; 0: off */
-    char *ddi_tenant;                  /* ddi.tenant */
-    unsigned ddi_poll_seconds;         /* ddi.poll_seconds */
+    unsigned sign_timeout_ms;             /* pkcs11.sign_timeout_ms: deadline of one sign call */
+    unsigned header_timeout_ms;           /* limits: whole request head must arrive within this */
+    unsigned idle_timeout_ms;             /* limits: a connection silent this long is closed */
+    unsigned connections_per_listener;    /* limits */
+    unsigned connections_per_address;     /* limits: per client IP address, per listener */
+    unsigned unauthenticated_connections; /* limits: per listener, waiting for a head without
+                                             a valid token yet; default a quarter of the
+                                             listener */
+    unsigned device_events_per_minute;    /* limits: per device principal; 0: none */
+    char **trusted_proxies; /* http.trusted_proxies: peers whose X-Forwarded-Proto counts */
+    size_t ntrusted_proxies;
+    unsigned idempotency_ttl_hours;   /* Idempotency-Key records are kept this long */
+    unsigned scrub_events_per_second; /* background re-verification rate; 0: off */
+    char *ddi_tenant;                 /* ddi.tenant */
+    unsigned ddi_poll_seconds;        /* ddi.poll_seconds */
 } sg_config;
 
 /* Read and check the file. On error returns SG_ECONFIG with a one-line reason

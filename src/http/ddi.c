@@ -90,18 +90,19 @@ static int ddi_begin(struct req *r, struct ddi_path *p)
 }
 
 /* "http://host/ddi/{tenant}/controller/v1/{device}": where the device reached
- * us (Host, and X-Forwarded-Proto from a TLS-terminating proxy). 0 if the
- * Host header is missing or not a plain host[:port]. */
+ * us (Host, and X-Forwarded-Proto from a TLS-terminating proxy, believed only
+ * from http.trusted_proxies). 0 if the Host header is missing or not a plain
+ * host[:port]. */
 static int base_url(struct req *r, const struct ddi_path *p, char *out, size_t n)
 {
-    const char *host = http_header(r, "Host"), *proto = http_header(r, "X-Forwarded-Proto");
+    const char *host = http_header(r, "Host");
     if (host == NULL || *host == '\0' || strlen(host) > 255)
         return 0;
     for (const char *c = host; *c; c++)
         if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
               strchr(".-:[]_", *c)))
             return 0;
-    int tls = proto && strcmp(proto, "https") == 0;
+    int tls = http_forwarded_https(r);
     int w = snprintf(out, n, "%s://%s/ddi/%s/controller/v1/%s", tls ? "https" : "http", host,
                      p->tenant, p->device);
     return w > 0 && (size_t)w < n;

@@ -1,7 +1,8 @@
-/* internal.h - what server.c shares with the route table and handlers
- * (routes.c), route lookup (route_match.c) and file answers (reply_file.c):
- * the route and body-sink contracts, per-request state, the reply functions.
- * Private to src/http (and its unit tests). */
+/* internal.h - what the server's modules (server.c, request.c, reply.c,
+ * conn.c) share with each other, with the route table and handlers
+ * (routes*.c, ddi.c), route lookup (route_match.c) and file answers
+ * (reply_file.c): the route and body-sink contracts, per-request state, the
+ * reply functions. Private to src/http (and its unit tests). */
 #ifndef SG_HTTP_INTERNAL_H
 #define SG_HTTP_INTERNAL_H
 
@@ -72,7 +73,7 @@ struct route {
     const struct body_sink *sink;      /* for ROUTE_STREAM_BODY */
 };
 
-/* The life of one request; see the hand-off comment in server.c.
+/* The life of one request; see the hand-off comment in request.c.
  * NEW: request line seen; BODY: head accepted, body arriving; READY: body
  * complete, handler to run on the next call; SUSPENDED: parked until
  * http_resume(); RESUMED: woken, handler to run; WOKEN: http_resume() came
@@ -81,6 +82,7 @@ enum req_state { REQ_NEW, REQ_BODY, REQ_READY, REQ_SUSPENDED, REQ_RESUMED, REQ_W
 
 struct hdr_copy; /* trimmed header values, owned by the request */
 struct conn_track;
+struct drain; /* an answer conn.c still sends */
 
 struct req {
     struct http_server *srv;
@@ -102,6 +104,7 @@ struct req {
     int failed;     /* no response could be queued: close the connection */
     int counted;    /* in srv->inflight */
     int acted;      /* the handler answered or suspended in this call (MHD thread) */
+    int proxied;    /* the peer is one of http.trusted_proxies */
     _Atomic enum req_state state;
     struct hdr_copy *hdrs;
     struct wreq *wreq;
@@ -118,15 +121,67 @@ struct http_server {
     size_t nroutes;
     char *keys_json;
     atomic_uint_fast64_t requests[2][6]; /* [listener][status / 100] */
-    /* open connections, for the header deadline (server.c) */
+    /* open connections, for the head deadline and budget (conn.c) */
     pthread_mutex_t conns_mu;
-    struct conn_track *conns;
+    struct conn_track *conns, *conns_tail; /* newest first */
+    unsigned unproven[2];                  /* [listener == LISTEN_READ], under conns_mu */
+    struct drain *drains;                  /* answers the reaper still sends, under conns_mu */
     pthread_t reaper;
     MHD_socket quiesced[2]; /* listen sockets handed back by quiesce, closed after stop */
     int reaper_started;
     atomic_int reaper_stop;
-    atomic_uint_fast64_t heads_late; /* connections closed for a late request head */
+    atomic_uint_fast64_t heads_late;      /* connections closed for a late request head */
+    atomic_uint_fast64_t heads_evicted;   /* unproven connections cut over the budget */
+    atomic_uint_fast64_t parser_refusals; /* heads libmicrohttpd's parser refused */
 };
+
+/*** between the server's modules ***/
+
+/* libmicrohttpd's callbacks (request.c); cls is the listener's prototype req. */
+void *http_on_request_line(void *cls, const char *uri, struct MHD_Connection *conn);
+enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                const char *method, const char *version, const char *upload_data,
+                                size_t *upload_data_size, void **con_cls);
+void http_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                       enum MHD_RequestTerminationCode toe);
+
+/* Connections (conn.c). conn_notify is MHD_OPTION_NOTIFY_CONNECTION's
+ * callback (cls: the listener's prototype req). The others take the
+ * connection's track (NULL: untracked, nothing done) and run on the MHD
+ * thread serving it: a request line arrived (the head's deadline restarts,
+ * except for the first one), the head is complete (no deadline), a request
+ * on it carried a valid token (it leaves the unproven budget for good), its
+ * request was answered (the next line is due within idle_timeout_ms). */
+void conn_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
+                 enum MHD_ConnectionNotificationCode code);
+struct conn_track *conn_of(struct MHD_Connection *conn);
+void conn_request_line(struct http_server *s, struct conn_track *t);
+void conn_head_done(struct http_server *s, struct conn_track *t);
+void conn_authenticated(struct http_server *s, struct conn_track *t);
+void conn_answered(struct http_server *s, struct conn_track *t);
+/* A streamed body starts (on 1) or has ended (0) on t; conn_cut_streaming
+ * shuts down every connection whose streamed body is still arriving (at a
+ * stop: cut, not waited for; the sink's abort runs). */
+void conn_streaming(struct http_server *s, struct conn_track *t, int on);
+void conn_cut_streaming(struct http_server *s);
+/* The peer's IP address as text (inet_ntop); 0 if unknown. */
+int conn_from(struct MHD_Connection *conn, char *addr, size_t addrlen);
+/* From libmicrohttpd's logger: answer a head its parser refused (conn.c). */
+void conn_parser_refused(struct http_server *s);
+/* The reaper thread: cuts late heads, finishes answers written past the
+ * library. start: SG_ENOMEM if the thread cannot start. stop: joins it. */
+sg_err conn_reaper_start(struct http_server *s);
+void conn_reaper_stop(struct http_server *s);
+
+/* The problem+json document for e with detail (any bytes: what is not UTF-8
+ * is shown escaped); *status is its HTTP status (500 if the document cannot
+ * be built). NULL only when out of memory. */
+char *http_problem_body(sg_err e, const char *detail, int *status, size_t *len);
+/* 1 if the n bytes at s are well-formed UTF-8 without NUL. */
+int http_utf8_valid(const char *s, size_t n);
+/* 1 if the request came from one of http.trusted_proxies with
+ * X-Forwarded-Proto: https (the device reached the proxy over TLS). */
+int http_forwarded_https(struct req *r);
 
 extern const struct route routes[];
 extern const size_t nroutes;

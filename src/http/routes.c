@@ -457,6 +457,14 @@ void route_metrics(struct req *r)
                "came too slowly (limits.header_timeout_ms).\n"
                "# TYPE signet_http_heads_cut_total counter\n"
                "signet_http_heads_cut_total %llu\n"
+               "# HELP signet_http_unproven_cut_total Connections closed because more than "
+               "limits.unauthenticated_connections waited for a head without a valid token.\n"
+               "# TYPE signet_http_unproven_cut_total counter\n"
+               "signet_http_unproven_cut_total %llu\n"
+               "# HELP signet_http_parser_refusals_total Request heads libmicrohttpd's parser "
+               "refused, answered with problem+json.\n"
+               "# TYPE signet_http_parser_refusals_total counter\n"
+               "signet_http_parser_refusals_total %llu\n"
                "# HELP signet_http_requests_total Answered requests by listener and status class.\n"
                "# TYPE signet_http_requests_total counter\n",
                (unsigned long long)atomic_load(&sg_metrics.events_appended),
@@ -471,7 +479,9 @@ void route_metrics(struct req *r)
                (unsigned long long)atomic_load(&sg_metrics.scrub_verified), h.hsm,
                h.hsm_stats.stuck, (unsigned long long)h.hsm_stats.timeouts,
                (unsigned long long)atomic_load(&sg_metrics.idempotency_pruned),
-               (unsigned long long)atomic_load(&r->srv->heads_late));
+               (unsigned long long)atomic_load(&r->srv->heads_late),
+               (unsigned long long)atomic_load(&r->srv->heads_evicted),
+               (unsigned long long)atomic_load(&r->srv->parser_refusals));
     static const char *const listeners[] = {"write", "read"};
     for (int l = 0; l < 2; l++)
         for (int c = 1; c <= 5; c++)

@@ -26,6 +26,19 @@ BAD_IDS = ["../x", "a/b", "..", ".", "", "a" * 65, "a b", "\u00e9", "caf\u00e9",
            "a\nb", "-abc", ".hidden", "_x", "a\\b", "a%2fb", "a?b", "a#b", "a\tb", " a", "a "]
 
 
+def cpio_archive(entries):
+    """A newc cpio archive of (name bytes, data bytes) entries, as
+    test_swu.py builds them but with names that need not be UTF-8."""
+    def entry(name, data, mode=0o100644):
+        nb = name + b"\0"
+        fields = [1, mode, 0, 0, 1, 1700000000, len(data), 0, 0, 0, 0, len(nb), 0]
+        out = b"070701" + b"".join(b"%08X" % f for f in fields) + nb
+        out += b"\0" * (-len(out) % 4)
+        return out + data + b"\0" * (-len(data) % 4)
+    out = b"".join(entry(n, d) for n, d in entries) + entry(b"TRAILER!!!", b"", mode=0)
+    return out + b"\0" * (-len(out) % 512)
+
+
 class BadInput(E2ETestCase):
     @classmethod
     def setUpClass(cls):
@@ -321,6 +334,108 @@ class BadInput(E2ETestCase):
         finally:
             for s in socks:
                 s.close()
+
+    # ---- bytes that are not UTF-8 (issue 14, defect 18) ----
+
+    def raw(self, port, line, headers=(), body=b""):
+        """A raw request: line (bytes, e.g. b"GET /x HTTP/1.1"), then Host,
+        the headers, Connection: close, and the body."""
+        hdrs = [b"Host: x"] + [h.encode() if isinstance(h, str) else h for h in headers]
+        if body:
+            hdrs.append(b"Content-Length: %d" % len(body))
+        hdrs.append(b"Connection: close")
+        return raw_request(port, line + b"\r\n" + b"\r\n".join(hdrs) + b"\r\n\r\n" + body)
+
+    def refused_4xx(self, send, msg):
+        """send() answers a 4xx problem+json with type and detail (never a
+        bare 500), the log does not move, the server still serves."""
+        h0 = self.head()
+        r = send()
+        self.assertTrue(400 <= r.status < 500, "%s: %r" % (msg, r))
+        self.assertProblem(r, r.status, msg=msg)
+        self.assertEqual(self.head(), h0, "%s: the log moved" % msg)
+        self.assertEqual(request("GET", self.wp, "/healthz").status, 200, msg)
+        return r
+
+    def test_not_utf8_is_a_4xx_problem(self):
+        """Each of the 13 cases of issue 14 (defect 18) answered a bare
+        {"status":500,"title":"Internal error"} before: the bytes were echoed
+        into the detail, which could not be built."""
+        ci, dev = "Authorization: Bearer " + self.dep.token("ci"), \
+            "Authorization: TargetToken " + self.dep.token("dev-0001")
+        audit, ops = "Authorization: Bearer " + self.audit, "Authorization: Bearer " + self.ops
+        fw = b"/v1/firmware?name=n&version=1&hardware=hw-a&security_version=1"
+        octet = "Content-Type: application/octet-stream"
+        ddi = b"/ddi/DEFAULT/controller/v1/dev-0001"
+        swu = cpio_archive([(b"\xffsw-description", b"x" * 10), (b"p.bin", b"y" * 10)])
+        cases = [
+            ("query parameter name", self.wp, b"POST " + fw + b"&%FF=1 HTTP/1.1", [ci, octet], b"abc"),
+            ("query parameter name (GET)", self.rp, b"GET /v1/events?%FF=1 HTTP/1.1", [audit], b""),
+            ("format=", self.wp, b"POST " + fw + b"&format=%FF HTTP/1.1", [ci, octet], b"abc"),
+            ("DDI tenant", self.rp, b"GET /ddi/%FF/controller/v1/dev-0001 HTTP/1.1", [dev], b""),
+            ("DDI device", self.rp, b"GET /ddi/DEFAULT/controller/v1/%FF HTTP/1.1", [dev], b""),
+            ("DDI action", self.rp, b"GET " + ddi + b"/deploymentBase/%FF HTTP/1.1", [dev], b""),
+            ("DDI cancel action", self.rp, b"GET " + ddi + b"/cancelAction/%FF HTTP/1.1", [dev], b""),
+            ("DDI artifact", self.rp,
+             b"GET " + ddi + b"/softwaremodules/1/artifacts/%FF.swu HTTP/1.1", [dev], b""),
+            ("DDI feedback action", self.wp, b"POST " + ddi + b"/deploymentBase/%FF/feedback HTTP/1.1",
+             [dev, "Content-Type: application/json"], b"{}"),
+            ("snapshot name", self.rp, b"GET /v1/snapshots/%FF HTTP/1.1", [audit], b""),
+            ("device id (update)", self.rp, b"GET /v1/devices/%FF/update HTTP/1.1", [ops], b""),
+            ("device id (commands)", self.rp, b"GET /v1/devices/%FF/commands HTTP/1.1", [ops], b""),
+            ("method byte 0xFF, wrong token", self.wp, b"\xffPOST /v1/devices HTTP/1.1",
+             ["Authorization: Bearer wrong", "Content-Type: application/json"], b"{}"),
+            (".swu whose first entry name holds 0xFF", self.wp, b"POST " + fw + b"&format=swu HTTP/1.1",
+             [ci, octet], swu),
+        ]
+        for what, port, line, headers, body in cases:
+            with self.subTest(case=what):
+                self.refused_4xx(lambda: self.raw(port, line, headers, body), what)
+
+    # ---- repeats and malformed media types (issue 14, defect 21) ----
+
+    def test_repeated_query_parameters(self):
+        """The first of two values used to be signed while a proxy may read
+        the last: every repeat is refused before anything is decided."""
+        ci = "Authorization: Bearer " + self.dep.token("ci")
+        line = (b"POST /v1/firmware?name=n&version=1&hardware=hw-a&security_version=1"
+                b"&security_version=99 HTTP/1.1")
+        r = self.refused_4xx(lambda: self.raw(self.wp, line, [ci, "Content-Type: application/octet-stream"],
+                                              b"image"), "security_version twice")
+        self.assertEqual(r.status, 400)
+        self.assertIn("more than once", r.body["detail"])
+        for q in ["after=1&after=2", "limit=1&limit=1", "after=0&limit=5&after=0"]:
+            with self.subTest(query=q):
+                self.check_refused(lambda: request("GET", self.rp, "/v1/events?" + q, token=self.audit),
+                                   400, "bad-input", q)
+
+    def test_repeated_range_and_conditional_headers(self):
+        audit = "Authorization: Bearer " + self.audit
+        for hdrs in (["Range: bytes=0-1", "Range: bytes=2-3"], ["If-Range: \"a\"", "If-Range: \"b\""],
+                     ["If-None-Match: \"a\"", "If-None-Match: \"b\""]):
+            with self.subTest(headers=hdrs):
+                r = self.refused_4xx(lambda: self.raw(self.rp, b"GET /v1/firmware/x/image HTTP/1.1",
+                                                      [audit] + hdrs), repr(hdrs))
+                self.assertEqual(r.status, 400)
+        r = self.refused_4xx(lambda: self.raw(self.wp, b"POST /v1/devices HTTP/1.1",
+                                              ["Authorization: Bearer " + self.ops,
+                                               "Content-Type: application/json",
+                                               "Content-Type: text/plain"],
+                                              b'{"device_id":"rep-ct","hardware":"h"}'),
+                             "two Content-Type headers")
+        self.assertEqual(r.status, 400)
+
+    def test_malformed_content_type(self):
+        body = b'{"device_id":"ctm-1","hardware":"h"}'
+        for ctype in ["application/json garbage", "application/json;", "application/json; charset",
+                      "application/json; =x", "application/json x; charset=utf-8",
+                      "application/json; charset=\"utf-8", "application/json;;"]:
+            with self.subTest(ctype=ctype):
+                self.check_refused(lambda: self.post_raw(body, headers={"Content-Type": ctype}), 415,
+                                   "unsupported-media-type", ctype)
+        r = self.post_raw({"device_id": "ctm-ok", "hardware": "h"},
+                          headers={"Content-Type": "application/json ; charset=\"utf-8\""})
+        self.assertStatus(r, 201)
 
     # ---- the server survives all of it ----
 

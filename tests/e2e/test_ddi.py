@@ -34,6 +34,8 @@ def ddi_config(cfg):
         cfg["principals"].append({"name": "dev:" + d, "token_sha256": sha256_hex(tok),
                                   "roles": ["device"], "device_id": d})
     cfg["ddi"] = {"tenant": TENANT, "poll_seconds": 1}
+    # the TLS-terminating proxy of DdiSwu's test is 127.0.0.1 (the tests' own address)
+    cfg["http"] = {"trusted_proxies": ["127.0.0.1"]}
     return cfg
 
 
@@ -42,7 +44,7 @@ def ddi_path(dev, rest="", tenant=TENANT):
 
 
 def ddi(method, port, dev, rest="", token=None, body=None, scheme="TargetToken", tenant=TENANT,
-        headers=None):
+        headers=None, conn=None):
     """A DDI request as suricatta makes it (TargetToken, JSON)."""
     h = {"Accept": "application/json"}
     if isinstance(body, bytes):
@@ -51,7 +53,7 @@ def ddi(method, port, dev, rest="", token=None, body=None, scheme="TargetToken",
     tok = DEV_TOKENS[dev] if token is None else token
     if tok:
         h["Authorization"] = "%s %s" % (scheme, tok)
-    return request(method, port, ddi_path(dev, rest, tenant), body=body, headers=h)
+    return request(method, port, ddi_path(dev, rest, tenant), body=body, headers=h, conn=conn)
 
 
 def feedback(action_id, execution, finished, details=("x",)):
@@ -580,6 +582,20 @@ class DdiSwu(DdiBase):
         (tls,) = r.body["deployment"]["chunks"][0]["artifacts"]
         self.assertEqual(set(tls["_links"]), {"download"})
         self.assertEqual(tls["_links"]["download"]["href"], "https://ota.example:443" + path)
+        # ... but the same header from a peer that is not in http.trusted_proxies
+        # changes nothing: a client cannot downgrade or redirect what devices fetch
+        # (issue 14, defect 11)
+        untrusted = http.client.HTTPConnection("127.0.0.1", self.rp, timeout=30,
+                                               source_address=("127.0.0.3", 0))
+        try:
+            r = ddi("GET", self.rp, devs[0], "/deploymentBase/%d" % action, conn=untrusted,
+                    headers={"X-Forwarded-Proto": "https", "Host": "ota.example:443"})
+        finally:
+            untrusted.close()
+        self.assertStatus(r, 200)
+        (plain,) = r.body["deployment"]["chunks"][0]["artifacts"]
+        self.assertEqual(set(plain["_links"]), {"download-http"})
+        self.assertEqual(plain["_links"]["download-http"]["href"], "http://ota.example:443" + path)
         part = request("GET", self.rp, path, headers=dict(h, Range="bytes=1000-"))
         self.assertStatus(part, 206)
         self.assertEqual(part.raw, img.raw[1000:])

@@ -15,12 +15,14 @@ requests."""
 import json
 import os
 import re
+import socket
 import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from client import exchange, head_of, make_response, parse_headers, request  # noqa: E402
 from deploy import E2ETestCase  # noqa: E402
+from verify import metric_value, parse_metrics  # noqa: E402
 
 STATUS_LINE = re.compile(rb"(?:^|\r\n)HTTP/1\.[01] (\d{3}) ")
 
@@ -159,6 +161,43 @@ class StrictHTTP(E2ETestCase):
             r = parse_one(raw)
             self.assertProblem(r, status, msg="Content-Length: %s" % value)
         self.assertEqual(self.head(), h0)
+
+    def parser_refusals(self):
+        m = request("GET", self.rp, "/metrics")
+        return metric_value(parse_metrics(m.raw.decode()), "signet_http_parser_refusals_total")
+
+    def test_parser_refusal_is_ours_and_counted(self):
+        """The answer to a head libmicrohttpd's parser refused is signet's
+        (issue 14, defect 8): found through the library's API, never by
+        reading its log text, so a library whose messages read differently
+        does not silently fall back to the library's doubled HTML answer.
+        Each refusal is counted in /metrics; it works on the second request
+        of a kept-alive connection and while other connections of the same
+        listener are still sending their heads."""
+        slow = [socket.create_connection(("127.0.0.1", self.wp), timeout=5) for _ in range(6)]
+        try:
+            for s in slow:
+                s.sendall(b"POST /v1/devices HTTP/1.1\r\nHost: x\r\n")
+            n0 = self.parser_refusals()
+            self.assertIsNotNone(n0, "no signet_http_parser_refusals_total in /metrics")
+            for value, status in (("abc", 400), ("99999999999999999999999", 413)):
+                hdrs = ["Host: x", "Authorization: Bearer " + self.ops,
+                        "Content-Type: application/json", "Content-Length: " + value]
+                r = parse_one(exchange(self.wp, self.post_bytes(hdrs, b"{}")))
+                self.assertProblem(r, status, msg="Content-Length: " + value)
+                self.assertIn("Content-Length", r.body["detail"])
+            # the second request of a kept-alive connection
+            raw = exchange(self.rp, b"GET /v1/keys HTTP/1.1\r\nHost: x\r\n\r\n"
+                                    b"GET /v1/keys HTTP/1.1\r\nHost: x\r\nContent-Length: x1\r\n\r\n")
+            head, _, rest = raw.partition(b"\r\n\r\n")
+            self.assertTrue(head.startswith(b"HTTP/1.1 200 "), raw[:300])
+            n = int(parse_headers(head.split(b"\r\n")[1:])["Content-Length"])
+            r = parse_one(rest[n:])
+            self.assertProblem(r, 400, msg="second request on a kept-alive connection")
+            self.assertEqual(self.parser_refusals(), n0 + 3)
+        finally:
+            for s in slow:
+                s.close()
 
     def test_keepalive_after_refusal_is_closed(self):
         """After a refused, mis-framed request the connection is closed: the

@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """Slow and half-closed clients (issue 5, "Slowloris starves writes",
-"Half-closed clients lose their answers"; docs/behaviour.md "HTTP").
+"Half-closed clients lose their answers"; issue 14, defect 20;
+docs/behaviour.md "HTTP").
 
 - 4,000 connections from 127.0.0.1, each trickling one header line every two
   seconds (and reconnecting when refused or cut), while a client bound to
@@ -14,6 +15,10 @@
 - A connection over the per-address limit is closed at once; other
   addresses are served. A full listener serves a new client once the head
   deadline has freed a place.
+- Slow heads from 4,000 addresses (so the per-address limit never bites)
+  hold at most limits.unauthenticated_connections places: the oldest
+  connection still waiting for a head without a valid token is cut when one
+  more arrives; authenticated connections are never cut by it.
 - A client that sends a complete request and then shuts down its sending
   side (shutdown(SHUT_WR)) gets its whole answer, then end-of-file.
 """
@@ -103,8 +108,11 @@ class Trickler(threading.Thread):
     each connection lived and whether the server closed it."""
 
     def __init__(self, addr, port, target, interval=2.0, reconnect=400):
+        """addr: one source address, or a list of them used in turn."""
         super().__init__(daemon=True)
-        self.addr, self.port, self.target = addr, port, target
+        self.addrs = [addr] if isinstance(addr, str) else list(addr)
+        self.next_addr = 0
+        self.port, self.target = port, target
         self.interval, self.reconnect = interval, reconnect
         self.stop = threading.Event()
         self.socks = {}  # fd -> [sock, opened, lines]
@@ -120,8 +128,10 @@ class Trickler(threading.Thread):
             if len(self.socks) >= self.target:
                 return
             self.attempts += 1
+            addr = self.addrs[self.next_addr % len(self.addrs)]
+            self.next_addr += 1
             try:
-                s = connect_from(self.addr, self.port, timeout=2)
+                s = connect_from(addr, self.port, timeout=2)
                 s.setblocking(False)
                 s.send(b"POST /v1/devices HTTP/1.1\r\n")
             except OSError:
@@ -385,7 +395,8 @@ class Deadlines(E2ETestCase):
 
 
 class ListenerLimit(E2ETestCase):
-    """connections_per_listener 8 (4 per address), head deadline 2 s: with
+    """connections_per_listener 8 (4 per address), head deadline 2 s, and
+    unauthenticated_connections as large as the listener (no budget): with
     the read listener full, a new client waits in the accept queue until the
     deadline frees a place, then is served."""
 
@@ -393,7 +404,7 @@ class ListenerLimit(E2ETestCase):
     def setUpClass(cls):
         def mutate(cfg):
             cfg["limits"].update({"header_timeout_ms": 2000, "connections_per_address": 4,
-                                  "connections_per_listener": 8})
+                                  "connections_per_listener": 8, "unauthenticated_connections": 8})
         cls.start_deployment(mutate=mutate)
 
     def test_full_listener_recovers_by_the_deadline(self):
@@ -411,6 +422,99 @@ class ListenerLimit(E2ETestCase):
         finally:
             for s in held:
                 s.close()
+
+
+class UnprovenBudget(E2ETestCase):
+    """Issue 14, defect 20: slow heads from many addresses, each under the
+    per-address limit, no longer fill a listener. At most
+    limits.unauthenticated_connections connections of a listener wait for a
+    head without having shown a valid token; one more cuts the oldest of
+    them. Defaults: 4000 per listener, a quarter of it unproven."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.nofile = raise_nofile()
+        if cls.nofile < 4500:
+            raise unittest.SkipTest("RLIMIT_NOFILE %d is too small for 4000 connections" % cls.nofile)
+        cls.start_deployment()
+
+    def test_slow_heads_from_4000_addresses_do_not_starve_writes(self):
+        """4,000 tricklers from 4,000 loopback addresses (127.1.x.y, one
+        connection each, renewed as they are cut) while 14 writes come from
+        127.0.0.2: all 14 are acknowledged promptly. Before the budget, 6 of
+        14 timed out: the tricklers held every place of the listener."""
+        addrs = ["127.1.%d.%d" % (i // 250, 1 + i % 250) for i in range(4000)]
+        attack = Trickler(addrs, self.wp, 4000)
+        attack.start()
+        lat, statuses = [], []
+        try:
+            self.assertTrue(attack.ready.wait(60), "could not open the attacking connections")
+            time.sleep(1)
+            for i in range(14):
+                t0 = time.monotonic()
+                try:
+                    with connect_from("127.0.0.2", self.wp, timeout=5) as s:
+                        s.sendall(device_request(self.ops, self.unique("budget"), "Connection: close\r\n"))
+                        raw, eof = read_all(s, 5)
+                    statuses.append(status_of(raw))
+                except OSError as e:
+                    statuses.append(repr(e))
+                lat.append(time.monotonic() - t0)
+                time.sleep(max(0, 0.7 - lat[-1]))
+        finally:
+            attack.close()
+        m = request("GET", self.rp, "/metrics")
+        evicted = metric_value(parse_metrics(m.raw.decode()), "signet_http_unproven_cut_total")
+        print("\nbudget: %d trickler connections from %d addresses (%d failed to connect), "
+              "%s cut over the budget; writes: %r, latency median %.3f s, max %.3f s"
+              % (attack.attempts, len(addrs), attack.connect_errors, evicted, statuses,
+                 statistics.median(lat), max(lat)), file=sys.stderr)
+        self.assertGreaterEqual(attack.attempts, 4000)
+        self.assertEqual(statuses, [201] * 14, "writes from 127.0.0.2")
+        self.assertLess(max(lat), 2.0, "slowest write: %r" % sorted(lat)[-3:])
+        self.assertGreater(evicted or 0, 2000)
+
+
+class SmallBudget(E2ETestCase):
+    """unauthenticated_connections 4 of 32, head deadline 10 s."""
+
+    @classmethod
+    def setUpClass(cls):
+        raise_nofile()
+
+        def mutate(cfg):
+            cfg["limits"].update({"connections_per_listener": 32, "connections_per_address": 8,
+                                  "unauthenticated_connections": 4})
+        cls.start_deployment(mutate=mutate)
+
+    def test_oldest_unproven_are_cut_authenticated_kept(self):
+        """A kept-alive connection that showed a token and 12 silent ones
+        from 3 addresses: the 8 oldest silent ones are cut at once (long
+        before the head deadline), the newest 4 and the authenticated one
+        stay, and a new client is served at once."""
+        with connect_from("127.0.0.40", self.rp) as keep:
+            keep.sendall(b"GET /v1/events?limit=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n"
+                         % self.audit.encode())
+            keep.settimeout(5)
+            self.assertEqual(status_of(keep.recv(65536)), 200)
+            silent = []
+            for i in range(12):
+                silent.append(connect_from("127.0.0.%d" % (41 + i // 4), self.rp))
+                time.sleep(0.05)
+            try:
+                closed = [closed_within(s, 1.5) is not None for s in silent]
+                self.assertEqual(closed, [True] * 8 + [False] * 4, "which silent connections were cut")
+                with connect_from("127.0.0.45", self.rp) as s:
+                    s.sendall(b"GET /v1/keys HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    raw, eof = read_all(s, 3)
+                self.assertEqual(status_of(raw), 200, raw[:100])
+                # the authenticated connection was never cut: it is still served
+                keep.sendall(b"GET /v1/keys HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                raw, eof = read_all(keep, 3)
+                self.assertEqual(status_of(raw), 200, raw[:100])
+            finally:
+                for s in silent:
+                    s.close()
 
 
 if __name__ == "__main__":

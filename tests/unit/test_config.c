@@ -315,6 +315,53 @@ static void test_resilience_keys(void **state)
     expect_bad(root, "unknown key \"polling\"", "ddi");
 }
 
+/* limits.unauthenticated_connections and http.trusted_proxies (issue 14,
+ * defects 20 and 11). */
+static void test_http_keys(void **state)
+{
+    (void)state;
+    sg_config *cfg = load_ok(write_json("min.json", minimal()));
+    assert_int_equal(cfg->unauthenticated_connections, 1000); /* a quarter of 4000 */
+    assert_int_equal(cfg->ntrusted_proxies, 0);
+    config_free(cfg);
+
+    json_t *root = minimal();
+    json_object_set_new(root, "limits",
+                        json_pack("{s:i, s:i, s:i}", "connections_per_listener", 100,
+                                  "connections_per_address", 10, "unauthenticated_connections", 7));
+    json_object_set_new(root, "http",
+                        json_pack("{s:[s, s]}", "trusted_proxies", "10.0.0.1", "::1"));
+    cfg = load_ok(write_json("http.json", root));
+    assert_int_equal(cfg->unauthenticated_connections, 7);
+    assert_int_equal(cfg->ntrusted_proxies, 2);
+    assert_string_equal(cfg->trusted_proxies[0], "10.0.0.1");
+    assert_string_equal(cfg->trusted_proxies[1], "::1");
+    config_free(cfg);
+
+    root = minimal();
+    json_object_set_new(
+        root, "limits",
+        json_pack("{s:i, s:i}", "connections_per_listener", 10, "connections_per_address", 10));
+    cfg = load_ok(write_json("http.json", root));
+    assert_int_equal(cfg->unauthenticated_connections, 2); /* follows the listener */
+    config_free(cfg);
+
+    root = minimal();
+    json_object_set_new(
+        root, "limits",
+        json_pack("{s:i, s:i}", "connections_per_listener", 10, "unauthenticated_connections", 11));
+    expect_bad(root, "unauthenticated_connections");
+    root = minimal();
+    json_object_set_new(root, "http", json_pack("{s:[s]}", "trusted_proxies", "proxy.example"));
+    expect_bad(root, "trusted_proxies");
+    root = minimal();
+    json_object_set_new(root, "http", json_pack("{s:s}", "trusted_proxies", "10.0.0.1"));
+    expect_bad(root, "trusted_proxies");
+    root = minimal();
+    json_object_set_new(root, "http", json_pack("{s:b}", "behind_proxy", 1));
+    expect_bad(root, "unknown key \"behind_proxy\"", "http");
+}
+
 static void test_relative_and_absolute_paths(void **state)
 {
     (void)state;
@@ -706,6 +753,7 @@ int main(void)
         cmocka_unit_test(test_full_example),
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_resilience_keys),
+        cmocka_unit_test(test_http_keys),
         cmocka_unit_test(test_relative_and_absolute_paths),
         cmocka_unit_test(test_unknown_keys),
         cmocka_unit_test(test_bad_token_sha256),

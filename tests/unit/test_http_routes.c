@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -346,9 +347,42 @@ static void test_authenticate(void **state)
     assert_null(route_authenticate(&cfg, "GatewayToken token-of-dev1"));
 }
 
+/* A problem+json document is built whatever bytes its detail holds (issue
+ * 14, defect 18): bytes that are not UTF-8 are written as \xNN. */
+static void test_problem_body_any_bytes(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in, *want;
+    } cases[] = {
+        {"no snapshot named \xff", "no snapshot named \\\\xFF"},
+        {"caf\xc3\xa9 ok", "caf\xc3\xa9 ok"},
+        {"cut \xc3", "cut \\\\xC3"},
+        {"overlong \xc0\xaf", "overlong \\\\xC0\\\\xAF"},
+        {"surrogate \xed\xa0\x80", "surrogate \\\\xED\\\\xA0\\\\x80"},
+        {"\xf4\x90\x80\x80", "\\\\xF4\\\\x90\\\\x80\\\\x80"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int status = 0;
+        size_t len = 0;
+        char *s = http_problem_body(SG_ENOTFOUND, cases[i].in, &status, &len);
+        assert_non_null(s);
+        assert_int_equal(status, 404);
+        assert_non_null(strstr(s, "urn:signet:problem:not-found"));
+        if (strstr(s, cases[i].want) == NULL)
+            fail_msg("case %zu: %s does not hold %s", i, s, cases[i].want);
+        assert_true(http_utf8_valid(s, len));
+        free(s);
+    }
+    assert_true(http_utf8_valid("caf\xc3\xa9", 5));
+    assert_false(http_utf8_valid("\xff", 1));
+    assert_false(http_utf8_valid("a\0b", 3));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_problem_body_any_bytes),
         cmocka_unit_test(test_path_match_literal),
         cmocka_unit_test(test_path_match_params),
         cmocka_unit_test(test_table_matches_api),
