@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -293,6 +294,23 @@ static int teardown(void **state)
     return standin_close(kr, tmpdir);
 }
 
+/* The test links with -Wl,--wrap=fsync: count the fsyncs of a directory
+ * made once the checkpoint has been renamed into place. */
+int __real_fsync(int fd);
+int __wrap_fsync(int fd);
+static int dir_syncs_after_rename;
+
+int __wrap_fsync(int fd)
+{
+    struct stat st;
+    char tmp[320];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", ckpt);
+    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode) && access(ckpt, F_OK) == 0 &&
+        access(tmp, F_OK) != 0)
+        __atomic_add_fetch(&dir_syncs_after_rename, 1, __ATOMIC_SEQ_CST);
+    return __real_fsync(fd);
+}
+
 /*** tests ***/
 
 static void test_failing_decide_leaves_nothing(void **state)
@@ -415,7 +433,10 @@ static void test_checkpoint(void **state)
     assert_int_equal(checkpoint_load(ckpt, ws, kr, aggs, NULL, &at, why, sizeof(why)), SG_OK);
     assert_true(at.position >= 10 && at.position <= 30);
     assert_non_null(wstate_get(ws, "device", "c-5"));
+    __atomic_store_n(&dir_syncs_after_rename, 0, __ATOMIC_SEQ_CST);
     stop(q); /* and at stop: at 30 */
+    /* Renamed into place, then its directory fsynced (defect 10). */
+    assert_true(__atomic_load_n(&dir_syncs_after_rename, __ATOMIC_SEQ_CST) >= 1);
     assert_int_equal(checkpoint_load(ckpt, ws, kr, aggs, NULL, &at, why, sizeof(why)), SG_OK);
     assert_int_equal(at.position, 30);
     assert_non_null(wstate_get(ws, "device", "c-29"));
