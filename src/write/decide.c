@@ -79,7 +79,7 @@ uint64_t decision_emit_new(struct decision *d, const char *type, json_t *data)
         size_t cap = b->evcap ? b->evcap * 2 : 64;
         struct pending *p = realloc(b->evs, cap * sizeof(*p));
         if (p == NULL)
-            goto broken;
+            goto oom;
         b->evs = p;
         b->evcap = cap;
     }
@@ -90,13 +90,16 @@ uint64_t decision_emit_new(struct decision *d, const char *type, json_t *data)
                            d->command_id, "data", data, "prev", dc->prev);
     data = NULL;
     if (ev == NULL)
-        goto broken;
+        goto oom; /* every field is a valid string: only memory can fail */
     struct pending *p = &b->evs[b->nev];
     memset(p, 0, sizeof(*p));
-    if (signed_bytes(ev, &p->signed_json, &p->signed_len) != SG_OK ||
-        decider_apply(dc, ev) != SG_OK) {
+    sg_err e = signed_bytes(ev, &p->signed_json, &p->signed_len);
+    if (e == SG_OK)
+        e = decider_apply(dc, ev);
+    if (e) {
         free(p->signed_json);
         json_decref(ev);
+        d->oom |= e == SG_ENOMEM;
         goto broken;
     }
     sg_sha256(p->signed_json, p->signed_len, p->digest);
@@ -110,6 +113,8 @@ uint64_t decision_emit_new(struct decision *d, const char *type, json_t *data)
             dc->managers[i]->on_event(d, ev);
     json_decref(ev);
     return pos;
+oom:
+    d->oom = 1;
 broken:
     json_decref(data);
     d->broken = 1;
@@ -132,11 +137,18 @@ sg_err decision_sign(struct decision *d, enum key_purpose purpose, const json_t 
 
 void decision_follow_new(struct decision *d, const struct wreq_type *type, json_t *input)
 {
-    struct wreq *r = d->nfollow < MAX_FOLLOWUPS ? wreq_new(type, NULL, input, NULL, NULL) : NULL;
-    if (r == NULL) {
-        sg_error("write side: a process manager's %s request was dropped (%s)", type->name,
-                 d->nfollow < MAX_FOLLOWUPS ? "out of memory" : "too many in one batch");
+    if (d->nfollow >= MAX_FOLLOWUPS) {
+        sg_error("write side: a process manager's %s request was dropped (too many in one batch)",
+                 type->name);
         json_decref(input);
+        return;
+    }
+    struct wreq *r = input ? wreq_new(type, NULL, input, NULL, NULL) : NULL;
+    if (r == NULL) {
+        /* A reaction lost to memory would leave the event without it: the
+         * request that caused it fails instead, and nothing of it stays. */
+        json_decref(input);
+        d->broken = d->oom = 1;
         return;
     }
     d->nfollow++;
@@ -170,19 +182,27 @@ int decide_one(struct decision *d, struct wreq *r)
     struct wreq **follow_mark = d->follow_tail;
     memcpy(prev, dc->prev, sizeof(prev));
     d->actor = r->who ? r->who->name : "system";
-    d->broken = 0;
+    d->broken = d->oom = 0;
     sg_uuid_v4(d->command_id);
     if (wstate_push(dc->ws) != SG_OK) {
-        wreq_fail(r, SG_ENOMEM, "out of memory; nothing was appended");
+        wreq_fail(r, SG_EUNAVAILABLE, "out of memory; nothing was appended");
         return 0;
     }
     r->err = SG_OK;
     r->type->decide(r, d);
-    if (d->broken && !r->err)
+    if (d->broken && d->oom)
+        wreq_fail(r, SG_EUNAVAILABLE, "out of memory; nothing was appended");
+    else if (d->broken && !r->err)
         wreq_fail(r, SG_EINTERNAL, "cannot build the event");
     if (r->err && b->nev > before && !d->broken)
         sg_error("write side: %s failed after emitting %zu events; they are dropped", r->type->name,
                  b->nev - before);
+    /* Out of memory while merging: r's layer is partly in the batch's,
+     * which cannot go on (spoiled: the sequencer fails the whole batch). */
+    if (!r->err && wstate_merge(dc->ws) != SG_OK) {
+        wreq_fail(r, SG_EUNAVAILABLE, "out of memory; nothing was appended");
+        d->spoiled = 1;
+    }
     if (r->err) {
         truncate_to(dc, b, before, head, prev);
         wstate_drop(dc->ws);
@@ -195,7 +215,6 @@ int decide_one(struct decision *d, struct wreq *r)
         d->follow_tail = follow_mark;
         return 0;
     }
-    wstate_merge(dc->ws);
     if (b->nev == before)
         return 0; /* answered without an event (its follow-ups stay) */
     r->position = dc->head;
@@ -204,7 +223,7 @@ int decide_one(struct decision *d, struct wreq *r)
 
 void decide_followups(struct decision *d)
 {
-    while (d->follow) {
+    while (d->follow && !d->spoiled) {
         struct wreq *r = d->follow;
         d->follow = r->next;
         if (d->follow == NULL)
@@ -213,8 +232,24 @@ void decide_followups(struct decision *d)
         decide_one(d, r);
         if (r->err)
             sg_warn("write side: system request %s failed: %s", r->type->name, r->detail);
+        /* A reaction lost for want of memory would be lost for good (managers
+         * react to an event once): the batch that caused it fails instead. */
+        if (r->err == SG_EUNAVAILABLE)
+            d->spoiled = 1;
         wreq_free(r);
     }
+}
+
+void decision_abandon(struct decision *d)
+{
+    for (struct wreq *f = d->follow, *nx; f; f = nx) {
+        nx = f->next;
+        wreq_free(f);
+    }
+    d->follow = NULL;
+    d->follow_tail = &d->follow;
+    d->nfollow = 0;
+    truncate_to(d->dc, d->b, 0, d->b->head0, d->b->prev0);
 }
 
 /*** the clock's tick ***/

@@ -17,6 +17,7 @@ struct replay {
     const struct chain_pos *must; /* a point the chain must pass through (or NULL) */
     struct chain_pos at;
     sg_err err;
+    int spoiled; /* an event was folded in part: write state is not the state at `at` */
     char why[384];
 };
 
@@ -56,9 +57,12 @@ static int replay_one(const struct store_event *se, void *ud)
                         (unsigned long long)pos);
         goto out;
     }
-    if (decider_apply(r->dc, ev) != SG_OK) {
-        r->err = sg_say(r->why, sizeof(r->why), SG_EINTERNAL, "cannot fold event %llu",
-                        (unsigned long long)pos);
+    sg_err e = decider_apply(r->dc, ev);
+    if (e) {
+        r->spoiled = 1;
+        r->err = sg_say(r->why, sizeof(r->why), e == SG_ENOMEM ? SG_ENOMEM : SG_EINTERNAL,
+                        "cannot fold event %llu%s", (unsigned long long)pos,
+                        e == SG_ENOMEM ? ": out of memory" : "");
         goto out;
     }
     r->at.position = pos;
@@ -69,22 +73,27 @@ out:
     return r->err != SG_OK;
 }
 
-/* Fold the stored events after *at into base, up to the head; *at follows. */
+/* Fold the stored events after *at into base, up to the head. *at follows
+ * every event folded whole, also on failure; *spoiled (may be NULL) is set
+ * when an event was folded in part (out of memory in an aggregate), after
+ * which write state is no longer the state at any position. */
 static sg_err replay_tail(store *st, const struct decider *dc, struct chain_pos *at,
-                          const struct chain_pos *must, char *why, size_t whylen)
+                          const struct chain_pos *must, int *spoiled, char *why, size_t whylen)
 {
     struct replay r = {.dc = dc, .must = must, .at = *at};
     uint64_t before;
     do {
         before = r.at.position;
         sg_err e = store_read_after(st, r.at.position, 1000, replay_one, &r);
+        *at = r.at;
+        if (spoiled)
+            *spoiled |= r.spoiled;
+        if (r.err)
+            return sg_say(why, whylen, r.err, "%s", r.why);
         if (e)
             return sg_say(why, whylen, e, "cannot read the event store after %llu",
                           (unsigned long long)r.at.position);
-        if (r.err)
-            return sg_say(why, whylen, r.err, "%s", r.why);
     } while (r.at.position != before);
-    *at = r.at;
     return SG_OK;
 }
 
@@ -112,7 +121,7 @@ sg_err replay_restore(store *st, const keyring *kr, struct ckpt *c, struct decid
         }
     }
     /* The tail after it, through the trusted point. */
-    sg_err e = replay_tail(st, dc, base_at, trusted, why, whylen);
+    sg_err e = replay_tail(st, dc, base_at, trusted, NULL, why, whylen);
     if (e == SG_EVERIFY)
         integrity_fail(base_at->position + 1, "write side: %s", why);
     if (e == SG_OK && base_at->position < trusted->position) {
@@ -123,12 +132,13 @@ sg_err replay_restore(store *st, const keyring *kr, struct ckpt *c, struct decid
     return e;
 }
 
-sg_err replay_recover(store *st, const keyring *kr, struct decider *dc, struct chain_pos *base_at)
+sg_err replay_recover(store *st, const keyring *kr, struct decider *dc, struct chain_pos *base_at,
+                      int *spoiled)
 {
     char why[512];
     sg_err e = chain_check_witness(st, kr, "the last durable batch", base_at, why, sizeof(why));
     if (e == SG_OK)
-        e = replay_tail(st, dc, base_at, NULL, why, sizeof(why));
+        e = replay_tail(st, dc, base_at, NULL, spoiled, why, sizeof(why));
     if (e == SG_EVERIFY) {
         integrity_fail(base_at->position + 1, "write side: %s", why);
         return e;

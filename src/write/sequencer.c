@@ -21,7 +21,6 @@
 #include "../core/integrity.h"
 #include "../core/log.h"
 #include "../core/metrics.h"
-#include "../core/strmap.h"
 #include "../store/chain.h"
 #include "../store/store.h"
 #include "checkpoint.h"
@@ -48,12 +47,16 @@ struct sequencer {
     int stopping, seq_done;
     unsigned folds;           /* durable batches whose layers are not folded yet */
     struct chain_pos durable; /* last durable point (set by the committer) */
-    strmap *inflight;         /* principal\x1fkey of requests not yet durable */
+    int poison_oom;           /* poisoned for want of memory, not by the store */
+    struct idem *im;          /* Idempotency-Keys in flight (its own lock) */
 
     /* sequencer thread only */
-    struct decider dc;        /* write state and the chain head as decided */
-    struct chain_pos base_at; /* the point write state's base reflects */
-    uint64_t next_tick;       /* sg_mono_ms of the next process-manager tick */
+    struct decider dc;            /* write state and the chain head as decided */
+    struct chain_pos base_at;     /* the point write state's base reflects */
+    unsigned unfolded;            /* durable batches whose layers are still to fold */
+    struct chain_pos unfolded_at; /* base_at once they are folded */
+    int rebuild;                  /* an event was folded in part: rebuild write state */
+    uint64_t next_tick;           /* sg_mono_ms of the next process-manager tick */
     int has_ticks;
 
     void (*on_commit)(const struct chain_pos *, void *);
@@ -64,6 +67,8 @@ struct sequencer {
 };
 
 /*** batches ***/
+
+static const char nomem[] = "out of memory; nothing was appended";
 
 static void batch_free(struct batch *b)
 {
@@ -76,6 +81,7 @@ static void batch_free(struct batch *b)
     free(b->evs);
     free(b->reqs);
     free(b->recs);
+    free(b->se);
     free(b);
 }
 
@@ -92,21 +98,10 @@ static struct batch *batch_new(size_t n)
     return b;
 }
 
-static void inflight_key(char *out, size_t n, const struct wreq *r)
-{
-    snprintf(out, n, "%s\x1f%s", r->who->name, r->idem_key);
-}
-
-/* Final answer for r: call done, release its idempotency slot. */
+/* Final answer for r: release its Idempotency-Key, call done. */
 static void finish(sequencer *q, struct wreq *r)
 {
-    if (r->idem_key) {
-        char k[512];
-        inflight_key(k, sizeof(k), r);
-        pthread_mutex_lock(&q->mu);
-        strmap_del(q->inflight, k);
-        pthread_mutex_unlock(&q->mu);
-    }
+    idem_release(q->im, r);
     r->done(r, r->ud);
 }
 
@@ -119,7 +114,8 @@ static void fail_batch(sequencer *q, struct batch *b, sg_err err, const char *wh
     batch_free(b);
 }
 
-/* Add r to b, which has room for it (batch_new). */
+/* Add r, just decided with events, to b, which has room for it (batch_new):
+ * its idempotency record names r's last event, the newest of b. */
 static void batch_add(struct batch *b, struct wreq *r)
 {
     b->reqs[b->nreq++] = r;
@@ -131,61 +127,47 @@ static void batch_add(struct batch *b, struct wreq *r)
         rec->status = r->status;
         rec->body = r->body;
         rec->position = r->position;
+        memcpy(rec->event_hash, b->evs[b->nev - 1].hash, sizeof(rec->event_hash));
     }
-}
-
-/*** idempotency ***/
-
-/* Idempotency: 1 to go on deciding; 0 if r is answered already. */
-static int idem_check(sequencer *q, struct wreq *r)
-{
-    char k[512], stored_req[SG_HEX256_LEN + 1];
-    int status;
-    char *body = NULL;
-    inflight_key(k, sizeof(k), r);
-    pthread_mutex_lock(&q->mu);
-    int busy = strmap_get(q->inflight, k) != NULL;
-    pthread_mutex_unlock(&q->mu);
-    if (busy) {
-        wreq_fail(r, SG_ECONFLICT, "a request with this Idempotency-Key is still in progress");
-        return 0;
-    }
-    sg_err e = store_idem_get(q->rst, r->who->name, r->idem_key, stored_req, &status, &body);
-    if (e == SG_ENOTFOUND)
-        return 1;
-    if (e)
-        wreq_fail(r, SG_ESTORE, "cannot read idempotency records");
-    else if (strcmp(stored_req, r->request_sha256) != 0)
-        wreq_fail(r, SG_EUNPROCESSABLE, "Idempotency-Key was already used for a different request");
-    else {
-        r->err = SG_OK;
-        r->status = status;
-        free(r->body);
-        r->body = body;
-        body = NULL;
-    }
-    free(body);
-    return 0;
 }
 
 /*** signing ***/
 
-/* Sign every event of b in one batch on the signer's workers (one deadline
- * for the batch: this thread never waits on a stuck HSM for longer than
- * pkcs11.sign_timeout_ms); then serialise them. SG_EHSM if any signature
- * failed or came too late. */
+/* Sign every event of b, and every idempotency record, in one batch on the
+ * signer's workers (one deadline for the batch: this thread never waits on
+ * a stuck HSM for longer than pkcs11.sign_timeout_ms); then serialise them
+ * as the committer appends them. SG_EHSM if any signature failed or came
+ * too late; SG_ENOMEM. */
 static sg_err sign_batch(sequencer *q, struct batch *b)
 {
-    struct signer_item *items = malloc(b->nev * sizeof(*items));
-    if (items == NULL)
+    size_t n = b->nev + b->nrec;
+    struct signer_item *items = malloc(n * sizeof(*items));
+    if (items == NULL || (b->se = malloc(b->nev * sizeof(*b->se))) == NULL) {
+        free(items);
         return SG_ENOMEM;
+    }
     for (size_t i = 0; i < b->nev; i++)
         memcpy(items[i].digest, b->evs[i].digest, sizeof(items[i].digest));
-    sg_err e = signer_sign_batch(q->o.signer, KEY_EVENTS, items, b->nev);
+    for (size_t i = 0; i < b->nrec; i++)
+        if (idem_record_digest(&b->recs[i], items[b->nev + i].digest) != SG_OK) {
+            free(items);
+            return SG_ENOMEM;
+        }
+    sg_err e = signer_sign_batch(q->o.signer, KEY_EVENTS, items, n);
+    const char *key_id = signer_key_id(q->o.signer, KEY_EVENTS);
     if (e == SG_OK) {
         for (size_t i = 0; i < b->nev; i++) {
             memcpy(b->evs[i].sig, items[i].sig, items[i].siglen);
             b->evs[i].siglen = items[i].siglen;
+        }
+        for (size_t i = 0; i < b->nrec; i++) {
+            struct signer_item *it = &items[b->nev + i];
+            if (sg_b64_encoded_len(it->siglen) > sizeof(b->recs[i].sig)) {
+                e = SG_EHSM;
+                break;
+            }
+            sg_b64_encode(it->sig, it->siglen, b->recs[i].sig);
+            snprintf(b->recs[i].key_id, sizeof(b->recs[i].key_id), "%s", key_id);
         }
     }
     free(items);
@@ -196,7 +178,6 @@ static sg_err sign_batch(sequencer *q, struct batch *b)
 
     /* The stored form: hash, key_id and sig spliced into the signed bytes
      * (canonicalized once, when the event was built). */
-    const char *key_id = signer_key_id(q->o.signer, KEY_EVENTS);
     for (size_t i = 0; i < b->nev; i++) {
         struct pending *p = &b->evs[i];
         char sig64[128];
@@ -206,12 +187,19 @@ static sg_err sign_batch(sequencer *q, struct batch *b)
             return SG_ENOMEM;
         free(p->signed_json);
         p->signed_json = NULL;
+        b->se[i].position = p->position;
+        memcpy(b->se[i].hash, p->hash, sizeof(b->se[i].hash));
+        b->se[i].json = p->json;
+        b->se[i].json_len = p->len;
     }
     return SG_OK;
 }
 
 /*** committer ***/
 
+/* The committer allocates nothing of its own: a batch comes to it ready to
+ * append (sign_batch), so running out of memory can only happen inside the
+ * store, which says so (SG_ENOMEM), and is answered as such. */
 static void *committer_main(void *arg)
 {
     sequencer *q = arg;
@@ -230,18 +218,8 @@ static void *committer_main(void *arg)
         int poisoned = q->poisoned;
         pthread_mutex_unlock(&q->mu);
 
-        sg_err e = SG_ESTORE;
-        struct store_event *se = poisoned ? NULL : malloc(b->nev * sizeof(*se));
-        if (se) {
-            for (size_t i = 0; i < b->nev; i++) {
-                se[i].position = b->evs[i].position;
-                memcpy(se[i].hash, b->evs[i].hash, sizeof(se[i].hash));
-                se[i].json = b->evs[i].json;
-                se[i].json_len = b->evs[i].len;
-            }
-            e = store_append_batch(q->wst, se, b->nev, b->recs, b->nrec);
-            free(se);
-        }
+        sg_err e =
+            poisoned ? SG_ESTORE : store_append_batch(q->wst, b->se, b->nev, b->recs, b->nrec);
         if (e == SG_OK) {
             atomic_store(&q->store_ok, 1);
             atomic_fetch_add(&sg_metrics.events_appended, b->nev);
@@ -259,17 +237,25 @@ static void *committer_main(void *arg)
                 q->on_commit(&last, q->on_commit_ud);
             batch_free(b);
         } else {
-            if (!poisoned) {
+            int oom = !poisoned && e == SG_ENOMEM;
+            if (!poisoned && !oom) {
                 atomic_store(&q->store_ok, 0);
                 atomic_fetch_add(&sg_metrics.store_failures, 1);
             }
             /* Poisoned before anyone is answered: a request sent after this
-             * answer finds the sequencer recovering, never deciding on top. */
+             * answer finds the sequencer recovering, never deciding on top.
+             * Batches decided on this one fail with it. */
             pthread_mutex_lock(&q->mu);
             q->poisoned = 1;
+            if (!poisoned)
+                q->poison_oom = oom;
             pthread_mutex_unlock(&q->mu);
-            fail_batch(q, b, SG_ESTORE,
-                       poisoned ? "an earlier batch failed; retry" : "the event store failed");
+            if (poisoned)
+                fail_batch(q, b, SG_ESTORE, "an earlier batch failed; retry");
+            else if (oom)
+                fail_batch(q, b, SG_EUNAVAILABLE, nomem);
+            else
+                fail_batch(q, b, SG_ESTORE, "the event store failed");
         }
         pthread_mutex_lock(&q->mu);
         q->committing = 0;
@@ -281,6 +267,16 @@ static void *committer_main(void *arg)
 
 /*** the sequencer thread ***/
 
+/* Fail every request of list with err and detail. */
+static void fail_list(struct wreq *list, sg_err err, const char *detail)
+{
+    for (struct wreq *r = list, *nx; r; r = nx) {
+        nx = r->next;
+        wreq_fail(r, err, "%s", detail);
+        r->done(r, r->ud);
+    }
+}
+
 static void run_batch(sequencer *q, struct wreq *list, size_t n)
 {
     struct batch *b = batch_new(n);
@@ -288,11 +284,7 @@ static void run_batch(sequencer *q, struct wreq *list, size_t n)
     struct wreq *r, *next;
     if (b == NULL || wstate_push(q->dc.ws) != SG_OK) {
         batch_free(b);
-        for (r = list; r; r = next) {
-            next = r->next;
-            wreq_fail(r, SG_ENOMEM, "out of memory");
-            r->done(r, r->ud);
-        }
+        fail_list(list, SG_EUNAVAILABLE, nomem);
         return;
     }
     decision_init(&d, &q->dc, b, q->o.clock_ms());
@@ -301,25 +293,24 @@ static void run_batch(sequencer *q, struct wreq *list, size_t n)
     for (r = list; r; r = next) {
         next = r->next;
         r->next = NULL;
-        if (r->idem_key && !idem_check(q, r)) {
+        if (r->idem_key && !idem_begin(q->im, q->rst, q->o.kr, r)) {
             r->done(r, r->ud);
             continue;
         }
-        if (!decide_one(&d, r)) {
-            r->done(r, r->ud);
-        } else {
-            if (r->idem_key) {
-                char k[512];
-                inflight_key(k, sizeof(k), r);
-                pthread_mutex_lock(&q->mu);
-                sg_err e = strmap_put(q->inflight, k, (void *)1);
-                pthread_mutex_unlock(&q->mu);
-                if (e)
-                    sg_warn("write side: cannot mark an Idempotency-Key in flight");
-            }
+        if (decide_one(&d, r))
             batch_add(b, r);
-        }
+        else
+            finish(q, r);
         decide_followups(&d);
+        if (d.spoiled) {
+            /* Out of memory halfway through merging a layer: the batch's
+             * layer cannot be trusted. Nothing of it was acknowledged. */
+            decision_abandon(&d);
+            wstate_drop(q->dc.ws);
+            fail_list(next, SG_EUNAVAILABLE, nomem);
+            fail_batch(q, b, SG_EUNAVAILABLE, nomem);
+            return;
+        }
     }
     if (b->nev == 0) { /* nothing to append: nobody waits on b */
         wstate_drop(q->dc.ws);
@@ -332,9 +323,8 @@ static void run_batch(sequencer *q, struct wreq *list, size_t n)
         wstate_drop(q->dc.ws);
         q->dc.head = b->head0;
         memcpy(q->dc.prev, b->prev0, sizeof(q->dc.prev));
-        fail_batch(q, b, e,
-                   e == SG_EHSM ? "the HSM did not sign; nothing was appended"
-                                : "internal error; nothing was appended");
+        fail_batch(q, b, e == SG_EHSM ? SG_EHSM : SG_EUNAVAILABLE,
+                   e == SG_EHSM ? "the HSM did not sign; nothing was appended" : nomem);
         return;
     }
     pthread_mutex_lock(&q->mu);
@@ -349,45 +339,74 @@ static void run_batch(sequencer *q, struct wreq *list, size_t n)
     pthread_mutex_unlock(&q->mu);
 }
 
+/* Make write state again from the checkpoint and the store, after an event
+ * was folded in part. SG_OK, or the error (write state then stays to be
+ * rebuilt). */
+static sg_err rebuild(sequencer *q)
+{
+    char why[512];
+    wstate *fresh = wstate_new();
+    if (fresh == NULL)
+        return SG_ENOMEM;
+    wstate_free(q->dc.ws);
+    q->dc.ws = fresh;
+    chain_genesis(&q->base_at);
+    q->ck.written = 0;
+    sg_err e = replay_restore(q->rst, q->o.kr, &q->ck, &q->dc, &q->o.trusted, &q->base_at, why,
+                              sizeof(why));
+    if (e == SG_OK) {
+        q->dc.head = q->base_at.position;
+        memcpy(q->dc.prev, q->base_at.hash, sizeof(q->dc.prev));
+        sg_info("write state: rebuilt at position %llu", (unsigned long long)q->base_at.position);
+    } else {
+        sg_error("write side: cannot rebuild write state: %s", why);
+    }
+    return e;
+}
+
 /* Fold the layers of batches the committer made durable; after a failed
  * commit, wait for the committer to drain and recover. Called with mu held;
- * returns with it held. */
+ * returns with it held. Out of memory is never fatal: a fold that fails is
+ * tried again at the next call (its layer still answers reads meanwhile),
+ * and the sequencer stays poisoned until recovery has worked. */
 static void settle(sequencer *q)
 {
     int poisoned = q->poisoned;
     if (poisoned)
         while (q->chead != NULL || q->committing)
             pthread_cond_wait(&q->wake, &q->mu);
-    unsigned folds = q->folds;
-    struct chain_pos durable = q->durable;
-    q->folds = 0;
+    if (q->folds) {
+        q->unfolded += q->folds;
+        q->unfolded_at = q->durable;
+        q->folds = 0;
+    }
     pthread_mutex_unlock(&q->mu);
-    for (unsigned i = 0; i < folds; i++)
-        wstate_fold_oldest(q->dc.ws);
-    if (folds)
-        q->base_at = durable;
-    sg_err e = SG_OK;
-    if (poisoned) {
+    while (q->unfolded && wstate_fold_oldest(q->dc.ws) == SG_OK)
+        if (--q->unfolded == 0)
+            q->base_at = q->unfolded_at;
+    sg_err e = q->unfolded ? SG_ENOMEM : SG_OK;
+    if (e == SG_OK && (poisoned || q->rebuild)) {
         /* Tried again at each new batch while the store is unavailable;
          * never again once the chain is known broken. */
         wstate_drop_all(q->dc.ws);
-        e = integrity_ok() ? replay_recover(q->rst, q->o.kr, &q->dc, &q->base_at) : SG_EINTEGRITY;
+        int spoiled = 0;
+        if (!integrity_ok())
+            e = SG_EINTEGRITY;
+        else if (q->rebuild)
+            e = rebuild(q);
+        else
+            e = replay_recover(q->rst, q->o.kr, &q->dc, &q->base_at, &spoiled);
+        q->rebuild = (q->rebuild && e != SG_OK) || spoiled;
     }
     /* Base is exactly the state at base_at, whatever layers lie above it. */
-    if (q->ck.every && q->base_at.position - q->ck.written >= q->ck.every)
+    if (e == SG_OK && q->ck.every && q->base_at.position - q->ck.written >= q->ck.every)
         replay_checkpoint(&q->ck, &q->dc, q->o.kr, &q->base_at);
     pthread_mutex_lock(&q->mu);
-    if (poisoned && e == SG_OK)
+    if (e == SG_OK && poisoned) {
         q->poisoned = 0;
-}
-
-/* Fail every request of list with err and detail. */
-static void fail_list(struct wreq *list, sg_err err, const char *detail)
-{
-    for (struct wreq *r = list, *nx; r; r = nx) {
-        nx = r->next;
-        wreq_fail(r, err, "%s", detail);
-        r->done(r, r->ud);
+        q->poison_oom = 0;
+    } else if (poisoned) {
+        q->poison_oom = e == SG_ENOMEM;
     }
 }
 
@@ -405,12 +424,15 @@ static void *sequencer_main(void *arg)
     for (;;) {
         while (q->qhead == NULL && !q->stopping && !q->folds &&
                !(q->has_ticks && sg_mono_ms() >= q->next_tick)) {
-            if (!q->has_ticks) {
+            if (!q->has_ticks && !q->unfolded) {
                 pthread_cond_wait(&q->wake, &q->mu);
                 continue;
             }
+            /* Ticks to make, or layers to fold that memory refused. */
             struct timespec ts = sg_realtime_in(50);
             pthread_cond_timedwait(&q->wake, &q->mu, &ts);
+            if (q->unfolded)
+                break;
         }
         settle(q);
         if (q->qhead == NULL && q->stopping)
@@ -436,7 +458,7 @@ static void *sequencer_main(void *arg)
         if (q->qhead == NULL)
             q->qtail = NULL;
         last->next = NULL;
-        int poisoned = q->poisoned;
+        int poisoned = q->poisoned, poison_oom = q->poison_oom;
         pthread_mutex_unlock(&q->mu);
         /* A tick due while requests keep coming goes first in their batch, so
          * time-driven managers (command expiry) are not starved by load. */
@@ -457,6 +479,9 @@ static void *sequencer_main(void *arg)
                      "(%.180s)",
                      (unsigned long long)bad_at, bad_why);
             fail_list(list, SG_EINTEGRITY, detail);
+        } else if (poisoned && poison_oom) {
+            fail_list(list, SG_EUNAVAILABLE,
+                      "out of memory: the write side is recovering; nothing was appended");
         } else if (poisoned) {
             fail_list(list, SG_ESTORE, "the event store cannot be read");
         } else if (!signer_healthy(q->o.signer)) {
@@ -481,7 +506,7 @@ static void release(sequencer *q)
 {
     store_close(q->rst);
     store_close(q->wst);
-    strmap_free(q->inflight, NULL);
+    idem_free(q->im);
     wstate_free(q->dc.ws);
     free(q->ck.path);
     free(q);
@@ -525,7 +550,7 @@ sg_err sequencer_start(const struct sequencer_opts *o, sequencer **out, char *wh
     chain_genesis(&q->base_at);
     sg_err e = SG_ENOMEM;
     if ((!o->checkpoint_path || (q->ck.path = strdup(o->checkpoint_path)) != NULL) &&
-        (q->inflight = strmap_new()) != NULL && (q->dc.ws = wstate_new()) != NULL)
+        (q->im = idem_new()) != NULL && (q->dc.ws = wstate_new()) != NULL)
         e = store_open(o->store_uri, &q->rst, why, whylen);
     else
         sg_say(why, whylen, e, "out of memory");
@@ -609,13 +634,16 @@ void sequencer_stop(sequencer *q)
     pthread_join(q->seq_thread, NULL);
     pthread_join(q->commit_thread, NULL);
     /* Both threads are gone: fold what became durable and checkpoint it. */
-    for (unsigned i = 0; i < q->folds; i++)
-        wstate_fold_oldest(q->dc.ws);
-    if (q->folds)
-        q->base_at = q->durable;
-    q->folds = 0;
+    if (q->folds) {
+        q->unfolded += q->folds;
+        q->unfolded_at = q->durable;
+        q->folds = 0;
+    }
+    while (q->unfolded && wstate_fold_oldest(q->dc.ws) == SG_OK)
+        if (--q->unfolded == 0)
+            q->base_at = q->unfolded_at;
     q->ck.retry = 0; /* stopping: try now whatever failed before */
-    if (!q->poisoned && wstate_layers(q->dc.ws) == 0)
+    if (!q->poisoned && !q->rebuild && wstate_layers(q->dc.ws) == 0)
         replay_checkpoint(&q->ck, &q->dc, q->o.kr, &q->base_at);
 }
 

@@ -31,7 +31,8 @@ struct batch {
     size_t nreq;
     struct idem_record *recs;
     size_t nrec;
-    uint64_t head0; /* chain head before the batch */
+    struct store_event *se; /* the events as the committer appends them (made when signed) */
+    uint64_t head0;         /* chain head before the batch */
     char prev0[SG_HEX256_LEN + 1];
     struct batch *next;
 };
@@ -60,6 +61,8 @@ struct decision {
     uint64_t now_ms;
     char now[32];
     int broken;                         /* emit failed: the request fails */
+    int oom;                            /* ... for want of memory (503) */
+    int spoiled;                        /* out of memory merging: the whole batch fails */
     struct wreq *follow, **follow_tail; /* system requests queued by managers */
     size_t nfollow;
 };
@@ -73,9 +76,14 @@ void decision_init(struct decision *d, struct decider *dc, struct batch *b, uint
  * answered already: it failed (its layer is dropped, with every event and
  * follow-up it made) or it had nothing to append. */
 int decide_one(struct decision *d, struct wreq *r);
+/* (After decide_one, d->spoiled set means the batch must be abandoned.) */
 /* Decide the system requests process managers queued, in order (each may
  * queue more). They have no client: they are freed once decided. */
 void decide_followups(struct decision *d);
+/* Give up the batch (d->spoiled): free the queued follow-ups, drop every
+ * event of the batch and move the chain head back to where it began. The
+ * caller drops the batch's layer and fails its requests. */
+void decision_abandon(struct decision *d);
 /* The clock's tick: each process manager's on_tick. */
 extern const struct wreq_type wreq_tick;
 
@@ -98,11 +106,39 @@ sg_err replay_restore(store *st, const keyring *kr, struct ckpt *c, struct decid
                       size_t whylen);
 /* After a failed commit, with every layer above base dropped: check that the
  * store still holds *base_at, fold whatever it has after it (a commit that
- * reported failure may have landed), and move dc's head there. */
-sg_err replay_recover(store *st, const keyring *kr, struct decider *dc, struct chain_pos *base_at);
+ * reported failure may have landed), and move dc's head there. *base_at
+ * follows every event folded whole, also on failure; *spoiled is set when
+ * an event was folded in part (out of memory): write state must then be
+ * rebuilt (replay_restore on a new one). SG_EVERIFY (an integrity failure
+ * is raised), SG_ESTORE, SG_ENOMEM, SG_EINTERNAL. */
+sg_err replay_recover(store *st, const keyring *kr, struct decider *dc, struct chain_pos *base_at,
+                      int *spoiled);
 /* Write base (the state at base_at) to the checkpoint file, and re-read it
  * as the new frozen base; a failure is logged and retried a minute later. */
 void replay_checkpoint(struct ckpt *c, struct decider *dc, const keyring *kr,
                        const struct chain_pos *base_at);
+
+/*** Idempotency-Key (idem.c) ***/
+
+struct idem;
+struct idem *idem_new(void); /* NULL when out of memory */
+void idem_free(struct idem *im);
+/* Before deciding r (which has an idem_key): claim its key, so that a
+ * retry while r is not answered yet gets 409; then look for a stored answer
+ * and verify it against the log (st, kr). Returns 1 to decide r (its key
+ * stays claimed until idem_release); 0 when r is answered already: the
+ * stored answer replayed, or failed (409 in flight, 422 another request
+ * under the key, 500 SG_EINTERNAL a stored answer that does not verify, 503
+ * out of memory or store). */
+int idem_begin(struct idem *im, store *st, const keyring *kr, struct wreq *r);
+/* The in-flight slot of (principal, key): the hex SHA-256 of the principal's
+ * name, length-prefixed, and the key, so that no two pairs share one
+ * whatever bytes or lengths they hold ("" when out of memory). */
+void idem_slot(const char *principal, const char *key, char out[SG_HEX256_LEN + 1]);
+/* Release r's claim (if it holds one); allocates nothing. Any thread. */
+void idem_release(struct idem *im, struct wreq *r);
+/* The SHA-256 the events key signs for a stored answer (sig and key_id not
+ * included). SG_ENOMEM. */
+sg_err idem_record_digest(const struct idem_record *rec, uint8_t digest[32]);
 
 #endif

@@ -30,6 +30,7 @@ struct wreq {
     char *path_id;               /* id from the path (owned, may be NULL) */
     char *idem_key;              /* Idempotency-Key (owned, may be NULL) */
     char request_sha256[65];
+    char idem_slot[65]; /* the sequencer's: its claim on idem_key while in flight ("" none) */
 
     /* Result, set by decide() or by the sequencer. */
     sg_err err;
@@ -63,7 +64,8 @@ struct wreq_type {
 struct wreq *wreq_new(const struct wreq_type *type, const struct principal *who, json_t *input,
                       const char *path_id, const char *idem_key);
 void wreq_free(struct wreq *r);
-/* Answer r with a JSON body (reference stolen). */
+/* Answer r with a JSON body (reference stolen); out of memory fails r with
+ * SG_EUNAVAILABLE (503). */
 void wreq_respond_new(struct wreq *r, int status, json_t *body);
 /* Fail r. */
 void wreq_fail(struct wreq *r, sg_err err, const char *fmt, ...)
