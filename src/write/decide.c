@@ -190,7 +190,7 @@ int decide_one(struct decision *d, struct wreq *r)
     }
     r->err = SG_OK;
     r->type->decide(r, d);
-    if (d->broken && d->oom)
+    if ((d->broken && d->oom) || r->err == SG_ENOMEM) /* 503: retry when memory is back */
         wreq_fail(r, SG_EUNAVAILABLE, "out of memory; nothing was appended");
     else if (d->broken && !r->err)
         wreq_fail(r, SG_EINTERNAL, "cannot build the event");

@@ -80,7 +80,8 @@ void idem_release(struct idem *im, struct wreq *r)
 static json_t *record_doc(const struct idem_record *rec)
 {
     char body_sha[SG_HEX256_LEN + 1];
-    sg_sha256_hex(rec->body, strlen(rec->body), body_sha);
+    const char *body = rec->body ? rec->body : ""; /* (the store refuses a record without) */
+    sg_sha256_hex(body, strlen(body), body_sha);
     return json_pack("{s:s, s:s, s:s, s:s, s:i, s:s, s:I, s:s}", "type", "signet-idempotency",
                      "principal", rec->principal, "key", rec->key, "request_sha256",
                      rec->request_sha256, "status", rec->status, "body_sha256", body_sha,
