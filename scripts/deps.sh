@@ -7,7 +7,7 @@ PACKAGES=(
   libssl-dev openssl
   libp11-dev libp11-kit-dev softhsm2 opensc
   libmicrohttpd-dev libjansson-dev libsqlite3-dev sqlite3 libcurl4-openssl-dev
-  libcmocka-dev libconfig-dev
+  libcmocka-dev libconfig-dev valgrind
   swupdate cpio
   python3 python3-cryptography python3-yaml curl
 )

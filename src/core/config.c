@@ -170,6 +170,23 @@ static sg_err load_pkcs11(struct ctx *c, sg_config *cfg, json_t *p)
     return absolutize(c, &cfg->pkcs11_module);
 }
 
+/* Principal names (API.md, Identities): ^[a-z0-9][a-z0-9._-]{0,63}$, and
+ * not "system", the actor of the process managers' events. */
+static int valid_principal_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 64)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        int ok = (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+                 (i > 0 && (ch == '.' || ch == '_' || ch == '-'));
+        if (!ok)
+            return 0;
+    }
+    return 1;
+}
+
 static sg_err load_principal(struct ctx *c, struct principal *pr, json_t *p, size_t i)
 {
     static const char *const keys[] = {"name", "token_sha256", "roles", "device_id", NULL};
@@ -183,6 +200,15 @@ static sg_err load_principal(struct ctx *c, struct principal *pr, json_t *p, siz
         (e = get_str(c, p, where, "token_sha256", 1, &hex)) ||
         (e = get_str(c, p, where, "device_id", 0, &pr->device_id)))
         goto out;
+    if (!valid_principal_name(pr->name)) {
+        e = bad(c, "%s.name must match ^[a-z0-9][a-z0-9._-]{0,63}$", where);
+        goto out;
+    }
+    if (strcmp(pr->name, "system") == 0) {
+        e = bad(c, "%s.name \"system\" is reserved (the actor of the process managers' events)",
+                where);
+        goto out;
+    }
     if (sg_hex_decode(hex, pr->token_sha256, 32) != SG_OK) {
         e = bad(c, "%s.token_sha256 must be 64 hex digits (signet token-hash TOKEN)", where);
         goto out;

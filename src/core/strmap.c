@@ -119,21 +119,32 @@ void *strmap_get(const strmap *m, const char *key)
 
 sg_err strmap_put(strmap *m, const char *key, void *value)
 {
-    if ((m->used + 1) * 4 > m->cap * 3 && grow(m) != SG_OK)
-        return SG_ENOMEM;
+    /* Look first: replacing the value of a key already present allocates
+     * nothing, so it cannot fail (write/blobs.c and wstate rely on it). */
     int found;
     uint64_t h = hash(key);
     size_t i = find(m, key, h, &found);
-    if (!found) {
-        char *k = strdup(key);
-        if (k == NULL)
-            return SG_ENOMEM;
-        if (m->keys[i] == NULL)
-            m->used++;
-        m->keys[i] = k;
-        m->hashes[i] = h;
-        m->len++;
+    if (found) {
+        m->vals[i] = value;
+        return SG_OK;
     }
+    size_t n = strlen(key) + 1;
+    char *k = malloc(n);
+    if (k == NULL)
+        return SG_ENOMEM;
+    memcpy(k, key, n);
+    if ((m->used + 1) * 4 > m->cap * 3) {
+        if (grow(m) != SG_OK) {
+            free(k);
+            return SG_ENOMEM;
+        }
+        i = find(m, key, h, &found);
+    }
+    if (m->keys[i] == NULL)
+        m->used++;
+    m->keys[i] = k;
+    m->hashes[i] = h;
+    m->len++;
     m->vals[i] = value;
     return SG_OK;
 }

@@ -13,7 +13,9 @@ strmap *strmap_new(void);
 /* Frees the map and its key copies; free_value (may be NULL) is called on each value. */
 void strmap_free(strmap *m, void (*free_value)(void *));
 void *strmap_get(const strmap *m, const char *key);
-/* Insert or replace; returns SG_OK or SG_ENOMEM. A replaced value is not freed. */
+/* Insert or replace; returns SG_OK or SG_ENOMEM (m unchanged). Replacing the
+ * value of a key already present allocates nothing and cannot fail. A
+ * replaced value is not freed. */
 sg_err strmap_put(strmap *m, const char *key, void *value);
 /* Remove and return the value (NULL if absent). */
 void *strmap_del(strmap *m, const char *key);

@@ -21,6 +21,11 @@ struct store_event {
     size_t json_len;
 };
 
+/* A stored answer to (principal, key), tied to the log: position and
+ * event_hash name the last event of the request it answers, and sig (base64
+ * DER, by the events key key_id) covers all of it (write/idem.c says over
+ * what). */
+#define IDEM_SIG_B64 128
 struct idem_record {
     const char *principal;
     const char *key;
@@ -28,6 +33,9 @@ struct idem_record {
     int status;
     const char *body;
     uint64_t position;
+    char event_hash[SG_HEX256_LEN + 1];
+    char key_id[SG_HEX256_LEN + 1];
+    char sig[IDEM_SIG_B64];
 };
 
 typedef struct store store;
@@ -43,7 +51,8 @@ void store_close(store *st);
 
 /* Append events (positions head+1 .. head+n, in order) and idempotency records
  * in one durable transaction. SG_OK only once it is on disk; on any error
- * nothing is appended (SG_ESTORE, or SG_ECONFLICT if the positions are taken). */
+ * nothing is appended (SG_ESTORE, SG_ENOMEM when SQLite ran out of memory, or
+ * SG_ECONFLICT if the positions are taken). */
 sg_err store_append_batch(store *st, const struct store_event *evs, size_t nev,
                           const struct idem_record *recs, size_t nrec);
 
@@ -61,11 +70,13 @@ sg_err store_read_page(store *st, uint64_t after, size_t limit, store_event_cb c
 /* Position and hash of the last event (0 and 64 zeros if empty). */
 sg_err store_head(store *st, uint64_t *pos, char hash[SG_HEX256_LEN + 1]);
 
-/* The stored answer for (principal, key): SG_OK and fields filled (body
- * malloc'd, caller frees), SG_ENOTFOUND (also when the record has expired), or
- * SG_ESTORE. */
-sg_err store_idem_get(store *st, const char *principal, const char *key,
-                      char request_sha256[SG_HEX256_LEN + 1], int *status, char **body);
+/* The stored answer for (principal, key): SG_OK and *rec filled as stored
+ * (rec->principal and rec->key are the arguments; rec->body is *body,
+ * malloc'd, the caller frees it; fields a record of an earlier version lacks
+ * are empty), SG_ENOTFOUND (also when the record has expired), SG_ENOMEM or
+ * SG_ESTORE. Nothing here is checked: the caller verifies it. */
+sg_err store_idem_get(store *st, const char *principal, const char *key, struct idem_record *rec,
+                      char **body);
 
 /* Idempotency records older than ttl_seconds are expired: store_idem_get does
  * not return them, store_append_batch replaces them, store_idem_prune deletes

@@ -8,7 +8,10 @@
  * Idempotency records carry created_at (Unix seconds, set at append); one
  * older than the process-wide TTL is no longer honoured and may be deleted,
  * in small chunks, by store_idem_prune. Stores made before created_at existed
- * gain the column at open, their rows counting as created at that moment. */
+ * gain the column at open, their rows counting as created at that moment.
+ * Each record also names the event it answers for (position and hash) and
+ * carries the signature the write side made over it (idem.c); stores made
+ * before that gain the columns empty, and such rows are never replayed. */
 #include "store.h"
 
 #include <sqlite3.h>
@@ -44,6 +47,9 @@ static const char schema[] = "CREATE TABLE IF NOT EXISTS events ("
                              "  body TEXT NOT NULL,"
                              "  position INTEGER NOT NULL,"
                              "  created_at INTEGER NOT NULL,"
+                             "  event_hash TEXT,"
+                             "  key_id TEXT,"
+                             "  sig TEXT,"
                              "  PRIMARY KEY (principal, key));";
 
 /*** idempotency records: age and migration ***/
@@ -59,18 +65,20 @@ static sqlite3_int64 idem_cutoff(void)
     return (sqlite3_int64)time(NULL) - (sqlite3_int64)atomic_load(&idem_ttl_seconds);
 }
 
-static int has_created_at(sqlite3 *db)
+static int has_column(sqlite3 *db, const char *column)
 {
+    char sql[96];
     sqlite3_stmt *s = NULL;
-    int ok = sqlite3_prepare_v2(db, "SELECT created_at FROM idempotency LIMIT 0", -1, &s, NULL) ==
-             SQLITE_OK;
+    snprintf(sql, sizeof(sql), "SELECT %s FROM idempotency LIMIT 0", column);
+    int ok = sqlite3_prepare_v2(db, sql, -1, &s, NULL) == SQLITE_OK;
     sqlite3_finalize(s);
     return ok;
 }
 
-/* Give an idempotency table of the previous version (no created_at) the
- * column, its rows counting as created now (a constant default: no row is
- * rewritten), and make sure the index pruning walks exists. SQLITE_OK or the
+/* Give an idempotency table of a previous version the columns it lacks: no
+ * created_at (its rows counting as created now: a constant default, so no
+ * row is rewritten), no event_hash, key_id and sig (empty: such rows are not
+ * replayed); and make sure the index pruning walks exists. SQLITE_OK or the
  * error; one transaction, so concurrent opens agree. */
 static int idem_migrate(sqlite3 *db)
 {
@@ -78,7 +86,13 @@ static int idem_migrate(sqlite3 *db)
     int rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
     if (rc != SQLITE_OK)
         return rc;
-    if (!has_created_at(db)) {
+    static const char *const added[] = {"event_hash", "key_id", "sig"};
+    for (size_t i = 0; i < sizeof(added) / sizeof(added[0]) && rc == SQLITE_OK; i++)
+        if (!has_column(db, added[i])) {
+            snprintf(sql, sizeof(sql), "ALTER TABLE idempotency ADD COLUMN %s TEXT", added[i]);
+            rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+        }
+    if (rc == SQLITE_OK && !has_column(db, "created_at")) {
         snprintf(sql, sizeof(sql),
                  "ALTER TABLE idempotency ADD COLUMN created_at INTEGER NOT NULL DEFAULT %lld",
                  (long long)time(NULL));
@@ -160,15 +174,15 @@ static sg_err open_store(const char *uri, int create, store **out, char *why, si
         prepare(st, &st->ins_event, "INSERT INTO events(position, hash, body) VALUES (?,?,?)") ||
         prepare(st, &st->ins_idem,
                 "INSERT OR REPLACE INTO idempotency(principal, key, request_sha256, status, body, "
-                "position, created_at) VALUES (?,?,?,?,?,?,?)") ||
+                "position, created_at, event_hash, key_id, sig) VALUES (?,?,?,?,?,?,?,?,?,?)") ||
         prepare(st, &st->read_after,
                 "SELECT position, hash, body FROM events WHERE position > ? ORDER BY position "
                 "LIMIT ?") ||
         prepare(st, &st->head,
                 "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1") ||
         prepare(st, &st->idem_get,
-                "SELECT request_sha256, status, body FROM idempotency WHERE principal = ? AND "
-                "key = ? AND created_at >= ?") ||
+                "SELECT request_sha256, status, body, position, event_hash, key_id, sig FROM "
+                "idempotency WHERE principal = ? AND key = ? AND created_at >= ?") ||
         prepare(st, &st->idem_prune,
                 "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency WHERE "
                 "created_at < ? LIMIT ?)")) {
@@ -247,15 +261,19 @@ sg_err store_append_batch(store *st, const struct store_event *evs, size_t nev,
         sqlite3_bind_text(s, 5, recs[i].body, -1, SQLITE_STATIC);
         sqlite3_bind_int64(s, 6, (sqlite3_int64)recs[i].position);
         sqlite3_bind_int64(s, 7, now);
+        sqlite3_bind_text(s, 8, recs[i].event_hash, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 9, recs[i].key_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 10, recs[i].sig, -1, SQLITE_STATIC);
         if (!step_done(s))
             goto rollback;
     }
     if (sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK)
         return SG_OK;
-rollback:
+rollback:;
+    int nomem = sqlite3_errcode(st->db) == SQLITE_NOMEM;
     sg_error("store: append failed: %s", sqlite3_errmsg(st->db));
     sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
-    return SG_ESTORE;
+    return nomem ? SG_ENOMEM : SG_ESTORE;
 fail:
     sg_error("store: cannot begin: %s", sqlite3_errmsg(st->db));
     return SG_ESTORE;
@@ -314,20 +332,40 @@ sg_err store_head(store *st, uint64_t *pos, char hash[SG_HEX256_LEN + 1])
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? SG_OK : SG_ESTORE;
 }
 
-sg_err store_idem_get(store *st, const char *principal, const char *key,
-                      char request_sha256[SG_HEX256_LEN + 1], int *status, char **body)
+/* Copy column c of s into out[n] ("" when NULL); 0 if it does not fit. */
+static int column_copy(sqlite3_stmt *s, int c, char *out, size_t n)
+{
+    const unsigned char *v = sqlite3_column_text(s, c);
+    return snprintf(out, n, "%s", v ? (const char *)v : "") < (int)n;
+}
+
+sg_err store_idem_get(store *st, const char *principal, const char *key, struct idem_record *rec,
+                      char **body)
 {
     sqlite3_stmt *s = st->idem_get;
     sg_err e = SG_ENOTFOUND;
+    memset(rec, 0, sizeof(*rec));
+    *body = NULL;
     sqlite3_bind_text(s, 1, principal, -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 2, key, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, 3, idem_cutoff());
     int rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) {
-        const unsigned char *r = sqlite3_column_text(s, 0), *b = sqlite3_column_text(s, 2);
-        snprintf(request_sha256, SG_HEX256_LEN + 1, "%s", r ? (const char *)r : "");
-        *status = sqlite3_column_int(s, 1);
+        const unsigned char *b = sqlite3_column_text(s, 2);
+        rec->principal = principal;
+        rec->key = key;
+        rec->status = sqlite3_column_int(s, 1);
+        sqlite3_int64 pos = sqlite3_column_int64(s, 3);
+        rec->position = pos > 0 ? (uint64_t)pos : 0;
+        /* A field too long for its place cannot be what was written: it is
+         * left empty, and the record does not verify. */
+        if (!column_copy(s, 0, rec->request_sha256, sizeof(rec->request_sha256)) ||
+            !column_copy(s, 4, rec->event_hash, sizeof(rec->event_hash)) ||
+            !column_copy(s, 5, rec->key_id, sizeof(rec->key_id)) ||
+            !column_copy(s, 6, rec->sig, sizeof(rec->sig)))
+            rec->sig[0] = '\0';
         *body = strdup(b ? (const char *)b : "");
+        rec->body = *body;
         e = *body ? SG_OK : SG_ENOMEM;
     } else if (rc != SQLITE_DONE) {
         e = SG_ESTORE;

@@ -42,6 +42,28 @@ static sg_err header(signer *sg, const struct chain_pos *at, const char *sha, si
     return e;
 }
 
+/* fsync the directory that holds path, so that a rename into it survives a
+ * crash. SG_OK or SG_ESTORE with why set. */
+static sg_err sync_dir_of(const char *path, char *why, size_t whylen)
+{
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    if (slash == NULL)
+        snprintf(dir, sizeof(dir), ".");
+    else if (snprintf(dir, sizeof(dir), "%.*s", slash == path ? 1 : (int)(slash - path), path) >=
+             (int)sizeof(dir))
+        return sg_say(why, whylen, SG_ESTORE, "checkpoint path too long");
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return sg_say(why, whylen, SG_ESTORE, "cannot open %s: %s", dir, strerror(errno));
+    int rc = fsync(fd);
+    int err = errno;
+    close(fd);
+    if (rc != 0)
+        return sg_say(why, whylen, SG_ESTORE, "cannot fsync %s: %s", dir, strerror(err));
+    return SG_OK;
+}
+
 struct counting {
     EVP_MD_CTX *md;
     size_t lines;
@@ -100,7 +122,8 @@ sg_err checkpoint_save(const char *path, const wstate *s, const struct chain_pos
         sg_say(why, whylen, SG_ESTORE, "cannot rename %s: %s", tmp, strerror(errno));
         goto out;
     }
-    e = SG_OK;
+    /* The rename is durable only once the directory is. */
+    e = sync_dir_of(path, why, whylen);
 out:
     if (fd >= 0)
         close(fd);

@@ -6,9 +6,8 @@
  * then one line with the signed document
  * {"type":"signet-writestate","position","hash","sha256","entries","time","aggregates","key_id","sig"},
  * sha256 being that of the lines before it, signed by the `events` key. It is
- * written to a temporary file, fsynced and renamed. A checkpoint that does not
- * verify, or whose position the store does not hold with that hash, is never
- * used. */
+ * written to a temporary file, fsynced and renamed, and the directory fsynced. A checkpoint that
+ * does not verify, or whose position the store does not hold with that hash, is never used. */
 #ifndef SG_CHECKPOINT_H
 #define SG_CHECKPOINT_H
 

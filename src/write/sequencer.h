@@ -2,8 +2,8 @@
  *
  * Write requests are queued from HTTP threads; the sequencer thread decides
  * them in order, in batches, on write state (wstate.h) through a decision
- * context (wreq.h), chains their events by hash, has the batch signed by the
- * signer's workers with one deadline, and hands it to the committer thread,
+ * context (decide.h), chains their events by hash, has the batch signed by
+ * the signer's workers with one deadline, and hands it to the committer thread,
  * which appends it in one transaction and one fsync while the next batch is
  * being decided. A batch's changes to write state stay in a staged layer
  * until the batch is durable; a failed batch drops its layer (O(batch)). A

@@ -57,7 +57,8 @@ void wreq_respond_new(struct wreq *r, int status, json_t *body)
     char *s = NULL;
     size_t len;
     if (body == NULL || jcs_dump(body, &s, &len) != SG_OK) {
-        wreq_fail(r, SG_ENOMEM, "cannot build the response");
+        /* Only memory can fail here; decide() then fails, nothing stays. */
+        wreq_fail(r, SG_EUNAVAILABLE, "out of memory building the answer; nothing was appended");
     } else {
         free(r->body);
         r->body = s;

@@ -18,9 +18,10 @@
 #include "../core/config.h"
 #include "../core/event.h"
 #include "../core/sg.h"
+#include "decide.h" /* the decision context decide() works in */
 #include "wstate.h"
 
-struct decision; /* the context of one decide() call; see the functions below */
+struct decision; /* the context of one decide() call (decide.h) */
 
 struct wreq {
     const struct wreq_type *type;
@@ -29,6 +30,7 @@ struct wreq {
     char *path_id;               /* id from the path (owned, may be NULL) */
     char *idem_key;              /* Idempotency-Key (owned, may be NULL) */
     char request_sha256[65];
+    char idem_slot[65]; /* the sequencer's: its claim on idem_key while in flight ("" none) */
 
     /* Result, set by decide() or by the sequencer. */
     sg_err err;
@@ -62,64 +64,12 @@ struct wreq_type {
 struct wreq *wreq_new(const struct wreq_type *type, const struct principal *who, json_t *input,
                       const char *path_id, const char *idem_key);
 void wreq_free(struct wreq *r);
-/* Answer r with a JSON body (reference stolen). */
+/* Answer r with a JSON body (reference stolen); out of memory fails r with
+ * SG_EUNAVAILABLE (503). */
 void wreq_respond_new(struct wreq *r, int status, json_t *body);
 /* Fail r. */
 void wreq_fail(struct wreq *r, sg_err err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-
-/*** the decision context (for decide(), aggregates and process managers) ***/
-
-const sg_config *decision_config(const struct decision *d);
-/* The batch's clock: one reading for the whole batch (injectable in tests). */
-uint64_t decision_now_ms(const struct decision *d);
-const char *decision_now(const struct decision *d); /* the same, RFC 3339 */
-/* The principal deciding ("system" for process managers and the clock). */
-const char *decision_actor(const struct decision *d);
-/* Write state as this decision sees it; decide() reads it, apply() changes it. */
-wstate *decision_state(struct decision *d);
-
-/* Emit one event (data reference stolen) checked against the event
- * catalogue, and fold it into write state at once so that later decisions
- * see it. Returns its position, or 0 if it cannot be built (then the request
- * fails and everything it emitted is dropped). */
-uint64_t decision_emit_new(struct decision *d, const char *type, json_t *data);
-
-/* Have the HSM sign a document inside the decision (a firmware manifest, a
- * device command envelope) with the purpose's key, so the signature is part
- * of the event before the event is hashed. sig_b64 gets the base64 DER
- * signature over the document's canonical bytes without sig and key_id;
- * key_id the signing key's id. SG_EHSM (the request then fails with 503). */
-#define DECISION_SIG_B64 128
-sg_err decision_sign(struct decision *d, enum key_purpose purpose, const json_t *doc,
-                     char sig_b64[DECISION_SIG_B64], char key_id[SG_HEX256_LEN + 1]);
-
-/* From a process manager: have the system make a request (input reference
- * stolen), decided later in the same batch. */
-void decision_follow_new(struct decision *d, const struct wreq_type *type, json_t *input);
-
-/*** aggregates and process managers ***/
-
-struct aggregate {
-    const char *name;
-    /* Raise it whenever apply() folds events differently (or into other
-     * keys): a write-state checkpoint made by other aggregates, or other
-     * versions of them, is not used, and the whole log is replayed. */
-    unsigned version;
-    /* Fold one event into write state. A pure function of the event and the
-     * state: write state is rebuilt from a checkpoint and the log with it. */
-    sg_err (*apply)(wstate *s, const char *type, const json_t *event);
-};
-
-struct process_manager {
-    const char *name;
-    /* An event was just emitted (and applied): react with
-     * decision_follow_new(). May be NULL. */
-    void (*on_event)(struct decision *d, const json_t *event);
-    /* The clock ticked (about once a second): react to time, reading the
-     * batch clock, never the wall clock. May be NULL. */
-    void (*on_tick)(struct decision *d);
-};
 
 /* The aggregates, process managers and request types of this version
  * (registry.c): a new one is one line there. */

@@ -170,9 +170,19 @@ const char *wstate_get(const wstate *s, const char *ns, const char *key)
     return frozen_get(&s->fz, ns, key);
 }
 
+/* A malloc'd copy of v, or NULL (malloc, not strdup: tests inject failures). */
+static char *copy_of(const char *v)
+{
+    size_t n = strlen(v) + 1;
+    char *c = malloc(n);
+    if (c)
+        memcpy(c, v, n);
+    return c;
+}
+
 sg_err wstate_set(wstate *s, const char *ns, const char *key, const char *value)
 {
-    char *copy = strdup(value);
+    char *copy = copy_of(value);
     if (copy == NULL)
         return SG_ENOMEM;
     return layer_put(top(s), s->n == 0 ? &s->fz : NULL, ns, key, copy);
@@ -269,7 +279,9 @@ struct fold {
 static void fold_entry(const char *key, void *value, void *ud)
 {
     struct fold *f = ud;
-    char *v = value == tombstone ? tombstone : strdup(value);
+    if (f->err)
+        return; /* stop at the first failure: the rest is folded on the next try */
+    char *v = value == tombstone ? tombstone : copy_of(value);
     if (v == NULL || layer_put(f->into, f->fz, f->ns, key, v) != SG_OK)
         f->err = SG_ENOMEM;
 }
@@ -281,25 +293,30 @@ static void fold_ns(const char *ns, void *m, void *ud)
     strmap_each(m, fold_entry, f);
 }
 
-/* Fold layer l into into (base when fz is the frozen state, else NULL). On
- * SG_ENOMEM the process has no consistent state left: abort rather than
- * decide on it. */
-static void fold(struct layer *l, struct layer *into, const struct frozen *fz)
+/* Fold layer l into into (base when fz is the frozen state, else NULL) and
+ * clear l. On SG_ENOMEM into holds some of l's entries and l is kept as it
+ * was: folding is idempotent (each entry overwrites, a tombstone removes),
+ * so folding l again later finishes the job, and reads meanwhile see l's
+ * entries first, as before. */
+static sg_err fold(struct layer *l, struct layer *into, const struct frozen *fz)
 {
     struct fold f = {into, fz, NULL, SG_OK};
     strmap_each(l->ns, fold_ns, &f);
     if (f.err)
-        abort();
+        return f.err;
     layer_clear(l);
+    return SG_OK;
 }
 
-void wstate_merge(wstate *s)
+sg_err wstate_merge(wstate *s)
 {
     if (s->n == 0)
-        return;
-    fold(&s->layers[s->n - 1], s->n >= 2 ? &s->layers[s->n - 2] : &s->base,
-         s->n == 1 ? &s->fz : NULL);
-    s->n--;
+        return SG_OK;
+    sg_err e = fold(&s->layers[s->n - 1], s->n >= 2 ? &s->layers[s->n - 2] : &s->base,
+                    s->n == 1 ? &s->fz : NULL);
+    if (e == SG_OK)
+        s->n--;
+    return e;
 }
 
 void wstate_drop(wstate *s)
@@ -309,14 +326,17 @@ void wstate_drop(wstate *s)
     layer_clear(&s->layers[--s->n]);
 }
 
-void wstate_fold_oldest(wstate *s)
+sg_err wstate_fold_oldest(wstate *s)
 {
     if (s->n == 0)
-        return;
-    fold(&s->layers[0], &s->base, &s->fz);
+        return SG_OK;
+    sg_err e = fold(&s->layers[0], &s->base, &s->fz);
+    if (e)
+        return e;
     memmove(&s->layers[0], &s->layers[1], (s->n - 1) * sizeof(s->layers[0]));
     s->n--;
     s->layers[s->n].ns = NULL;
+    return SG_OK;
 }
 
 void wstate_drop_all(wstate *s)
@@ -485,9 +505,13 @@ sg_err wstate_rebase_new(wstate *s, char *buf, size_t len)
         fz.ns[nns - 1].n++;
     }
     fz.nns = nns;
+    strmap *empty = strmap_new(); /* before anything of s is let go */
+    if (empty == NULL) {
+        frozen_clear(&fz);
+        return SG_ENOMEM;
+    }
     layer_clear(&s->base);
-    if ((s->base.ns = strmap_new()) == NULL)
-        abort(); /* base is gone: no consistent state left to decide on */
+    s->base.ns = empty;
     frozen_clear(&s->fz);
     s->fz = fz;
     return SG_OK;

@@ -41,11 +41,15 @@ size_t wstate_base_count(const wstate *s, const char *ns);
 
 /* Layers. push: a new empty newest layer (SG_ENOMEM). merge: fold the newest
  * layer into the one below it. drop: forget the newest layer. fold_oldest:
- * fold the oldest layer into base. drop_all: forget every layer. */
+ * fold the oldest layer into base. drop_all: forget every layer. merge and
+ * fold_oldest return SG_ENOMEM when memory runs out halfway: the layer stays
+ * (reads are unchanged) and the one below holds part of it; fold_oldest can
+ * simply be called again, and after a failed merge the caller drops the
+ * layer and the one below it. Nothing here aborts. */
 sg_err wstate_push(wstate *s);
-void wstate_merge(wstate *s);
+sg_err wstate_merge(wstate *s);
 void wstate_drop(wstate *s);
-void wstate_fold_oldest(wstate *s);
+sg_err wstate_fold_oldest(wstate *s);
 void wstate_drop_all(wstate *s);
 size_t wstate_layers(const wstate *s);
 

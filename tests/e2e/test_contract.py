@@ -141,7 +141,7 @@ def mutate(cfg):
     cfg["approvals"] = {"default": 2, "actions": {"reboot": 1, "unlock-debug": 3}}
     cfg["ddi"] = {"tenant": "DEFAULT", "poll_seconds": 300}
     for d, t in DEV_TOK.items():
-        cfg["principals"].append({"name": "dev:" + d, "token_sha256": sha(t), "roles": ["device"],
+        cfg["principals"].append({"name": "dev." + d, "token_sha256": sha(t), "roles": ["device"],
                                   "device_id": d})
     for n, roles in EXTRA.items():
         cfg["principals"].append({"name": n, "token_sha256": sha(EXTRA_TOK[n]), "roles": roles})

@@ -31,7 +31,7 @@ DEV_TOKENS = {d: "tok_" + secrets.token_urlsafe(24) for d in DEVICE_IDS}
 
 def ddi_config(cfg):
     for d, tok in DEV_TOKENS.items():
-        cfg["principals"].append({"name": "dev:" + d, "token_sha256": sha256_hex(tok),
+        cfg["principals"].append({"name": "dev." + d, "token_sha256": sha256_hex(tok),
                                   "roles": ["device"], "device_id": d})
     cfg["ddi"] = {"tenant": TENANT, "poll_seconds": 1}
     # the TLS-terminating proxy of DdiSwu's test is 127.0.0.1 (the tests' own address)
@@ -173,7 +173,7 @@ class Ddi(DdiBase):
         self.assertEqual([e["type"] for e in evs], ["DeviceAttributesRecorded"])
         self.assertEqual(evs[0]["data"], {"device_id": dev,
                                           "attributes": {"revision": "1.0", "board": "board"}})
-        self.assertEqual(evs[0]["actor"], "dev:" + dev)
+        self.assertEqual(evs[0]["actor"], "dev." + dev)
         # the poll stops asking for them
         self.assertNotIn("configData", self.poll(dev, evs[0]["position"])["_links"])
         # the same again: 200, no event (suricatta sends them at every start)
@@ -229,7 +229,7 @@ class Ddi(DdiBase):
         evs = self.events_after(mark)
         self.assertEqual([(e["type"], e["data"]["firmware_id"], e["data"]["status"],
                            e["data"]["detail"], e["actor"]) for e in evs],
-                         [("DeviceReported", fw, "failed", "ERROR : one; ERROR : two", "dev:" + dev)])
+                         [("DeviceReported", fw, "failed", "ERROR : one; ERROR : two", "dev." + dev)])
         # a number that names no offer to this device: 404, nothing recorded
         mark = self.head()
         for wrong in (offer + 1, 1):

@@ -186,7 +186,7 @@ class DdiSwupdate(DdiBase):
         self.assertEqual(rep["data"]["status"], "installed")
         self.assertEqual(rep["data"]["firmware_id"], fw)
         self.assertEqual(rep["data"]["detail"], "Update Installed.")
-        self.assertEqual(rep["actor"], "dev:" + dev)
+        self.assertEqual(rep["actor"], "dev." + dev)
         # closed: the device is no longer offered the image
         self.assertNotIn("deploymentBase", self.poll(dev, rep["position"])["_links"])
 

@@ -244,9 +244,9 @@ class Retention(E2ETestCase):
 
     def test_store_of_the_previous_version_opens(self):
         """An idempotency table without created_at (as the previous version
-        made it): signetd starts, its records count as created at start
-        (replay, 422 for another request), and the column and its index
-        exist afterwards."""
+        made it): signetd starts, its records count as created at start, and
+        the column and its index exist afterwards; its records, unsigned, are
+        not replayed (500) while new ones are."""
         r = self.post("r4-a", "r4-key")
         self.assertStatus(r, 201)
         self.srv.stop()
@@ -277,14 +277,22 @@ class Retention(E2ETestCase):
         self.assertEqual(len(idx), 1, "no index on created_at")
         created = self.record("r4-key")[1]
         self.assertTrue(t0 - 5 <= created <= time.time() + 5, created)
-        again = self.post("r4-a", "r4-key")
-        self.assertEqual((again.status, again.body), (201, r.body))
-        self.assertProblem(self.post("r4-b", "r4-key"), 422)
-        # And records written now carry their own time.
-        self.assertStatus(self.post("r4-c", "r4-key-new"), 201)
+        for col in ("event_hash", "key_id", "sig"):
+            self.assertIn(col, cols)
+        # Its records predate signed answers, so nothing tells them from
+        # forged ones: they are not replayed (500), and nothing is appended
+        # (docs/behaviour.md "Idempotency-Key answers are signed").
+        h0 = self.head()
+        self.assertProblem(self.post("r4-a", "r4-key"), 500, "internal")
+        self.assertProblem(self.post("r4-b", "r4-key"), 500, "internal")
+        self.assertEqual(self.head(), h0)
+        # And records written now carry their own time, and replay.
+        r = self.post("r4-c", "r4-key-new")
+        self.assertStatus(r, 201)
         self.assertLessEqual(abs(self.record("r4-key-new")[1] - time.time()), 120)
         self.restart()
-        self.assertEqual(self.post("r4-a", "r4-key").body, r.body)
+        self.assertEqual(self.post("r4-c", "r4-key-new").body, r.body)
+        self.assertProblem(self.post("r4-d", "r4-key-new"), 422)
 
 
 if __name__ == "__main__":

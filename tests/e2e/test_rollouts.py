@@ -30,7 +30,7 @@ DEV_TOKENS = {d: "tok_" + secrets.token_urlsafe(24) for d in DEVICE_IDS}
 
 def add_devices(cfg):
     for d, tok in DEV_TOKENS.items():
-        cfg["principals"].append({"name": "dev:" + d, "token_sha256": sha256_hex(tok),
+        cfg["principals"].append({"name": "dev." + d, "token_sha256": sha256_hex(tok),
                                   "roles": ["device"], "device_id": d})
     return cfg
 

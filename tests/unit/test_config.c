@@ -539,6 +539,43 @@ static void test_duplicates(void **state)
                     "duplicate", NULL);
 }
 
+/* Principal names (API.md, Identities): ^[a-z0-9][a-z0-9._-]{0,63}$, and
+ * "system" is the process managers' (defect 4). */
+static void test_principal_names(void **state)
+{
+    (void)state;
+    char long_ok[65], too_long[66];
+    memset(long_ok, 'a', 64);
+    long_ok[64] = '\0';
+    memset(too_long, 'a', 65);
+    too_long[65] = '\0';
+    static const char *const good[] = {"ops", "dev-0002", "a", "0ci", "x.y_z-1"};
+    for (size_t i = 0; i < SG_ARRAY_LEN(good); i++) {
+        json_t *root = example();
+        json_object_set_new(principal(root, 1), "name", json_string(good[i]));
+        sg_config *cfg = load_ok(write_json("names.json", root));
+        config_free(cfg);
+    }
+    json_t *root = example();
+    json_object_set_new(principal(root, 1), "name", json_string(long_ok));
+    config_free(load_ok(write_json("names.json", root)));
+
+    static const char *const bad[] = {"Ops",     "dev:0001", "-ops",
+                                      ".ops",    "o ps",     "ops\n",
+                                      "op\x1fs", "ops\x7f",  "\xc3\xa9t\xc3\xa9"};
+    for (size_t i = 0; i < SG_ARRAY_LEN(bad); i++) {
+        root = example();
+        json_object_set_new(principal(root, 1), "name", json_string(bad[i]));
+        expect_bad(root, "principals[1].name must match");
+    }
+    root = example();
+    json_object_set_new(principal(root, 1), "name", json_string(too_long));
+    expect_bad(root, "principals[1].name must match");
+    root = example();
+    json_object_set_new(principal(root, 2), "name", json_string("system"));
+    expect_bad(root, "principals[2].name", "\"system\" is reserved");
+}
+
 static void test_bad_listen(void **state)
 {
     (void)state;
@@ -760,6 +797,7 @@ int main(void)
         cmocka_unit_test(test_roles),
         cmocka_unit_test(test_device_binding),
         cmocka_unit_test(test_duplicates),
+        cmocka_unit_test(test_principal_names),
         cmocka_unit_test(test_bad_listen),
         cmocka_unit_test(test_wrong_types),
         cmocka_unit_test(test_out_of_range),

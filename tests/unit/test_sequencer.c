@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -34,6 +35,7 @@
 #include "write/sequencer.h"
 #include "standin_signer.h"
 #include "write/checkpoint.h"
+#include "write/sequencer_internal.h"
 
 /*** request types and process managers of the tests ***/
 
@@ -293,6 +295,65 @@ static int teardown(void **state)
     return standin_close(kr, tmpdir);
 }
 
+/* The test links with -Wl,--wrap=fsync: count the fsyncs of a directory
+ * made once the checkpoint has been renamed into place. */
+int __real_fsync(int fd);
+int __wrap_fsync(int fd);
+static int dir_syncs_after_rename;
+
+int __wrap_fsync(int fd)
+{
+    struct stat st;
+    char tmp[320];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", ckpt);
+    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode) && access(ckpt, F_OK) == 0 &&
+        access(tmp, F_OK) != 0)
+        __atomic_add_fetch(&dir_syncs_after_rename, 1, __ATOMIC_SEQ_CST);
+    return __real_fsync(fd);
+}
+
+/* The test also links with -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc:
+ * while oom_in is not negative, the write side's own threads (sg-sequencer,
+ * sg-commit) count their allocations down and, once it reaches 0, every one
+ * of theirs fails until oom_in is set back to -1. */
+void *__real_malloc(size_t size);
+void *__wrap_malloc(size_t size);
+void *__real_calloc(size_t n, size_t size);
+void *__wrap_calloc(size_t n, size_t size);
+void *__real_realloc(void *p, size_t size);
+void *__wrap_realloc(void *p, size_t size);
+static long oom_in = -1;
+
+static int oom_now(void)
+{
+    if (__atomic_load_n(&oom_in, __ATOMIC_SEQ_CST) < 0)
+        return 0;
+    char name[16] = "";
+    pthread_getname_np(pthread_self(), name, sizeof(name));
+    if (strcmp(name, "sg-sequencer") != 0 && strcmp(name, "sg-commit") != 0)
+        return 0;
+    long left = __atomic_load_n(&oom_in, __ATOMIC_SEQ_CST);
+    while (left > 0 && !__atomic_compare_exchange_n(&oom_in, &left, left - 1, 0, __ATOMIC_SEQ_CST,
+                                                    __ATOMIC_SEQ_CST))
+        ;
+    return left == 0;
+}
+
+void *__wrap_malloc(size_t size)
+{
+    return oom_now() ? NULL : __real_malloc(size);
+}
+
+void *__wrap_calloc(size_t n, size_t size)
+{
+    return oom_now() ? NULL : __real_calloc(n, size);
+}
+
+void *__wrap_realloc(void *p, size_t size)
+{
+    return oom_now() ? NULL : __real_realloc(p, size);
+}
+
 /*** tests ***/
 
 static void test_failing_decide_leaves_nothing(void **state)
@@ -415,7 +476,10 @@ static void test_checkpoint(void **state)
     assert_int_equal(checkpoint_load(ckpt, ws, kr, aggs, NULL, &at, why, sizeof(why)), SG_OK);
     assert_true(at.position >= 10 && at.position <= 30);
     assert_non_null(wstate_get(ws, "device", "c-5"));
+    __atomic_store_n(&dir_syncs_after_rename, 0, __ATOMIC_SEQ_CST);
     stop(q); /* and at stop: at 30 */
+    /* Renamed into place, then its directory fsynced (defect 10). */
+    assert_true(__atomic_load_n(&dir_syncs_after_rename, __ATOMIC_SEQ_CST) >= 1);
     assert_int_equal(checkpoint_load(ckpt, ws, kr, aggs, NULL, &at, why, sizeof(why)), SG_OK);
     assert_int_equal(at.position, 30);
     assert_non_null(wstate_get(ws, "device", "c-29"));
@@ -445,6 +509,92 @@ static void test_checkpoint(void **state)
     run1(q, device_req("c-31", NULL), SG_OK);
     stop(q);
     assert_int_equal(verified_head(), 32);
+}
+
+/* Out of memory on the sequencer and committer threads at every point a
+ * request goes through (defect 9): never an abort, never an answer other
+ * than success or 503 SG_EUNAVAILABLE, nothing acknowledged that is not
+ * durable, nothing durable answered as failed; and once memory is back the
+ * write side decides on the right state, before and after a restart. */
+static void test_out_of_memory(void **state)
+{
+    (void)state;
+    enum { N = 400 };
+    static sg_err first[N];
+    int ok = 0, refused = 0;
+    sequencer *q = start();
+    run1(q, device_req("warm-up", NULL), SG_OK);
+    for (int n = 0; n < N; n++) {
+        char id[16];
+        snprintf(id, sizeof(id), "oom-%d", n);
+        struct wreq *r = device_req(id, n % 3 ? NULL : "twin"); /* with a follow-up */
+        __atomic_store_n(&oom_in, n % 200, __ATOMIC_SEQ_CST);
+        run(q, &r, 1);
+        __atomic_store_n(&oom_in, -1, __ATOMIC_SEQ_CST);
+        first[n] = r->err;
+        if (r->err != SG_OK && r->err != SG_EUNAVAILABLE)
+            fail_msg("%s: err %d (%s) out of memory, want SG_OK or SG_EUNAVAILABLE", id,
+                     (int)r->err, r->detail);
+        if (r->err == SG_EUNAVAILABLE && strstr(r->detail, "out of memory") == NULL)
+            fail_msg("%s: 503 without saying why: %s", id, r->detail);
+        wreq_free(r);
+        ok += first[n] == SG_OK;
+        refused += first[n] != SG_OK;
+        /* Memory is back: acknowledged means stored, refused means absent. */
+        if (first[n] == SG_OK && count_device(id) != 1)
+            fail_msg("%s acknowledged but stored %d times", id, count_device(id));
+        if (first[n] != SG_OK && count_device(id) != 0)
+            fail_msg("%s refused but stored", id);
+        r = device_req(id, NULL);
+        run(q, &r, 1);
+        if (r->err != (first[n] == SG_OK ? SG_ECONFLICT : SG_OK))
+            fail_msg("%s again with memory back: err %d (%s)", id, (int)r->err, r->detail);
+        wreq_free(r);
+    }
+    assert_true(ok > 0 && refused > 0);
+    stop(q);
+    uint64_t head = verified_head();
+    q = start_on(0); /* replay: the same state */
+    for (int n = 0; n < N; n += 7) {
+        char id[16];
+        snprintf(id, sizeof(id), "oom-%d", n);
+        run1(q, device_req(id, NULL), SG_ECONFLICT);
+    }
+    stop(q);
+    assert_int_equal(verified_head(), head);
+}
+
+/* In-flight Idempotency-Key slots (defect 4): the old "%s\x1f%s" in 512
+ * bytes made these pairs share a slot; every pair must have its own. */
+static void test_inflight_slots(void **state)
+{
+    (void)state;
+    char long_name[700], a[65], b[65];
+    memset(long_name, 'n', sizeof(long_name) - 1);
+    long_name[sizeof(long_name) - 1] = '\0';
+    static const char *const pairs[][4] = {
+        {"a\x1f"
+         "b",
+         "c", "a",
+         "b\x1f"
+         "c"},                  /* the separator inside a name or a key */
+        {"ab", "c", "a", "bc"}, /* lengths */
+        {"ops", "k", "ops", "k2"},
+        {"ops", "k", "ops2", "k"},
+    };
+    for (size_t i = 0; i < SG_ARRAY_LEN(pairs); i++) {
+        idem_slot(pairs[i][0], pairs[i][1], a);
+        idem_slot(pairs[i][2], pairs[i][3], b);
+        assert_int_equal(strlen(a), 64);
+        assert_string_not_equal(a, b);
+    }
+    /* Past 512 bytes the old key was cut: these differed only after the cut. */
+    idem_slot(long_name, "key-1", a);
+    idem_slot(long_name, "key-2", b);
+    assert_string_not_equal(a, b);
+    idem_slot("ops", "k", a);
+    idem_slot("ops", "k", b);
+    assert_string_equal(a, b);
 }
 
 /* This one must run last: an integrity failure is for the life of the process. */
@@ -489,6 +639,8 @@ int main(void)
         cmocka_unit_test(test_process_managers),
         cmocka_unit_test(test_sign_inside_the_decision),
         cmocka_unit_test(test_checkpoint),
+        cmocka_unit_test(test_out_of_memory),
+        cmocka_unit_test(test_inflight_slots),
         cmocka_unit_test(test_row_appended_behind_the_writer),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -13,16 +13,27 @@
 #include "core/strmap.h"
 
 /* The largest block strmap has asked calloc for: the test links with
- * -Wl,--wrap=calloc so the map's table sizes can be observed from outside. */
+ * -Wl,--wrap=calloc,--wrap=malloc so the map's table sizes can be observed
+ * from outside, and so that its allocations can be made to fail. */
 void *__real_calloc(size_t n, size_t size);
 void *__wrap_calloc(size_t n, size_t size);
+void *__real_malloc(size_t size);
+void *__wrap_malloc(size_t size);
 static size_t largest_calloc;
+static int fail_alloc; /* nonzero: every malloc and calloc fails */
 
 void *__wrap_calloc(size_t n, size_t size)
 {
+    if (fail_alloc)
+        return NULL;
     if (size && n <= SIZE_MAX / size && n * size > largest_calloc)
         largest_calloc = n * size;
     return __real_calloc(n, size);
+}
+
+void *__wrap_malloc(size_t size)
+{
+    return fail_alloc ? NULL : __real_malloc(size);
 }
 
 /* Values are small integers smuggled in pointers, offset so none is NULL. */
@@ -203,6 +214,44 @@ static void test_churn_memory_bounded(void **state)
                  largest_calloc);
 }
 
+/* Replacing the value of a key already present must not allocate, so it
+ * cannot fail under memory pressure, even when the table is due to grow;
+ * inserting a new key then fails and leaves the map as it was. */
+static void test_replace_without_memory(void **state)
+{
+    (void)state;
+    strmap *m = strmap_new();
+    char k[32];
+    size_t n = 48; /* a 64-slot table that grows on the next insertion */
+    for (size_t i = 0; i < n; i++) {
+        key_of(i, k);
+        assert_int_equal(strmap_put(m, k, VAL(i)), SG_OK);
+    }
+    fail_alloc = 1;
+    for (size_t i = 0; i < n; i++) {
+        key_of(i, k);
+        if (strmap_put(m, k, VAL(i + 1000)) != SG_OK) {
+            fail_alloc = 0;
+            fail_msg("replacing %s failed without memory", k);
+        }
+    }
+    key_of(n, k);
+    sg_err e = strmap_put(m, k, VAL(n));
+    fail_alloc = 0;
+    assert_int_equal(e, SG_ENOMEM);
+    assert_int_equal(strmap_len(m), n);
+    assert_null(strmap_get(m, k));
+    for (size_t i = 0; i < n; i++) {
+        key_of(i, k);
+        assert_ptr_equal(strmap_get(m, k), VAL(i + 1000));
+    }
+    /* Memory is back: inserting works again. */
+    key_of(n, k);
+    assert_int_equal(strmap_put(m, k, VAL(n)), SG_OK);
+    assert_int_equal(strmap_len(m), n + 1);
+    strmap_free(m, NULL);
+}
+
 struct tally {
     size_t count;
     uint64_t sum;
@@ -285,6 +334,7 @@ int main(void)
         cmocka_unit_test(test_churn),
         cmocka_unit_test(test_churn_memory_bounded),
         cmocka_unit_test(test_each),
+        cmocka_unit_test(test_replace_without_memory),
         cmocka_unit_test(test_free_values),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -15,6 +15,34 @@
 
 #include "write/wstate.h"
 
+/* The test links with -Wl,--wrap=malloc,--wrap=calloc: once fail_in reaches
+ * 0, every allocation fails until it is set back to -1. */
+void *__real_malloc(size_t size);
+void *__wrap_malloc(size_t size);
+void *__real_calloc(size_t n, size_t size);
+void *__wrap_calloc(size_t n, size_t size);
+static long fail_in = -1;
+
+static int failing(void)
+{
+    if (fail_in < 0)
+        return 0;
+    if (fail_in == 0)
+        return 1;
+    fail_in--;
+    return 0;
+}
+
+void *__wrap_malloc(size_t size)
+{
+    return failing() ? NULL : __real_malloc(size);
+}
+
+void *__wrap_calloc(size_t n, size_t size)
+{
+    return failing() ? NULL : __real_calloc(n, size);
+}
+
 static void count_key(const char *key, const char *value, void *ud)
 {
     (void)key, (void)value;
@@ -67,6 +95,106 @@ static void test_layers(void **state)
     assert_null(wstate_get(s, "d", "e"));
     assert_int_equal(live(s, "d"), 2);
     assert_int_equal(live(s, "other"), 0);
+    wstate_free(s);
+}
+
+/* Every key of namespaces n0..n5, k0..k19, as s shows it, in one string. */
+static void show(const wstate *s, char *out, size_t len)
+{
+    size_t used = 0;
+    out[0] = '\0';
+    for (int n = 0; n < 6; n++)
+        for (int k = 0; k < 20; k++) {
+            char ns[8], key[8];
+            snprintf(ns, sizeof(ns), "n%d", n);
+            snprintf(key, sizeof(key), "k%d", k);
+            const char *v = wstate_get(s, ns, key);
+            used += (size_t)snprintf(out + used, len - used, "%s/%s=%s;", ns, key, v ? v : "-");
+        }
+}
+
+/* Out of memory while merging or folding (defect 9): no abort; the layer
+ * stays and reads are unchanged, a fold can be tried again until it works,
+ * and a failed merge is undone by dropping the two layers. */
+static void test_out_of_memory(void **state)
+{
+    (void)state;
+    char want[8192], got[8192];
+    wstate *s = wstate_new();
+    for (int k = 0; k < 20; k += 2) {
+        char key[8];
+        snprintf(key, sizeof(key), "k%d", k);
+        assert_int_equal(wstate_set(s, "n0", key, "base"), SG_OK);
+    }
+    assert_int_equal(wstate_push(s), SG_OK); /* a batch: new namespaces, new keys, deletions */
+    for (int n = 0; n < 6; n++)
+        for (int k = 0; k < 20; k++) {
+            char ns[8], key[8];
+            snprintf(ns, sizeof(ns), "n%d", n);
+            snprintf(key, sizeof(key), "k%d", k);
+            if (k % 5 == 0)
+                assert_int_equal(wstate_del(s, ns, key), SG_OK);
+            else
+                assert_int_equal(wstate_set(s, ns, key, "batch"), SG_OK);
+        }
+    assert_int_equal(wstate_push(s), SG_OK); /* a request on it */
+    for (int n = 0; n < 6; n += 2)
+        assert_int_equal(wstate_set(s, n ? "n2" : "n0", "k3", "request"), SG_OK);
+    show(s, want, sizeof(want));
+
+    /* A merge that runs out of memory: layers and reads as they were. */
+    int failed = 0;
+    for (long n = 0;; n++) {
+        fail_in = n;
+        sg_err e = wstate_merge(s);
+        fail_in = -1;
+        if (e == SG_OK)
+            break;
+        assert_int_equal(e, SG_ENOMEM);
+        failed++;
+        assert_int_equal(wstate_layers(s), 2);
+        show(s, got, sizeof(got));
+        assert_string_equal(got, want);
+    }
+    assert_true(failed > 0);
+    assert_int_equal(wstate_layers(s), 1);
+    show(s, got, sizeof(got));
+    assert_string_equal(got, want);
+
+    /* The batch is durable: folding it into base fails again and again,
+     * then memory is back. */
+    failed = 0;
+    for (long n = 0;; n++) {
+        fail_in = n;
+        sg_err e = wstate_fold_oldest(s);
+        fail_in = -1;
+        if (e == SG_OK)
+            break;
+        assert_int_equal(e, SG_ENOMEM);
+        failed++;
+        assert_int_equal(wstate_layers(s), 1);
+        show(s, got, sizeof(got));
+        assert_string_equal(got, want);
+    }
+    assert_true(failed > 0);
+    assert_int_equal(wstate_layers(s), 0);
+    show(s, got, sizeof(got));
+    assert_string_equal(got, want);
+    assert_int_equal(live(s, "n1"), 16);
+
+    /* A merge that failed is undone by dropping both layers. */
+    assert_int_equal(wstate_push(s), SG_OK);
+    assert_int_equal(wstate_set(s, "n5", "k1", "again"), SG_OK);
+    assert_int_equal(wstate_push(s), SG_OK);
+    assert_int_equal(wstate_set(s, "n9", "k1", "new ns"), SG_OK);
+    fail_in = 0;
+    assert_int_equal(wstate_merge(s), SG_ENOMEM);
+    fail_in = -1;
+    wstate_drop(s);
+    wstate_drop(s);
+    show(s, got, sizeof(got));
+    assert_string_equal(got, want);
+    assert_null(wstate_get(s, "n9", "k1"));
     wstate_free(s);
 }
 
@@ -194,6 +322,7 @@ int main(void)
         cmocka_unit_test(test_layers),
         cmocka_unit_test(test_dump_and_load),
         cmocka_unit_test(test_frozen),
+        cmocka_unit_test(test_out_of_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
