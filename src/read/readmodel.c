@@ -1,5 +1,6 @@
 /* readmodel.c - the read-model file: schema, checkpoint, projection registry, and the
  * rebuild when the file was built by another projection set (readmodel.h). */
+#include "../core/codec.h"
 #include "readmodel.h"
 
 #include <stdio.h>
@@ -352,4 +353,12 @@ sg_err readmodel_peek_checkpoint(const char *path, uint64_t *pos, char hash[65])
     sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
     sqlite3_close(db);
     return e;
+}
+
+char *readmodel_low_s(const char *sig)
+{
+    if (sig == NULL)
+        return NULL;
+    char *low = sg_ecdsa_low_s_b64(sig);
+    return low ? low : strdup(sig);
 }

@@ -117,4 +117,12 @@ sg_err readmodel_set_checkpoint(sqlite3 *db, uint64_t pos, const char *hash);
  * witness) is returned: the further of the two. */
 sg_err readmodel_peek_checkpoint(const char *path, uint64_t *pos, char hash[65]);
 
+/* The signature of a manifest or command envelope as the read side serves
+ * it: its low-S form (codec.h), so that what a log from before signet made
+ * only low-S signatures holds is still accepted by devices that refuse the
+ * high-S twin. A copy of sig when it is not base64 DER ECDSA (verifiers
+ * refuse it anyway); NULL when sig is NULL or out of memory. The caller
+ * frees it. */
+char *readmodel_low_s(const char *sig);
+
 #endif

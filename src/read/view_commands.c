@@ -100,6 +100,7 @@ static sg_err apply_authorized(sqlite3 *db, const json_t *ev, const json_t *data
     sg_err e = jcs_dump(env, &text, &len);
     if (e)
         return e;
+    char *sig = readmodel_low_s(str_of(data, "signature"));
     e = SG_ESTORE;
     if (sqlite3_prepare_v2(db,
                            "UPDATE commands SET state = 'authorized', decided_at = ?, decided_by = "
@@ -110,7 +111,7 @@ static sg_err apply_authorized(sqlite3 *db, const json_t *ev, const json_t *data
         sqlite3_bind_text(s, 2, str_of(ev, "actor"), -1, SQLITE_STATIC);
         sqlite3_bind_int64(s, 3, json_integer_value(json_object_get(env, "counter")));
         sqlite3_bind_text(s, 4, text, (int)len, SQLITE_STATIC);
-        sqlite3_bind_text(s, 5, str_of(data, "signature"), -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 5, sig, -1, SQLITE_STATIC);
         sqlite3_bind_text(s, 6, str_of(data, "key_id"), -1, SQLITE_STATIC);
         sqlite3_bind_text(s, 7, str_of(data, "command_id"), -1, SQLITE_STATIC);
         if (sqlite3_step(s) == SQLITE_DONE)
@@ -118,6 +119,7 @@ static sg_err apply_authorized(sqlite3 *db, const json_t *ev, const json_t *data
     }
     sqlite3_finalize(s);
     free(text);
+    free(sig);
     return e;
 }
 
@@ -359,7 +361,7 @@ static sg_err commands_state(sqlite3 *db, json_t **out)
 
 const struct projection commands_projection = {
     "commands",
-    1,
+    2, /* 2: signatures served in their low-S form */
     "CREATE TABLE IF NOT EXISTS commands (command_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, "
     "action TEXT NOT NULL, params TEXT NOT NULL, requester TEXT NOT NULL, requested_at TEXT NOT "
     "NULL, not_after TEXT NOT NULL, approvals_required INTEGER NOT NULL, request_sha256 TEXT NOT "

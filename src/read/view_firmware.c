@@ -41,13 +41,14 @@ static sg_err firmware_apply(sqlite3 *db, const char *type, const json_t *event)
     sqlite3_bind_int64(s, 6, json_integer_value(json_object_get(m, "size")));
     sqlite3_bind_text(s, 7, json_string_value(json_object_get(data, "format")), -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 8, canon, (int)len, SQLITE_STATIC);
-    sqlite3_bind_text(s, 9, json_string_value(json_object_get(data, "signature")), -1,
-                      SQLITE_STATIC);
+    char *sig = readmodel_low_s(json_string_value(json_object_get(data, "signature")));
+    sqlite3_bind_text(s, 9, sig, -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 10, json_string_value(json_object_get(data, "key_id")), -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, 11, json_integer_value(json_object_get(event, "position")));
     int rc = sqlite3_step(s);
     sqlite3_finalize(s);
     free(canon);
+    free(sig);
     return rc == SQLITE_DONE ? SG_OK : SG_ESTORE;
 }
 
@@ -158,7 +159,7 @@ static sg_err firmware_state(sqlite3 *db, json_t **out)
 
 const struct projection firmware_projection = {
     "firmware",
-    1,
+    2, /* 2: signatures served in their low-S form */
     "CREATE TABLE IF NOT EXISTS firmware (firmware_id TEXT PRIMARY KEY, name TEXT NOT NULL, "
     "version TEXT NOT NULL, hardware TEXT NOT NULL, security_version INTEGER NOT NULL, "
     "size INTEGER NOT NULL, format TEXT NOT NULL, manifest TEXT NOT NULL, signature TEXT NOT "

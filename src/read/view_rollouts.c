@@ -128,13 +128,14 @@ static sg_err on_firmware(sqlite3 *db, const json_t *data)
     size_t len;
     if (!json_is_object(m) || jcs_dump(m, &text, &len) != SG_OK)
         return SG_EINTERNAL;
+    char *sig = readmodel_low_s(str_of(data, "signature"));
     sg_err e = EXEC(db,
                     "INSERT OR REPLACE INTO ro_firmware(firmware_id, manifest, signature, key_id, "
                     "format, security_version, hardware) VALUES (?,?,?,?,?,?,?)",
-                    "sssssis", str_of(data, "firmware_id"), text, str_of(data, "signature"),
-                    str_of(data, "key_id"), str_of(data, "format"), int_of(m, "security_version"),
-                    str_of(m, "hardware"));
+                    "sssssis", str_of(data, "firmware_id"), text, sig, str_of(data, "key_id"),
+                    str_of(data, "format"), int_of(m, "security_version"), str_of(m, "hardware"));
     free(text);
+    free(sig);
     return e;
 }
 
@@ -425,7 +426,7 @@ static sg_err rollouts_state(sqlite3 *db, json_t **out)
 
 const struct projection rollouts_projection = {
     "rollouts",
-    1,
+    2, /* 2: signatures served in their low-S form */
     "CREATE TABLE IF NOT EXISTS ro_firmware (firmware_id TEXT PRIMARY KEY, manifest TEXT NOT "
     "NULL, signature TEXT NOT NULL, key_id TEXT NOT NULL, format TEXT, security_version "
     "INTEGER, hardware TEXT);"

@@ -35,7 +35,7 @@ static void test_set_string(void **state)
     /* This binary's: every view, in registry order. */
     size_t n = readmodel_projection_set(out, sizeof(out));
     assert_true(n < sizeof(out));
-    assert_string_equal(out, "devices@1,commands@1,firmware@1,rollouts@1,ddi@1");
+    assert_string_equal(out, "devices@1,commands@2,firmware@2,rollouts@2,ddi@1");
 }
 
 static void test_plan(void **state)
@@ -219,11 +219,30 @@ static void test_create_reshapes_an_empty_file(void **state)
     sqlite3_close(db);
 }
 
+/* The read side serves manifest and envelope signatures in their low-S
+ * form: (r = 1, s = n - 1) is served as (r = 1, s = 1); a low one and a
+ * string that is no signature are served as they are. */
+static void test_low_s(void **state)
+{
+    (void)state;
+    char *got = readmodel_low_s("MCYCAQECIQD/////AAAAAP//////////vOb6racXnoTzucrC/GMlUA==");
+    assert_string_equal(got, "MAYCAQECAQE=");
+    free(got);
+    got = readmodel_low_s("MAYCAQECAQE=");
+    assert_string_equal(got, "MAYCAQECAQE=");
+    free(got);
+    got = readmodel_low_s("c2ln");
+    assert_string_equal(got, "c2ln");
+    free(got);
+    assert_null(readmodel_low_s(NULL));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_set_string),
         cmocka_unit_test(test_plan),
+        cmocka_unit_test(test_low_s),
         cmocka_unit_test_setup_teardown(test_rebuild_on_another_set, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_reshapes_an_empty_file, setup, teardown),
     };
