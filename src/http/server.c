@@ -94,6 +94,31 @@ void http_reply_json(struct req *r, int status, json_t *body)
     http_reply(r, status, "application/json", s, len);
 }
 
+/* Replace, in place, every byte of s that is not part of a well-formed
+ * UTF-8 sequence with '?': a detail may echo bytes a client sent (a method,
+ * a path segment), and a problem document must still be built from it. */
+static void utf8_scrub(char *s)
+{
+    unsigned char *p = (unsigned char *)s;
+    while (*p) {
+        size_t n = *p < 0x80             ? 1
+                   : (*p & 0xe0) == 0xc0 ? 2
+                   : (*p & 0xf0) == 0xe0 ? 3
+                   : (*p & 0xf8) == 0xf0 ? 4
+                                         : 0;
+        uint32_t cp = n > 1 ? *p & (0x7fu >> n) : *p;
+        size_t i = 1;
+        for (; i < n && (p[i] & 0xc0) == 0x80; i++)
+            cp = cp << 6 | (p[i] & 0x3fu);
+        static const uint32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
+        if (n == 0 || i < n || cp < min[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+            *p++ = '?';
+            continue;
+        }
+        p += n;
+    }
+}
+
 /* The problem+json document for e; *status is its HTTP status (500 if the
  * document cannot be built). NULL only when out of memory. */
 static char *problem_body(sg_err e, const char *detail, int *status, size_t *len)
@@ -120,6 +145,7 @@ void http_problem(struct req *r, sg_err e, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(detail, sizeof(detail), fmt, ap);
     va_end(ap);
+    utf8_scrub(detail);
     int status;
     size_t len = 0;
     char *s = problem_body(e, detail, &status, &len);
