@@ -10,6 +10,7 @@ PACKAGES=(
   libcmocka-dev libconfig-dev
   swupdate cpio
   python3 python3-cryptography curl
+  clang libclang-rt-dev
 )
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
