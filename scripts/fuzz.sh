@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 dir=$root/build-fuzz
 seconds=${SIGNET_FUZZ_SECONDS:-30}
-all=(jcs validators swu config device route http)
+all=(jcs validators swu config device events route http)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 

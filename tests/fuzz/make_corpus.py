@@ -162,6 +162,21 @@ def device():
         put("device", "pem", f.read())
 
 
+def events():
+    root = os.path.join(HERE, "..", "..")
+    for name in ("events.json", "keys.json"):
+        with open(os.path.join(root, name), "rb") as f:
+            put("events", name, f.read())
+    with open(os.path.join(root, "events.json"), "rb") as f:
+        page = json.load(f)
+    # unsealed (first byte a space): verified as they are
+    put("events", "as-is", b" " + json.dumps(page["events"]).encode())
+    ev = dict(page["events"][0], type="FirmwareUploaded", data={
+        "name": "fw", "version": "1.2.3", "hardware": "hw-a", "security_version": 3,
+        "size": 14, "sha256": "ab" * 32, "format": "raw", "firmware_id": FW})
+    put("events", "two", json.dumps([page["events"][0], ev]))
+
+
 def route():
     # first byte: listener (bit 0), method ((b >> 1) % 6), parameter buffer
     paths = [(0, "/v1/devices", "Bearer tok-ops"),
@@ -234,7 +249,7 @@ def http():
 def main():
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
-    for f in (jcs, validators, swu, config, device, route, http):
+    for f in (jcs, validators, swu, config, device, events, route, http):
         f()
     return 0
 
