@@ -220,13 +220,32 @@ static void init(void)
 
 static size_t exchange(unsigned short port, const uint8_t *req, size_t len, char *out, size_t cap)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     size_t got = 0;
-    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
-        fprintf(stderr, "fuzz_http: cannot connect\n");
-        abort();
+    int fd = -1;
+    /* Each connection from another loopback address (127.1.0.1 onwards):
+     * the server closes first, and its TIME_WAIT sockets, thousands a
+     * second, then never collide with the next connection's ports. A busy
+     * machine may still briefly run short: retry for 5 s. */
+    static unsigned n;
+    n++;
+    struct sockaddr_in from = {.sin_family = AF_INET};
+    from.sin_addr.s_addr =
+        htonl(0x7f000000u | (1u + (n >> 16) % 250) << 16 | ((n >> 8) & 0xff) << 8 | (1u + n % 250));
+    for (int tries = 0; fd < 0; tries++) {
+        fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd >= 0 && (tries > 0 || bind(fd, (struct sockaddr *)&from, sizeof(from)) == 0) &&
+            connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0)
+            break;
+        if (tries == 500) {
+            perror("fuzz_http: cannot connect");
+            abort();
+        }
+        if (fd >= 0)
+            close(fd);
+        fd = -1;
+        usleep(10000);
     }
     for (size_t off = 0; off < len;) {
         ssize_t w = send(fd, req + off, len - off, MSG_NOSIGNAL);
