@@ -139,9 +139,11 @@ int main(int argc, char **argv)
 
     char why[512] = "";
     sg_config *cfg = NULL;
+    hsm_module *hm = NULL;
     anchors *an = NULL;
     if (config_load(config, &cfg, why, sizeof(why)) != SG_OK ||
-        signer_open(cfg, 1u << KEY_EVENTS, &g.sg, why, sizeof(why)) != SG_OK ||
+        hsm_module_open(cfg, 0, &hm, why, sizeof(why)) != SG_OK ||
+        signer_open(hm, cfg, 1u << KEY_EVENTS, &g.sg, why, sizeof(why)) != SG_OK ||
         store_open(cfg->store, &g.st, why, sizeof(why)) != SG_OK)
         goto out;
     if ((g.key_id = signer_key_id(g.sg, KEY_EVENTS)) == NULL) {
@@ -167,7 +169,7 @@ int main(int argc, char **argv)
     if (anchor) {
         struct chain_pos p = {.position = g.head};
         memcpy(p.hash, g.prev, sizeof(p.hash));
-        if (anchors_open(cfg, g.sg, &an, why, sizeof(why)) != SG_OK ||
+        if (anchors_open(hm, g.sg, &an, why, sizeof(why)) != SG_OK ||
             anchors_save(an, g.sg, &p, why, sizeof(why)) != SG_OK)
             goto out;
     }
@@ -181,6 +183,7 @@ out:
     store_close(g.st);
     if (signer_close(g.sg) != 0)
         _exit(rc ? rc : 1);
+    hsm_module_close(hm);
     config_free(cfg);
     return rc;
 }

@@ -9,7 +9,7 @@ PACKAGES=(
   libmicrohttpd-dev libjansson-dev libsqlite3-dev sqlite3 libcurl4-openssl-dev
   libcmocka-dev libconfig-dev
   swupdate cpio
-  python3 python3-cryptography curl
+  python3 python3-cryptography python3-yaml curl
   clang libclang-rt-dev
 )
 SUDO=""
@@ -22,4 +22,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "deps: installing ${missing[*]}" >&2
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+# npm, for scripts/lint-openapi.sh (swagger-cli). Only when there is none:
+# a nodejs from another source (NodeSource) carries its own npm and
+# conflicts with Debian's npm package.
+if ! command -v npm >/dev/null; then
+  echo "deps: installing npm" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm >&2
 fi

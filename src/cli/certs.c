@@ -12,7 +12,8 @@
 
 #include "../core/buf.h"
 #include "../core/config.h"
-#include "../hsm/cert.h"
+#include "../hsm/module.h"
+#include "../hsm/provision.h"
 
 #define MAX_CHAIN_FILE (1 << 20)
 
@@ -55,21 +56,30 @@ static int parse(int argc, char **argv, const char **config, const char **positi
     return 0;
 }
 
-static int open_devices(const char *config, sg_config **cfg, signer **sg)
+static int open_devices(const char *config, sg_config **cfg, hsm_module **hm, signer **sg)
 {
     char why[512];
     if (config_load(config, cfg, why, sizeof(why)) != SG_OK ||
-        signer_open(*cfg, 1u << KEY_DEVICES, sg, why, sizeof(why)) != SG_OK) {
+        hsm_module_open(*cfg, 0, hm, why, sizeof(why)) != SG_OK ||
+        signer_open(*hm, *cfg, 1u << KEY_DEVICES, sg, why, sizeof(why)) != SG_OK) {
         fprintf(stderr, "signet: %s\n", why);
         return -1;
     }
     return 0;
 }
 
+static void close_devices(sg_config *cfg, hsm_module *hm, signer *sg)
+{
+    if (signer_close(sg) == 0) /* else a PKCS#11 call is stuck: leave the module */
+        hsm_module_close(hm);
+    config_free(cfg);
+}
+
 int cli_csr(int argc, char **argv)
 {
     const char *config;
     sg_config *cfg = NULL;
+    hsm_module *hm = NULL;
     signer *sg = NULL;
     char why[512], *pem = NULL;
     int rc = 1;
@@ -78,7 +88,7 @@ int cli_csr(int argc, char **argv)
                         "       (without --config: $SIGNET_CONFIG, else ./signet.json)\n");
         return 2;
     }
-    if (open_devices(config, &cfg, &sg) != 0)
+    if (open_devices(config, &cfg, &hm, &sg) != 0)
         goto out;
     if (cert_csr_pem(sg, KEY_DEVICES, cfg->token_label, &pem, why, sizeof(why)) != SG_OK) {
         fprintf(stderr, "signet: %s\n", why);
@@ -88,8 +98,7 @@ int cli_csr(int argc, char **argv)
     rc = 0;
 out:
     free(pem);
-    signer_close(sg);
-    config_free(cfg);
+    close_devices(cfg, hm, sg);
     return rc;
 }
 
@@ -97,6 +106,7 @@ int cli_import_cert(int argc, char **argv)
 {
     const char *config, *path;
     sg_config *cfg = NULL;
+    hsm_module *hm = NULL;
     signer *sg = NULL;
     char why[512], chunk[4096];
     buf b = {0};
@@ -118,7 +128,7 @@ int cli_import_cert(int argc, char **argv)
         fprintf(stderr, "signet: cannot read %s (at most %d bytes)\n", path, MAX_CHAIN_FILE);
         goto out;
     }
-    if (open_devices(config, &cfg, &sg) != 0)
+    if (open_devices(config, &cfg, &hm, &sg) != 0)
         goto out;
     if (cert_import_pem(sg, KEY_DEVICES, b.data ? b.data : "", b.len, say, why, sizeof(why)) !=
         SG_OK) {
@@ -130,7 +140,6 @@ out:
     if (f)
         fclose(f);
     buf_free(&b);
-    signer_close(sg);
-    config_free(cfg);
+    close_devices(cfg, hm, sg);
     return rc;
 }

@@ -19,7 +19,8 @@
 #include "../core/event.h"
 #include "../core/log.h"
 #include "../hsm/anchor.h"
-#include "../hsm/cert.h"
+#include "../hsm/module.h"
+#include "../hsm/provision.h"
 #include "../hsm/signer.h"
 #include "../read/readmodel.h"
 #include "../store/chain.h"
@@ -71,6 +72,7 @@ static int cmd_init(int argc, char **argv)
     char why[512];
     sg_config *cfg;
     store *st;
+    hsm_module *hm = NULL;
     signer *sg;
     if (argc != 3 || strcmp(argv[1], "--config") != 0)
         return usage();
@@ -91,22 +93,23 @@ static int cmd_init(int argc, char **argv)
         store_close(st);
         printf("store %s ready\n", cfg->store + 7);
     }
-    if (signer_init_token(cfg, report, why, sizeof(why)) != SG_OK ||
-        signer_open(cfg, 1u << KEY_EVENTS | 1u << KEY_DEVICES | 1u << KEY_SNAPSHOTS, &sg, why,
+    if (hsm_module_open(cfg, HSM_MODULE_SO_PIN, &hm, why, sizeof(why)) != SG_OK ||
+        signer_init_token(hm, report, why, sizeof(why)) != SG_OK ||
+        signer_open(hm, cfg, 1u << KEY_EVENTS | 1u << KEY_DEVICES | 1u << KEY_SNAPSHOTS, &sg, why,
                     sizeof(why)) != SG_OK) {
         fprintf(stderr, "signet: %s\n", why);
         goto out;
     }
     for (int p = 0; p < KEY_PURPOSES; p++)
         printf("key %-9s key_id %s\n", key_purpose_name[p], signer_key_id(sg, (enum key_purpose)p));
-    if (cert_ensure(sg, KEY_DEVICES, cfg->token_label, report, why, sizeof(why)) != SG_OK) {
+    if (cert_ensure(sg, KEY_DEVICES, cfg->token_label, report, why, sizeof(why)) != SG_OK)
         fprintf(stderr, "signet: %s\n", why);
-        signer_close(sg);
-        goto out;
-    }
-    signer_close(sg);
-    rc = 0;
+    else
+        rc = 0;
+    if (signer_close(sg) != 0)
+        hm = NULL; /* a PKCS#11 call is stuck: leave the module loaded */
 out:
+    hsm_module_close(hm);
     config_free(cfg);
     return rc;
 }
@@ -188,7 +191,20 @@ struct chain {
     const keyring *kr;
     uint64_t n;
     char prev[65];
+    uint64_t head; /* the head the export (its last /v1/events page) names */
+    int have_head; /* 0: the export names no head (an array, JSON lines) */
 };
+
+/* Note the head a /v1/events page names: the last page read is the export's
+ * word on where the log ends. */
+static void chain_note_head(struct chain *ch, const json_t *page)
+{
+    json_t *h = json_object_get(page, "head");
+    if (json_is_integer(h) && json_integer_value(h) >= 0) {
+        ch->head = (uint64_t)json_integer_value(h);
+        ch->have_head = 1;
+    }
+}
 
 /* Verify the next event. Returns 0, or 1 after printing the failure. */
 static int chain_next(struct chain *ch, const json_t *ev)
@@ -249,6 +265,7 @@ static int verify_file(struct chain *ch, const char *path)
         json_t *page = json_object_get(v, "events");
         if (!array && json_is_array(page)) {
             size_t i;
+            chain_note_head(ch, v);
             json_t *ev;
             json_array_foreach(page, i, ev) if ((rc = chain_next(ch, ev)) != 0) break;
         } else {
@@ -277,6 +294,7 @@ static int verify_url(struct chain *ch, const char *base)
         size_t i, n = json_array_size(evs);
         json_t *ev;
         int rc = 0;
+        chain_note_head(ch, page);
         json_array_foreach(evs, i, ev) if ((rc = chain_next(ch, ev)) != 0) break;
         json_decref(page);
         if (rc || n == 0)
@@ -293,12 +311,11 @@ static keyring *load_keys(const char *keys_path, const char *url)
         doc = json_load_file(keys_path, 0, &err);
         if (doc == NULL)
             fprintf(stderr, "signet: %s: %s\n", keys_path, err.text);
-    } else {
+    } else if ((doc = http_get_json(url, "/v1/keys")) != NULL) {
         fprintf(stderr,
                 "signet: warning: keys fetched from %s/v1/keys, not pinned "
                 "(pass --keys to check against keys you trust)\n",
                 url);
-        doc = http_get_json(url, "/v1/keys");
     }
     keyring *kr = doc ? keyring_new() : NULL;
     if (kr && keyring_load_json(kr, doc, why, sizeof(why)) != SG_OK) {
@@ -342,6 +359,19 @@ static int cmd_verify_log(int argc, char **argv)
         printf("FAIL: the log holds no events\n");
         rc = 1;
     }
+    /* Events cut off the end leave a chain that verifies: only the head the
+     * export names can tell. */
+    if (rc == 0 && ch.have_head && ch.head != ch.n) {
+        printf("FAIL: the export holds positions 1 to %llu but names its head as %llu: %s\n",
+               (unsigned long long)ch.n, (unsigned long long)ch.head,
+               ch.head > ch.n ? "events are missing at its end" : "it does not hold together");
+        rc = 1;
+    }
+    if (rc == 0 && !ch.have_head)
+        fprintf(stderr,
+                "signet: note: %s names no head, so events cut off its end cannot be "
+                "noticed (verify a /v1/events page or the URL)\n",
+                src);
     if (rc == 0)
         printf("ok: %llu events, head %llu %s\n", (unsigned long long)ch.n,
                (unsigned long long)ch.n, ch.prev);
@@ -375,6 +405,7 @@ static int cmd_accept_store(int argc, char **argv)
 {
     char why[512], readmodel[4096];
     sg_config *cfg = NULL;
+    hsm_module *hm = NULL;
     signer *sg = NULL;
     anchors *an = NULL;
     keyring *kr = NULL;
@@ -387,8 +418,9 @@ static int cmd_accept_store(int argc, char **argv)
         fprintf(stderr, "signet: %s\n", why);
         return 1;
     }
-    if (signer_open(cfg, 1u << KEY_EVENTS, &sg, why, sizeof(why)) != SG_OK ||
-        anchors_open(cfg, sg, &an, why, sizeof(why)) != SG_OK ||
+    if (hsm_module_open(cfg, 0, &hm, why, sizeof(why)) != SG_OK ||
+        signer_open(hm, cfg, 1u << KEY_EVENTS, &sg, why, sizeof(why)) != SG_OK ||
+        anchors_open(hm, sg, &an, why, sizeof(why)) != SG_OK ||
         store_open(cfg->store, &st, why, sizeof(why)) != SG_OK)
         goto fail;
     if ((kr = keyring_new()) == NULL ||
@@ -437,7 +469,8 @@ out:
     store_close(st);
     keyring_free(kr);
     anchors_close(an);
-    signer_close(sg);
+    if (signer_close(sg) == 0) /* else a PKCS#11 call is stuck: leave the module */
+        hsm_module_close(hm);
     config_free(cfg);
     return rc;
 }

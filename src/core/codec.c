@@ -3,7 +3,9 @@
  * and the per-thread id randomness pool. */
 #include "codec.h"
 
+#include <openssl/bn.h>
 #include <openssl/crypto.h>
+#include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <pthread.h>
@@ -228,4 +230,70 @@ uint64_t sg_mono_ns(void)
 uint64_t sg_mono_ms(void)
 {
     return sg_mono_ns() / 1000000u;
+}
+
+/*** ECDSA low-S ***/
+
+/* n / 2 of P-256, big-endian: s above it is the high form. */
+static const uint8_t p256_half_order[32] = {
+    0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8};
+static const uint8_t p256_order[32] = {
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51};
+
+int sg_ecdsa_low_s(uint8_t *der, size_t *len, size_t cap)
+{
+    const unsigned char *p = der;
+    ECDSA_SIG *sig = d2i_ECDSA_SIG(NULL, &p, (long)*len);
+    BIGNUM *half = NULL, *n = NULL, *low = NULL;
+    const BIGNUM *r, *s;
+    int rc = -1;
+    if (sig == NULL || p != der + *len)
+        goto out;
+    ECDSA_SIG_get0(sig, &r, &s);
+    half = BN_bin2bn(p256_half_order, sizeof(p256_half_order), NULL);
+    n = BN_bin2bn(p256_order, sizeof(p256_order), NULL);
+    if (half == NULL || n == NULL || BN_is_negative(s) || BN_is_zero(s) || BN_cmp(s, n) >= 0)
+        goto out;
+    if (BN_cmp(s, half) <= 0) {
+        rc = 0;
+        goto out;
+    }
+    BIGNUM *rr = BN_dup(r);
+    if ((low = BN_new()) == NULL || rr == NULL || !BN_sub(low, n, s) ||
+        ECDSA_SIG_set0(sig, rr, low) != 1) {
+        BN_free(rr);
+        goto out;
+    }
+    low = NULL; /* owned by sig now */
+    int l = i2d_ECDSA_SIG(sig, NULL);
+    unsigned char *q = der;
+    if (l > 0 && (size_t)l <= cap && i2d_ECDSA_SIG(sig, &q) == l) {
+        *len = (size_t)l;
+        rc = 1;
+    }
+out:
+    BN_free(low);
+    BN_free(half);
+    BN_free(n);
+    ECDSA_SIG_free(sig);
+    return rc;
+}
+
+char *sg_ecdsa_low_s_b64(const char *in)
+{
+    uint8_t *der = NULL, tmp[80];
+    size_t len = 0;
+    char *out = NULL;
+    if (in == NULL || sg_b64_decode(in, &der, &len) != SG_OK)
+        return NULL;
+    if (len <= sizeof(tmp)) {
+        memcpy(tmp, der, len);
+        if (sg_ecdsa_low_s(tmp, &len, sizeof(tmp)) >= 0 &&
+            (out = malloc(sg_b64_encoded_len(len))) != NULL)
+            sg_b64_encode(tmp, len, out);
+    }
+    free(der);
+    return out;
 }

@@ -30,6 +30,19 @@ void sg_sha256(const void *data, size_t len, uint8_t out[SG_SHA256_LEN]);
 /* SHA-256 as 64 lowercase hex digits plus NUL. */
 void sg_sha256_hex(const void *data, size_t len, char out[SG_HEX256_LEN + 1]);
 
+/* ECDSA P-256 signatures in DER. (r, s) and (r, n - s) both verify, so a
+ * signed log or a device that accepts either can be shown two different
+ * signatures of one document. signet makes and serves only the low-S form
+ * (s <= n/2), as most verifiers of signed logs require.
+ * sg_ecdsa_low_s rewrites the DER signature in der (len bytes, cap bytes of
+ * room) to its low-S form in place: 1 if it changed it, 0 if it was low-S
+ * already, -1 if it is not a DER ECDSA signature or does not fit. */
+int sg_ecdsa_low_s(uint8_t *der, size_t *len, size_t cap);
+/* The same on a base64 signature: a malloc'd base64 string of the low-S form
+ * (a copy when it was low-S already), NULL when in is not base64 DER ECDSA or
+ * out of memory. */
+char *sg_ecdsa_low_s_b64(const char *in);
+
 /* 1 if equal, 0 otherwise, in time independent of the contents. */
 int sg_ct_equal(const void *a, const void *b, size_t len);
 

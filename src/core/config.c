@@ -3,6 +3,7 @@
  * directory. Holds names of PIN variables, never PINs. */
 #include "config.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <libgen.h>
 #include <limits.h>
@@ -458,14 +459,20 @@ sg_err config_load(const char *path, sg_config **out, char *why, size_t whylen)
     cfg->ddi_poll_seconds = 300;
     cfg->ddi_tenant = strdup("DEFAULT");
     cfg->path = strdup(path);
-    if (realpath(dirname(copy), real) == NULL || (c.dir = strdup(real)) == NULL) {
-        e = bad(&c, "cannot resolve its directory");
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        e = bad(&c, "cannot open it: %s", strerror(errno));
         goto out;
     }
     json_error_t err;
-    root = json_load_file(path, JSON_REJECT_DUPLICATES, &err);
+    root = json_loadf(f, JSON_REJECT_DUPLICATES, &err);
+    fclose(f);
     if (root == NULL) {
         e = bad(&c, "line %d: %s", err.line, err.text);
+        goto out;
+    }
+    if (realpath(dirname(copy), real) == NULL || (c.dir = strdup(real)) == NULL) {
+        e = bad(&c, "cannot resolve its directory: %s", strerror(errno));
         goto out;
     }
     e = load_root(&c, cfg, root);

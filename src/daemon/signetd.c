@@ -154,6 +154,7 @@ int main(int argc, char **argv)
 
     char why[512] = "";
     sg_config *cfg = NULL;
+    hsm_module *hm = NULL;
     signer *sg = NULL;
     sequencer *seq = NULL;
     projector *proj = NULL;
@@ -194,7 +195,8 @@ int main(int argc, char **argv)
     }
     unsigned keys = (do_write ? (1u << KEY_EVENTS | 1u << KEY_DEVICES) : 0) |
                     (do_read ? 1u << KEY_SNAPSHOTS : 0);
-    if (signer_open(cfg, keys, &sg, why, sizeof(why)) != SG_OK ||
+    if (hsm_module_open(cfg, 0, &hm, why, sizeof(why)) != SG_OK ||
+        signer_open(hm, cfg, keys, &sg, why, sizeof(why)) != SG_OK ||
         cert_check(sg, KEY_DEVICES, cfg->token_label, why, sizeof(why)) != SG_OK)
         goto fail;
     EVP_PKEY *events_pub = signer_public_key(sg, KEY_EVENTS);
@@ -211,7 +213,7 @@ int main(int argc, char **argv)
     }
     snprintf(readmodel, n, "%s/read.db", cfg->data_dir);
     snprintf(checkpoint, n, "%s/writestate.ckpt", cfg->data_dir);
-    if (anchors_open(cfg, sg, &an, why, sizeof(why)) != SG_OK ||
+    if (anchors_open(hm, sg, &an, why, sizeof(why)) != SG_OK ||
         check_store(cfg, kr, an, readmodel, &anchor, &head, why, sizeof(why)) != SG_OK)
         goto fail;
     /* Idempotency-Key expiry: before the sequencer looks any record up. */
@@ -287,6 +289,7 @@ out:
         fflush(NULL);
         _exit(status);
     }
+    hsm_module_close(hm);
     config_free(cfg);
     free(readmodel);
     free(checkpoint);

@@ -13,8 +13,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
+#include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -148,6 +150,29 @@ void sgd_key_free(sgd_key *key)
     free(key);
 }
 
+/* 1 if sig is one strict DER ECDSA signature whose s is at most n/2 of
+ * P-256. (r, s) and (r, n - s) both verify; signet makes and serves only the
+ * low form, so the high one is a forgery of the encoding and is refused. */
+static int is_low_s(const uint8_t *sig, size_t siglen)
+{
+    static const uint8_t half[32] = {0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00,
+                                     0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                     0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42,
+                                     0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8};
+    const unsigned char *p = sig;
+    ECDSA_SIG *es = d2i_ECDSA_SIG(NULL, &p, (long)siglen);
+    BIGNUM *h = BN_bin2bn(half, sizeof(half), NULL);
+    const BIGNUM *r = NULL, *s = NULL;
+    int ok = es && h && p == sig + siglen;
+    if (ok) {
+        ECDSA_SIG_get0(es, &r, &s);
+        ok = BN_cmp(s, h) <= 0;
+    }
+    BN_free(h);
+    ECDSA_SIG_free(es);
+    return ok;
+}
+
 sgd_err sgd_signed_by(const sgd_key *key, const void *doc, size_t len, const char *sig_b64,
                       const char *key_id)
 {
@@ -158,7 +183,8 @@ sgd_err sgd_signed_by(const sgd_key *key, const void *doc, size_t len, const cha
     sgd_err rc = sgd_b64_decode(sig_b64, sig_b64 ? strlen(sig_b64) : 0, &sig, &siglen);
     if (rc == SGD_ENOMEM)
         return rc;
-    if (rc != SGD_OK || siglen == 0 || siglen > 80) /* a P-256 DER signature is at most 72 */
+    if (rc != SGD_OK || siglen == 0 || siglen > 80 || /* a P-256 DER signature is at most 72 */
+        !is_low_s(sig, siglen))
         rc = SGD_ESIG;
     else {
         EVP_MD_CTX *ctx = EVP_MD_CTX_new();

@@ -1,16 +1,13 @@
 /* anchor.c - the integrity anchor in the token (see anchor.h).
  *
  * libp11 0.4.12 has no API for data objects, so this file speaks raw
- * PKCS#11 to the module the signer already loaded (dlopen hands back the
- * same module; C_Initialize answers CKR_CRYPTOKI_ALREADY_INITIALIZED). Every
- * operation opens its own session and closes it, because libp11 closes all
- * sessions of the slot when it reconnects. Signing goes through the signer,
- * never through PKCS#11 here. */
+ * PKCS#11 to the module it borrows from module.c (which loaded it, holds the
+ * PIN and logs in); it never loads the module or reads a PIN. Every
+ * operation opens its own session (hsm_module_session) and closes it,
+ * because libp11 closes all sessions of the slot when it reconnects.
+ * Signing goes through the signer, never through PKCS#11 here. */
 #include "anchor.h"
 
-#include <dlfcn.h>
-#include <openssl/crypto.h>
-#include <p11-kit/pkcs11.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -21,61 +18,37 @@
 #include "../core/codec.h"
 #include "../core/jcs.h"
 #include "../core/log.h"
+#include "module_p11.h"
 
 #define ANCHOR_LABEL "signet-anchor"
 #define ANCHOR_MAX 4096 /* bytes of one anchor document */
 #define MAX_OBJECTS 16
 
 struct anchors {
-    void *dl;
+    hsm_module *m; /* borrowed */
     CK_FUNCTION_LIST *f;
-    char *label, *pin;
+    const char *label;
     signer *s;          /* held (signer_hold) during each operation */
     pthread_mutex_t mu; /* one operation at a time */
 };
 
 /*** PKCS#11 ***/
 
-sg_err anchors_open(const sg_config *cfg, signer *s, anchors **out, char *why, size_t whylen)
+sg_err anchors_open(hsm_module *m, signer *s, anchors **out, char *why, size_t whylen)
 {
-    CK_C_GetFunctionList get;
-    CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK};
-    const char *pin = getenv(cfg->pin_env);
+    const char *raw_why;
+    CK_FUNCTION_LIST *f = hsm_module_raw(m, &raw_why);
     *out = NULL;
-    if (pin == NULL || pin[0] == '\0')
-        return sg_say(why, whylen, SG_ECONFIG,
-                      "environment variable %s (pkcs11.pin_env) is not set", cfg->pin_env);
+    if (f == NULL)
+        return sg_say(why, whylen, SG_EHSM, "PKCS#11 module %s cannot be used raw: %s",
+                      hsm_module_path(m), raw_why);
     anchors *a = calloc(1, sizeof(*a));
-    if (a == NULL || (a->label = strdup(cfg->token_label)) == NULL ||
-        (a->pin = strdup(pin)) == NULL) {
-        anchors_close(a);
+    if (a == NULL)
         return sg_say(why, whylen, SG_ENOMEM, "out of memory");
-    }
     pthread_mutex_init(&a->mu, NULL);
-    if ((a->dl = dlopen(cfg->pkcs11_module, RTLD_NOW | RTLD_LOCAL)) == NULL) {
-        anchors_close(a);
-        return sg_say(why, whylen, SG_EHSM, "cannot load PKCS#11 module %s", cfg->pkcs11_module);
-    }
-    *(void **)&get = dlsym(a->dl, "C_GetFunctionList");
-    if (get == NULL || get(&a->f) != CKR_OK) {
-        a->f = NULL;
-        anchors_close(a);
-        return sg_say(why, whylen, SG_EHSM, "%s is not a PKCS#11 module", cfg->pkcs11_module);
-    }
-    CK_RV rv = a->f->C_Initialize(&args);
-    if (rv == CKR_OK) {
-        /* Nobody else had initialised it: we must not stay the owner. */
-        a->f->C_Finalize(NULL);
-        a->f = NULL;
-        anchors_close(a);
-        return sg_say(why, whylen, SG_EINTERNAL, "anchors: open the signer first");
-    }
-    if (rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
-        a->f = NULL;
-        anchors_close(a);
-        return sg_say(why, whylen, SG_EHSM, "C_Initialize of %s failed (0x%lx)", cfg->pkcs11_module,
-                      rv);
-    }
+    a->m = m;
+    a->f = f;
+    a->label = hsm_module_label(m);
     a->s = s;
     *out = a;
     return SG_OK;
@@ -104,45 +77,8 @@ void anchors_close(anchors *a)
 {
     if (a == NULL)
         return;
-    if (a->dl)
-        dlclose(a->dl);
-    if (a->pin)
-        OPENSSL_cleanse(a->pin, strlen(a->pin));
-    free(a->pin);
-    free(a->label);
     pthread_mutex_destroy(&a->mu);
     free(a);
-}
-
-/* Open a logged-in read-write session on the token. */
-static sg_err session(anchors *a, CK_SESSION_HANDLE *h, char *why, size_t whylen)
-{
-    CK_SLOT_ID slots[64];
-    CK_ULONG n = SG_ARRAY_LEN(slots);
-    unsigned char want[32];
-    memset(want, ' ', sizeof(want));
-    memcpy(want, a->label, strlen(a->label));
-    if (a->f->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
-        return sg_say(why, whylen, SG_EHSM, "cannot list the slots of the PKCS#11 module");
-    for (CK_ULONG i = 0; i < n; i++) {
-        CK_TOKEN_INFO ti;
-        if (a->f->C_GetTokenInfo(slots[i], &ti) != CKR_OK || !(ti.flags & CKF_TOKEN_INITIALIZED) ||
-            memcmp(ti.label, want, 32) != 0)
-            continue;
-        CK_RV rv =
-            a->f->C_OpenSession(slots[i], CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, h);
-        if (rv != CKR_OK)
-            return sg_say(why, whylen, SG_EHSM, "cannot open a session on token \"%s\" (0x%lx)",
-                          a->label, rv);
-        rv = a->f->C_Login(*h, CKU_USER, (unsigned char *)a->pin, strlen(a->pin));
-        if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
-            a->f->C_CloseSession(*h);
-            return sg_say(why, whylen, SG_EHSM, "cannot log in to token \"%s\" (0x%lx)", a->label,
-                          rv);
-        }
-        return SG_OK;
-    }
-    return sg_say(why, whylen, SG_EHSM, "no token labelled \"%s\"", a->label);
 }
 
 /* Handles of every anchor object (at most MAX_OBJECTS). */
@@ -208,7 +144,7 @@ sg_err anchors_load(anchors *a, const keyring *kr, struct chain_pos *out, char *
         free(buf);
         return e;
     }
-    if ((e = session(a, &h, why, whylen)) != SG_OK)
+    if ((e = hsm_module_session(a->m, &h, NULL, why, whylen)) != SG_OK)
         goto unlock;
     if ((e = find_all(a, h, objs, &n)) != SG_OK)
         sg_say(why, whylen, e, "cannot search token \"%s\" for anchors", a->label);
@@ -273,7 +209,7 @@ sg_err anchors_save(anchors *a, signer *s, const struct chain_pos *p, char *why,
         free(doc);
         return e;
     }
-    if ((e = session(a, &h, why, whylen)) != SG_OK)
+    if ((e = hsm_module_session(a->m, &h, NULL, why, whylen)) != SG_OK)
         goto unlock;
     /* Create the new one first: a crash between the two steps leaves two
      * anchors, and the newer one wins when they are read. */

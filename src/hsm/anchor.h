@@ -14,11 +14,11 @@
 
 typedef struct anchors anchors;
 
-/* Load the PKCS#11 module of cfg and find its token. Call after
- * signer_open() and close before signer_close(): the module is shared with
- * the signer s, only the signer initialises and finalises it, and every
- * operation here holds off the signer's reconnects (signer_hold). */
-sg_err anchors_open(const sg_config *cfg, signer *s, anchors **out, char *why, size_t whylen);
+/* Borrow the module m (the signer's; module.c loaded it and holds the PIN)
+ * for its token's anchor objects. Call after signer_open() and close before
+ * signer_close() and hsm_module_close(): every operation here holds off the
+ * signer's reconnects (signer_hold). SG_EHSM if m cannot be used raw. */
+sg_err anchors_open(hsm_module *m, signer *s, anchors **out, char *why, size_t whylen);
 void anchors_close(anchors *a);
 
 /* The newest anchor in the token, verified with kr's events keys: SG_OK and

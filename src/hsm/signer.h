@@ -1,5 +1,8 @@
-/* signer.h - the HSM, through PKCS#11. The only module that touches libp11 or
- * a PKCS#11 module; everything else sees digests in and DER signatures out.
+/* signer.h - signing in the HSM, through PKCS#11: everything outside src/hsm/
+ * sees digests in and DER signatures out. The signer borrows the module and
+ * the PIN from their one owner (module.h). Only src/hsm/ touches libp11 or
+ * PKCS#11: the module owner, the signer, the anchors (anchor.h) and
+ * provisioning (provision.h, the CLI's only).
  *
  * Private keys live in the token (sensitive, never extractable). One key per
  * purpose, found by label: "events", "devices", "snapshots". Failures are
@@ -17,6 +20,7 @@
 
 #include "../core/config.h"
 #include "../core/event.h"
+#include "module.h"
 
 /* Longest DER ECDSA P-256 signature. */
 #define SIGNER_MAX_SIG 80
@@ -30,13 +34,15 @@ struct signer_item {
     size_t siglen;
 };
 
-/* Load the module, find the token by label, log in with the PIN from
- * cfg->pin_env, and find the private keys named in purposes (bit (1 << KEY_x))
- * plus the public keys of all three purposes (those that exist); then start
- * the worker threads and the prober. Key ids and public keys are fixed from
- * here on (a reconnect refuses a token whose keys changed). On error returns
- * SG_ECONFIG or SG_EHSM with a one-line reason naming the token in why. */
-sg_err signer_open(const sg_config *cfg, unsigned purposes, signer **out, char *why, size_t whylen);
+/* Find the token of the module m (borrowed: close the signer before it) by
+ * its label, log in (m holds the PIN), and find the private keys named in
+ * purposes (bit (1 << KEY_x)) plus the public keys of all three purposes
+ * (those that exist); then start the worker threads and the prober, with
+ * cfg's pkcs11.sign_timeout_ms. Key ids and public keys are fixed from here
+ * on (a reconnect refuses a token whose keys changed). On error returns
+ * SG_EHSM or SG_ENOMEM with a one-line reason naming the token in why. */
+sg_err signer_open(hsm_module *m, const sg_config *cfg, unsigned purposes, signer **out, char *why,
+                   size_t whylen);
 
 /* Stop the prober and the workers and release everything. Returns 0 when done;
  * 1 when a thread is still inside a PKCS#11 call after a short wait: then the
@@ -76,21 +82,8 @@ EVP_PKEY *signer_public_key(const signer *s, enum key_purpose purpose);
 
 /* The certificate chain the token holds for the purpose's key, leaf first
  * (read at open: see docs/behaviour.md for the objects), or NULL if it holds
- * none. Borrowed; changes only through signer_store_chain(). */
+ * none. Borrowed; changes only through signer_store_chain() (provision.h). */
 STACK_OF(X509) * signer_cert_chain(const signer *s, enum key_purpose purpose);
-
-/* For the CLI (signet init, import-cert) only: replace the purpose's
- * certificate objects in the token with chain (leaf first, 1 to
- * SIGNER_MAX_CHAIN certificates; the caller has checked the leaf). Runs on the
- * calling thread without the deadline. SG_EHSM with why; on failure the token
- * may hold none (run it again). */
-sg_err signer_store_chain(signer *s, enum key_purpose purpose, STACK_OF(X509) * chain, char *why,
-                          size_t whylen);
-
-/* For the CLI (signet init, csr) only: sign cert and/or req (either may be
- * NULL) with the purpose's private key, ECDSA with SHA-256, inside the HSM, on
- * the calling thread without the deadline. SG_EHSM. */
-sg_err signer_sign_x509(signer *s, enum key_purpose purpose, X509 *cert, X509_REQ *req);
 
 /* Hold off reconnects while the caller works on PKCS#11 sessions of its own
  * (the anchor keeper): a reconnect closes every session of the token's slot,
@@ -112,12 +105,5 @@ struct signer_stats {
 };
 /* A snapshot of the signer's state for /metrics. Cheap; never calls the HSM. */
 void signer_stats(signer *s, struct signer_stats *out);
-
-/* signet init: create what is missing and nothing else: the token (SoftHSM2
- * module and no token with the label: initialise a free slot with the SO PIN
- * and set the user PIN) and the three P-256 key pairs, generated in the token
- * as sensitive and non-extractable. Prints what it did to stdout via report. */
-sg_err signer_init_token(const sg_config *cfg, void (*report)(const char *line), char *why,
-                         size_t whylen);
 
 #endif

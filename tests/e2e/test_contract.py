@@ -22,10 +22,33 @@ import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from client import request, send_tolerant  # noqa: E402  (plain http.client, nothing signet-specific)
+import client  # noqa: E402  (plain http.client, nothing signet-specific)
+from deploy import PRINCIPALS as DEPLOY_PRINCIPALS  # noqa: E402
 from deploy import SIGNET, Deployment  # noqa: E402
+from openapi_check import Spec  # noqa: E402  (docs/openapi.yaml against the answers)
 
 RESULTS = []
+# Every answer the suite gets, (port, method, path, token, Response): at
+# the end each is checked against docs/openapi.yaml (openapi_conformance).
+ANSWERS = []
+
+
+def _token_of(token, headers):
+    authz = (headers or {}).get("Authorization", "")
+    return token or (authz.split(" ", 1)[1] if " " in authz else None)
+
+
+def request(method, port, path, *a, **kw):
+    r = client.request(method, port, path, *a, **kw)
+    ANSWERS.append((port, method, path, _token_of(kw.get("token"), kw.get("headers")), r))
+    return r
+
+
+def send_tolerant(port, method, path, headers, *a, **kw):
+    r = client.send_tolerant(port, method, path, headers, *a, **kw)
+    if r is not None:
+        ANSWERS.append((port, method, path, _token_of(None, headers), r))
+    return r
 
 
 def check(cond, what, detail=""):
@@ -1200,6 +1223,92 @@ def ddi(W):
     _ = rid
 
 
+@section
+def doc_probes(W):
+    """Answers docs/openapi.yaml once had wrong (issue 14, defect 15), so
+    that openapi_conformance sees them: admin on the device routes, a wrong
+    hardware class on a rollout, methods a path does not have, HEAD."""
+    d = "z-0"
+    g = W.r("GET", "/v1/devices/%s/update" % d, "adm")
+    check(g.status in (200, 204), "admin reads /v1/devices/{id}/update like an operator", g)
+    g = W.r("GET", "/v1/devices/%s/commands" % d, "adm")
+    check(g.status == 200, "admin reads /v1/devices/{id}/commands like an operator", g)
+    g = W.w("POST", "/v1/devices/%s/reports" % d, "adm", body={"firmware_id": "sha256:" + "0" * 64,
+                                                               "status": "installed"})
+    check(is_problem(g, 403), "admin may not report for a device (device-only route) 403", g)
+    g = request("GET", W.rp, "/ddi/DEFAULT/controller/v1/%s" % d, token=W.tok["adm"])
+    check(is_problem(g, 403), "admin may not poll DDI as a device 403", g)
+    up, _ = W.upload("fw-doc", "hw-doc", 1)
+    r = W.w("POST", "/v1/rollouts", "ops", body={"firmware_id": up.body["firmware_id"], "hardware": "hw-other",
+                                                  "stages": [100], "failure_threshold": 0.5, "min_reports": 1})
+    check(is_problem(r, 422), "rollout of firmware for another hardware class 422", r)
+    for side, m, path in (("w", "DELETE", "/v1/devices"), ("w", "GET", "/v1/commands"),
+                          ("r", "HEAD", "/healthz"), ("r", "POST", "/v1/events"),
+                          ("r", "GET", "/v1/devices"), ("w", "GET", "/v1/events")):
+        r = (W.w if side == "w" else W.r)(m, path, "adm")
+        check(r.status in (404, 405) and (r.status != 405 or r.headers.get("Allow")),
+              "%s %s on the %s listener: 404 or 405 with Allow" % (m, path, "write" if side == "w" else "read"), r)
+    for side, path in (("w", "/healthz"), ("w", "/v1/keys"), ("w", "/metrics"), ("r", "/metrics")):
+        r = (W.w if side == "w" else W.r)("GET", path, None)
+        check(r.status == 200, "GET %s on the %s listener 200" % (path, "write" if side == "w" else "read"), r)
+    rid = [e for e in W.events() if e.get("type") == "RolloutStarted"][-1]["data"]["rollout_id"]
+    r = W.w("POST", "/v1/rollouts/%s/pause" % rid, "ops", body={"why": "x"})
+    check(is_problem(r, 400), "a body on a route that takes none 400", r)
+    auth = {"Authorization": "TargetToken " + DEV_TOK[d]}
+    base = "/ddi/DEFAULT/controller/v1/%s" % d
+    r = request("PUT", W.rp, base + "/configData", body='{"data":{}}', headers=dict(auth, **{"Content-Type": "text/plain"}))
+    check(is_problem(r, 415), "DDI configData text/plain 415", r)
+    r = request("PUT", W.wp, base + "/configData", body={"data": {"k": "v" * 70000}}, headers=auth)
+    check(is_problem(r, 413), "DDI configData over max_json_bytes 413 (write listener)", r)
+    r = request("POST", W.wp, base + "/deploymentBase/1/feedback", body={"status": {"execution": "bogus"}},
+                headers=auth)
+    check(is_problem(r, 400), "DDI feedback with an unknown execution 400 (write listener)", r)
+    r = request("PUT", W.rp, base + "/configData", body="{", headers=dict(auth, **{"Content-Type": "application/json"}))
+    check(is_problem(r, 400), "DDI configData not JSON 400", r)
+    # Whatever the answer to a repeated query parameter, it is one the document declares.
+    W.r("GET", "/v1/events?after=0&after=1", "audit")
+    W.r("GET", "/v1/devices/%s/commands?after=0&after=1" % d, "ops")
+
+
+@section
+def openapi_conformance(W):
+    """Every answer the suite got, against docs/openapi.yaml: the status is
+    declared for the operation, the media type and required headers are
+    the declared response's, a JSON body has the declared schema's required
+    properties and types. One check per operation and status."""
+    spec = Spec()
+    listener = {W.wp: "write", W.rp: "read"}
+    roles = {t: DEPLOY_PRINCIPALS.get(n, (EXTRA.get(n),))[0] for n, t in W.tok.items()}
+    roles.update({t: ["device"] for t in DEV_TOK.values()})
+    groups = {}
+    for port, method, path, token, r in ANSWERS:
+        if port not in listener:
+            continue
+        label, probs = spec.problems(listener[port], method, path, r.status, r.headers, r.body, r.raw)
+        probs += spec.role_problems(listener[port], method, path, r.status, roles.get(token))
+        g = groups.setdefault((label, r.status), [0, []])
+        g[0] += 1
+        if probs and len(g[1]) < 3:
+            g[1].append("%s %s: %s" % (method, path[:120], "; ".join(probs)))
+    for (label, status), (n, bad) in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        check(not bad, "openapi: %s %d as declared (%d answers)" % (label, status, n), "\n".join(bad))
+    ops = {lab for lab, _ in groups if not lab.startswith("(")}
+    print("   (info) %d answers checked, %d operations of %d seen" % (
+        len(ANSWERS), len(ops), sum(1 for it in spec.doc["paths"].values() for m in it if m in
+                                     ("get", "put", "post", "head"))), flush=True)
+    # The check itself can fail: the same answers against a document that
+    # leaves out a status the server gave are refused.
+    for port, method, path, token, r in ANSWERS:
+        if port not in listener:
+            continue
+        label, probs = spec.problems(listener[port], method, path, r.status, r.headers, r.body, r.raw)
+        if not probs and not label.startswith("("):
+            _, probs2 = spec.copy_without(label, r.status).problems(
+                listener[port], method, path, r.status, r.headers, r.body, r.raw)
+            check(any("not declared" in p for p in probs2),
+                  "openapi: a document without %s %d would be refused" % (label, r.status), probs2)
+            break
+
 def main():
     W = World()
     try:
@@ -1221,9 +1330,11 @@ def main():
             check_expiry(W)
         except Exception as e:
             check(False, "expiry check ran", repr(e))
+        doc_probes(W)
         csr_import_cert(W, srv)
         s = W.r("GET", "/v1/devices/%s/update?wait_ms=20000&min_position=1" % FLEET[0], "ops")
         check(s.status in (200, 204, 400), "wait_ms above 10000 clamped or refused", s)
+        openapi_conformance(W)
     finally:
         bad = [r for r in RESULTS if not r[0]]
         print("\n%d checks, %d deviations" % (len(RESULTS), len(bad)))

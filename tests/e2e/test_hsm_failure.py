@@ -9,10 +9,15 @@ themselves and the chain verifies.
 
 StartupFailures: wrong or missing PIN, unknown token, configuration errors:
 signetd exits non-zero quickly with a one-line reason and no secret; `signet
-token-hash`."""
+token-hash`.
+
+PinAndProvisioning: a running signetd's /proc/PID/environ holds neither PIN
+variable (name or value); signetd links no provisioning code; only
+src/hsm/module.c loads the module, reads a PIN or logs in."""
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -20,7 +25,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from client import fetch_all_events, get_keys, head_of, register, request, wait_until  # noqa: E402
-from deploy import SIGNETD, E2ETestCase, FaultyHsmTestCase  # noqa: E402
+from deploy import REPO_DIR, SIGNET, SIGNETD, E2ETestCase, FaultyHsmTestCase  # noqa: E402
 from verify import metric_value, parse_metrics, verify_chain, verify_snapshot  # noqa: E402
 
 
@@ -312,6 +317,73 @@ class StartupFailures(E2ETestCase):
         p = self.dep.cli("init", "--config", self.dep.config_path, env=self.dep.env(SIGNET_PIN="bad-" + os.urandom(4).hex()))
         self.assertNotEqual(p.returncode, 0, p.stdout + p.stderr)
         self.assertEqual(self.dep.tree(), tree)
+
+
+class PinAndProvisioning(E2ETestCase):
+    """Issue 14, defect 5: one owner of the module and the PIN."""
+
+    PROVISIONING = ("signer_init_token", "signer_store_chain", "signer_sign_x509", "cert_ensure",
+                    "cert_csr_pem", "cert_import_pem")
+
+    @classmethod
+    def setUpClass(cls):
+        cls.start_deployment()
+
+    def test_environ_holds_no_pin(self):
+        """signetd reads the PIN once and takes it out of its environment,
+        /proc/PID/environ included, and still signs (it kept a copy); the SO
+        PIN, which it never needs, goes too."""
+        r = register(self.wp, self.ops, self.unique("environ"))
+        self.assertStatus(r, 201)
+        with open("/proc/%d/environ" % self.srv.proc.pid, "rb") as f:
+            raw = f.read()
+        entries = raw.split(b"\0")
+        # The control: this is signetd's environment, and it is readable.
+        # (No assertIn/NotIn on raw: a failure would print the PIN.)
+        self.assertTrue(("SOFTHSM2_CONF=" + self.dep.softhsm_conf).encode() in entries,
+                        "SOFTHSM2_CONF not in /proc/PID/environ")
+        for name, value in (("SIGNET_PIN", self.dep.pin), ("SIGNET_SO_PIN", self.dep.so_pin)):
+            self.assertFalse(name.encode() + b"=" in raw, "%s still in /proc/PID/environ" % name)
+            self.assertFalse(value.encode() in raw, "the value of %s still in /proc/PID/environ" % name)
+        r = register(self.wp, self.ops, self.unique("environ"))
+        self.assertStatus(r, 201)
+
+    def defined_symbols(self, path):
+        p = subprocess.run(["nm", "--defined-only", path], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, check=True)
+        return {ln.split()[-1] for ln in p.stdout.decode().splitlines() if ln.strip()}
+
+    def test_signetd_links_no_provisioning(self):
+        """signet init and the certificate work are the CLI's (signet_provision):
+        signetd has none of their symbols, the CLI has them all."""
+        daemon, cli = self.defined_symbols(SIGNETD), self.defined_symbols(SIGNET)
+        self.assertIn("signer_open", daemon, "nm sees no symbols in signetd (stripped?)")
+        self.assertEqual(sorted(set(self.PROVISIONING) & daemon), [],
+                         "signetd links provisioning code")
+        self.assertEqual(sorted(set(self.PROVISIONING) - cli), [], "signet lacks provisioning code")
+
+    def test_only_module_c_loads_the_module_and_reads_the_pin(self):
+        """The claim in src/hsm/module.c's header, checked on the sources."""
+        owner = os.path.join("src", "hsm", "module.c")
+        pattern = re.compile(r"\b(dlopen|C_GetFunctionList|PKCS11_CTX_load|PKCS11_login|C_Login|"
+                             r"C_InitPIN|C_InitToken)\s*\(|getenv\s*\(\s*cfg->(so_)?pin_env|"
+                             r"->C_Login\b")
+        found = []
+        for top, _, files in os.walk(os.path.join(REPO_DIR, "src")):
+            for fn in files:
+                path = os.path.join(top, fn)
+                rel = os.path.relpath(path, REPO_DIR)
+                if not fn.endswith((".c", ".h")) or rel == owner:
+                    continue
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    for i, line in enumerate(f, 1):
+                        if pattern.search(line):
+                            found.append("%s:%d: %s" % (rel, i, line.strip()))
+        self.assertEqual(found, [], "only %s may load the module, read a PIN or log in" % owner)
+        with open(os.path.join(REPO_DIR, owner), encoding="utf-8") as f:
+            text = f.read()
+        for call in ("dlopen(", "C_GetFunctionList", "PKCS11_CTX_load(", "PKCS11_login(", "C_Login("):
+            self.assertIn(call, text)
 
 
 if __name__ == "__main__":

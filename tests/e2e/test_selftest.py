@@ -19,7 +19,7 @@ from tamper import (  # noqa: E402
     deep_copy, remove_event, reorder, set_key_id, swap_sigs, tamper_data_byte)
 from verify import (  # noqa: E402
     ZERO_HASH, canonical, ChainError, key_id_for, key_id_of_pem, keys_by_purpose,
-    make_foreign_keys_doc, metric_value, parse_metrics, verify_chain, verify_snapshot)
+    make_foreign_keys_doc, metric_value, parse_metrics, to_high_s, to_low_s, verify_chain, verify_snapshot)
 
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
@@ -36,8 +36,9 @@ def make_keys():
     return priv, doc
 
 
-def sign(priv, data):
-    return base64.b64encode(priv.sign(data, ec.ECDSA(hashes.SHA256()))).decode()
+def sign(priv, data, high=False):
+    der = priv.sign(data, ec.ECDSA(hashes.SHA256()))
+    return base64.b64encode(to_high_s(der) if high else to_low_s(der)).decode()
 
 
 def make_log(priv, doc, n):
@@ -95,6 +96,10 @@ class VerifierSelfTest(unittest.TestCase):
         evs = deep_copy(self.log)
         del evs[4]["command_id"]
         self.refused(evs, positions={5})
+        # The high-S twin of a good signature is valid ECDSA, and refused.
+        evs = deep_copy(self.log)
+        evs[3]["sig"] = base64.b64encode(to_high_s(base64.b64decode(evs[3]["sig"]))).decode()
+        self.refused(evs, positions={4})
 
     def test_snapshot(self):
         doc = {"name": "devices", "as_of": {"position": 6, "hash": self.log[-1]["hash"]},

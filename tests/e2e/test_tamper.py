@@ -141,6 +141,34 @@ class VerifyLogTamper(E2ETestCase):
         self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
         self.assertIn("FAIL: position 8:", p.stdout + p.stderr)
 
+    def test_truncated_page(self):
+        """A /v1/events page cut short at its end (issue 14, defect 14): the
+        chain of what is left verifies, but the head the page names does not
+        match, so it is refused."""
+        page = {"events": deep_copy(self.events[:-3]), "head": self.head}
+        path = self.write_json("truncated-page.json", page)
+        p = self.dep.cli("verify-log", "--keys", self.keys_path, path)
+        out = p.stdout + p.stderr
+        self.assertEqual(p.returncode, 1, out)
+        self.assertIn("FAIL: the export holds positions 1 to %d but names its head as %d"
+                      % (self.head - 3, self.head), out)
+        self.assertNotRegex(p.stdout, r"(?m)^ok:")
+        # The whole page, head and all, is still accepted (control).
+        path = self.write_json("whole-page.json", {"events": self.events, "head": self.head})
+        p = self.dep.cli("verify-log", "--keys", self.keys_path, path)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        # A bare array names no head: accepted, and signet says what it cannot see.
+        p = self.verify_log(self.events[:-3])
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("names no head", p.stderr)
+
+    def test_keys_fetch_failure_not_called_unpinned(self):
+        """No 'keys fetched ... not pinned' warning when the fetch failed."""
+        p = self.dep.cli("verify-log", "http://127.0.0.1:1")
+        self.assertNotEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertNotIn("keys fetched", p.stderr)
+        self.assertIn("GET http://127.0.0.1:1/v1/keys", p.stderr)
+
     def test_keys_file_with_mismatched_key_id(self):
         """A keys file whose key_id does not match its PEM is not trusted."""
         keys = deep_copy(self.keys)

@@ -22,6 +22,7 @@ import re
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 ZERO_HASH = "0" * 64
 EVENT_FIELDS = {"position", "id", "type", "time", "actor", "command_id", "data",
@@ -114,12 +115,37 @@ def key_id_for(keys_doc, purpose):
     raise KeyError(purpose)
 
 
+# The order of P-256. (r, s) and (r, n - s) both verify; signet makes only
+# the low form (s <= n/2), and this verifier, like its device library,
+# refuses the other.
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def is_low_s(sig_der):
+    _, s = decode_dss_signature(sig_der)
+    return s <= P256_N // 2
+
+
+def to_low_s(sig_der):
+    """The low-S DER form of an ECDSA P-256 signature."""
+    r, s = decode_dss_signature(sig_der)
+    return encode_dss_signature(r, min(s, P256_N - s))
+
+
+def to_high_s(sig_der):
+    """The high-S twin of a signature: valid ECDSA, refused by signet."""
+    r, s = decode_dss_signature(sig_der)
+    return encode_dss_signature(r, max(s, P256_N - s))
+
+
 def _verify_sig(pub, sig_b64, data):
     try:
         sig = base64.b64decode(sig_b64, validate=True)
     except (ValueError, TypeError):
         return "sig is not base64"
     try:
+        if not is_low_s(sig):
+            return "high-S signature (only the low-S form is accepted)"
         pub.verify(sig, data, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         return "bad signature"

@@ -9,6 +9,10 @@
 
 #include <cmocka.h>
 
+#include <openssl/bn.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+
 #include "core/buf.h"
 #include "core/codec.h"
 
@@ -285,22 +289,86 @@ static void test_buf_steal_empty(void **state)
     free(p);
 }
 
+/*** ECDSA low-S ***/
+
+/* Sign digest with key, then read s: 1 if above n/2. */
+static int is_high(const uint8_t *der, size_t len)
+{
+    const unsigned char *p = der;
+    ECDSA_SIG *es = d2i_ECDSA_SIG(NULL, &p, (long)len);
+    BIGNUM *order = BN_new(), *half = BN_new();
+    EC_GROUP *g = EC_GROUP_new_by_curve_name(NID_X9_62_prime256v1);
+    const BIGNUM *r, *sv;
+    assert_non_null(es);
+    assert_int_equal(EC_GROUP_get_order(g, order, NULL), 1);
+    assert_int_equal(BN_rshift1(half, order), 1);
+    ECDSA_SIG_get0(es, &r, &sv);
+    int high = BN_cmp(sv, half) > 0;
+    ECDSA_SIG_free(es);
+    BN_free(order);
+    BN_free(half);
+    EC_GROUP_free(g);
+    return high;
+}
+
+static void test_ecdsa_low_s(void **state)
+{
+    (void)state;
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    uint8_t digest[32] = {1, 2, 3};
+    int seen_high = 0, seen_low = 0;
+    assert_non_null(k);
+    for (int i = 0; i < 64; i++) {
+        uint8_t der[80], before[80];
+        size_t len = sizeof(der);
+        EVP_PKEY_CTX *c = EVP_PKEY_CTX_new(k, NULL);
+        assert_int_equal(EVP_PKEY_sign_init(c), 1);
+        assert_int_equal(EVP_PKEY_sign(c, der, &len, digest, sizeof(digest)), 1);
+        memcpy(before, der, len);
+        size_t blen = len;
+        int high = is_high(der, len);
+        seen_high |= high;
+        seen_low |= !high;
+        assert_int_equal(sg_ecdsa_low_s(der, &len, sizeof(der)), high);
+        assert_false(is_high(der, len));
+        if (!high)
+            assert_memory_equal(der, before, len);
+        /* Both forms verify; the rewritten one is the low one. */
+        assert_int_equal(EVP_PKEY_verify_init(c), 1);
+        assert_int_equal(EVP_PKEY_verify(c, der, len, digest, sizeof(digest)), 1);
+        assert_int_equal(EVP_PKEY_verify(c, before, blen, digest, sizeof(digest)), 1);
+        /* Idempotent, and the base64 form agrees. */
+        assert_int_equal(sg_ecdsa_low_s(der, &len, sizeof(der)), 0);
+        char b64[128], low64[128];
+        sg_b64_encode(before, blen, b64);
+        sg_b64_encode(der, len, low64);
+        char *got = sg_ecdsa_low_s_b64(b64);
+        assert_non_null(got);
+        assert_string_equal(got, low64);
+        free(got);
+        EVP_PKEY_CTX_free(c);
+    }
+    assert_true(seen_high && seen_low); /* 64 tries: 2^-63 to miss either */
+    /* Not a signature: refused, untouched. */
+    uint8_t junk[8] = {0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x00};
+    size_t jl = sizeof(junk);
+    assert_int_equal(sg_ecdsa_low_s(junk, &jl, sizeof(junk)), -1); /* s = 0 */
+    jl = 3;
+    assert_int_equal(sg_ecdsa_low_s(junk, &jl, sizeof(junk)), -1);
+    assert_null(sg_ecdsa_low_s_b64("not base64"));
+    EVP_PKEY_free(k);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_buf_steal_empty),
-        cmocka_unit_test(test_hex_round_trip),
-        cmocka_unit_test(test_hex_bad_input),
-        cmocka_unit_test(test_b64_rfc4648_vectors),
-        cmocka_unit_test(test_b64_round_trip_binary),
-        cmocka_unit_test(test_b64_bad_characters),
-        cmocka_unit_test(test_b64_bad_padding),
-        cmocka_unit_test(test_b64_non_canonical_bits),
-        cmocka_unit_test(test_b64_wrong_length),
-        cmocka_unit_test(test_sha256),
-        cmocka_unit_test(test_ct_equal),
-        cmocka_unit_test(test_uuid_v4_format),
-        cmocka_unit_test(test_rfc3339_now_format),
+        cmocka_unit_test(test_buf_steal_empty),       cmocka_unit_test(test_hex_round_trip),
+        cmocka_unit_test(test_hex_bad_input),         cmocka_unit_test(test_b64_rfc4648_vectors),
+        cmocka_unit_test(test_b64_round_trip_binary), cmocka_unit_test(test_b64_bad_characters),
+        cmocka_unit_test(test_b64_bad_padding),       cmocka_unit_test(test_b64_non_canonical_bits),
+        cmocka_unit_test(test_b64_wrong_length),      cmocka_unit_test(test_sha256),
+        cmocka_unit_test(test_ecdsa_low_s),           cmocka_unit_test(test_ct_equal),
+        cmocka_unit_test(test_uuid_v4_format),        cmocka_unit_test(test_rfc3339_now_format),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -648,9 +648,9 @@ static void test_malformed_and_missing_file(void **state)
 
     char missing[PATH_MAX + 64];
     snprintf(missing, sizeof(missing), "%s", tpath("no-such.json"));
-    expect_bad_path(missing, "no-such.json", NULL);
+    expect_bad_path(missing, "no-such.json", "cannot open it: No such file or directory", NULL);
     snprintf(missing, sizeof(missing), "%s", tpath("no-such-dir/signet.json"));
-    expect_bad_path(missing, "no-such-dir/signet.json", NULL);
+    expect_bad_path(missing, "no-such-dir/signet.json", "cannot open it: No such file", NULL);
 }
 
 /*** config_split_listen ***/

@@ -15,6 +15,8 @@
 
 #include <cmocka.h>
 
+#include <openssl/bn.h>
+#include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -53,18 +55,47 @@ static void make_signer(struct signer *s)
         sprintf(s->key_id + 2 * i, "%02x", md[i]);
 }
 
-/* base64 DER ECDSA signature of data[0..n) by s; the caller frees it. */
-static char *sign(const struct signer *s, const void *data, size_t n)
+/* base64 DER ECDSA signature of data[0..n) by s with s in its high (high
+ * != 0) or low form; the caller frees it. */
+static char *sign_form(const struct signer *s, const void *data, size_t n, int high)
 {
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    unsigned char der[80];
+    unsigned char der[80], *p = der;
     size_t dlen = sizeof(der);
     assert_int_equal(EVP_DigestSignInit(ctx, NULL, EVP_sha256(), NULL, s->pkey), 1);
     assert_int_equal(EVP_DigestSign(ctx, der, &dlen, data, n), 1);
     EVP_MD_CTX_free(ctx);
+    /* (r, s) and (r, n - s) both verify: pick the form asked for. */
+    const unsigned char *q = der;
+    ECDSA_SIG *es = d2i_ECDSA_SIG(NULL, &q, (long)dlen);
+    BIGNUM *order = BN_new(), *half = BN_new(), *other = BN_new();
+    const BIGNUM *r, *sv;
+    assert_non_null(es);
+    ECDSA_SIG_get0(es, &r, &sv);
+    EC_GROUP *g = EC_GROUP_new_by_curve_name(NID_X9_62_prime256v1);
+    assert_non_null(g);
+    assert_int_equal(EC_GROUP_get_order(g, order, NULL), 1);
+    EC_GROUP_free(g);
+    assert_int_equal(BN_rshift1(half, order), 1);
+    if ((BN_cmp(sv, half) > 0) != !!high) {
+        assert_int_equal(BN_sub(other, order, sv), 1);
+        assert_int_equal(ECDSA_SIG_set0(es, BN_dup(r), other), 1);
+        other = NULL;
+    }
+    dlen = (size_t)i2d_ECDSA_SIG(es, &p);
+    ECDSA_SIG_free(es);
+    BN_free(order);
+    BN_free(half);
+    BN_free(other);
     char *b64 = malloc(4 * ((dlen + 2) / 3) + 1);
     EVP_EncodeBlock((unsigned char *)b64, der, (int)dlen);
     return b64;
+}
+
+/* The low-S signature signet makes. */
+static char *sign(const struct signer *s, const void *data, size_t n)
+{
+    return sign_form(s, data, n, 0);
 }
 
 static int setup(void **state)
@@ -210,6 +241,29 @@ static void test_forged_refused(void **state)
     assert_int_equal(sgd_command_verify(key, doc, strlen(doc), sig, pinned.key_id, DEV, 0, 0, &c),
                      SGD_ESIG);
     free(sig);
+    free(doc);
+}
+
+/* The high-S twin of a good signature verifies in plain ECDSA but is
+ * refused: a signed document has exactly one accepted signature encoding. */
+static void test_high_s_refused(void **state)
+{
+    (void)state;
+    char *doc = envelope(DEV, 3, "{}");
+    size_t n = strlen(doc);
+    struct sgd_command c;
+    struct sgd_manifest m;
+    for (int i = 0; i < 8; i++) {
+        char *lo = sign_form(&pinned, doc, n, 0), *hi = sign_form(&pinned, doc, n, 1);
+        assert_string_not_equal(lo, hi);
+        assert_int_equal(sgd_command_verify(key, doc, n, lo, pinned.key_id, DEV, 0, 0, &c), SGD_OK);
+        sgd_command_clear(&c);
+        assert_int_equal(sgd_command_verify(key, doc, n, hi, pinned.key_id, DEV, 0, 0, &c),
+                         SGD_ESIG);
+        assert_int_equal(sgd_manifest_verify(key, doc, n, hi, pinned.key_id, &m), SGD_ESIG);
+        free(lo);
+        free(hi);
+    }
     free(doc);
 }
 
@@ -856,6 +910,7 @@ int main(void)
         cmocka_unit_test(test_good_envelope_accepted),
         cmocka_unit_test(test_forged_refused),
         cmocka_unit_test(test_altered_refused),
+        cmocka_unit_test(test_high_s_refused),
         cmocka_unit_test(test_replayed_refused),
         cmocka_unit_test(test_expired_refused),
         cmocka_unit_test(test_misaddressed_refused),
