@@ -10,6 +10,7 @@ PACKAGES=(
   libcmocka-dev libconfig-dev valgrind
   swupdate cpio
   python3 python3-cryptography python3-yaml curl
+  clang libclang-rt-dev
 )
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -123,8 +123,9 @@ static sg_err upload_validate(const json_t *body, const char *path_id, json_t **
     if (e)
         return e;
     uint8_t raw[32];
+    /* size goes into a signed event: at most 2^53 - 1, as jcs.c writes integers */
     if (strlen(sha) != 64 || sg_hex_decode(sha, raw, 32) != SG_OK || size <= 0 ||
-        upload_format_find(format) == NULL)
+        size > 9007199254740991LL || upload_format_find(format) == NULL)
         return sg_say(detail, dlen, SG_EBADINPUT, "bad image digest, size or format");
     *input = json_deep_copy(body);
     return *input ? SG_OK : SG_ENOMEM;
