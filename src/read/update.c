@@ -41,8 +41,8 @@ static const char *const sql[NQ] = {
                   "coalesce(security_version, -1) FROM ro_rollouts "
                   "WHERE rollout_id = ?",
     [Q_REPORT] = "SELECT status, prev FROM ro_reports WHERE rollout_id = ? AND device_id = ?",
-    [Q_MANIFEST] = "SELECT manifest, signature, key_id, coalesce(format, 'raw') FROM ro_firmware "
-                   "WHERE firmware_id = ?",
+    [Q_MANIFEST] = ("SELECT manifest, signature, key_id, coalesce(format, 'raw') FROM ro_firmware "
+                    "WHERE firmware_id = ?"), /* parenthesised: clang's -Wstring-concatenation */
     [Q_FW_SV] = "SELECT security_version FROM ro_firmware WHERE firmware_id = ?",
     [Q_CHECKPOINT] = "SELECT position FROM checkpoint WHERE id = 1",
 };
