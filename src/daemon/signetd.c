@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../core/bg.h"
 #include "../core/codec.h"
 #include "../core/config.h"
 #include "../core/log.h"
@@ -147,13 +148,18 @@ static void *watchdog_main(void *arg)
     return NULL;
 }
 
+/* Nobody waits for the watchdog: it is left running (bg_leave), and the
+ * process ends under it, by returning from main or by its _exit. */
 static void start_watchdog(unsigned budget_ms)
 {
     static unsigned ms;
-    pthread_t t;
+    static bg_thread t;
+    char why[64];
     ms = budget_ms;
-    if (pthread_create(&t, NULL, watchdog_main, &ms) == 0)
-        pthread_detach(t);
+    if (bg_start(&t, "sg-watchdog", watchdog_main, &ms, why, sizeof(why)) == SG_OK)
+        bg_leave(&t);
+    else
+        sg_warn("signetd: %s; stopping has no watchdog", why);
 }
 
 int main(int argc, char **argv)

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../core/bg.h"
 #include "../core/codec.h"
 #include "../core/jcs.h"
 #include "../core/log.h"
@@ -234,32 +235,31 @@ unlock:
 struct anchor_keeper {
     anchors *a;
     signer *s;
-    pthread_t thread;
-    pthread_mutex_t mu;
-    pthread_cond_t cond;
+    bg_thread th;       /* told to stop, and woken, by bg_stop_within */
+    pthread_mutex_t mu; /* saved and noted */
     struct chain_pos saved, noted;
-    int stop, done;
-    unsigned failing; /* saves failed in a row */
+    unsigned failing; /* saves failed in a row (keeper thread) */
 };
 
 static void *keeper_main(void *arg)
 {
     anchor_keeper *k = arg;
-    pthread_setname_np(pthread_self(), "sg-anchor");
-    pthread_mutex_lock(&k->mu);
     for (;;) {
-        int stop = k->stop;
-        if (k->noted.position > k->saved.position) {
-            struct chain_pos p = k->noted;
+        int stop = bg_stopping(&k->th); /* then one last save, and out */
+        pthread_mutex_lock(&k->mu);
+        struct chain_pos p = k->noted;
+        int due = p.position > k->saved.position;
+        pthread_mutex_unlock(&k->mu);
+        if (due) {
             char why[256];
-            pthread_mutex_unlock(&k->mu);
             sg_err e = anchors_save(k->a, k->s, &p, why, sizeof(why));
-            pthread_mutex_lock(&k->mu);
             if (e == SG_OK) {
                 if (k->failing)
                     sg_info("anchor: stored again, at position %llu",
                             (unsigned long long)p.position);
+                pthread_mutex_lock(&k->mu);
                 k->saved = p;
+                pthread_mutex_unlock(&k->mu);
                 k->failing = 0;
             } else if (!k->failing++) {
                 sg_warn("anchor: %s; retrying every second", why); /* once per outage */
@@ -267,13 +267,8 @@ static void *keeper_main(void *arg)
         }
         if (stop)
             break;
-        struct timespec ts = sg_realtime_in(1000);
-        while (!k->stop && pthread_cond_timedwait(&k->cond, &k->mu, &ts) == 0)
-            ;
+        bg_sleep(&k->th, 1000);
     }
-    k->done = 1;
-    pthread_cond_broadcast(&k->cond);
-    pthread_mutex_unlock(&k->mu);
     return NULL;
 }
 
@@ -288,10 +283,8 @@ anchor_keeper *anchor_keeper_start(anchors *a, signer *s, const struct chain_pos
     k->saved = *saved;
     k->noted = *head;
     pthread_mutex_init(&k->mu, NULL);
-    pthread_cond_init(&k->cond, NULL);
-    if (pthread_create(&k->thread, NULL, keeper_main, k) != 0) {
+    if (bg_start(&k->th, "sg-anchor", keeper_main, k, NULL, 0) != SG_OK) {
         pthread_mutex_destroy(&k->mu);
-        pthread_cond_destroy(&k->cond);
         free(k);
         return NULL;
     }
@@ -312,30 +305,23 @@ int anchor_keeper_stop(anchor_keeper *k, unsigned timeout_ms)
 {
     if (k == NULL)
         return 0;
-    struct timespec ts = sg_realtime_in(timeout_ms);
+    int stuck = bg_stop_within(&k->th, timeout_ms);
     pthread_mutex_lock(&k->mu);
-    k->stop = 1;
-    pthread_cond_broadcast(&k->cond);
-    while (!k->done && pthread_cond_timedwait(&k->cond, &k->mu, &ts) == 0)
-        ;
-    int done = k->done;
     struct chain_pos saved = k->saved, noted = k->noted;
     pthread_mutex_unlock(&k->mu);
-    if (!done) {
-        /* The token is stuck; the process is about to exit anyway. */
+    if (stuck) {
+        /* The token is stuck; the process is about to exit anyway. k stays:
+         * the thread left behind still uses it. */
         sg_error("anchor: the token did not answer within %u ms; the anchor stays at position "
                  "%llu (head %llu)",
                  timeout_ms, (unsigned long long)saved.position,
                  (unsigned long long)noted.position);
-        pthread_detach(k->thread);
         return 1;
     }
-    pthread_join(k->thread, NULL);
     if (saved.position < noted.position)
         sg_warn("anchor: stays at position %llu, head is %llu", (unsigned long long)saved.position,
                 (unsigned long long)noted.position);
     pthread_mutex_destroy(&k->mu);
-    pthread_cond_destroy(&k->cond);
     free(k);
     return 0;
 }

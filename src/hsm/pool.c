@@ -12,7 +12,8 @@
  *     with the same deadline and keeps the health flag; while the HSM is down
  *     it reconnects (token.c: re-enumerate, log in, find the keys and check
  *     their ids have not changed) under the write lock, which it waits for
- *     with a deadline too. */
+ *     with a deadline too.
+ * Both kinds of thread come from bg.c; a stuck worker is never joined. */
 #include <errno.h>
 #include <openssl/err.h>
 #include <stdarg.h>
@@ -120,7 +121,6 @@ static void *worker_main(void *arg)
 {
     struct worker *w = arg;
     signer *s = w->s;
-    pthread_setname_np(pthread_self(), "sg-hsm");
     pthread_mutex_lock(&s->mu);
     for (;;) {
         if (s->stopping)
@@ -168,13 +168,14 @@ static unsigned ensure_workers(signer *s)
         if (w->state == W_RUNNING)
             continue;
         if (w->state == W_EXITED) /* it has left the loop: joins at once */
-            pthread_join(w->th, NULL);
+            bg_join(&w->th);
         w->state = W_FREE;
         w->s = s;
         w->job = NULL;
         atomic_store(&w->busy_since, 0);
-        if (pthread_create(&w->th, NULL, worker_main, w) != 0) {
-            sg_warn("hsm: cannot start a signing thread");
+        char why[64];
+        if (bg_start(&w->th, "sg-hsm", worker_main, w, why, sizeof(why)) != SG_OK) {
+            sg_warn("hsm: %s", why);
             break;
         }
         w->state = W_RUNNING;
@@ -390,7 +391,6 @@ static void *prober_main(void *arg)
 {
     signer *s = arg;
     char last_why[256] = "";
-    pthread_setname_np(pthread_self(), "sg-hsm-probe");
     for (;;) {
         pthread_mutex_lock(&s->mu);
         struct timespec ts =
@@ -452,10 +452,10 @@ sg_err signer_pool_start(signer *s)
     pthread_mutex_lock(&s->mu);
     unsigned ready = ensure_workers(s);
     pthread_mutex_unlock(&s->mu);
-    if (ready == 0 ||
-        (s->probe_purpose >= 0 && pthread_create(&s->prober, NULL, prober_main, s) != 0))
-        return SG_ENOMEM;
-    s->prober_started = s->probe_purpose >= 0;
+    if (ready == 0)
+        return SG_EUNAVAILABLE;
+    if (s->probe_purpose >= 0)
+        return bg_start(&s->prober, "sg-hsm-probe", prober_main, s, NULL, 0);
     return SG_OK;
 }
 
@@ -469,20 +469,23 @@ unsigned signer_pool_stop(signer *s, unsigned wait_ms)
     pthread_cond_broadcast(&s->work);
     pthread_cond_broadcast(&s->done);
     pthread_cond_broadcast(&s->tick);
-    while ((s->running > 0 || (s->prober_started && !s->prober_done)) &&
+    int prober = bg_started(&s->prober);
+    while ((s->running > 0 || (prober && !s->prober_done)) &&
            pthread_cond_timedwait(&s->done, &s->mu, &ts) != ETIMEDOUT)
         ;
-    unsigned stuck = s->running + (s->prober_started && !s->prober_done);
-    int join_prober = s->prober_started && s->prober_done;
+    unsigned stuck = s->running + (prober && !s->prober_done);
+    int join_prober = prober && s->prober_done;
     enum worker_state st[SG_ARRAY_LEN(s->workers)];
     for (size_t i = 0; i < SG_ARRAY_LEN(s->workers); i++)
         st[i] = s->workers[i].state;
     pthread_mutex_unlock(&s->mu);
     if (join_prober)
-        pthread_join(s->prober, NULL);
+        bg_join(&s->prober);
+    /* A stuck one is left running, never joined: its bg_thread stays with s,
+     * which signer_close then keeps too. */
     for (size_t i = 0; i < SG_ARRAY_LEN(s->workers); i++)
         if (st[i] == W_EXITED)
-            pthread_join(s->workers[i].th, NULL);
+            bg_join(&s->workers[i].th);
     return stuck;
 }
 

@@ -52,7 +52,7 @@ sg_err signer_open(hsm_module *m, const sg_config *cfg, unsigned purposes, signe
     atomic_store(&s->healthy, 1);
     if (signer_pool_start(s) != SG_OK) {
         signer_close(s);
-        return sg_say(why, whylen, SG_ENOMEM, "cannot start the signing threads");
+        return sg_say(why, whylen, SG_EUNAVAILABLE, "cannot start the signing threads");
     }
     *out = s;
     return SG_OK;

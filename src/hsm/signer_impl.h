@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <time.h>
 
+#include "../core/bg.h"
 #include "module_p11.h"
 #include "signer.h"
 
@@ -19,7 +20,7 @@ enum worker_state { W_FREE, W_RUNNING, W_EXITED };
 
 struct worker {
     signer *s;
-    pthread_t th;
+    bg_thread th;                    /* a stuck one is never joined (bg.h) */
     enum worker_state state;         /* under mu */
     struct job *job;                 /* under mu: the job of its current call, or NULL */
     atomic_uint_fast64_t busy_since; /* mono ms when its current call began; 0: idle */
@@ -76,8 +77,8 @@ struct signer {
     unsigned running;          /* W_RUNNING workers */
     uint64_t last_progress_ms; /* a signature completed (any job), or open */
     int stopping;
-    pthread_t prober;
-    int prober_started, prober_done;
+    bg_thread prober;
+    int prober_done;
 };
 
 static inline struct timespec signer_mono_at(uint64_t ms)
@@ -108,7 +109,7 @@ void signer_chain_label(char *out, size_t outlen, const char *name, int i);
 /*** pool.c ***/
 
 /* Start the workers and the prober (after the first connect). SG_OK, or
- * SG_ENOMEM if no worker (or the prober) starts: then signer_pool_stop. */
+ * SG_EUNAVAILABLE if no worker (or the prober) starts: then signer_pool_stop. */
 sg_err signer_pool_start(signer *s);
 /* Stop the workers and the prober, waiting for them at most wait_ms. Returns
  * how many are still inside a PKCS#11 call (left running). */

@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "../core/bg.h"
 #include "../core/codec.h"
 #include "../core/log.h"
 #include "internal.h"
@@ -287,7 +288,7 @@ static void drains_run(struct http_server *s, int wait_ms)
         pfd[n++] = (struct pollfd){.fd = d->fd, .events = d->off < d->len ? POLLOUT : POLLIN};
     pthread_mutex_unlock(&s->conns_mu);
     if (n == 0) {
-        usleep((useconds_t)wait_ms * 1000);
+        bg_sleep(&s->reaper, (uint64_t)wait_ms); /* cut short by conn_reaper_stop */
         return;
     }
     poll(pfd, n, wait_ms);
@@ -310,7 +311,7 @@ static void drains_run(struct http_server *s, int wait_ms)
 static void *reaper(void *arg)
 {
     struct http_server *s = arg;
-    while (!atomic_load(&s->reaper_stop)) {
+    while (!bg_stopping(&s->reaper)) {
         drains_run(s, 100);
         uint64_t now = sg_mono_ms();
         unsigned cut = 0;
@@ -332,19 +333,12 @@ static void *reaper(void *arg)
 
 sg_err conn_reaper_start(struct http_server *s)
 {
-    if (pthread_create(&s->reaper, NULL, reaper, s) != 0)
-        return SG_ENOMEM;
-    s->reaper_started = 1;
-    return SG_OK;
+    return bg_start(&s->reaper, "sg-http-reaper", reaper, s, NULL, 0);
 }
 
 void conn_reaper_stop(struct http_server *s)
 {
-    if (s->reaper_started) {
-        atomic_store(&s->reaper_stop, 1);
-        pthread_join(s->reaper, NULL);
-        s->reaper_started = 0;
-    }
+    bg_stop(&s->reaper);
     for (struct drain *d = s->drains, *nx; d; d = nx) {
         nx = d->next;
         drain_free(d);

@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "../core/bg.h"
 #include "../core/buf.h"
 #include "http.h"
 
@@ -126,11 +127,9 @@ struct http_server {
     struct conn_track *conns, *conns_tail; /* newest first */
     unsigned unproven[2];                  /* [listener == LISTEN_READ], under conns_mu */
     struct drain *drains;                  /* answers the reaper still sends, under conns_mu */
-    pthread_t reaper;
-    MHD_socket quiesced[2]; /* listen sockets handed back by quiesce, closed after stop */
-    int reaper_started;
-    atomic_int reaper_stop;
-    atomic_uint_fast64_t heads_late;      /* connections closed for a late request head */
+    bg_thread reaper;
+    MHD_socket quiesced[2];          /* listen sockets handed back by quiesce, closed after stop */
+    atomic_uint_fast64_t heads_late; /* connections closed for a late request head */
     atomic_uint_fast64_t heads_evicted;   /* unproven connections cut over the budget */
     atomic_uint_fast64_t parser_refusals; /* heads libmicrohttpd's parser refused */
 };

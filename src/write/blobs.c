@@ -1,7 +1,8 @@
 /* blobs.c - the firmware blob store, write side (see blobs.h): temporary
  * files, fsync and link into blobs/sha256, the in-process references that
  * keep a shared blob alive, and the sweep at start. The read side opens
- * blobs through src/read/blobs.h and never writes here. */
+ * blobs through src/read/images.h and never writes here; both name a blob's
+ * file with sg_blob_path (src/core/blobpath.h). */
 #include "blobs.h"
 
 #include <dirent.h>
@@ -16,6 +17,7 @@
 
 #include <openssl/evp.h>
 
+#include "../core/blobpath.h"
 #include "../core/codec.h"
 #include "../core/log.h"
 #include "../core/strmap.h"
@@ -78,20 +80,6 @@ static void ref_mark_ours(const char *hex)
     pthread_mutex_unlock(&refs_mu);
 }
 
-static int valid_hex64(const char *s)
-{
-    size_t n = 0;
-    for (; s[n]; n++)
-        if (!((s[n] >= '0' && s[n] <= '9') || (s[n] >= 'a' && s[n] <= 'f')))
-            return 0;
-    return n == 64;
-}
-
-static void blob_path(const char *data_dir, const char *hex, char *out, size_t outlen)
-{
-    snprintf(out, outlen, "%s/blobs/sha256/%s", data_dir, hex);
-}
-
 /* Drop one reference. keep: an event names (or may name) the blob, so it is
  * never ours to delete again. Otherwise the blob is deleted when this was the
  * last reference and an upload in flight created it (REF_OURS). Deletion
@@ -108,8 +96,7 @@ static void ref_drop(const char *data_dir, const char *hex, int keep)
         strmap_put(refs, hex, (void *)(v - 2)); /* replaces in place: cannot fail */
     } else if (v != 0) {
         strmap_del(refs, hex);
-        if ((v & REF_OURS) && valid_hex64(hex)) {
-            blob_path(data_dir, hex, path, sizeof(path));
+        if ((v & REF_OURS) && sg_blob_path(data_dir, hex, path, sizeof(path)) == 0) {
             if (unlink(path) == 0)
                 sg_info("blobs: removed sha256:%s (its upload was refused)", hex);
             else if (errno != ENOENT)
@@ -251,7 +238,8 @@ sg_err blob_upload_commit(blob_upload *u, char hex[65], char *why, size_t whylen
     sg_hex_encode(digest, 32, hex);
     snprintf(blobs, sizeof(blobs), "%s/blobs", u->data_dir);
     snprintf(dir, sizeof(dir), "%s/blobs/sha256", u->data_dir);
-    blob_path(u->data_dir, hex, path, sizeof(path));
+    if (sg_blob_path(u->data_dir, hex, path, sizeof(path)) != 0)
+        return sg_say(why, whylen, SG_ESTORE, "the blob path under %s is too long", u->data_dir);
     if (fsync(u->fd) != 0)
         return sg_say(why, whylen, errno == ENOSPC || errno == EDQUOT ? SG_ENOSPACE : SG_ESTORE,
                       "cannot make the image durable: %s", strerror(errno));
@@ -327,9 +315,9 @@ sg_err blobs_sweep(const char *data_dir, int (*known)(const char *hex, void *ud)
     if ((d = opendir(dir)) == NULL)
         return errno == ENOENT ? SG_OK : SG_ESTORE;
     while ((de = readdir(d)) != NULL) {
-        if (!valid_hex64(de->d_name) || known(de->d_name, ud))
+        if (!sg_is_hex256(de->d_name) || known(de->d_name, ud) ||
+            sg_blob_path(data_dir, de->d_name, path, sizeof(path)) != 0)
             continue;
-        snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
         if (unlink(path) == 0) {
             sg_info("blobs: removed sha256:%s (no FirmwareUploaded event names it)", de->d_name);
             removed++;

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../core/bg.h"
 #include "../core/integrity.h"
 #include "../core/log.h"
 #include "../core/metrics.h"
@@ -63,7 +64,7 @@ struct sequencer {
     void *on_commit_ud;
     atomic_int store_ok;
 
-    pthread_t seq_thread, commit_thread;
+    bg_thread seq_thread, commit_thread;
 };
 
 /*** batches ***/
@@ -203,7 +204,6 @@ static sg_err sign_batch(sequencer *q, struct batch *b)
 static void *committer_main(void *arg)
 {
     sequencer *q = arg;
-    pthread_setname_np(pthread_self(), "sg-commit");
     pthread_mutex_lock(&q->mu);
     for (;;) {
         while (q->chead == NULL && !q->seq_done)
@@ -419,7 +419,6 @@ static void tick_done(struct wreq *r, void *ud)
 static void *sequencer_main(void *arg)
 {
     sequencer *q = arg;
-    pthread_setname_np(pthread_self(), "sg-sequencer");
     pthread_mutex_lock(&q->mu);
     for (;;) {
         while (q->qhead == NULL && !q->stopping && !q->folds &&
@@ -569,8 +568,10 @@ sg_err sequencer_start(const struct sequencer_opts *o, sequencer **out, char *wh
     q->dc.head = q->durable.position = q->base_at.position;
     memcpy(q->dc.prev, q->base_at.hash, sizeof(q->dc.prev));
     memcpy(q->durable.hash, q->base_at.hash, sizeof(q->durable.hash));
-    int committer = pthread_create(&q->commit_thread, NULL, committer_main, q) == 0;
-    if (!committer || pthread_create(&q->seq_thread, NULL, sequencer_main, q) != 0) {
+    e = bg_start(&q->commit_thread, "sg-commit", committer_main, q, why, whylen);
+    if (e == SG_OK)
+        e = bg_start(&q->seq_thread, "sg-sequencer", sequencer_main, q, why, whylen);
+    if (e) {
         /* Nothing was queued yet. q is left allocated on purpose: a thread
          * that did start still points at it, and the process is exiting. */
         pthread_mutex_lock(&q->mu);
@@ -578,10 +579,8 @@ sg_err sequencer_start(const struct sequencer_opts *o, sequencer **out, char *wh
         pthread_cond_broadcast(&q->wake);
         pthread_cond_broadcast(&q->cwake);
         pthread_mutex_unlock(&q->mu);
-        if (committer)
-            pthread_join(q->commit_thread, NULL);
-        snprintf(why, whylen, "cannot start the sequencer's threads");
-        return SG_ENOMEM;
+        bg_join(&q->commit_thread);
+        return e;
     }
     sg_info("sequencer: head at position %llu; write state from %s at %llu plus %llu events "
             "replayed in %llu ms",
@@ -631,8 +630,8 @@ void sequencer_stop(sequencer *q)
     q->stopping = 1;
     pthread_cond_broadcast(&q->wake);
     pthread_mutex_unlock(&q->mu);
-    pthread_join(q->seq_thread, NULL);
-    pthread_join(q->commit_thread, NULL);
+    bg_join(&q->seq_thread);
+    bg_join(&q->commit_thread);
     /* Both threads are gone: fold what became durable and checkpoint it. */
     if (q->folds) {
         q->unfolded += q->folds;

@@ -1,7 +1,7 @@
 /* uploads.c - firmware uploads from the body to the event (see uploads.h):
  * one upload's state, and the bounded pool of workers that finishes it
  * (format, durable blob, validation, submission to the sequencer). The only
- * file that starts upload threads; it never touches HTTP. */
+ * file that starts upload threads (through bg.c); it never touches HTTP. */
 #include "uploads.h"
 
 #include <pthread.h>
@@ -11,6 +11,7 @@
 
 #include <openssl/evp.h>
 
+#include "../core/bg.h"
 #include "../core/buf.h"
 #include "../core/codec.h"
 #include "../core/log.h"
@@ -29,7 +30,7 @@ struct uploads {
     size_t queued;
     int stopping;          /* under mu */
     uint64_t start_before; /* stopping: no upload starts after this (sg_mono_ms) */
-    pthread_t workers[UPLOADS_WORKERS];
+    bg_thread workers[UPLOADS_WORKERS];
     unsigned nworkers;
 };
 
@@ -277,7 +278,6 @@ static void run(upload *u)
 static void *worker_main(void *arg)
 {
     uploads *p = arg;
-    pthread_setname_np(pthread_self(), "sg-upload");
     pthread_mutex_lock(&p->mu);
     for (;;) {
         while (!p->stopping && p->head == NULL)
@@ -316,12 +316,14 @@ sg_err uploads_start(const sg_config *cfg, signer *signer, sequencer *seq, uploa
     p->seq = seq;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->wake, NULL);
-    for (; p->nworkers < UPLOADS_WORKERS; p->nworkers++)
-        if (pthread_create(&p->workers[p->nworkers], NULL, worker_main, p) != 0) {
+    for (; p->nworkers < UPLOADS_WORKERS; p->nworkers++) {
+        sg_err e = bg_start(&p->workers[p->nworkers], "sg-upload", worker_main, p, why, whylen);
+        if (e) {
             uploads_stop(p, 0);
             uploads_free(p);
-            return sg_say(why, whylen, SG_ENOMEM, "cannot start the upload workers");
+            return e;
         }
+    }
     *out = p;
     return SG_OK;
 }
@@ -369,7 +371,7 @@ void uploads_stop(uploads *p, uint64_t deadline_ms)
     if (first && waiting)
         sg_info("uploads: stopping with %zu upload(s) waiting for a worker", waiting);
     for (unsigned i = 0; i < p->nworkers; i++)
-        pthread_join(p->workers[i], NULL);
+        bg_join(&p->workers[i]);
     p->nworkers = 0;
 }
 

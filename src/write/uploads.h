@@ -31,7 +31,8 @@ typedef struct uploads uploads; /* the worker pool */
 typedef struct upload upload;   /* one upload */
 
 /* Start the workers. seq and signer are borrowed (they must outlive
- * uploads_stop). SG_ENOMEM with a reason if a thread cannot start. */
+ * uploads_stop). SG_EUNAVAILABLE with a reason if a thread cannot start
+ * (bg.h). */
 sg_err uploads_start(const sg_config *cfg, signer *signer, sequencer *seq, uploads **out, char *why,
                      size_t whylen);
 /* Stop: from here on upload_submit() refuses (SG_EUNAVAILABLE). Uploads
