@@ -11,7 +11,9 @@
  * /healthz works too). --auth SCHEME sends "SCHEME <token>" instead of
  * "Bearer <token>" (TargetToken for the DDI facade), and BENCH_TOKENS_FILE
  * (one token a line) gives device index i the token on line i, so each GET
- * can carry the token of the device it names. */
+ * can carry the token of the device it names. --idem 1 gives each POST a
+ * unique Idempotency-Key header (the device id's own suffix), so that every
+ * write also stores a signed idempotency answer. */
 
 #define _POSIX_C_SOURCE 200809L
 
@@ -72,6 +74,7 @@ static char **g_tokens;               /* BENCH_TOKENS_FILE's lines, or NULL */
 static unsigned long g_ntokens;
 static const char *g_get; /* --get: a GET path template, or NULL */
 static unsigned long g_ids = 1;
+static int g_idem; /* --idem 1: a unique Idempotency-Key on every POST */
 static char g_run_id[24];
 static double g_measure_from, g_measure_to;
 static atomic_int g_printed_non201, g_printed_bad;
@@ -180,19 +183,23 @@ static int conn_send_next(struct worker *w, struct conn *c)
         c->sent_at = now_s();
         return conn_flush(w, c);
     }
-    char body[160];
+    char body[160], idem[96] = "";
+    unsigned long seq = w->seq++;
     int blen = snprintf(body, sizeof(body), "{\"device_id\":\"b-%s-%d-%lu\",\"hardware\":\"hw1\"}",
-                        g_run_id, w->id, w->seq++);
+                        g_run_id, w->id, seq);
     if (blen < 0 || (size_t)blen >= sizeof(body))
         return -1;
+    if (g_idem)
+        snprintf(idem, sizeof(idem), "Idempotency-Key: k-%s-%d-%lu\r\n", g_run_id, w->id, seq);
     int rlen = snprintf(c->req, sizeof(c->req),
                         "POST %s HTTP/1.1\r\n"
                         "Host: %s:%d\r\n"
                         "Authorization: Bearer %s\r\n"
                         "Content-Type: application/json\r\n"
+                        "%s"
                         "Content-Length: %d\r\n"
                         "\r\n%s",
-                        g_path, g_host, ntohs(g_addr.sin_port), g_token, blen, body);
+                        g_path, g_host, ntohs(g_addr.sin_port), g_token, idem, blen, body);
     if (rlen < 0 || (size_t)rlen >= sizeof(c->req))
         return -1;
     c->req_len = (size_t)rlen;
@@ -566,6 +573,7 @@ static void usage(void)
             "usage: bench_http --port PORT [--host 127.0.0.1] [--connections 64] [--threads 2]\n"
             "                  [--duration 5] [--warmup 1] [--path /v1/devices]\n"
             "                  [--server-pid PID] [--get TEMPLATE --ids N] [--auth Bearer]\n"
+            "                  [--idem 1]\n"
             "env: BENCH_TOKEN, the bearer token of an operator (required), or with --get\n"
             "     BENCH_TOKENS_FILE, a file with the token of device index i on line i\n");
 }
@@ -608,6 +616,8 @@ int main(int argc, char **argv)
             g_ids = strtoul(v, NULL, 10);
         else if (!strcmp(a, "--auth"))
             g_auth = v;
+        else if (!strcmp(a, "--idem"))
+            g_idem = atoi(v) != 0;
         else if (!strcmp(a, "--server-pid"))
             server_pid = atoi(v);
         else {

@@ -87,7 +87,7 @@ static sg_err gen_batch(struct gen *g, size_t n, char *why, size_t whylen)
         se[i].json = json;
         se[i].json_len = len;
     }
-    if ((e = store_append_batch(g->st, se, n, NULL, 0)) != SG_OK) {
+    if ((e = store_append_batch(g->st, se, n, NULL, 0, NULL)) != SG_OK) {
         snprintf(why, whylen, "the store refused a batch at position %llu",
                  (unsigned long long)g->head + 1);
         goto out;

@@ -9,7 +9,9 @@
 #        SOFTHSM2_MODULE (/usr/lib/softhsm/libsofthsm2.so),
 #        BENCH_PERF (a file: record a perf profile of signetd over the window),
 #        BENCH_FIRMWARE (1: then bench/firmware.sh, which reads BENCH_FW_MIB, BENCH_FW_RUNS),
-#        BENCH_UPDATES (1: then bench/update_checks.py, which reads BENCH_DEVICES)
+#        BENCH_UPDATES (1: then bench/update_checks.py, which reads BENCH_DEVICES),
+#        BENCH_IDEM (0; 1: every POST carries a unique Idempotency-Key, so each
+#        write also stores a signed idempotency answer)
 set -euo pipefail
 
 NAME=run.sh
@@ -21,6 +23,7 @@ HTTP_SECONDS=${BENCH_HTTP_SECONDS:-5}
 HTTP_WARMUP=${BENCH_HTTP_WARMUP:-1}
 CONNECTIONS=${BENCH_CONNECTIONS:-64}
 HTTP_THREADS=${BENCH_HTTP_THREADS:-2}
+IDEM=${BENCH_IDEM:-0}
 
 require_built "$BUILD" signet signetd bench/bench_hsm bench/bench_http
 require_tools python3 curl sha256sum od
@@ -120,7 +123,7 @@ until [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$HEALTH" || true
     sleep 0.2
 done
 
-echo "== bench_http: POST /v1/devices, $CONNECTIONS connections, ${HTTP_WARMUP}s warm-up + ${HTTP_SECONDS}s"
+echo "== bench_http: POST /v1/devices, $CONNECTIONS connections, ${HTTP_WARMUP}s warm-up + ${HTTP_SECONDS}s, Idempotency-Key $([[ $IDEM != 0 ]] && echo on || echo off)"
 # BENCH_PERF=FILE: also record a call-graph profile of signetd over the
 # measured window into FILE (perf's own cost then shows in the figures)
 PERF_PID=
@@ -131,7 +134,7 @@ if [[ -n ${BENCH_PERF:-} ]]; then
 fi
 BENCH_TOKEN=$BENCH_TOKEN "$BUILD/bench/bench_http" --port "$WRITE_PORT" \
     --connections "$CONNECTIONS" --threads "$HTTP_THREADS" --server-pid "$SIGNETD_PID" \
-    --duration "$HTTP_SECONDS" --warmup "$HTTP_WARMUP" | tee "$TMP/http.out" ||
+    --duration "$HTTP_SECONDS" --warmup "$HTTP_WARMUP" --idem "$IDEM" | tee "$TMP/http.out" ||
     fail "bench_http failed"
 unset BENCH_TOKEN
 if [[ -n $PERF_PID ]]; then
@@ -219,6 +222,7 @@ raw_sign_session_copy_cpu_us $RAW_COPY_CPU_US
 cpu_per_write_over_session_copy_sign $CPU_RATIO_COPY
 cpu_per_write_outside_signing_threads_us $OUTSIDE_HSM_US
 role $ROLE
+idempotency_keys $IDEM
 acknowledged signed writes: $HTTP/s against $RAW1/s raw signing on 1 thread (ratio $RATIO1, $VERDICT the 0.6 target), $RAW2/s on 2 threads (ratio $RATIO2); latency p50 $P50 ms, p99 $P99 ms
 signetd CPU per acknowledged write: $CPU_PER_WRITE us against $RAW_SIGN_US us per raw signature (ratio $CPU_RATIO, $CPU_VERDICT the 1.5 target)
 raw PKCS#11 on one thread: $RAW_OBJECT_CPU_US us with the token's key object, $RAW_COPY_CPU_US us with a session copy (how signetd signs; ratio $CPU_RATIO_COPY against it); $OUTSIDE_HSM_US us of each write is outside the signing threads

@@ -2,8 +2,10 @@
  * honours and runs one thread that, at start and then every minute, deletes
  * expired records on its own store connection in chunks of PRUNE_CHUNK rows,
  * one short transaction each, pausing PRUNE_PAUSE_MS between chunks so that
- * appends, which wait for the write lock, never queue behind a long delete.
- * It never touches events. */
+ * appends, which wait for the write lock, never queue behind a long delete;
+ * then, the same way, the expired batch records (the signatures over a
+ * commit batch's records) that no record names any more. It never touches
+ * events. */
 #include "retention.h"
 
 #include <stdint.h>
@@ -30,20 +32,36 @@ static int pause_ms(retention *r, long ms)
     return bg_sleep(&r->thread, (uint64_t)ms);
 }
 
+/* Delete in chunks with prune (store_idem_prune or store_idem_batch_prune)
+ * until none is left; *total says how many went. Nonzero if asked to stop. */
+static int prune_all(retention *r, sg_err (*prune)(store *, size_t, size_t *), int count,
+                     size_t *total)
+{
+    size_t n;
+    *total = 0;
+    while (prune(r->st, PRUNE_CHUNK, &n) == SG_OK && n > 0) {
+        *total += n;
+        if (count)
+            atomic_fetch_add(&sg_metrics.idempotency_pruned, n);
+        if (n < PRUNE_CHUNK)
+            break;
+        if (pause_ms(r, PRUNE_PAUSE_MS))
+            return 1;
+    }
+    return 0;
+}
+
 static void *retention_main(void *arg)
 {
     retention *r = arg;
     do {
-        size_t total = 0, n;
-        int stopped = 0;
-        while (store_idem_prune(r->st, PRUNE_CHUNK, &n) == SG_OK && n > 0) {
-            total += n;
-            atomic_fetch_add(&sg_metrics.idempotency_pruned, n);
-            if (n < PRUNE_CHUNK || (stopped = pause_ms(r, PRUNE_PAUSE_MS)))
-                break;
-        }
-        if (total)
-            sg_info("retention: deleted %zu expired idempotency records", total);
+        size_t recs = 0, batches = 0;
+        int stopped = prune_all(r, store_idem_prune, 1, &recs) ||
+                      prune_all(r, store_idem_batch_prune, 0, &batches);
+        if (recs || batches)
+            sg_info("retention: deleted %zu expired idempotency records and %zu batch records "
+                    "no record names any more",
+                    recs, batches);
         if (stopped)
             break;
     } while (!pause_ms(r, PRUNE_INTERVAL_S * 1000L));

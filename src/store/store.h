@@ -1,7 +1,7 @@
 /* store.h - the append-only event store: the small interface every backend
  * implements (append a batch, read after a position, head), plus the
- * idempotency records written in the same transaction as their events (and
- * expired after a TTL).
+ * idempotency records and their batch's signed record, written in the same
+ * transaction as their events (and expired after a TTL).
  *
  * Nothing outside src/store knows which backend is in use. A store handle is
  * used by one thread at a time; open one per thread. */
@@ -22,10 +22,9 @@ struct store_event {
 };
 
 /* A stored answer to (principal, key), tied to the log: position and
- * event_hash name the last event of the request it answers, and sig (base64
- * DER, by the events key key_id) covers all of it (write/idem.c says over
- * what). */
-#define IDEM_SIG_B64 128
+ * event_hash name the last event of the request it answers, and batch names
+ * the signed record of the commit batch that stored it (struct idem_batch;
+ * 0: none, a record of an earlier version). */
 struct idem_record {
     const char *principal;
     const char *key;
@@ -34,6 +33,18 @@ struct idem_record {
     const char *body;
     uint64_t position;
     char event_hash[SG_HEX256_LEN + 1];
+    uint64_t batch;
+};
+
+/* The one signature over every idempotency record of a commit batch: id is
+ * the position of the batch's first event; digests the SHA-256 of each of
+ * its records, in order (ndigests of 32 bytes); sig (base64 DER, by the
+ * events key key_id) covers id and the digests (write/idem.c says how). */
+#define IDEM_SIG_B64 128
+struct idem_batch {
+    uint64_t id;
+    const uint8_t *digests;
+    size_t ndigests;
     char key_id[SG_HEX256_LEN + 1];
     char sig[IDEM_SIG_B64];
 };
@@ -49,12 +60,13 @@ sg_err store_open(const char *uri, store **out, char *why, size_t whylen);
 sg_err store_create(const char *uri, store **out, char *why, size_t whylen);
 void store_close(store *st);
 
-/* Append events (positions head+1 .. head+n, in order) and idempotency records
- * in one durable transaction. SG_OK only once it is on disk; on any error
- * nothing is appended (SG_ESTORE, SG_ENOMEM when SQLite ran out of memory, or
+/* Append events (positions head+1 .. head+n, in order), idempotency records
+ * and the batch record that signs them (ib, NULL when nrec is 0) in one
+ * durable transaction. SG_OK only once it is on disk; on any error nothing is
+ * appended (SG_ESTORE, SG_ENOMEM when SQLite ran out of memory, or
  * SG_ECONFLICT if the positions are taken). */
 sg_err store_append_batch(store *st, const struct store_event *evs, size_t nev,
-                          const struct idem_record *recs, size_t nrec);
+                          const struct idem_record *recs, size_t nrec, const struct idem_batch *ib);
 
 /* Call cb for up to limit events with position > after, oldest first. The
  * event is only valid during the call. cb returns nonzero to stop early. */
@@ -78,6 +90,11 @@ sg_err store_head(store *st, uint64_t *pos, char hash[SG_HEX256_LEN + 1]);
 sg_err store_idem_get(store *st, const char *principal, const char *key, struct idem_record *rec,
                       char **body);
 
+/* The batch record id: SG_OK and *ib filled as stored (ib->digests is
+ * *digests, malloc'd, the caller frees it), SG_ENOTFOUND, SG_ENOMEM or
+ * SG_ESTORE. Nothing here is checked either. */
+sg_err store_idem_batch_get(store *st, uint64_t id, struct idem_batch *ib, uint8_t **digests);
+
 /* Idempotency records older than ttl_seconds are expired: store_idem_get does
  * not return them, store_append_batch replaces them, store_idem_prune deletes
  * them. Process-wide, for every handle; set it before the write side starts
@@ -89,5 +106,9 @@ void store_idem_set_ttl(uint64_t ttl_seconds);
  * SG_OK or SG_ESTORE (nothing deleted). Waits like an append when another
  * connection holds the write lock. */
 sg_err store_idem_prune(store *st, size_t limit, size_t *deleted);
+
+/* The same for batch records made before the TTL that no idempotency record
+ * names any more (their records expired, were pruned or replaced). */
+sg_err store_idem_batch_prune(store *st, size_t limit, size_t *deleted);
 
 #endif

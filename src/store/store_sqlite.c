@@ -10,8 +10,11 @@
  * in small chunks, by store_idem_prune. Stores made before created_at existed
  * gain the column at open, their rows counting as created at that moment.
  * Each record also names the event it answers for (position and hash) and
- * carries the signature the write side made over it (idem.c); stores made
- * before that gain the columns empty, and such rows are never replayed. */
+ * the batch record (idempotency_batch) that holds its digest among those of
+ * its commit batch, under the one signature the write side made over them
+ * (idem.c). Stores made before that gain the columns empty, and such rows are
+ * never replayed. A batch record carries created_at too; once it is expired
+ * and no record names it, store_idem_batch_prune deletes it. */
 #include "store.h"
 
 #include <sqlite3.h>
@@ -26,7 +29,8 @@
 
 struct store {
     sqlite3 *db;
-    sqlite3_stmt *ins_event, *ins_idem, *read_after, *head, *idem_get, *idem_prune;
+    sqlite3_stmt *ins_event, *ins_idem, *ins_batch, *read_after, *head, *idem_get, *idem_prune;
+    sqlite3_stmt *batch_get, *batch_prune;
 };
 
 static atomic_uint_fast64_t idem_ttl_seconds = 24 * 3600;
@@ -50,7 +54,16 @@ static const char schema[] = "CREATE TABLE IF NOT EXISTS events ("
                              "  event_hash TEXT,"
                              "  key_id TEXT,"
                              "  sig TEXT,"
-                             "  PRIMARY KEY (principal, key));";
+                             "  batch INTEGER,"
+                             "  PRIMARY KEY (principal, key));"
+                             "CREATE TABLE IF NOT EXISTS idempotency_batch ("
+                             "  id INTEGER PRIMARY KEY,"
+                             "  digests BLOB NOT NULL,"
+                             "  key_id TEXT NOT NULL,"
+                             "  sig TEXT NOT NULL,"
+                             "  created_at INTEGER NOT NULL);"
+                             "CREATE INDEX IF NOT EXISTS idempotency_batch_created ON "
+                             "  idempotency_batch(created_at);";
 
 /*** idempotency records: age and migration ***/
 
@@ -77,9 +90,10 @@ static int has_column(sqlite3 *db, const char *column)
 
 /* Give an idempotency table of a previous version the columns it lacks: no
  * created_at (its rows counting as created now: a constant default, so no
- * row is rewritten), no event_hash, key_id and sig (empty: such rows are not
- * replayed); and make sure the index pruning walks exists. SQLITE_OK or the
- * error; one transaction, so concurrent opens agree. */
+ * row is rewritten), no event_hash, key_id, sig or batch (empty: such rows
+ * are not replayed); and make sure the indexes pruning walks exist (by age;
+ * by batch, to find the batch records nobody names). SQLITE_OK or the error;
+ * one transaction, so concurrent opens agree. */
 static int idem_migrate(sqlite3 *db)
 {
     char sql[160];
@@ -92,6 +106,8 @@ static int idem_migrate(sqlite3 *db)
             snprintf(sql, sizeof(sql), "ALTER TABLE idempotency ADD COLUMN %s TEXT", added[i]);
             rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
         }
+    if (rc == SQLITE_OK && !has_column(db, "batch"))
+        rc = sqlite3_exec(db, "ALTER TABLE idempotency ADD COLUMN batch INTEGER", NULL, NULL, NULL);
     if (rc == SQLITE_OK && !has_column(db, "created_at")) {
         snprintf(sql, sizeof(sql),
                  "ALTER TABLE idempotency ADD COLUMN created_at INTEGER NOT NULL DEFAULT %lld",
@@ -104,7 +120,8 @@ static int idem_migrate(sqlite3 *db)
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(db,
                           "CREATE INDEX IF NOT EXISTS idempotency_created ON "
-                          "idempotency(created_at)",
+                          "idempotency(created_at);"
+                          "CREATE INDEX IF NOT EXISTS idempotency_by_batch ON idempotency(batch)",
                           NULL, NULL, NULL);
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
@@ -174,15 +191,24 @@ static sg_err open_store(const char *uri, int create, store **out, char *why, si
         prepare(st, &st->ins_event, "INSERT INTO events(position, hash, body) VALUES (?,?,?)") ||
         prepare(st, &st->ins_idem,
                 "INSERT OR REPLACE INTO idempotency(principal, key, request_sha256, status, body, "
-                "position, created_at, event_hash, key_id, sig) VALUES (?,?,?,?,?,?,?,?,?,?)") ||
+                "position, created_at, event_hash, batch) VALUES (?,?,?,?,?,?,?,?,?)") ||
+        prepare(st, &st->ins_batch,
+                "INSERT INTO idempotency_batch(id, digests, key_id, sig, created_at) VALUES "
+                "(?,?,?,?,?)") ||
         prepare(st, &st->read_after,
                 "SELECT position, hash, body FROM events WHERE position > ? ORDER BY position "
                 "LIMIT ?") ||
         prepare(st, &st->head,
                 "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1") ||
         prepare(st, &st->idem_get,
-                "SELECT request_sha256, status, body, position, event_hash, key_id, sig FROM "
+                "SELECT request_sha256, status, body, position, event_hash, batch FROM "
                 "idempotency WHERE principal = ? AND key = ? AND created_at >= ?") ||
+        prepare(st, &st->batch_get,
+                "SELECT digests, key_id, sig FROM idempotency_batch WHERE id = ?") ||
+        prepare(st, &st->batch_prune,
+                "DELETE FROM idempotency_batch WHERE id IN (SELECT id FROM idempotency_batch AS b "
+                "WHERE created_at < ? AND NOT EXISTS (SELECT 1 FROM idempotency WHERE batch = "
+                "b.id) LIMIT ?)") ||
         prepare(st, &st->idem_prune,
                 "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency WHERE "
                 "created_at < ? LIMIT ?)")) {
@@ -211,6 +237,9 @@ void store_close(store *st)
         return;
     sqlite3_finalize(st->ins_event);
     sqlite3_finalize(st->ins_idem);
+    sqlite3_finalize(st->ins_batch);
+    sqlite3_finalize(st->batch_get);
+    sqlite3_finalize(st->batch_prune);
     sqlite3_finalize(st->read_after);
     sqlite3_finalize(st->head);
     sqlite3_finalize(st->idem_get);
@@ -228,13 +257,15 @@ static int step_done(sqlite3_stmt *s)
 }
 
 sg_err store_append_batch(store *st, const struct store_event *evs, size_t nev,
-                          const struct idem_record *recs, size_t nrec)
+                          const struct idem_record *recs, size_t nrec, const struct idem_batch *ib)
 {
     uint64_t head;
     char hash[SG_HEX256_LEN + 1];
     sqlite3_int64 now = (sqlite3_int64)time(NULL);
     if (nev == 0)
         return SG_OK;
+    if (nrec > 0 && ib == NULL)
+        return SG_ESTORE; /* a record nobody signed is never stored */
     if (sqlite3_exec(st->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
         goto fail;
     if (store_head(st, &head, hash) != SG_OK)
@@ -262,8 +293,17 @@ sg_err store_append_batch(store *st, const struct store_event *evs, size_t nev,
         sqlite3_bind_int64(s, 6, (sqlite3_int64)recs[i].position);
         sqlite3_bind_int64(s, 7, now);
         sqlite3_bind_text(s, 8, recs[i].event_hash, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 9, recs[i].key_id, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 10, recs[i].sig, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 9, (sqlite3_int64)recs[i].batch);
+        if (!step_done(s))
+            goto rollback;
+    }
+    if (nrec > 0) {
+        sqlite3_stmt *s = st->ins_batch;
+        sqlite3_bind_int64(s, 1, (sqlite3_int64)ib->id);
+        sqlite3_bind_blob(s, 2, ib->digests, (int)(ib->ndigests * 32), SQLITE_STATIC);
+        sqlite3_bind_text(s, 3, ib->key_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 4, ib->sig, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 5, now);
         if (!step_done(s))
             goto rollback;
     }
@@ -357,13 +397,14 @@ sg_err store_idem_get(store *st, const char *principal, const char *key, struct 
         rec->status = sqlite3_column_int(s, 1);
         sqlite3_int64 pos = sqlite3_column_int64(s, 3);
         rec->position = pos > 0 ? (uint64_t)pos : 0;
+        sqlite3_int64 batch = sqlite3_column_int64(s, 5);
+        rec->batch = batch > 0 ? (uint64_t)batch : 0;
         /* A field too long for its place cannot be what was written: it is
          * left empty, and the record does not verify. */
-        if (!column_copy(s, 0, rec->request_sha256, sizeof(rec->request_sha256)) ||
-            !column_copy(s, 4, rec->event_hash, sizeof(rec->event_hash)) ||
-            !column_copy(s, 5, rec->key_id, sizeof(rec->key_id)) ||
-            !column_copy(s, 6, rec->sig, sizeof(rec->sig)))
-            rec->sig[0] = '\0';
+        if (!column_copy(s, 0, rec->request_sha256, sizeof(rec->request_sha256)))
+            rec->request_sha256[0] = '\0';
+        if (!column_copy(s, 4, rec->event_hash, sizeof(rec->event_hash)))
+            rec->event_hash[0] = '\0';
         *body = strdup(b ? (const char *)b : "");
         rec->body = *body;
         e = *body ? SG_OK : SG_ENOMEM;
@@ -386,6 +427,54 @@ sg_err store_idem_prune(store *st, size_t limit, size_t *deleted)
     sqlite3_clear_bindings(s);
     if (rc != SQLITE_DONE) {
         sg_error("store: pruning idempotency records failed: %s", sqlite3_errmsg(st->db));
+        return SG_ESTORE;
+    }
+    *deleted = (size_t)sqlite3_changes(st->db);
+    return SG_OK;
+}
+
+sg_err store_idem_batch_get(store *st, uint64_t id, struct idem_batch *ib, uint8_t **digests)
+{
+    sqlite3_stmt *s = st->batch_get;
+    sg_err e = SG_ENOTFOUND;
+    memset(ib, 0, sizeof(*ib));
+    *digests = NULL;
+    sqlite3_bind_int64(s, 1, (sqlite3_int64)id);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        const void *d = sqlite3_column_blob(s, 0);
+        size_t n = (size_t)sqlite3_column_bytes(s, 0);
+        ib->id = id;
+        /* As in store_idem_get: what does not fit (or a list that is not
+         * whole digests) cannot be what was written, and does not verify. */
+        if (!column_copy(s, 1, ib->key_id, sizeof(ib->key_id)) ||
+            !column_copy(s, 2, ib->sig, sizeof(ib->sig)) || n % 32 != 0)
+            ib->sig[0] = '\0';
+        ib->ndigests = n / 32;
+        *digests = malloc(n ? n : 1);
+        if (*digests != NULL && n)
+            memcpy(*digests, d, n);
+        ib->digests = *digests;
+        e = *digests ? SG_OK : SG_ENOMEM;
+    } else if (rc != SQLITE_DONE) {
+        e = SG_ESTORE;
+    }
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    return e;
+}
+
+sg_err store_idem_batch_prune(store *st, size_t limit, size_t *deleted)
+{
+    sqlite3_stmt *s = st->batch_prune;
+    *deleted = 0;
+    sqlite3_bind_int64(s, 1, idem_cutoff());
+    sqlite3_bind_int64(s, 2, (sqlite3_int64)limit);
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    if (rc != SQLITE_DONE) {
+        sg_error("store: pruning idempotency batch records failed: %s", sqlite3_errmsg(st->db));
         return SG_ESTORE;
     }
     *deleted = (size_t)sqlite3_changes(st->db);

@@ -1,16 +1,22 @@
 /* idem.c - Idempotency-Key on the write side: the set of keys whose request
  * is decided but not durable yet (a retry meanwhile answers 409), and the
  * stored answers, which are signed with the events key in the batch that
- * makes them durable and verified against the log before one is replayed.
+ * makes them durable (one signature for all of a batch's answers) and
+ * verified against the log before one is replayed.
  *
- * A stored answer's signed document is
+ * A stored answer's digest is the SHA-256 of
  *   {"type":"signet-idempotency","principal","key","request_sha256","status",
  *    "body_sha256","position","event_hash"}
- * (RFC 8785, without key_id and sig, as every signed document): position and
- * event_hash name the last event the request appended. Replaying needs the
- * signature to verify with an events key of the keyring and the event at
- * position to be in the store with that hash and that principal as actor;
- * anything else is an integrity error, answered 500 and never replayed. */
+ * (RFC 8785, as every signed document): position and event_hash name the
+ * last event the request appended. The batch record lists the digests of
+ * the batch's answers, in order, and is signed as
+ *   {"type":"signet-idempotency-batch","batch","records","records_sha256"}
+ * (batch: the position of the batch's first event, which no other batch
+ * has; records: how many; records_sha256: SHA-256 of the digests one after
+ * the other). Replaying needs the batch record the answer names to verify
+ * with an events key of the keyring, to list the answer's digest, and the
+ * event at position to be in the store with that hash and that principal as
+ * actor; anything else is an integrity error, answered 500, never replayed. */
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -101,6 +107,30 @@ sg_err idem_record_digest(const struct idem_record *rec, uint8_t digest[32])
     return e;
 }
 
+static json_t *batch_doc(const struct idem_batch *ib)
+{
+    uint8_t d[32];
+    char hex[SG_HEX256_LEN + 1];
+    sg_sha256(ib->digests, ib->ndigests * 32, d);
+    sg_hex_encode(d, 32, hex);
+    return json_pack("{s:s, s:I, s:I, s:s}", "type", "signet-idempotency-batch", "batch",
+                     (json_int_t)ib->id, "records", (json_int_t)ib->ndigests, "records_sha256",
+                     hex);
+}
+
+sg_err idem_batch_digest(const struct idem_batch *ib, uint8_t digest[32])
+{
+    char *bytes = NULL;
+    size_t len;
+    json_t *doc = batch_doc(ib);
+    sg_err e = doc ? doc_signed_bytes(doc, &bytes, &len) : SG_ENOMEM;
+    if (e == SG_OK)
+        sg_sha256(bytes, len, digest);
+    free(bytes);
+    json_decref(doc);
+    return e;
+}
+
 /*** checking a stored answer against the log ***/
 
 struct event_check {
@@ -137,18 +167,43 @@ out:
 static sg_err record_verify(store *st, const keyring *kr, const struct idem_record *rec, char *why,
                             size_t whylen)
 {
-    if (rec->sig[0] == '\0' || rec->key_id[0] == '\0' || rec->event_hash[0] == '\0')
+    if (rec->batch == 0 || rec->event_hash[0] == '\0')
         return sg_say(why, whylen, SG_EVERIFY, "it carries no signature (an earlier version's)");
     if (rec->position == 0)
         return sg_say(why, whylen, SG_EVERIFY, "it names no event");
-    json_t *doc = record_doc(rec);
-    if (doc == NULL)
-        return sg_say(why, whylen, SG_ENOMEM, "out of memory");
-    char r[160];
-    sg_err e = signed_doc_verify(doc, rec->sig, rec->key_id, kr, KEY_EVENTS, r, sizeof(r));
-    json_decref(doc);
+    uint8_t d[32], *digests = NULL;
+    struct idem_batch ib;
+    sg_err e = idem_record_digest(rec, d);
     if (e)
-        return sg_say(why, whylen, SG_EVERIFY, "its signature does not verify (%s)", r);
+        return sg_say(why, whylen, SG_ENOMEM, "out of memory");
+    e = store_idem_batch_get(st, rec->batch, &ib, &digests);
+    if (e == SG_ENOTFOUND)
+        return sg_say(why, whylen, SG_EVERIFY, "its batch record %llu is missing",
+                      (unsigned long long)rec->batch);
+    if (e)
+        return sg_say(why, whylen, e, "the batch record %llu cannot be read",
+                      (unsigned long long)rec->batch);
+    size_t i = 0;
+    while (i < ib.ndigests && memcmp(ib.digests + 32 * i, d, 32) != 0)
+        i++;
+    char r[160] = "";
+    json_t *doc = i < ib.ndigests && ib.sig[0] && ib.key_id[0] ? batch_doc(&ib) : NULL;
+    if (i == ib.ndigests)
+        e = sg_say(why, whylen, SG_EVERIFY, "its batch record %llu does not list it",
+                   (unsigned long long)rec->batch);
+    else if (!ib.sig[0] || !ib.key_id[0])
+        e = sg_say(why, whylen, SG_EVERIFY, "its batch record %llu carries no signature",
+                   (unsigned long long)rec->batch);
+    else if (doc == NULL)
+        e = sg_say(why, whylen, SG_ENOMEM, "out of memory");
+    else if (signed_doc_verify(doc, ib.sig, ib.key_id, kr, KEY_EVENTS, r, sizeof(r)) != SG_OK)
+        e = sg_say(why, whylen, SG_EVERIFY,
+                   "the signature of its batch record %llu does not verify (%s)",
+                   (unsigned long long)rec->batch, r);
+    json_decref(doc);
+    free(digests);
+    if (e)
+        return e;
     struct event_check c = {rec, 0, ""};
     if (store_read_after(st, rec->position - 1, 1, check_event, &c) != SG_OK)
         return sg_say(why, whylen, SG_ESTORE, "the event store cannot be read");

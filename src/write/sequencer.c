@@ -82,6 +82,7 @@ static void batch_free(struct batch *b)
     free(b->evs);
     free(b->reqs);
     free(b->recs);
+    free(b->idem_digests);
     free(b->se);
     free(b);
 }
@@ -134,26 +135,40 @@ static void batch_add(struct batch *b, struct wreq *r)
 
 /*** signing ***/
 
-/* Sign every event of b, and every idempotency record, in one batch on the
- * signer's workers (one deadline for the batch: this thread never waits on
- * a stuck HSM for longer than pkcs11.sign_timeout_ms); then serialise them
- * as the committer appends them. SG_EHSM if any signature failed or came
- * too late; SG_ENOMEM. */
+/* The batch record of b's idempotency records: their digests in order,
+ * under the id of b's first event; *digest is what the events key signs
+ * for it. SG_ENOMEM. */
+static sg_err idem_batch_make(struct batch *b, uint8_t digest[32])
+{
+    if ((b->idem_digests = malloc(b->nrec * 32)) == NULL)
+        return SG_ENOMEM;
+    b->ib.id = b->evs[0].position;
+    b->ib.digests = b->idem_digests;
+    b->ib.ndigests = b->nrec;
+    for (size_t i = 0; i < b->nrec; i++) {
+        b->recs[i].batch = b->ib.id;
+        if (idem_record_digest(&b->recs[i], b->idem_digests + 32 * i) != SG_OK)
+            return SG_ENOMEM;
+    }
+    return idem_batch_digest(&b->ib, digest);
+}
+
+/* Sign every event of b, and b's idempotency records with one signature
+ * (their batch record), in one batch on the signer's workers (one deadline
+ * for the batch: this thread never waits on a stuck HSM for longer than
+ * pkcs11.sign_timeout_ms); then serialise them as the committer appends
+ * them. SG_EHSM if any signature failed or came too late; SG_ENOMEM. */
 static sg_err sign_batch(sequencer *q, struct batch *b)
 {
-    size_t n = b->nev + b->nrec;
+    size_t n = b->nev + (b->nrec > 0);
     struct signer_item *items = malloc(n * sizeof(*items));
-    if (items == NULL || (b->se = malloc(b->nev * sizeof(*b->se))) == NULL) {
+    if (items == NULL || (b->se = malloc(b->nev * sizeof(*b->se))) == NULL ||
+        (b->nrec > 0 && idem_batch_make(b, items[b->nev].digest) != SG_OK)) {
         free(items);
         return SG_ENOMEM;
     }
     for (size_t i = 0; i < b->nev; i++)
         memcpy(items[i].digest, b->evs[i].digest, sizeof(items[i].digest));
-    for (size_t i = 0; i < b->nrec; i++)
-        if (idem_record_digest(&b->recs[i], items[b->nev + i].digest) != SG_OK) {
-            free(items);
-            return SG_ENOMEM;
-        }
     sg_err e = signer_sign_batch(q->o.signer, KEY_EVENTS, items, n);
     const char *key_id = signer_key_id(q->o.signer, KEY_EVENTS);
     if (e == SG_OK) {
@@ -161,14 +176,13 @@ static sg_err sign_batch(sequencer *q, struct batch *b)
             memcpy(b->evs[i].sig, items[i].sig, items[i].siglen);
             b->evs[i].siglen = items[i].siglen;
         }
-        for (size_t i = 0; i < b->nrec; i++) {
-            struct signer_item *it = &items[b->nev + i];
-            if (sg_b64_encoded_len(it->siglen) > sizeof(b->recs[i].sig)) {
+        if (b->nrec > 0) {
+            struct signer_item *it = &items[b->nev];
+            if (sg_b64_encoded_len(it->siglen) > sizeof(b->ib.sig))
                 e = SG_EHSM;
-                break;
-            }
-            sg_b64_encode(it->sig, it->siglen, b->recs[i].sig);
-            snprintf(b->recs[i].key_id, sizeof(b->recs[i].key_id), "%s", key_id);
+            else
+                sg_b64_encode(it->sig, it->siglen, b->ib.sig);
+            snprintf(b->ib.key_id, sizeof(b->ib.key_id), "%s", key_id);
         }
     }
     free(items);
@@ -218,8 +232,8 @@ static void *committer_main(void *arg)
         int poisoned = q->poisoned;
         pthread_mutex_unlock(&q->mu);
 
-        sg_err e =
-            poisoned ? SG_ESTORE : store_append_batch(q->wst, b->se, b->nev, b->recs, b->nrec);
+        sg_err e = poisoned ? SG_ESTORE
+                            : store_append_batch(q->wst, b->se, b->nev, b->recs, b->nrec, &b->ib);
         if (e == SG_OK) {
             atomic_store(&q->store_ok, 1);
             atomic_fetch_add(&sg_metrics.events_appended, b->nev);

@@ -31,6 +31,8 @@ struct batch {
     size_t nreq;
     struct idem_record *recs;
     size_t nrec;
+    struct idem_batch ib;   /* the one signature over recs (made by sign_batch) */
+    uint8_t *idem_digests;  /* ib's digests (owned) */
     struct store_event *se; /* the events as the committer appends them (made when signed) */
     uint64_t head0;         /* chain head before the batch */
     char prev0[SG_HEX256_LEN + 1];
@@ -137,8 +139,11 @@ int idem_begin(struct idem *im, store *st, const keyring *kr, struct wreq *r);
 void idem_slot(const char *principal, const char *key, char out[SG_HEX256_LEN + 1]);
 /* Release r's claim (if it holds one); allocates nothing. Any thread. */
 void idem_release(struct idem *im, struct wreq *r);
-/* The SHA-256 the events key signs for a stored answer (sig and key_id not
+/* The SHA-256 of a stored answer, which its batch record lists (batch not
  * included). SG_ENOMEM. */
 sg_err idem_record_digest(const struct idem_record *rec, uint8_t digest[32]);
+/* The SHA-256 the events key signs for a batch record (sig and key_id not
+ * included). SG_ENOMEM. */
+sg_err idem_batch_digest(const struct idem_batch *ib, uint8_t digest[32]);
 
 #endif

@@ -10,7 +10,9 @@ Records are aged the way an operator or an outside checker would: stop
 signetd (or not), edit `created_at` in events.db with sqlite3, start again.
 The deployment runs with idempotency_ttl_hours = 2, and records aged by three
 hours must expire while records aged by one hour must not, so the configured
-TTL (not the default of 24) is the one in force."""
+TTL (not the default of 24) is the one in force. Aging a record ages its
+batch record (the signature over its commit batch's records) with it, as
+time would; a batch record no record names any more is pruned too."""
 
 import http.client
 import os
@@ -79,6 +81,8 @@ class Retention(E2ETestCase):
         try:
             n = c.execute("UPDATE idempotency SET created_at = created_at - ? WHERE key = ?",
                           (seconds, key)).rowcount
+            c.execute("UPDATE idempotency_batch SET created_at = created_at - ? WHERE id = "
+                      "(SELECT batch FROM idempotency WHERE key = ?)", (seconds, key))
         finally:
             c.close()
         self.assertEqual(n, 1, "no idempotency record for key %r" % key)
@@ -86,6 +90,18 @@ class Retention(E2ETestCase):
     def record(self, key):
         rows = self.sql("SELECT request_sha256, created_at FROM idempotency WHERE key = ?", (key,))
         return rows[0] if rows else None
+
+    def orphan_batches(self):
+        """Expired batch records no idempotency record names (a fresh one is
+        kept: an expired record's batch record expired with it)."""
+        return self.sql("SELECT count(*) FROM idempotency_batch b WHERE created_at < ? AND "
+                        "NOT EXISTS (SELECT 1 FROM idempotency i WHERE i.batch = b.id)",
+                        (int(time.time()) - TTL_HOURS * HOUR,))[0][0]
+
+    def dangling_records(self):
+        """Idempotency records naming a batch record that is gone."""
+        return self.sql("SELECT count(*) FROM idempotency i WHERE i.batch IS NOT NULL AND "
+                        "NOT EXISTS (SELECT 1 FROM idempotency_batch b WHERE b.id = i.batch)")[0][0]
 
     def expired_count(self):
         return self.sql("SELECT count(*) FROM idempotency WHERE created_at < ?",
@@ -180,6 +196,11 @@ class Retention(E2ETestCase):
             c.execute("BEGIN")
             c.execute("UPDATE idempotency SET created_at = created_at - ? WHERE key LIKE 'r3-key-%'",
                       ((TTL_HOURS + 1) * HOUR,))
+            c.execute("UPDATE idempotency_batch SET created_at = created_at - ? WHERE id IN "
+                      "(SELECT batch FROM idempotency WHERE key LIKE 'r3-key-%')",
+                      ((TTL_HOURS + 1) * HOUR,))
+            aged_batches = [r[0] for r in c.execute(
+                "SELECT DISTINCT batch FROM idempotency WHERE key LIKE 'r3-key-%'")]
             old = int(time.time()) - (TTL_HOURS + 5) * HOUR
             c.executemany(
                 "INSERT INTO idempotency(principal, key, request_sha256, status, body, position, "
@@ -192,6 +213,8 @@ class Retention(E2ETestCase):
         total_before = self.sql("SELECT count(*) FROM idempotency")[0][0]
         expired_before = self.expired_count()
         self.assertGreaterEqual(expired_before, BULK_ROWS + HTTP_KEYS)
+        self.assertGreater(len(aged_batches), 0)
+        self.assertNotIn(None, aged_batches)
 
         type(self).srv = self.dep.start()
         t_start = time.monotonic()
@@ -227,6 +250,14 @@ class Retention(E2ETestCase):
             for t in ws:
                 t.join(120)
         self.assertEqual(bad, [], "writes failed while pruning")
+        # The batch records of the pruned records went after them; those of
+        # the records kept are all there.
+        wait_until(lambda: self.orphan_batches() == 0, PRUNE_BOUND, interval=0.2,
+                   what="batch records no record names to be pruned")
+        self.assertEqual(self.dangling_records(), 0)
+        left = self.sql("SELECT count(*) FROM idempotency_batch WHERE id IN (%s)"
+                        % ",".join(str(int(b)) for b in aged_batches))[0][0]
+        self.assertEqual(left, 0)
         self.assertGreater(len(acks), 0)
         total_after = self.sql("SELECT count(*) FROM idempotency")[0][0]
         self.assertLessEqual(total_after, total_before - expired_before + len(acks))
@@ -277,7 +308,7 @@ class Retention(E2ETestCase):
         self.assertEqual(len(idx), 1, "no index on created_at")
         created = self.record("r4-key")[1]
         self.assertTrue(t0 - 5 <= created <= time.time() + 5, created)
-        for col in ("event_hash", "key_id", "sig"):
+        for col in ("event_hash", "key_id", "sig", "batch"):
             self.assertIn(col, cols)
         # Its records predate signed answers, so nothing tells them from
         # forged ones: they are not replayed (500), and nothing is appended

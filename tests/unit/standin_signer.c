@@ -1,10 +1,12 @@
 /* standin_signer.c - the signer the sequencer's unit tests link instead of
  * src/hsm/signer.c: the same functions, signing in process with a P-256 key
  * the test makes (standin.key, standin.key_id), failing while standin.fail
- * is set. No PKCS#11. */
+ * is set, waiting while standin.hold is set, and counting the digests it
+ * is asked to sign (standin.digests). No PKCS#11. */
 #include "standin_signer.h"
 
 #include <stdio.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,6 +18,12 @@ struct signer standin;
 sg_err signer_sign_batch(signer *s, enum key_purpose p, struct signer_item *items, size_t n)
 {
     (void)p;
+    while (__atomic_load_n(&s->hold, __ATOMIC_SEQ_CST)) {
+        __atomic_store_n(&s->held, 1, __ATOMIC_SEQ_CST);
+        usleep(1000);
+    }
+    __atomic_store_n(&s->held, 0, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&s->digests, n, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&s->fail, __ATOMIC_SEQ_CST))
         return SG_EHSM;
     for (size_t i = 0; i < n; i++) {

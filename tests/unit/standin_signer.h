@@ -10,7 +10,10 @@
 struct signer {
     EVP_PKEY *key;
     char key_id[65];
-    int fail; /* sign calls fail while set (atomic) */
+    int fail;              /* sign calls fail while set (atomic) */
+    int hold;              /* sign calls wait while set (atomic); */
+    int held;              /* ... and say so here meanwhile (atomic) */
+    unsigned long digests; /* how many digests sign calls were asked for (atomic) */
 };
 
 extern struct signer standin;

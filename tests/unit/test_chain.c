@@ -82,7 +82,7 @@ static store *fresh_store(void)
         memcpy(se.hash, hashes[p], 65);
         se.json = json;
         se.json_len = strlen(json);
-        assert_int_equal(store_append_batch(st, &se, 1, NULL, 0), SG_OK);
+        assert_int_equal(store_append_batch(st, &se, 1, NULL, 0, NULL), SG_OK);
         free(json);
     }
     return st;
@@ -258,7 +258,7 @@ static void test_foreign_key(void **state)
     char *json = make_event(N + 1, hashes[N], other, hash);
     struct store_event se = {.position = N + 1, .json = json, .json_len = strlen(json)};
     memcpy(se.hash, hash, 65);
-    assert_int_equal(store_append_batch(st, &se, 1, NULL, 0), SG_OK);
+    assert_int_equal(store_append_batch(st, &se, 1, NULL, 0, NULL), SG_OK);
     free(json);
     chain_genesis(&g);
     expect_refused(st, &g, "event 13: key_id", N);

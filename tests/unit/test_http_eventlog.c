@@ -43,7 +43,7 @@ static int setup(void **state)
         se.json_len = strlen(se.json);
         memset(se.hash, 'a' + (int)p, 64);
         se.hash[64] = '\0';
-        if (store_append_batch(st, &se, 1, NULL, 0) != SG_OK)
+        if (store_append_batch(st, &se, 1, NULL, 0, NULL) != SG_OK)
             return -1;
     }
     store_close(st);
@@ -159,7 +159,7 @@ static void *appender(void *arg)
             (size_t)snprintf(json, sizeof(json), "{\"position\":%llu}", (unsigned long long)p);
         memset(se.hash, 'a', 64);
         se.hash[64] = '\0';
-        if (store_append_batch(st, &se, 1, NULL, 0) != SG_OK)
+        if (store_append_batch(st, &se, 1, NULL, 0, NULL) != SG_OK)
             break;
     }
     atomic_store(&race_done, 1);

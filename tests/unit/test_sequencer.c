@@ -12,7 +12,10 @@
  * - the write-state checkpoint: restart replays only the tail; a tampered
  *   checkpoint is not used;
  * - a row appended behind the writer's back: the commit fails, recovery finds
- *   the forged row, writes stop with SG_EINTEGRITY. */
+ *   the forged row, writes stop with SG_EINTEGRITY;
+ * - Idempotency-Key answers: one signature per commit batch, however many
+ *   answers it stores; replayed when their batch record verifies, refused
+ *   when it was edited. */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -597,6 +600,131 @@ static void test_inflight_slots(void **state)
     assert_string_equal(a, b);
 }
 
+static struct wreq *idem_req(const char *id, const char *key)
+{
+    struct wreq *r = device_req(id, NULL);
+    free(r->idem_key);
+    assert_non_null(r->idem_key = strdup(key));
+    sg_sha256_hex(id, strlen(id), r->request_sha256); /* stands for the request's bytes */
+    return r;
+}
+
+static int count_sql(const char *sql)
+{
+    sqlite3 *db;
+    sqlite3_stmt *s;
+    int n = -1;
+    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
+    if (sqlite3_step(s) == SQLITE_ROW)
+        n = sqlite3_column_int(s, 0);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    return n;
+}
+
+/* Submit rs[0..n) while the signer holds another request, so that they are
+ * all decided in one batch; wait for every answer. Returns how many digests
+ * the signer was asked to sign for that batch. */
+static unsigned long run_one_batch(sequencer *q, struct wreq **rs, int n)
+{
+    struct waitset w0 = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 1};
+    struct waitset w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, n};
+    static int holds;
+    char id[32];
+    snprintf(id, sizeof(id), "holder-%d", holds++);
+    struct wreq *holder = device_req(id, NULL);
+    holder->done = on_done;
+    holder->ud = &w0;
+    __atomic_store_n(&standin.hold, 1, __ATOMIC_SEQ_CST);
+    assert_int_equal(sequencer_submit(q, holder), SG_OK);
+    while (!__atomic_load_n(&standin.held, __ATOMIC_SEQ_CST))
+        usleep(1000);
+    for (int i = 0; i < n; i++) {
+        rs[i]->done = on_done;
+        rs[i]->ud = &w;
+        assert_int_equal(sequencer_submit(q, rs[i]), SG_OK);
+    }
+    unsigned long before = __atomic_load_n(&standin.digests, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&standin.hold, 0, __ATOMIC_SEQ_CST);
+    struct waitset *ws[2] = {&w0, &w};
+    for (int i = 0; i < 2; i++) {
+        pthread_mutex_lock(&ws[i]->mu);
+        while (ws[i]->left > 0)
+            pthread_cond_wait(&ws[i]->cond, &ws[i]->mu);
+        pthread_mutex_unlock(&ws[i]->mu);
+    }
+    assert_int_equal(holder->err, SG_OK);
+    wreq_free(holder);
+    /* The holder's own signature, then the batch's. */
+    return __atomic_load_n(&standin.digests, __ATOMIC_SEQ_CST) - before - 1;
+}
+
+/* A batch of N writes with an Idempotency-Key asks the signer for N + 1
+ * signatures (its events and one batch record), not 2N; a batch of writes
+ * without keys for N; the answers replay, and not once their batch record
+ * is edited. */
+static void test_one_signature_per_batch_of_answers(void **state)
+{
+    (void)state;
+    enum { N = 8 };
+    struct wreq *rs[N];
+    char id[32], key[32];
+    sequencer *q = start();
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof(id), "plain-%d", i);
+        rs[i] = device_req(id, NULL);
+    }
+    assert_int_equal(run_one_batch(q, rs, N), N);
+    for (int i = 0; i < N; i++)
+        wreq_free(rs[i]);
+
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof(id), "idem-%d", i);
+        snprintf(key, sizeof(key), "key-%d", i);
+        rs[i] = idem_req(id, key);
+    }
+    assert_int_equal(run_one_batch(q, rs, N), N + 1);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(rs[i]->err, SG_OK);
+    assert_int_equal(count_sql("SELECT count(*) FROM idempotency_batch"), 1);
+    assert_int_equal(count_sql("SELECT count(DISTINCT batch) FROM idempotency"), 1);
+    assert_int_equal(count_sql("SELECT count(*) FROM idempotency JOIN idempotency_batch ON "
+                               "batch = idempotency_batch.id WHERE length(digests) = 32 * 8"),
+                     N);
+
+    /* Replayed (nothing signed, nothing appended), and 422 for another
+     * request under a key. */
+    uint64_t head = verified_head();
+    unsigned long before = __atomic_load_n(&standin.digests, __ATOMIC_SEQ_CST);
+    struct wreq *again = idem_req("idem-3", "key-3");
+    run(q, &again, 1);
+    assert_int_equal(again->err, SG_OK);
+    assert_string_equal(again->body, rs[3]->body);
+    wreq_free(again);
+    run1(q, idem_req("idem-other", "key-3"), SG_EUNPROCESSABLE);
+    assert_int_equal(__atomic_load_n(&standin.digests, __ATOMIC_SEQ_CST), before);
+    for (int i = 0; i < N; i++)
+        wreq_free(rs[i]);
+    stop(q);
+    assert_int_equal(verified_head(), head);
+
+    /* One digest of the list edited: no answer of the batch replays. */
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db,
+                                  "UPDATE idempotency_batch SET digests = "
+                                  "zeroblob(32) || substr(digests, 33)",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    q = start_on(0);
+    run1(q, idem_req("idem-5", "key-5"), SG_EINTERNAL);
+    run1(q, idem_req("idem-0", "key-0"), SG_EINTERNAL);
+    stop(q);
+    assert_int_equal(verified_head(), head);
+}
+
 /* This one must run last: an integrity failure is for the life of the process. */
 static void test_row_appended_behind_the_writer(void **state)
 {
@@ -641,6 +769,7 @@ int main(void)
         cmocka_unit_test(test_checkpoint),
         cmocka_unit_test(test_out_of_memory),
         cmocka_unit_test(test_inflight_slots),
+        cmocka_unit_test(test_one_signature_per_batch_of_answers),
         cmocka_unit_test(test_row_appended_behind_the_writer),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
