@@ -241,7 +241,7 @@ static void test_stop_joins_and_answers_the_rest(void **state)
     const char *detail;
     char *body;
     int status, queued = 3;
-    upload *us[UPLOADS_WORKERS + 4];
+    upload *us[UPLOADS_WORKERS + UPLOADS_QUEUE];
     start();
     for (int i = 0; i < UPLOADS_WORKERS + queued; i++) {
         us[i] = new_upload(i);
@@ -256,7 +256,9 @@ static void test_stop_joins_and_answers_the_rest(void **state)
     while ((e = upload_submit(late, on_done, NULL, why, sizeof(why))) == SG_OK) {
         /* taken before the stop began: one more that must not start */
         us[UPLOADS_WORKERS + queued++] = late;
-        assert_true(queued <= 4);
+        /* The stopper may not run for a while on a loaded machine: the
+         * queue has room for all that come before it does. */
+        assert_true(queued < UPLOADS_QUEUE);
         late = new_upload(100 + queued);
         usleep(1000);
     }
