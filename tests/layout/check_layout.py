@@ -15,7 +15,8 @@ Reads every #include of src/ and fails, naming the file and line, when:
     sqlite3 at all (the read models are reached through read/'s views);
   - sqlite3.h is included outside store/ and read/;
   - anything outside daemon/ or cli/ includes them (no upward arrows);
-  - the folders' include graph has a cycle;
+  - a folder includes one its row of ALLOWED does not name (the arrows
+    README.md draws), or the folders' include graph has a cycle;
   - the PKCS#11 module is loaded, or a PIN logged in with, outside
     hsm/module.c (the one owner of the module and the PIN);
   - pthread_create is called outside the files listed in
@@ -33,6 +34,22 @@ import re
 import shutil
 import sys
 import tempfile
+
+# The arrows between folders (README.md, "What is where"): which folders each
+# may include. A new arrow is a decision about the layout: make it here, in
+# README.md and in DESIGN.md's terms (never write <-> read, nothing into
+# daemon/ or cli/), not in passing.
+ALLOWED = {
+    "core": set(),
+    "device": set(),
+    "store": {"core"},
+    "hsm": {"core"},
+    "write": {"core", "store", "hsm"},
+    "read": {"core", "store", "hsm"},
+    "http": {"core", "hsm", "read", "write"},
+    "daemon": {"core", "hsm", "store", "write", "read", "http"},
+    "cli": {"core", "hsm", "store", "read"},
+}
 
 # Who may call pthread_create besides core/bg.c, and what for. A module
 # moving its thread onto core/bg.h leaves this list; nothing joins it.
@@ -164,6 +181,10 @@ def check(src):
             continue
         if t != f:
             graph.setdefault(f, set()).add(t)
+            if f not in ALLOWED:
+                problems.append("%s: %s/ is not a folder of the layout (add it to ALLOWED)" % (where, f))
+            elif t not in ALLOWED[f]:
+                problems.append("%s: %s/ -> %s/ is not an arrow of the layout (ALLOWED)" % (where, f, t))
         if {f, t} == {"write", "read"}:
             problems.append("%s: %s/ includes %s (the write and read sides never include each other)"
                             % (where, f, target))
@@ -240,6 +261,8 @@ def self_test():
         "module loaded outside module.c": ("hsm/bad.c", "/* x */\nvoid b(void) { dlopen(\"x\", 0); }\n", "dlopen outside"),
         "login outside module.c": ("hsm/bad.c", "/* x */\nvoid b(void) { f->C_Login(1); }\n", "C_Login outside"),
         "pthread_create outside bg.c": ("read/bad.c", "/* x */\nvoid b(void) { pthread_create(0, 0, 0, 0); }\n", "pthread_create outside"),
+        "an arrow not in the table": ("hsm/bad.c", "/* x */\n#include \"../store/store.h\"\n", "not an arrow"),
+        "a folder not in the table": ("edge/bad.c", "/* x */\n#include \"../core/sg.h\"\n", "not a folder"),
         "no opening comment": ("write/bad.c", "#include \"../store/store.h\"\n", "open with a comment"),
     }
 
