@@ -1,5 +1,7 @@
 /* readmodel.c - the read-model file: schema, checkpoint, projection registry, and the
- * rebuild when the file was built by another projection set (readmodel.h). */
+ * rebuild when the file was built by another projection set (readmodel.h).
+ * Never verifies an event: readmodel_apply is given only what the projector
+ * verified, on the projector's connection. */
 #include "readmodel.h"
 
 #include <stdio.h>
