@@ -365,11 +365,6 @@ static int begin(struct req *r, const char *version)
             return 1;
         }
     }
-    if (r->route->flags & ROUTE_NOT_IMPLEMENTED) { /* answer before reading any body */
-        http_problem(r, SG_ENOTIMPL, "%s %s arrives in a later version of signet", r->method,
-                     r->route->path);
-        return 1;
-    }
     if (r->route->flags & ROUTE_STREAM_BODY) {
         r->acted = 0;
         r->route->sink->open(r);
