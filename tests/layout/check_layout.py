@@ -5,10 +5,11 @@
 Reads every #include of src/ and fails, naming the file and line, when:
   - write/ includes read/ or read/ includes write/ (the two sides stand on
     core/ and store/, never on each other);
-  - a file outside hsm/ includes libp11 or PKCS#11 headers, or hsm/'s
-    private headers (module_p11.h, signer_impl.h);
+  - a file outside hsm/ includes libp11 or PKCS#11 headers or hsm/'s
+    private headers (module_p11.h, signer_impl.h), or names a libp11 or
+    PKCS#11 symbol (PKCS11_*, CK_*, CKR_*, ...);
   - a file outside http/ includes microhttpd.h or http/'s private headers
-    (internal.h, route_match.h);
+    (internal.h, route_match.h), or names an MHD_* symbol;
   - core/ or device/ includes anything outside itself (device/ is a
     library of its own on libcrypto alone), or http/ includes store/
     (read/eventlog.h is http's only way to the event store) or names
@@ -205,6 +206,14 @@ def check(src):
 
     for rel, text in sorted(files.items()):
         code = strip_comments(text)
+        m = re.search(r"\b(PKCS11_|CK[AFMORSU]?_)\w+", code)
+        if m and folder(rel) != "hsm":
+            problems.append("%s:%d: %s outside hsm/ (only hsm/ touches PKCS#11)"
+                            % (rel, code.count("\n", 0, m.start()) + 1, m.group(0)))
+        m = re.search(r"\bMHD_\w+", code)
+        if m and folder(rel) != "http":
+            problems.append("%s:%d: %s outside http/ (only http/ touches libmicrohttpd)"
+                            % (rel, code.count("\n", 0, m.start()) + 1, m.group(0)))
         if folder(rel) == "http" and re.search(r"\bsqlite3", code):
             problems.append("%s: names sqlite3 (http/ reads the read models through read/'s views)" % rel)
         if rel != MODULE_OWNER:
@@ -263,6 +272,9 @@ def self_test():
         "pthread_create outside bg.c": ("read/bad.c", "/* x */\nvoid b(void) { pthread_create(0, 0, 0, 0); }\n", "pthread_create outside"),
         "an arrow not in the table": ("hsm/bad.c", "/* x */\n#include \"../store/store.h\"\n", "not an arrow"),
         "a folder not in the table": ("edge/bad.c", "/* x */\n#include \"../core/sg.h\"\n", "not a folder"),
+        "a PKCS#11 name outside hsm": ("write/bad.c", "/* x */\nstatic CK_RV rv;\n", "outside hsm/"),
+        "a libp11 call outside hsm": ("cli/bad.c", "/* x */\nvoid b(void) { PKCS11_enumerate_slots(0); }\n", "outside hsm/"),
+        "an MHD name outside http": ("read/bad.c", "/* x */\nvoid b(void) { MHD_resume_connection(0); }\n", "outside http/"),
         "no opening comment": ("write/bad.c", "#include \"../store/store.h\"\n", "open with a comment"),
     }
 
