@@ -1,7 +1,6 @@
 /* bg.c - starting, naming, stopping and joining background threads (see
- * bg.h); what a thread does stays its owner's. pthread_create is called here
- * and in the few files tests/layout/check_layout.py lists
- * (PTHREAD_CREATE_OWNERS), nowhere else. */
+ * bg.h). The only place in src/ that calls pthread_create for a long-lived
+ * thread of a module; what a thread does stays its owner's. */
 #include "bg.h"
 
 #include <stdio.h>

@@ -1,7 +1,7 @@
 /* blobs.c - the firmware blob store, write side (see blobs.h): temporary
  * files, fsync and link into blobs/sha256, the in-process references that
  * keep a shared blob alive, and the sweep at start. The read side opens
- * blobs through src/read/images.h and never writes here. */
+ * blobs through src/read/blobs.h and never writes here. */
 #include "blobs.h"
 
 #include <dirent.h>
