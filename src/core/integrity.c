@@ -1,5 +1,6 @@
 /* integrity.c - the process-wide integrity verdict (see integrity.h). One
- * flag and the first reason; written rarely, read on every command. */
+ * flag and the first reason; written rarely, read on every command, never
+ * cleared while the process runs. */
 #include "integrity.h"
 
 #include <pthread.h>

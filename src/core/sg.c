@@ -23,7 +23,6 @@ static const struct {
     [SG_EHSM] = {503, "hsm-unavailable", "HSM unavailable"},
     [SG_ESTORE] = {503, "store-unavailable", "Event store unavailable"},
     [SG_EUNAVAILABLE] = {503, "unavailable", "Service unavailable"},
-    [SG_ENOTIMPL] = {501, "not-implemented", "Not implemented yet"},
     [SG_EINTERNAL] = {500, "internal", "Internal error"},
     [SG_ECONFIG] = {500, "config", "Configuration error"},
     [SG_EVERIFY] = {500, "verification-failed", "Verification failed"},

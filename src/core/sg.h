@@ -1,7 +1,9 @@
 /* sg.h - signet's one error convention.
  *
  * Every fallible function returns an sg_err; SG_OK is 0. Each code maps to one
- * HTTP status in sg_err_http(). Add new codes last; never remove one. */
+ * HTTP status in sg_err_http(). Add new codes last. The numbers never leave
+ * the process (an answer carries the status and the slug), so a code nothing
+ * returns any more is removed, not kept. */
 #ifndef SG_H
 #define SG_H
 
@@ -22,7 +24,6 @@ typedef enum {
     SG_EHSM,           /* 503: HSM unavailable or a sign call failed */
     SG_ESTORE,         /* 503: event store unavailable or disk full */
     SG_EUNAVAILABLE,   /* 503: not ready (read model behind, shutting down) */
-    SG_ENOTIMPL,       /* 501 */
     SG_EINTERNAL,      /* 500 */
     SG_ECONFIG,        /* start-up: configuration unusable */
     SG_EVERIFY,        /* a signature, hash or chain link does not verify */

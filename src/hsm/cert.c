@@ -1,7 +1,7 @@
 /* cert.c - certificates of signing keys (see cert.h): signetd's check of
  * the token's chain against its key, and the chain as PEM, with OpenSSL.
  * The objects are read from the token by the signer; making, requesting and
- * importing certificates is the CLI's (cert_make.c). */
+ * importing certificates is the CLI's (cert_make.c). Never calls PKCS#11. */
 #include "cert.h"
 
 #include <openssl/bio.h>

@@ -1,9 +1,9 @@
 /* cert.h - the certificate of a signing key (in practice the `devices` key,
  * for CMS-signed SWUpdate images): checked against the key at start and
  * served as PEM. Making (self-signed), requesting (CSR) and importing one is
- * the CLI's (provision.h). The objects themselves are kept in the token by
- * the signer (signer_cert_chain, signer_store_chain); this module never
- * calls PKCS#11. */
+ * the CLI's (provision.h). The objects themselves are read from the token
+ * by the signer (signer_cert_chain) and written by provisioning
+ * (signer_store_chain, provision.c); this module never calls PKCS#11. */
 #ifndef SG_CERT_H
 #define SG_CERT_H
 

@@ -8,10 +8,12 @@
  * purpose, found by label: "events", "devices", "snapshots". Failures are
  * closed: a failed or late sign returns SG_EHSM and the caller appends nothing.
  *
- * No caller ever waits on the HSM for longer than pkcs11.sign_timeout_ms: the
- * signer's own worker threads make every PKCS#11 call, callers wait for them
- * with a deadline. A background prober signs a probe digest about once a
- * second, keeps the health status, and reconnects once the token is back. */
+ * No caller ever waits on the HSM for longer than pkcs11.sign_timeout_ms: once
+ * open, the signer's own threads (its workers and the prober) make every
+ * PKCS#11 call of the signer, callers wait for them with a deadline. The
+ * prober signs a probe digest about once a second, keeps the health status,
+ * and reconnects once the token is back. (signer_open connects on the
+ * calling thread; the anchor keeper makes its object calls on its own.) */
 #ifndef SG_SIGNER_H
 #define SG_SIGNER_H
 

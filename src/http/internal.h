@@ -54,13 +54,12 @@ struct body_sink {
 };
 
 enum route_flag {
-    ROUTE_JSON_BODY = 1u << 0,       /* POST with a JSON body, at most max_json_bytes */
-    ROUTE_STREAM_BODY = 1u << 1,     /* the body goes to route.sink as it arrives */
-    ROUTE_DEVICE_SELF = 1u << 2,     /* ROLE_DEVICE must be bound to the {} id */
-    ROUTE_HEAD = 1u << 3,            /* a GET route that also answers HEAD */
-    ROUTE_NOT_IMPLEMENTED = 1u << 4, /* authenticates and authorizes, then 501 */
-    ROUTE_JSON_OPTIONAL = 1u << 5,   /* with JSON_BODY: no body at all (and then no
-                                        Content-Type) is taken as {} */
+    ROUTE_JSON_BODY = 1u << 0,     /* POST with a JSON body, at most max_json_bytes */
+    ROUTE_STREAM_BODY = 1u << 1,   /* the body goes to route.sink as it arrives */
+    ROUTE_DEVICE_SELF = 1u << 2,   /* ROLE_DEVICE must be bound to the {} id */
+    ROUTE_HEAD = 1u << 3,          /* a GET route that also answers HEAD */
+    ROUTE_JSON_OPTIONAL = 1u << 5, /* with JSON_BODY: no body at all (and then no
+                                      Content-Type) is taken as {} */
 };
 
 struct route {
@@ -69,7 +68,7 @@ struct route {
     const char *path;                  /* "{}" matches one segment */
     unsigned roles;                    /* 0: public */
     unsigned flags;                    /* enum route_flag bits */
-    route_fn fn;                       /* NULL for ROUTE_NOT_IMPLEMENTED */
+    route_fn fn;                       /* the handler */
     const struct wreq_type *wreq_type; /* for write-request routes */
     const struct body_sink *sink;      /* for ROUTE_STREAM_BODY */
 };

@@ -98,7 +98,7 @@ static void common_headers(struct req *r, struct MHD_Response *resp, int status)
 }
 
 /* If libmicrohttpd cannot take an answer (out of memory), the request is
- * marked failed and on_request() closes the connection: a client is answered
+ * marked failed and http_on_request() closes the connection: a client is answered
  * or disconnected, never left waiting. */
 void http_queue_response(struct req *r, int status, struct MHD_Response *resp)
 {

@@ -90,7 +90,7 @@ int http_forwarded_https(struct req *r)
  * the client had half-closed its side (shutdown(SHUT_WR) after a complete
  * request), that read returns end-of-file and the library closes the
  * connection without sending the answer the handler was woken to give. So
- * on_request() never suspends in the call that completes a request: it
+ * http_on_request() never suspends in the call that completes a request: it
  * returns once without an answer (READY), which makes the library switch the
  * connection to "blocked, call the handler again" and call again at once;
  * the handler runs, and suspends, in that second call. A resumed connection
@@ -365,11 +365,6 @@ static int begin(struct req *r, const char *version)
             return 1;
         }
     }
-    if (r->route->flags & ROUTE_NOT_IMPLEMENTED) { /* answer before reading any body */
-        http_problem(r, SG_ENOTIMPL, "%s %s arrives in a later version of signet", r->method,
-                     r->route->path);
-        return 1;
-    }
     if (r->route->flags & ROUTE_STREAM_BODY) {
         r->acted = 0;
         r->route->sink->open(r);
@@ -389,7 +384,7 @@ void *http_on_request_line(void *cls, const char *uri, struct MHD_Connection *co
     conn_request_line(proto->srv, t);
     struct req *r = calloc(1, sizeof(*r));
     if (r == NULL)
-        return NULL; /* on_request() closes the connection */
+        return NULL; /* http_on_request() closes the connection */
     r->target = strdup(uri);
     if (r->target == NULL) {
         free(r);

@@ -19,13 +19,10 @@
 
 #define JSON ROUTE_JSON_BODY
 #define SELF ROUTE_DEVICE_SELF
-#define NOTIMPL ROUTE_NOT_IMPLEMENTED
 #define DDI "/ddi/{}/controller/v1/{}"
 
-/* Write-request routes carry their request type; a ROUTE_NOT_IMPLEMENTED route
- * still authenticates and authorizes, so the role matrix holds from day one.
- * Columns: listeners, method, path, roles, flags, handler, write-request type,
- * body sink. */
+/* Write-request routes carry their request type. Columns: listeners, method,
+ * path, roles, flags, handler, write-request type, body sink. */
 const struct route routes[] = {
     {W | R, "GET", "/healthz", 0, 0, route_healthz, NULL, NULL},
     {W | R, "GET", "/metrics", 0, 0, route_metrics, NULL, NULL},

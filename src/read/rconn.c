@@ -1,6 +1,7 @@
 /* rconn.c - per-thread read-only connections to the read-model file and
- * their statement caches (see rconn.h). The only file that opens read-model
- * connections for reading on request threads; it never writes. */
+ * their statement caches (see rconn.h). The only file that opens a
+ * connection per reading thread (projector.c keeps one shared fallback,
+ * under a mutex, for a thread whose own cannot open); it never writes. */
 #include "rconn.h"
 
 #include <pthread.h>

@@ -1,6 +1,7 @@
 /* readmodel.c - the read-model file: schema, checkpoint, projection registry, and the
- * rebuild when the file was built by another projection set (readmodel.h). */
-#include "../core/codec.h"
+ * rebuild when the file was built by another projection set (readmodel.h).
+ * Never verifies an event: readmodel_apply is given only what the projector
+ * verified, on the projector's connection. */
 #include "readmodel.h"
 
 #include <stdio.h>
@@ -8,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../core/codec.h"
 #include "../core/log.h"
 
 /* Every read model. A new one is one line here. */

@@ -1,7 +1,8 @@
 /* snapshot.c - builds, signs and caches snapshots (see snapshot.h). The state
  * and its as_of come from one read transaction, so they always agree. One
  * thread builds and signs, so a position is signed at most once per name;
- * tickets behind it for the same name are served from the cache. */
+ * tickets behind it for the same name are served from the cache. Never
+ * builds or signs on a request thread. */
 #include "snapshot.h"
 
 #include <pthread.h>

@@ -4,8 +4,9 @@
  *   "firmware":         firmware_id -> {"name","version","hardware",
  *                       "security_version","size","sha256","format"}
  *   "firmware-version": "<name>/<version>" -> firmware_id
- * Also the start-up sweep of blobs no event names. Streaming the body and the
- * blob store itself are http/routes_firmware.c and blobs.c. */
+ * Also the start-up sweep of blobs no event names. Streaming the body is
+ * http/routes_firmware.c's, finishing an upload (format, durable blob,
+ * validation, submission) uploads.c's, the blob store blobs.c's. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>

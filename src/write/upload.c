@@ -1,5 +1,7 @@
-/* upload.c - the upload formats of this version (see upload.h), and `raw`,
- * which stores the body exactly as it arrives. */
+/* upload.c - the table of upload formats (see upload.h), and `raw`, which
+ * stores the body exactly as it arrives. A format only transforms bytes on
+ * their way to the blob writer it is given; running an upload (threads,
+ * durability, submission) is uploads.c's. */
 #include "upload.h"
 
 #include <string.h>

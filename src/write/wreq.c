@@ -1,4 +1,7 @@
-/* wreq.c - the life of a write request, shared by every request type. */
+/* wreq.c - the life of a write request, shared by every request type (see
+ * wreq.h): making, answering and freeing one, the id syntax every request
+ * checks, and JSON values in write state. Decides nothing and never touches
+ * the store; deciding is decide.c's and the aggregates'. */
 #include "wreq.h"
 
 #include <stdarg.h>

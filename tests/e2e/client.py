@@ -34,7 +34,6 @@ PROBLEM_SLUGS = {
     422: {"unprocessable"},
     429: {"too-many-requests"},
     500: {"internal"},
-    501: {"not-implemented"},
     503: {"hsm-unavailable", "store-unavailable", "unavailable", "integrity-failure"},
     507: {"insufficient-storage"},
 }

@@ -83,39 +83,38 @@ struct want {
     const char *method, *path;
     unsigned roles;
     int self; /* ROUTE_DEVICE_SELF */
-    int impl; /* implemented today */
 };
 
 /* API.md, v1 routes. */
 static const struct want api[] = {
-    {W | R, "GET", "/healthz", 0, 0, 1},
-    {W | R, "GET", "/metrics", 0, 0, 1},
-    {W | R, "GET", "/v1/keys", 0, 0, 1},
-    {W, "POST", "/v1/devices", ROLE_OPERATOR, 0, 1},
-    {W, "POST", "/v1/firmware", ROLE_BUILDER, 0, 1},
-    {W, "POST", "/v1/rollouts", ROLE_OPERATOR, 0, 1},
-    {W, "POST", "/v1/rollouts/{}/advance", ROLE_OPERATOR, 0, 1},
-    {W, "POST", "/v1/rollouts/{}/pause", ROLE_OPERATOR, 0, 1},
-    {W, "POST", "/v1/rollouts/{}/resume", ROLE_OPERATOR, 0, 1},
-    {W, "POST", "/v1/rollouts/{}/rollback", ROLE_OPERATOR, 0, 1},
-    {W, "POST", "/v1/devices/{}/reports", ROLE_DEVICE, 1, 1},
-    {W, "POST", "/v1/commands", ROLE_OPERATOR, 0, 1},
-    {W, "POST", "/v1/commands/{}/approve", ROLE_APPROVER, 0, 1},
-    {W, "POST", "/v1/commands/{}/reject", ROLE_APPROVER, 0, 1},
-    {R, "GET", "/v1/events", ROLE_AUDITOR, 0, 1},
-    {R, "GET", "/v1/snapshots/{}", ROLE_AUDITOR | ROLE_OPERATOR, 0, 1},
-    {R, "GET", "/v1/firmware/{}", ANY, 0, 1},
-    {R, "GET", "/v1/firmware/{}/image", ANY, 0, 1},
-    {R, "GET", "/v1/devices/{}/update", ROLE_DEVICE | ROLE_OPERATOR, 1, 1},
-    {R, "GET", "/v1/devices/{}/commands", ROLE_DEVICE | ROLE_OPERATOR, 1, 1},
+    {W | R, "GET", "/healthz", 0, 0},
+    {W | R, "GET", "/metrics", 0, 0},
+    {W | R, "GET", "/v1/keys", 0, 0},
+    {W, "POST", "/v1/devices", ROLE_OPERATOR, 0},
+    {W, "POST", "/v1/firmware", ROLE_BUILDER, 0},
+    {W, "POST", "/v1/rollouts", ROLE_OPERATOR, 0},
+    {W, "POST", "/v1/rollouts/{}/advance", ROLE_OPERATOR, 0},
+    {W, "POST", "/v1/rollouts/{}/pause", ROLE_OPERATOR, 0},
+    {W, "POST", "/v1/rollouts/{}/resume", ROLE_OPERATOR, 0},
+    {W, "POST", "/v1/rollouts/{}/rollback", ROLE_OPERATOR, 0},
+    {W, "POST", "/v1/devices/{}/reports", ROLE_DEVICE, 1},
+    {W, "POST", "/v1/commands", ROLE_OPERATOR, 0},
+    {W, "POST", "/v1/commands/{}/approve", ROLE_APPROVER, 0},
+    {W, "POST", "/v1/commands/{}/reject", ROLE_APPROVER, 0},
+    {R, "GET", "/v1/events", ROLE_AUDITOR, 0},
+    {R, "GET", "/v1/snapshots/{}", ROLE_AUDITOR | ROLE_OPERATOR, 0},
+    {R, "GET", "/v1/firmware/{}", ANY, 0},
+    {R, "GET", "/v1/firmware/{}/image", ANY, 0},
+    {R, "GET", "/v1/devices/{}/update", ROLE_DEVICE | ROLE_OPERATOR, 1},
+    {R, "GET", "/v1/devices/{}/commands", ROLE_DEVICE | ROLE_OPERATOR, 1},
     /* the hawkBit DDI facade: ddi.c checks the device id (several {} per path) */
-    {R, "GET", "/ddi/{}/controller/v1/{}", ROLE_DEVICE, 0, 1},
-    {R, "GET", "/ddi/{}/controller/v1/{}/deploymentBase/{}", ROLE_DEVICE, 0, 1},
-    {W | R, "POST", "/ddi/{}/controller/v1/{}/deploymentBase/{}/feedback", ROLE_DEVICE, 0, 1},
-    {R, "GET", "/ddi/{}/controller/v1/{}/cancelAction/{}", ROLE_DEVICE, 0, 1},
-    {W | R, "POST", "/ddi/{}/controller/v1/{}/cancelAction/{}/feedback", ROLE_DEVICE, 0, 1},
-    {W | R, "PUT", "/ddi/{}/controller/v1/{}/configData", ROLE_DEVICE, 0, 1},
-    {R, "GET", "/ddi/{}/controller/v1/{}/softwaremodules/{}/artifacts/{}", ROLE_DEVICE, 0, 1},
+    {R, "GET", "/ddi/{}/controller/v1/{}", ROLE_DEVICE, 0},
+    {R, "GET", "/ddi/{}/controller/v1/{}/deploymentBase/{}", ROLE_DEVICE, 0},
+    {W | R, "POST", "/ddi/{}/controller/v1/{}/deploymentBase/{}/feedback", ROLE_DEVICE, 0},
+    {R, "GET", "/ddi/{}/controller/v1/{}/cancelAction/{}", ROLE_DEVICE, 0},
+    {W | R, "POST", "/ddi/{}/controller/v1/{}/cancelAction/{}/feedback", ROLE_DEVICE, 0},
+    {W | R, "PUT", "/ddi/{}/controller/v1/{}/configData", ROLE_DEVICE, 0},
+    {R, "GET", "/ddi/{}/controller/v1/{}/softwaremodules/{}/artifacts/{}", ROLE_DEVICE, 0},
 };
 
 static const struct route *table_route(const char *method, const char *path)
@@ -139,9 +138,7 @@ static void test_table_matches_api(void **state)
             !!(rt->flags & ROUTE_DEVICE_SELF) != w->self)
             fail_msg("%s %s: listeners %u roles %#x self %d", w->method, w->path, rt->listeners,
                      rt->roles, !!(rt->flags & ROUTE_DEVICE_SELF));
-        if (!!(rt->flags & ROUTE_NOT_IMPLEMENTED) == w->impl)
-            fail_msg("%s %s: implemented should be %d", w->method, w->path, w->impl);
-        if (w->impl && rt->fn == NULL)
+        if (rt->fn == NULL)
             fail_msg("%s %s has no handler", w->method, w->path);
         if ((rt->flags & ROUTE_STREAM_BODY) && rt->sink == NULL)
             fail_msg("%s %s streams its body but has no sink", w->method, w->path);

@@ -1,4 +1,4 @@
-/* test_ids.c - unit tests of sg_valid_id() (write/command.c): the one syntax for device,
+/* test_ids.c - unit tests of sg_valid_id() (write/wreq.c): the one syntax for device,
  * hardware and group ids, ^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$, with every path trick refused. */
 #include <setjmp.h>
 #include <stdarg.h>
