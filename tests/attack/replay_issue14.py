@@ -378,6 +378,46 @@ def attack_18(w):
         note(18, is_problem(r), "method %r with a wrong token: %s" % (m, r.short()[:150]))
 
 
+def attack_18_more(w):
+    """Beyond the issue's 13 cases: other invalid UTF-8, NUL, and bytes
+    0x80-0xFF in header values and JSON strings; never a 500."""
+    dt = DEV_TOKENS["a-00"]
+    paths = [("overlong %C0%AF in a snapshot name", w.rp, "/v1/snapshots/%C0%AF", w.audit),
+             ("surrogate %ED%A0%80 in a device id", w.rp, "/v1/devices/%ED%A0%80/update", w.ops),
+             ("%00 in a device id", w.rp, "/v1/devices/a%00b/update", w.ops),
+             ("%01 in a DDI device", w.rp, "/ddi/DEFAULT/controller/v1/a%01b", dt),
+             ("%F4%90%80%80 (> U+10FFFF) in a firmware id", w.rp, "/v1/firmware/%F4%90%80%80", w.audit),
+             ("truncated %E2%82 in a query value", w.rp, "/v1/events?after=%E2%82", w.audit)]
+    for label, port, path, tok in paths:
+        r = raw(port, b"GET %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nConnection: close\r\n\r\n"
+                % (path.encode(), tok.encode()))
+        note(18, is_problem(r), "%s: %s" % (label, r.short()[:120]))
+    hdrs = [("Authorization: Bearer \\xff", w.wp, b"Authorization: Bearer \xff\xfe"),
+            ("Idempotency-Key: \\xff", w.wp, b"Authorization: Bearer %s\r\nIdempotency-Key: k\xff" % w.ops.encode()),
+            ("X-Forwarded-Proto: \\xff", w.wp, b"Authorization: Bearer %s\r\nX-Forwarded-Proto: \xff" % w.ops.encode()),
+            ("Content-Type: application/json\\xff", w.wp, b"Authorization: Bearer %s\r\nContent-Type: application/json\xff" % w.ops.encode())]
+    for label, port, extra in hdrs:
+        body = b'{"device_id":"hx-1","hardware":"hw"}'
+        if b"Content-Type" not in extra:
+            extra += b"\r\nContent-Type: application/json"
+        r = raw(port, b"POST /v1/devices HTTP/1.1\r\nHost: x\r\n%s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                % (extra, len(body), body))
+        ok = is_problem(r) or (r.status == 201 and "Forwarded" in label)  # an untrusted header is ignored
+        note(18, ok, "%s on POST /v1/devices: %s" % (label, r.short()[:120]))
+    r = raw(w.rp, b"GET /v1/firmware/%s/image HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nRange: bytes=\xff-\r\nConnection: close\r\n\r\n"
+            % (w.raw_fw.encode(), w.audit.encode()))
+    note(18, r.status in (200, 206) or is_problem(r), "Range: bytes=\\xff-: %s" % r.short()[:100])
+    for label, rest, method, body in (
+            ("\\u0000 in a configData value", "/configData", "PUT", b'{"data":{"k":"a\\u0000b"}}'),
+            ("lone surrogate \\ud800 in a configData name", "/configData", "PUT", b'{"data":{"\\ud800":"v"}}'),
+            ("raw 0xFF in feedback details", "/deploymentBase/1/feedback", "POST",
+             b'{"id":"1","status":{"execution":"proceeding","result":{"finished":"none"},"details":["\xff"]}}')):
+        r = raw(w.rp, b"%s /ddi/DEFAULT/controller/v1/a-00%s HTTP/1.1\r\nHost: x\r\nAuthorization: TargetToken %s\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                % (method.encode(), rest.encode(), dt.encode(), len(body), body))
+        note(18, is_problem(r, 400, 499), "%s: %s" % (label, r.short()[:120]))
+
+
 def _cpio_raw(entries):
     out = b""
     for i, (name, data) in enumerate(entries + [(b"TRAILER!!!", b"")], 1):
@@ -407,6 +447,47 @@ def attack_19(w):
         note(19, is_problem(r, 400, 499), "sw-description filename %r (entry app.bin): %s" % (evil, r.short()[:120]))
 
 
+def attack_19_more(w):
+    """The documented refusals beyond the issue's two names."""
+    def desc_for(names):
+        items = ", ".join('{ filename = "%s"; path = "/tmp/x"; sha256 = "%s"; }' % (n, h) for n, h in names)
+        return ('software =\n{\n  version = "1.0";\n  files: ( %s );\n}\n' % items).encode()
+
+    def entry(name, data, mode=0o100644, ino=2):
+        nb = name + b"\0"
+        hdr = b"070701" + b"".join(b"%08X" % v for v in (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(nb), 0))
+        e = hdr + nb
+        e += b"\0" * (-len(e) % 4)
+        return e + data + b"\0" * (-len(data) % 4)
+
+    def archive(*entries):
+        out = b"".join(entries) + entry(b"TRAILER!!!", b"", 0, 0)
+        return out + b"\0" * (-len(out) % 512)
+    p = os.urandom(300)
+    h = hashlib.sha256(p).hexdigest()
+    link = b"/etc/shadow"
+    cases = [
+        ("a symlink entry named app.bin", archive(entry(b"sw-description", desc_for([("app.bin", hashlib.sha256(link).hexdigest())])),
+                                                  entry(b"app.bin", link, mode=0o120777))),
+        ("app.bin twice (second differs)", archive(entry(b"sw-description", desc_for([("app.bin", h)])),
+                                                   entry(b"app.bin", p), entry(b"app.bin", os.urandom(300)))),
+        ("an entry named sw-description.sig", archive(entry(b"sw-description", desc_for([("app.bin", h)])),
+                                                      entry(b"sw-description.sig", b"x"), entry(b"app.bin", p))),
+        ("overlong UTF-8 '/' (C0 AF) in a name", archive(entry(b"sw-description", desc_for([("app.bin", h)])),
+                                                          entry(b"\xc0\xafetc", p))),
+        ("a name '..'", archive(entry(b"sw-description", desc_for([("..", h)])), entry(b"..", p))),
+        ("NUL inside an entry name", archive(entry(b"sw-description", desc_for([("app.bin", h)])),
+                                             entry(b"app.bin\0../../x", p))),
+        ("@include in sw-description", archive(entry(b"sw-description", b'@include "/etc/passwd"\n' + desc_for([("app.bin", h)])),
+                                               entry(b"app.bin", p))),
+        ("trailing bytes after TRAILER", archive(entry(b"sw-description", desc_for([("app.bin", h)])), entry(b"app.bin", p)) + b"junk"),
+    ]
+    for label, data in cases:
+        before = w.blobs()
+        r = w.upload("hw-a", data, fmt="swu")
+        note(19, is_problem(r, 400, 499) and w.blobs() == before, ".swu with %s: %s" % (label, r.short()[:130]))
+
+
 # ---- 21: repeats -----------------------------------------------------------------
 
 def attack_21(w):
@@ -429,6 +510,21 @@ def attack_21(w):
             b"Content-Type: application/json; charset=utf-8\r\nContent-Length: 40\r\nConnection: close\r\n\r\n"
             b'{"device_id":"ct-good1","hardware":"hw"}' % w.ops.encode())
     note(21, r.status == 201, "control: Content-Type: application/json; charset=utf-8: %s" % r.short()[:80])
+    q = "/v1/firmware?name=rep2&version=9.%d&hardware=hw-a&security_version=1&security%%5Fversion=99" % next(w.vers)
+    r = req("POST", w.wp, q, w.ci, os.urandom(100), headers={"Content-Type": "application/octet-stream"})
+    note(21, is_problem(r, 400, 400), "security_version=1&security%%5Fversion=99 (same name once decoded): %s" % r.short()[:120])
+    q = "/v1/firmware?name=rep3&version=9.%d&hardware=hw-a&security_version=1&security_version" % next(w.vers)
+    r = req("POST", w.wp, q, w.ci, os.urandom(100), headers={"Content-Type": "application/octet-stream"})
+    note(21, is_problem(r, 400, 400), "security_version=1&security_version (second without =): %s" % r.short()[:120])
+    body = b'{"device_id":"dup-hdr","hardware":"hw"}'
+    for label, extra in (("two Content-Type", b"Content-Type: application/json\r\nContent-Type: text/plain"),
+                         ("two Idempotency-Key", b"Content-Type: application/json\r\nIdempotency-Key: a\r\nIdempotency-Key: b"),
+                         ("two Authorization", b"Content-Type: application/json\r\nAuthorization: Bearer x"),
+                         ("two X-Forwarded-Proto", b"Content-Type: application/json\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Proto: https"),
+                         ("Content-Length and Transfer-Encoding", b"Content-Type: application/json\r\nTransfer-Encoding: chunked")):
+        r = raw(w.wp, b"POST /v1/devices HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n%s\r\nContent-Length: %d\r\n"
+                b"Connection: close\r\n\r\n%s" % (w.ops.encode(), extra, len(body), body))
+        note(21, is_problem(r, 400, 400), "%s: %s" % (label, r.short()[:110]))
 
 
 # ---- 8: the library's parser refusals --------------------------------------------
@@ -626,6 +722,26 @@ def attack_24(w):
     note(24, codes == [201] * 6 and len(bodies) == 1 and len(after) - len(before) == 1,
          ".swu sent 6 times with one Idempotency-Key: codes %s, distinct answers %d, blobs on disk +%d (want +1)"
          % (codes, len(bodies), len(after) - len(before)))
+    # the same key sent 6 times at once
+    data = make_swu("1.0", [("app.bin", os.urandom(1 << 20))])
+    before = w.blobs()
+    key = "swu-par-" + secrets.token_hex(4)
+    q = "/v1/firmware?name=retry&version=2.%d&hardware=hw-a&security_version=1&format=swu" % next(w.vers)
+    got = []
+    def one():
+        try:
+            got.append(req("POST", w.wp, q, w.ci, data, headers={"Content-Type": "application/octet-stream",
+                                                                   "Idempotency-Key": key}).status)
+        except OSError as e:
+            got.append(str(e))
+    ts = [threading.Thread(target=one) for _ in range(6)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    time.sleep(0.5)
+    after = w.blobs()
+    note(24, got.count(201) >= 1 and set(got) <= {201, 409} and len(after) - len(before) == 1,
+         ".swu sent 6 times at once with one Idempotency-Key: codes %s, blobs on disk +%d (want +1)"
+         % (sorted(map(str, got)), len(after) - len(before)))
     evs, _ = w.events(0)
     high = 0
     for e in evs:
@@ -656,6 +772,20 @@ def attack_14(w):
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
     bad = subprocess.run([SIGNET, "verify-log", "--keys", "keys.json", "cut.json"], cwd=td,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+    for label, d in (("head removed", {"events": doc["events"][:17]}),
+                     ("event 10 removed from the middle", {"events": doc["events"][:9] + doc["events"][10:20], "head": 20}),
+                     ("head 25 with 20 events", {"events": doc["events"][:20], "head": 25}),
+                     ("head 15 with 20 events", {"events": doc["events"][:20], "head": 15}),
+                     ("head as a string", {"events": doc["events"][:17], "head": "20"})):
+        with open(os.path.join(td, "x.json"), "w") as f:
+            json.dump(d, f)
+        p = subprocess.run([SIGNET, "verify-log", "--keys", "keys.json", "x.json"], cwd=td,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        out = p.stdout.decode().strip().splitlines()
+        want_fail = label != "head removed"
+        note(14, (p.returncode != 0) == want_fail or label == "head removed",
+             "verify-log, %s: exit %d %r%s" % (label, p.returncode, (out[-1] if out else "")[:120],
+                                               " (contract silent on a missing head)" if label == "head removed" else ""))
     note(14, ok.returncode == 0 and bad.returncode != 0,
          "verify-log, 20 events head 20: exit %d; last 3 removed, head 20: exit %d %r"
          % (ok.returncode, bad.returncode, bad.stdout.decode()[-150:].strip()))
@@ -1074,6 +1204,32 @@ def attack_1(w):
          "SIGTERM with an upload stalled mid-body: exit %s in %.2f s (budget 6 s), client got %r"
          % (rc, dt, ans[:40]))
     w.restart()
+    # (b) a long-poll and a download nobody reads, in flight
+    big = w.upload("hw-a", os.urandom(32 << 20)).body
+    w.wait_read(big["position"])
+    lp = socket.create_connection(("127.0.0.1", w.rp))
+    lp.sendall(b"GET /v1/events?after=0&limit=1&min_position=%d&wait_ms=10000 HTTP/1.1\r\nHost: x\r\n"
+               b"Authorization: Bearer %s\r\nConnection: close\r\n\r\n" % (big["position"] + 100000, w.audit.encode()))
+    dl = socket.socket()
+    dl.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    dl.connect(("127.0.0.1", w.rp))
+    dl.sendall(b"GET /v1/firmware/%s/image HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n"
+               % (big["firmware_id"].encode(), w.audit.encode()))
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    rc = w.srv.stop(timeout=20)
+    dt = time.monotonic() - t0
+    lp.settimeout(3)
+    try:
+        lpa = parse_raw(lp.recv(4096))
+    except OSError:
+        lpa = Resp(0, {}, b"")
+    lp.close()
+    dl.close()
+    note(1, rc == 0 and dt <= 6.0 and lpa.status == 503,
+         "SIGTERM with a long-poll (wait_ms 10000) and a 32 MiB download nobody reads in flight: exit %s in %.2f s; "
+         "long-poll answered %s" % (rc, dt, lpa.short()[:60]))
+    w.restart()
     bursts = os.environ.get("ATTACK_BURSTS", "6:16:0,6:16:0.3,40:1:0.05,40:1:0.5")
     for b in bursts.split(","):
         n, mib, delay = b.split(":")
@@ -1155,7 +1311,9 @@ def main():
         run([4, 26], attack_config, w)
         setup(w)
         run([18], attack_18, w)
+        run([18], attack_18_more, w)
         run([19], attack_19, w)
+        run([19], attack_19_more, w)
         run([21], attack_21, w)
         run([8], attack_8, w)
         got = run([22], attack_22, w)
