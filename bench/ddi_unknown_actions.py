@@ -37,7 +37,7 @@ TOKEN = "tok_" + secrets.token_urlsafe(24)
 
 
 def config(c):
-    c["principals"].append({"name": "dev:att", "token_sha256": sha256_hex(TOKEN),
+    c["principals"].append({"name": "dev.att", "token_sha256": sha256_hex(TOKEN),
                             "roles": ["device"], "device_id": "att"})
     c["ddi"] = {"tenant": "DEFAULT", "poll_seconds": 1}
     return c

@@ -137,7 +137,7 @@ def main():
         }
         dev_tokens = [secrets.token_hex(16) for _ in range(min(DDI_DEVICES, DEVICES))]
         for i, tok in enumerate(dev_tokens):
-            cfg["principals"].append({"name": "dev:u-%05d" % i, "device_id": "u-%05d" % i,
+            cfg["principals"].append({"name": "dev.u-%05d" % i, "device_id": "u-%05d" % i,
                                       "token_sha256": hashlib.sha256(tok.encode()).hexdigest(),
                                       "roles": ["device"]})
         tokens_file = os.path.join(tmp, "device-tokens")

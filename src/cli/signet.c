@@ -193,6 +193,7 @@ struct chain {
     char prev[65];
     uint64_t head; /* the head the export (its last /v1/events page) names */
     int have_head; /* 0: the export names no head (an array, JSON lines) */
+    int bad_head;  /* a page's "head" is there but not a non-negative integer */
 };
 
 /* Note the head a /v1/events page names: the last page read is the export's
@@ -203,6 +204,8 @@ static void chain_note_head(struct chain *ch, const json_t *page)
     if (json_is_integer(h) && json_integer_value(h) >= 0) {
         ch->head = (uint64_t)json_integer_value(h);
         ch->have_head = 1;
+    } else if (h != NULL) {
+        ch->bad_head = 1;
     }
 }
 
@@ -360,7 +363,11 @@ static int cmd_verify_log(int argc, char **argv)
         rc = 1;
     }
     /* Events cut off the end leave a chain that verifies: only the head the
-     * export names can tell. */
+     * export names can tell, so a head that is not a number is refused. */
+    if (rc == 0 && ch.bad_head) {
+        printf("FAIL: a page's \"head\" is not a non-negative integer\n");
+        rc = 1;
+    }
     if (rc == 0 && ch.have_head && ch.head != ch.n) {
         printf("FAIL: the export holds positions 1 to %llu but names its head as %llu: %s\n",
                (unsigned long long)ch.n, (unsigned long long)ch.head,

@@ -26,7 +26,7 @@ static const struct {
     [SG_EINTERNAL] = {500, "internal", "Internal error"},
     [SG_ECONFIG] = {500, "config", "Configuration error"},
     [SG_EVERIFY] = {500, "verification-failed", "Verification failed"},
-    [SG_ENOMEM] = {500, "internal", "Out of memory"},
+    [SG_ENOMEM] = {503, "unavailable", "Out of memory"}, /* passes: retry */
     [SG_EINTEGRITY] = {503, "integrity-failure", "Event store failed verification"},
     [SG_ENOSPACE] = {507, "insufficient-storage", "Insufficient storage"},
     [SG_ETOOMANY] = {429, "too-many-requests", "Too many requests"},

@@ -27,7 +27,7 @@ typedef enum {
     SG_EINTERNAL,      /* 500 */
     SG_ECONFIG,        /* start-up: configuration unusable */
     SG_EVERIFY,        /* a signature, hash or chain link does not verify */
-    SG_ENOMEM,         /* 500 */
+    SG_ENOMEM,         /* 503: out of memory passes; retry */
     SG_EINTEGRITY,     /* 503: the event store failed verification; writes are stopped */
     SG_ENOSPACE,       /* 507: no room left on disk for an upload */
     SG_ETOOMANY,       /* 429: a principal over its rate (Retry-After) */

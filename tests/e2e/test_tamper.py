@@ -153,6 +153,12 @@ class VerifyLogTamper(E2ETestCase):
         self.assertIn("FAIL: the export holds positions 1 to %d but names its head as %d"
                       % (self.head - 3, self.head), out)
         self.assertNotRegex(p.stdout, r"(?m)^ok:")
+        # A head that is not a number cannot stand in for one.
+        for head in (str(self.head), -1, None, 1.5):
+            path = self.write_json("bad-head.json", {"events": deep_copy(self.events[:-3]), "head": head})
+            p = self.dep.cli("verify-log", "--keys", self.keys_path, path)
+            self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+            self.assertIn('"head" is not a non-negative integer', p.stdout)
         # The whole page, head and all, is still accepted (control).
         path = self.write_json("whole-page.json", {"events": self.events, "head": self.head})
         p = self.dep.cli("verify-log", "--keys", self.keys_path, path)
