@@ -1,8 +1,11 @@
 /* module.c - the PKCS#11 module and its PINs (see module.h): the only file in
  * src/ that loads a PKCS#11 module (libp11's context and dlopen of the same
  * instance for raw calls), reads a PIN from the environment, or logs in.
- * Everything else in src/hsm/ borrows through module_p11.h. */
+ * Everything else in src/hsm/ borrows through module_p11.h. Its Security
+ * Officer half (a token's creation and its user PIN) is module_so.c, linked
+ * into `signet` only. */
 #include "module_p11.h"
+#include "module_impl.h"
 
 #include <dlfcn.h>
 #include <openssl/crypto.h>
@@ -13,16 +16,6 @@
 #include "../core/log.h"
 
 extern char **environ;
-
-struct hsm_module {
-    char *path, *label;
-    char *pin, *so_pin; /* so_pin: NULL unless HSM_MODULE_SO_PIN and given */
-    PKCS11_CTX *ctx;
-    int loaded; /* PKCS11_CTX_load succeeded */
-    void *dl;
-    CK_FUNCTION_LIST *f; /* the raw list of libp11's instance, or NULL */
-    char raw_why[200];   /* why f is NULL */
-};
 
 static void wipe_free(char *p)
 {
@@ -185,19 +178,12 @@ int hsm_module_login_slot(hsm_module *m, PKCS11_SLOT *slot)
     return PKCS11_open_session(slot, 0) == 0 && PKCS11_login(slot, 0, m->pin) == 0 ? 0 : -1;
 }
 
-static void pad32(const char *s, unsigned char out[32])
-{
-    size_t n = strlen(s);
-    memset(out, ' ', 32);
-    memcpy(out, s, n > 32 ? 32 : n);
-}
-
 int hsm_module_find_slot(hsm_module *m, int free_slot, CK_SLOT_ID *out)
 {
     CK_SLOT_ID slots[64];
     CK_ULONG n = SG_ARRAY_LEN(slots);
     unsigned char want[32];
-    pad32(m->label, want);
+    hsm_module_pad32(m->label, want);
     if (m->f == NULL || m->f->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
         return -1;
     for (CK_ULONG i = 0; i < n; i++) {
@@ -252,35 +238,4 @@ sg_err hsm_module_session(hsm_module *m, CK_SESSION_HANDLE *h, int *logged_in, c
 int hsm_module_has_so_pin(const hsm_module *m)
 {
     return m->so_pin != NULL;
-}
-
-CK_RV hsm_module_init_token(hsm_module *m, CK_SLOT_ID slot)
-{
-    unsigned char label[32];
-    if (m->f == NULL || m->so_pin == NULL)
-        return CKR_GENERAL_ERROR;
-    pad32(m->label, label);
-    return m->f->C_InitToken(slot, (unsigned char *)m->so_pin, strlen(m->so_pin), label);
-}
-
-sg_err hsm_module_init_user_pin(hsm_module *m, CK_SLOT_ID slot, char *why, size_t whylen)
-{
-    CK_SESSION_HANDLE h;
-    if (m->f == NULL || m->so_pin == NULL)
-        return sg_say(why, whylen, SG_EHSM, "setting the user PIN of token \"%s\" needs the SO PIN",
-                      m->label);
-    CK_RV rv = m->f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h);
-    if (rv != CKR_OK)
-        return sg_say(why, whylen, SG_EHSM, "cannot open a session on token \"%s\" (0x%lx)",
-                      m->label, rv);
-    rv = m->f->C_Login(h, CKU_SO, (unsigned char *)m->so_pin, strlen(m->so_pin));
-    if (rv == CKR_OK) {
-        rv = m->f->C_InitPIN(h, (unsigned char *)m->pin, strlen(m->pin));
-        m->f->C_Logout(h);
-    }
-    m->f->C_CloseSession(h);
-    if (rv != CKR_OK)
-        return sg_say(why, whylen, SG_EHSM, "setting the user PIN of token \"%s\" failed (0x%lx)",
-                      m->label, rv);
-    return SG_OK;
 }

@@ -43,7 +43,8 @@ sg_err hsm_module_session(hsm_module *m, CK_SESSION_HANDLE *h, int *logged_in, c
  * without it, as signetd opens it, there is no SO PIN and the two calls
  * below refuse): 1 if the SO PIN was given. */
 int hsm_module_has_so_pin(const hsm_module *m);
-/* Initialise the token in slot with the SO PIN and the module's label. */
+/* module_so.c, linked into `signet` only. Initialise the token in slot with
+ * the SO PIN and the module's label. */
 CK_RV hsm_module_init_token(hsm_module *m, CK_SLOT_ID slot);
 /* As the SO, set the user PIN of the token in slot to the PIN. SG_EHSM with
  * why. */
