@@ -416,9 +416,10 @@ sg_err store_idem_get(store *st, const char *principal, const char *key, struct 
     return e;
 }
 
-sg_err store_idem_prune(store *st, size_t limit, size_t *deleted)
+/* One pruning statement s (bound: the cutoff, the limit) run once; what
+ * names what it prunes, for the log. */
+static sg_err prune(store *st, sqlite3_stmt *s, size_t limit, size_t *deleted, const char *what)
 {
-    sqlite3_stmt *s = st->idem_prune;
     *deleted = 0;
     sqlite3_bind_int64(s, 1, idem_cutoff());
     sqlite3_bind_int64(s, 2, (sqlite3_int64)limit);
@@ -426,11 +427,16 @@ sg_err store_idem_prune(store *st, size_t limit, size_t *deleted)
     sqlite3_reset(s);
     sqlite3_clear_bindings(s);
     if (rc != SQLITE_DONE) {
-        sg_error("store: pruning idempotency records failed: %s", sqlite3_errmsg(st->db));
+        sg_error("store: pruning %s failed: %s", what, sqlite3_errmsg(st->db));
         return SG_ESTORE;
     }
     *deleted = (size_t)sqlite3_changes(st->db);
     return SG_OK;
+}
+
+sg_err store_idem_prune(store *st, size_t limit, size_t *deleted)
+{
+    return prune(st, st->idem_prune, limit, deleted, "idempotency records");
 }
 
 sg_err store_idem_batch_get(store *st, uint64_t id, struct idem_batch *ib, uint8_t **digests)
@@ -466,17 +472,5 @@ sg_err store_idem_batch_get(store *st, uint64_t id, struct idem_batch *ib, uint8
 
 sg_err store_idem_batch_prune(store *st, size_t limit, size_t *deleted)
 {
-    sqlite3_stmt *s = st->batch_prune;
-    *deleted = 0;
-    sqlite3_bind_int64(s, 1, idem_cutoff());
-    sqlite3_bind_int64(s, 2, (sqlite3_int64)limit);
-    int rc = sqlite3_step(s);
-    sqlite3_reset(s);
-    sqlite3_clear_bindings(s);
-    if (rc != SQLITE_DONE) {
-        sg_error("store: pruning idempotency batch records failed: %s", sqlite3_errmsg(st->db));
-        return SG_ESTORE;
-    }
-    *deleted = (size_t)sqlite3_changes(st->db);
-    return SG_OK;
+    return prune(st, st->batch_prune, limit, deleted, "idempotency batch records");
 }

@@ -94,17 +94,22 @@ static json_t *record_doc(const struct idem_record *rec)
                      "position", (json_int_t)rec->position, "event_hash", rec->event_hash);
 }
 
-sg_err idem_record_digest(const struct idem_record *rec, uint8_t digest[32])
+/* The SHA-256 of doc's signed bytes; takes doc (NULL: out of memory). */
+static sg_err doc_digest_take(json_t *doc, uint8_t digest[32])
 {
     char *bytes = NULL;
     size_t len;
-    json_t *doc = record_doc(rec);
     sg_err e = doc ? doc_signed_bytes(doc, &bytes, &len) : SG_ENOMEM;
     if (e == SG_OK)
         sg_sha256(bytes, len, digest);
     free(bytes);
     json_decref(doc);
     return e;
+}
+
+sg_err idem_record_digest(const struct idem_record *rec, uint8_t digest[32])
+{
+    return doc_digest_take(record_doc(rec), digest);
 }
 
 static json_t *batch_doc(const struct idem_batch *ib)
@@ -120,15 +125,7 @@ static json_t *batch_doc(const struct idem_batch *ib)
 
 sg_err idem_batch_digest(const struct idem_batch *ib, uint8_t digest[32])
 {
-    char *bytes = NULL;
-    size_t len;
-    json_t *doc = batch_doc(ib);
-    sg_err e = doc ? doc_signed_bytes(doc, &bytes, &len) : SG_ENOMEM;
-    if (e == SG_OK)
-        sg_sha256(bytes, len, digest);
-    free(bytes);
-    json_decref(doc);
-    return e;
+    return doc_digest_take(batch_doc(ib), digest);
 }
 
 /*** checking a stored answer against the log ***/
