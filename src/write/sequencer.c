@@ -586,14 +586,16 @@ sg_err sequencer_start(const struct sequencer_opts *o, sequencer **out, char *wh
     if (e == SG_OK)
         e = bg_start(&q->seq_thread, "sg-sequencer", sequencer_main, q, why, whylen);
     if (e) {
-        /* Nothing was queued yet. q is left allocated on purpose: a thread
-         * that did start still points at it, and the process is exiting. */
+        /* Nothing was queued yet: stop the committer if it started (the
+         * sequencer thread did not), and once it is joined nothing points
+         * at q any more. */
         pthread_mutex_lock(&q->mu);
         q->stopping = q->seq_done = 1;
         pthread_cond_broadcast(&q->wake);
         pthread_cond_broadcast(&q->cwake);
         pthread_mutex_unlock(&q->mu);
         bg_join(&q->commit_thread);
+        release(q);
         return e;
     }
     sg_info("sequencer: head at position %llu; write state from %s at %llu plus %llu events "
