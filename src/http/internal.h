@@ -228,6 +228,10 @@ int http_valid_idem_key(const char *k);
 
 /* Route handlers (routes.c). */
 void route_write_request(struct req *r);
+/* The first half of route_write_request: the Idempotency-Key (*idem, NULL if
+ * none), the body parsed and the request type's validate run. The validated
+ * input (the caller's), or NULL once it answered a problem. */
+json_t *route_write_input(struct req *r, const char **idem);
 void route_healthz(struct req *r);
 void route_metrics(struct req *r);
 void route_keys(struct req *r);

@@ -144,6 +144,39 @@ static int request_digest(struct req *r, char out[65])
     return ok;
 }
 
+json_t *route_write_input(struct req *r, const char **idem)
+{
+    *idem = http_header(r, "Idempotency-Key");
+    if (*idem && !http_valid_idem_key(*idem)) {
+        http_problem(r, SG_EBADINPUT,
+                     "Idempotency-Key must be 1 to 255 printable ASCII "
+                     "characters without spaces");
+        return NULL;
+    }
+    json_error_t jerr;
+    /* A route without a JSON body (the rollout switches) decides on {}, and
+     * so does an optional body left out (approve, reject). */
+    json_t *body = !(r->route->flags & ROUTE_JSON_BODY) ||
+                           (r->body.len == 0 && (r->route->flags & ROUTE_JSON_OPTIONAL))
+                       ? json_object()
+                       : json_loadb(r->body.data ? r->body.data : "", r->body.len,
+                                    JSON_REJECT_DUPLICATES, &jerr);
+    if (body == NULL) {
+        http_problem(r, SG_EBADINPUT, "malformed JSON: %s", jerr.text);
+        return NULL;
+    }
+    json_t *input = NULL;
+    char detail[256] = "";
+    sg_err e = r->route->wreq_type->validate(body, r->param[0] ? r->param : NULL, &input, detail,
+                                             sizeof(detail));
+    json_decref(body);
+    if (e) {
+        http_problem(r, e, "%s", detail);
+        return NULL;
+    }
+    return input;
+}
+
 void route_write_request(struct req *r)
 {
     if (r->state == REQ_RESUMED) {
@@ -157,34 +190,10 @@ void route_write_request(struct req *r)
         }
         return;
     }
-    const char *idem = http_header(r, "Idempotency-Key");
-    if (idem && !http_valid_idem_key(idem)) {
-        http_problem(r, SG_EBADINPUT,
-                     "Idempotency-Key must be 1 to 255 printable ASCII "
-                     "characters without spaces");
+    const char *idem;
+    json_t *input = route_write_input(r, &idem);
+    if (input == NULL)
         return;
-    }
-    json_error_t jerr;
-    /* A route without a JSON body (the rollout switches) decides on {}, and
-     * so does an optional body left out (approve, reject). */
-    json_t *body = !(r->route->flags & ROUTE_JSON_BODY) ||
-                           (r->body.len == 0 && (r->route->flags & ROUTE_JSON_OPTIONAL))
-                       ? json_object()
-                       : json_loadb(r->body.data ? r->body.data : "", r->body.len,
-                                    JSON_REJECT_DUPLICATES, &jerr);
-    if (body == NULL) {
-        http_problem(r, SG_EBADINPUT, "malformed JSON: %s", jerr.text);
-        return;
-    }
-    json_t *input = NULL;
-    char detail[256] = "";
-    sg_err e = r->route->wreq_type->validate(body, r->param[0] ? r->param : NULL, &input, detail,
-                                             sizeof(detail));
-    json_decref(body);
-    if (e) {
-        http_problem(r, e, "%s", detail);
-        return;
-    }
     /* On failure wreq_new() leaves input to us. */
     r->wreq = wreq_new(r->route->wreq_type, r->who, input, r->param[0] ? r->param : NULL, idem);
     if (r->wreq == NULL) {

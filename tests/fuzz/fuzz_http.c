@@ -81,29 +81,9 @@ static void fuzz_upload_done(struct req *r)
  * request type's validate. */
 static void fuzz_write(struct req *r)
 {
-    const char *idem = http_header(r, "Idempotency-Key");
-    if (idem && !http_valid_idem_key(idem)) {
-        http_problem(r, SG_EBADINPUT, "bad Idempotency-Key");
-        return;
-    }
-    json_error_t jerr;
-    json_t *body = !(r->route->flags & ROUTE_JSON_BODY) ||
-                           (r->body.len == 0 && (r->route->flags & ROUTE_JSON_OPTIONAL))
-                       ? json_object()
-                       : json_loadb(r->body.data ? r->body.data : "", r->body.len,
-                                    JSON_REJECT_DUPLICATES, &jerr);
-    if (body == NULL) {
-        http_problem(r, SG_EBADINPUT, "malformed JSON: %s", jerr.text);
-        return;
-    }
-    json_t *input = NULL;
-    char detail[256] = "";
-    sg_err e = r->route->wreq_type->validate(body, r->param[0] ? r->param : NULL, &input, detail,
-                                             sizeof(detail));
-    json_decref(body);
-    if (e)
-        http_problem(r, e, "%s", detail);
-    else
+    const char *idem;
+    json_t *input = route_write_input(r, &idem);
+    if (input)
         http_reply_json(r, 200, input);
 }
 
